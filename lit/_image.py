@@ -1,0 +1,139 @@
+"""Reading images from disk into RGB float tensors, robustly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and the problem."""
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file, applying its EXIF orientation.
+
+    Raises:
+        ImageReadError: missing, empty, truncated, or not an image.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageReadError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            out = ImageOps.exif_transpose(img)
+            return img.copy() if out is None or out is img else out
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file (or a format PIL cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot decode image ({err})") from None
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """Convert any PIL image to an RGB float tensor in ``[0, 1]``.
+
+    Handles grayscale (``L``, ``1``), 16/32-bit grayscale (``I;16``, ``I``, ``F``), palette
+    (with or without transparency), ``CMYK``, ``YCbCr``, ``LAB`` and alpha channels (alpha is
+    composited on white).
+
+    Shape:
+        - Output: :math:`(3, H, W)` float32.
+    """
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 65535.0
+        elif mode == "I":
+            arr = arr / (65535.0 if arr.max(initial=0) > 255 else 255.0)
+        else:  # "F": assume [0, 1] unless clearly 8-bit range
+            arr = arr / 255.0 if arr.max(initial=0) > 1.0 else arr
+        arr = np.clip(arr, 0.0, 1.0).astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.unsqueeze(0).expand(3, -1, -1).contiguous()
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    elif mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
+    """Downscale (never upscale) so that the longer side is at most ``image_size``.
+
+    Keeps the aspect ratio (each side rounded) and antialiases (Lanczos).
+    """
+    if image_size is None:
+        return img
+    w, h = img.size
+    longer = max(w, h)
+    if longer <= image_size:
+        return img
+    ratio = image_size / longer
+    size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+    if img.mode not in ("RGB", "L", "RGBA", "LA", "F"):  # Lanczos needs 8-bit or float bands
+        img = img.convert("F") if img.mode.startswith("I") else img.convert("RGB")
+    return img.resize(size, Image.LANCZOS)
+
+
+def load_image(
+    image: str | os.PathLike | Image.Image,
+    image_size: int | None = 1024,
+    bbox: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Load a path or PIL image as the network input of SPEC section 1.
+
+    Args:
+        image: path or PIL image.
+        image_size: longer side after downscaling (``None``: keep the size).
+        bbox: optional ``(x1, y1, x2, y2)`` crop applied first (revisited query boxes).
+
+    Returns:
+        RGB float tensor :math:`(3, H, W)` in ``[0, 1]``.
+    """
+    img = image if isinstance(image, Image.Image) else open_image(image)
+    if bbox is not None:
+        x1, y1, x2, y2 = (float(v) for v in bbox)
+        if not (x2 > x1 and y2 > y1):
+            raise ValueError(f"invalid bounding box {tuple(bbox)}: need x2 > x1 and y2 > y1")
+        img = img.crop((round(x1), round(y1), round(x2), round(y2)))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # keep 16-bit precision through the resize by going through float
+        t = pil_to_tensor(img)
+        if image_size is not None and max(img.size) > image_size:
+            gray = Image.fromarray(t[0].numpy(), mode="F")
+            return pil_to_tensor(resize_max(gray, image_size))
+        return t
+    return pil_to_tensor(resize_max(img, image_size))
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Sorted image-like files under ``folder`` (by extension; unreadable ones are kept,
+    so that extraction can report them)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: not a directory")
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in files:
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                out.append(os.path.join(root, f))
+        if not recursive:
+            break
+    return sorted(out)

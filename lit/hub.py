@@ -1,0 +1,159 @@
+"""Registry of named pretrained models: name -> URL, full sha256, config.
+
+Files are cached in ``$LIT_CACHE`` (else ``<torch hub dir>/lit``) and their sha256 is
+checked on download and on every load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """One registered model.
+
+    Args:
+        name: registry name.
+        url: where to download the checkpoint from (``http(s)://`` or ``file://``).
+        filename: name of the file in the cache.
+        sha256: full sha256 of the file; ``None`` only for third-party files whose hash was
+            never published — then the hash seen at first download is recorded next to the
+            file and checked on every later load (trust on first use, with a warning).
+        local: path of a copy shipped in this repository's ``weights/`` (used first).
+        description: one line for ``lit models``.
+        license: licence of the weights.
+    """
+
+    name: str
+    url: str
+    filename: str
+    sha256: str | None = None
+    local: str | None = None
+    description: str = ""
+    license: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+_FIRE_URL = "http://download.europe.naverlabs.com/ComputerVision/FIRe"
+
+REGISTRY: dict[str, PretrainedCfg] = {}
+
+
+def register(cfg: PretrainedCfg) -> PretrainedCfg:
+    """Add a model to the registry (a name can only be registered once)."""
+    if cfg.name in REGISTRY:
+        raise ValueError(f"model {cfg.name!r} is already registered")
+    REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+register(PretrainedCfg(
+    name="fire",
+    url=f"{_FIRE_URL}/official/fire.pth",
+    filename="fire.pth",
+    description="Official FIRe model (ResNet-50 + LIT, SfM-120k), ROxford M/H 82.6/62.2 with ASMK",
+    license="CC BY-NC-SA 4.0 (NAVER LABS)",
+))
+register(PretrainedCfg(
+    name="fire-imagenet",
+    url=f"{_FIRE_URL}/pretraining/fire_imagenet.pth",
+    filename="fire_imagenet.pth",
+    description="FIRe ImageNet pre-training (backbone + LIT, no reduction layer)",
+    license="CC BY-NC-SA 4.0 (NAVER LABS)",
+))
+
+_registry_file = WEIGHTS_DIR / "registry.json"
+if _registry_file.is_file():  # models trained by this project, shipped in weights/
+    for _entry in json.loads(_registry_file.read_text()):
+        _entry["tags"] = tuple(_entry.get("tags", ()))
+        register(PretrainedCfg(**_entry))
+
+
+def list_models() -> list[str]:
+    """Registered model names."""
+    return sorted(REGISTRY)
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model name {name!r}; registered: {', '.join(list_models())}") from None
+
+
+def _check_recorded_hash(path: Path, cfg: PretrainedCfg) -> None:
+    from ._download import file_sha256
+
+    actual = file_sha256(path)
+    if cfg.sha256 is not None:
+        if actual != cfg.sha256:
+            raise ValueError(f"{path}: sha256 {actual} does not match the registry's {cfg.sha256} for {cfg.name!r}; delete the file to download it again")
+        return
+    record = path.with_suffix(path.suffix + ".sha256")
+    if record.is_file():
+        expected = record.read_text().split()[0]
+        if actual != expected:
+            raise ValueError(f"{path}: sha256 {actual} differs from the one recorded at first download ({expected})")
+    else:
+        record.write_text(f"{actual}  {path.name}\n")
+        warnings.warn(
+            f"no published sha256 for {cfg.name!r}: recorded {actual} in {record}; later loads are checked against it",
+            stacklevel=3,
+        )
+
+
+def resolve(name: str, progress: bool = True) -> Path:
+    """Local path of a registered model's checkpoint, downloading it once if needed."""
+    from ._download import cache_dir, download_url
+
+    cfg = get_pretrained_cfg(name)
+    if cfg.local is not None:
+        local = WEIGHTS_DIR / cfg.local
+        if local.is_file():
+            _check_recorded_hash(local, cfg)
+            return local
+    dst = Path(cache_dir()) / cfg.filename
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        download_url(cfg.url, dst, sha256=cfg.sha256, progress=progress)
+    _check_recorded_hash(dst, cfg)
+    return dst
+
+
+def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", progress: bool = True):
+    """Load a super-feature model.
+
+    Args:
+        source: a path to an official FIRe checkpoint (``fire.pth``, ``fire_imagenet.pth``),
+            a path to a lit checkpoint, or a registered name (see :func:`list_models`).
+        device: where to put the model (``"auto"`` picks CUDA when available).
+        progress: show a progress bar when downloading.
+
+    Returns:
+        :class:`lit.models.SuperFeatureModel` in eval mode.
+    """
+    from .models.checkpoint import model_from_checkpoint
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    src = os.fspath(source)
+    if os.path.exists(src):
+        return model_from_checkpoint(src, device=device)
+    if src in REGISTRY:
+        return model_from_checkpoint(resolve(src, progress=progress), device=device)
+    raise ValueError(f"{src}: neither an existing checkpoint file nor a registered model name ({', '.join(list_models())})")
+
+
+def from_pretrained(name: str, device: str | torch.device = "cpu"):
+    """Alias of :func:`load_model` for a registered name."""
+    get_pretrained_cfg(name)
+    return load_model(name, device=device)

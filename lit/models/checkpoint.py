@@ -1,0 +1,276 @@
+"""Reading and writing checkpoints safely: official FIRe files and lit's own.
+
+Nothing is ever fully unpickled: every file goes through ``torch.load(weights_only=True)``
+with a small allow-list (``pathlib`` paths become strings; numpy scalars and dtypes).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig
+
+LIT_FORMAT = "lit"
+LIT_FORMAT_VERSION = 1
+
+# official FIRe backbone: nn.Sequential of torchvision ResNet children
+_FIRE_TO_TIMM = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+_TIMM_TO_FIRE = {v: k for k, v in _FIRE_TO_TIMM.items()}
+_BACKBONE_PREFIX = "backbone.net."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model."""
+
+
+def _path_to_str(*parts: str) -> str:
+    return str(pathlib.PurePath(*parts))
+
+
+def _allow_list() -> list:
+    allowed: list = []
+    for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path", "PurePath"):
+        allowed.append((_path_to_str, f"pathlib.{name}"))
+        allowed.append((_path_to_str, f"pathlib._local.{name}"))
+    allowed.append(np.dtype)
+    try:  # numpy 2 names first, then numpy 1
+        from numpy._core.multiarray import scalar  # type: ignore[attr-defined]
+
+        allowed.append((scalar, "numpy._core.multiarray.scalar"))
+        allowed.append((scalar, "numpy.core.multiarray.scalar"))
+    except ImportError:  # pragma: no cover
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+
+        allowed.append(scalar)
+    for dt in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, dt):
+            allowed.append(getattr(np.dtypes, dt))
+    return allowed
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and lit's allow-list.
+
+    Raises:
+        CheckpointError: missing file, not a torch file, or the file asks for a global that
+            is not on the allow-list (a pickle that would run code): nothing is executed.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(_allow_list()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        msg = str(err)
+        found = re.findall(r"GLOBAL ([\w.]+)|global '([\w.]+)'|Unsupported global: GLOBAL ([\w.]+)", msg)
+        names = sorted({g for grp in found for g in grp if g})
+        what = f" (refused: {', '.join(names)})" if names else ""
+        raise CheckpointError(
+            f"{path}: refusing to load, the file asks for Python objects that are not on the "
+            f"allow-list{what}; lit never unpickles checkpoints fully. Original error: "
+            + msg.splitlines()[0]
+        ) from None
+    except Exception as err:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None
+
+
+# ---------------------------------------------------------------------- key conversion
+def convert_fire_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an official FIRe state dict (SPEC section 2) to lit's names.
+
+    ``features.{0,1,4,5,6}.*`` become ``backbone.net.{conv1,bn1,layer1,layer2,layer3}.*``;
+    ``lit.*`` and ``dim_reduction.*`` keep their names; classifier keys ``fc.*`` are dropped.
+    A ``module.`` prefix (DataParallel) is stripped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if key.startswith("fc."):
+            continue
+        m = re.match(r"features\.(\d+)\.(.*)", key)
+        if m:
+            if m.group(1) not in _FIRE_TO_TIMM:
+                raise CheckpointError(f"unexpected backbone key {key!r} in FIRe state dict")
+            key = f"{_BACKBONE_PREFIX}{_FIRE_TO_TIMM[m.group(1)]}.{m.group(2)}"
+        out[key] = value
+    return out
+
+
+def to_fire_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_fire_state_dict` (for a ResNet backbone)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith(_BACKBONE_PREFIX):
+            layer, rest = key[len(_BACKBONE_PREFIX):].split(".", 1)
+            if layer not in _TIMM_TO_FIRE:
+                raise CheckpointError(f"backbone key {key!r} has no FIRe equivalent")
+            key = f"features.{_TIMM_TO_FIRE[layer]}.{rest}"
+        out[key] = value
+    return out
+
+
+def config_from_fire_params(net_params: Mapping[str, Any] | None) -> ModelConfig:
+    """Build a :class:`ModelConfig` from an official checkpoint's ``net_params``."""
+    p = dict(net_params or {})
+    arch = p.get("architecture", "resnet50")
+    skip = int(p.get("skip_layer", 1))
+    if skip not in (0, 1, 2):
+        raise CheckpointError(f"unsupported skip_layer {skip} in net_params")
+    lit = dict(p.get("lit", {}))
+    lit_cfg = LITConfig(T=int(lit.get("T", 6)), N=int(lit.get("N", 256)), dim=int(lit.get("dim", 1024)))
+    red = p.get("dim_reduction") or {}
+    red_dim = int(red["dim"]) if isinstance(red, Mapping) and red.get("dim") else None
+    rt = dict(p.get("runtime", {}))
+    kwargs: dict[str, Any] = {}
+    if "mean_std" in rt:
+        mean, std = rt["mean_std"]
+        kwargs["mean"], kwargs["std"] = tuple(map(float, mean)), tuple(map(float, std))
+    for key in ("image_size", "features_num"):
+        if key in rt:
+            kwargs[key] = int(rt[key])
+    for key in ("scales", "training_scales"):
+        if key in rt:
+            kwargs[key] = tuple(float(s) for s in rt[key])
+    return ModelConfig(
+        backbone=BackboneConfig(name=str(arch), out_index=4 - skip),
+        lit=lit_cfg,
+        reduction_dim=red_dim,
+        runtime=RuntimeConfig(**kwargs),
+    )
+
+
+def fire_params_from_config(cfg: ModelConfig) -> dict[str, Any]:
+    """Inverse of :func:`config_from_fire_params` (plain builtins)."""
+    rt = cfg.runtime
+    return {
+        "architecture": cfg.backbone.name,
+        "skip_layer": 4 - cfg.backbone.out_index,
+        "dim_reduction": {"dim": cfg.reduction_dim} if cfg.reduction_dim else {},
+        "lit": {"T": cfg.lit.T, "N": cfg.lit.N, "dim": cfg.lit.dim},
+        "runtime": {
+            "mean_std": [list(rt.mean), list(rt.std)],
+            "image_size": rt.image_size,
+            "features_num": rt.features_num,
+            "scales": list(rt.scales),
+            "training_scales": list(rt.training_scales),
+        },
+    }
+
+
+# ---------------------------------------------------------------------- fitting
+def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strictly load ``state_dict``; on mismatch raise one error listing every problem.
+
+    Raises:
+        CheckpointError: with the missing keys, unexpected keys and shape mismatches.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not fit the model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_abbrev(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_abbrev(unexpected)}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): {_abbrev(shapes)}")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _abbrev(items: list[str], n: int = 12) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+# ---------------------------------------------------------------------- lit checkpoints
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any] | None = None, half: bool = False) -> None:
+    """Write a lit checkpoint: ``{"format", "version", "config", "state_dict", "meta"}``.
+
+    Args:
+        half: store floating tensors as float16 (weights for shipping); loading casts back.
+    """
+    sd = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(
+        {
+            "format": LIT_FORMAT,
+            "version": LIT_FORMAT_VERSION,
+            "config": model.cfg.to_dict(),
+            "state_dict": sd,
+            "meta": dict(meta or {}),
+        },
+        os.fspath(path),
+    )
+
+
+def save_fire_checkpoint(model: torch.nn.Module, path: str | os.PathLike, epoch: int = 0) -> None:
+    """Write ``model`` in the official FIRe layout (SPEC section 2), e.g. for tests."""
+    torch.save(
+        {
+            "state_dict": to_fire_state_dict(model.state_dict()),
+            "net_params": fire_params_from_config(model.cfg),
+            "meta": {},
+            "epoch": epoch,
+            "_version": "fire/2021",
+        },
+        os.fspath(path),
+    )
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Build a model from an official FIRe checkpoint or a lit checkpoint."""
+    from .model import SuperFeatureModel
+
+    path = os.fspath(path)
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if ckpt.get("format") == LIT_FORMAT:
+        version = ckpt.get("version")
+        if version != LIT_FORMAT_VERSION:
+            raise CheckpointError(f"{path}: lit checkpoint version {version!r}, this lit reads {LIT_FORMAT_VERSION}")
+        try:
+            cfg = ModelConfig.from_dict(ckpt["config"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: bad model config ({err})") from None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    elif "state_dict" in ckpt and ("net_params" in ckpt or any(k.startswith("features.") for k in ckpt["state_dict"])):
+        cfg = config_from_fire_params(ckpt.get("net_params"))
+        state = convert_fire_state_dict(ckpt["state_dict"])
+        if cfg.reduction_dim is None and "dim_reduction.weight" in state:
+            cfg = ModelConfig(cfg.backbone, cfg.lit, int(state["dim_reduction.weight"].shape[0]), cfg.runtime)
+        if cfg.reduction_dim is not None and "dim_reduction.weight" not in state:
+            cfg = ModelConfig(cfg.backbone, cfg.lit, None, cfg.runtime)
+    else:
+        raise CheckpointError(
+            f"{path}: neither a lit checkpoint nor an official FIRe checkpoint "
+            f"(top-level keys: {sorted(map(str, ckpt))[:10]})"
+        )
+    model = SuperFeatureModel(cfg)
+    load_state_dict_checked(model, state, source=path)
+    if model.dim_reduction is None:
+        import warnings
+
+        warnings.warn(
+            f"{path} has no dimensionality reduction layer (like fire_imagenet.pth): "
+            "call model.init_reduction(features) before extract()",
+            stacklevel=2,
+        )
+    else:
+        model.dim_reduction.requires_grad_(False)
+    return model.to(device).eval()

@@ -1,0 +1,108 @@
+"""Typed configuration of a super-feature model, stored inside lit checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FIRE_SCALES = (2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A timm CNN cut after one feature stage.
+
+    Args:
+        name: timm model name (``resnet50``, ``efficientnet_lite0``, any CNN timm can
+            build with ``features_only=True``).
+        out_index: index into the model's ``feature_info`` of the stage to keep
+            (3 is stride 16 for ResNets and EfficientNets: ResNet-50 ``layer3``).
+    """
+
+    name: str = "resnet50"
+    out_index: int = 3
+
+
+@dataclass(frozen=True)
+class LITConfig:
+    """Local feature Integration Transformer sizes (FIRe: T=6, N=256, dim=1024)."""
+
+    T: int = 6
+    N: int = 256
+    dim: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("T", "N", "dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LITConfig.{name} must be a positive int, got {value!r}")
+        if self.dim % 2:
+            raise ValueError(f"LITConfig.dim must be even (the MLP is dim -> dim/2), got {self.dim}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Extraction defaults: normalisation, image size, scales and how many features to keep."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    image_size: int = 1024
+    features_num: int = 1000
+    scales: tuple[float, ...] = FIRE_SCALES
+    training_scales: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model.
+
+    Args:
+        backbone: which CNN and where it is cut.
+        lit: LIT sizes.
+        reduction_dim: output dimension of the 1x1 reduction (FIRe: 128); ``None`` for a
+            model without reduction (e.g. the ImageNet pre-training checkpoint).
+        runtime: extraction defaults.
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lit: LITConfig = field(default_factory=LITConfig)
+    reduction_dim: int | None = 128
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins (safe to store in a ``weights_only`` checkpoint)."""
+        d = asdict(self)
+        for key in ("mean", "std", "scales", "training_scales"):
+            d["runtime"][key] = list(d["runtime"][key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        if not isinstance(d, dict):
+            raise TypeError(f"model config must be a dict, got {type(d).__name__}")
+        _check_keys(cls, d, "model config")
+        backbone = d.get("backbone", {})
+        lit = d.get("lit", {})
+        runtime = dict(d.get("runtime", {}))
+        _check_keys(BackboneConfig, backbone, "backbone config")
+        _check_keys(LITConfig, lit, "lit config")
+        _check_keys(RuntimeConfig, runtime, "runtime config")
+        for key in ("mean", "std", "scales", "training_scales"):
+            if key in runtime:
+                runtime[key] = tuple(float(v) for v in runtime[key])
+        return cls(
+            backbone=BackboneConfig(**backbone),
+            lit=LITConfig(**lit),
+            reduction_dim=d.get("reduction_dim", 128),
+            runtime=RuntimeConfig(**runtime),
+        )
+
+
+def _check_keys(klass: type, d: dict, what: str) -> None:
+    known = {f.name for f in fields(klass)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown keys in {what}: {sorted(unknown)} (known: {sorted(known)})")

@@ -1,0 +1,280 @@
+"""The super-feature network: timm backbone -> LIT -> strength -> 1x1 reduction."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .._image import load_image
+from ..types import LocalFeatures, Matches, SuperFeatures
+from .backbone import create_backbone, freeze_batchnorm
+from .config import ModelConfig
+from .lit_module import LIT
+
+ImageLike = Tensor | Image.Image | str | os.PathLike
+
+
+def strength(features: Tensor) -> Tensor:
+    """L2 norm ``sqrt(sum x^2 + 1e-10)`` over the last axis.
+
+    Shape:
+        - Input: :math:`(..., D)`.
+        - Output: :math:`(...)`.
+    """
+    return torch.sqrt(features.pow(2).sum(dim=-1) + 1e-10)
+
+
+def attention_centroids(attention: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Centroid of each attention map in pixel coordinates of an ``(H, W)`` image.
+
+    The centre of cell ``(i, j)`` of an ``h x w`` map is ``((j + 0.5) W / w, (i + 0.5) H / h)``.
+
+    Shape:
+        - Input: :math:`(..., h, w)`.
+        - Output: :math:`(..., 2)` as ``(x, y)``.
+    """
+    h, w = attention.shape[-2:]
+    H, W = image_size
+    a = attention.float()
+    a = a / a.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    ys = (torch.arange(h, device=a.device, dtype=a.dtype) + 0.5) * (H / h)
+    xs = (torch.arange(w, device=a.device, dtype=a.dtype) + 0.5) * (W / w)
+    x = (a.sum(dim=-2) * xs).sum(dim=-1)
+    y = (a.sum(dim=-1) * ys).sum(dim=-1)
+    return torch.stack([x, y], dim=-1)
+
+
+class SuperFeatureModel(nn.Module):
+    """FIRe-style model producing super-features.
+
+    Args:
+        cfg: the model configuration (defaults: FIRe, ResNet-50 conv4, LIT 6/256/1024, 128-d).
+        pretrained_backbone: initialise the backbone with ImageNet weights.
+
+    Shape:
+        - :meth:`forward_superfeatures`: normalised images :math:`(B, 3, H, W)` to
+          super-features :math:`(B, N, D)` and attention :math:`(B, N, h, w)`.
+        - :meth:`reduce`: :math:`(B, N, D)` to :math:`(B, N, d)` (``d = reduction_dim``).
+    """
+
+    def __init__(self, cfg: ModelConfig = ModelConfig(), pretrained_backbone: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = create_backbone(cfg.backbone, pretrained=pretrained_backbone)
+        self.lit = LIT(self.backbone.out_channels, cfg.lit)
+        if cfg.reduction_dim is not None:
+            self.dim_reduction = nn.Conv2d(cfg.lit.dim, cfg.reduction_dim, kernel_size=1)
+        else:
+            self.dim_reduction = None
+        self.register_buffer("mean", torch.tensor(cfg.runtime.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.runtime.std).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> SuperFeatureModel:
+        """Like ``nn.Module.train`` but batch norm always stays in eval mode."""
+        super().train(mode)
+        freeze_batchnorm(self)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.lit.templates_init.device
+
+    @property
+    def has_reduction(self) -> bool:
+        return self.dim_reduction is not None
+
+    # ------------------------------------------------------------------ core
+    def normalize(self, images: Tensor) -> Tensor:
+        """Subtract the mean and divide by the std of the runtime config."""
+        return (images - self.mean) / self.std
+
+    def forward_superfeatures(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Backbone and LIT on normalised images; returns ``(features, attention)``."""
+        return self.lit(self.backbone(x))
+
+    def reduce(self, features: Tensor) -> Tensor:
+        """Apply the 1x1 reduction (an affine map, no L2 normalisation after it)."""
+        if self.dim_reduction is None:
+            raise RuntimeError(
+                "this model has no dimensionality reduction layer (e.g. the ImageNet "
+                "pre-training checkpoint fire_imagenet.pth): initialise it first with "
+                "model.init_reduction(descriptors) or lit.models.init_reduction_from_images(...)"
+            )
+        w = self.dim_reduction.weight.flatten(1)
+        return F.linear(features, w, self.dim_reduction.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised images to reduced descriptors, strengths and attention, one scale.
+
+        Shape:
+            - Input: :math:`(B, 3, H, W)` normalised.
+            - Output: descriptors :math:`(B, N, d)`, strengths :math:`(B, N)`,
+              attention :math:`(B, N, h, w)`.
+        """
+        feats, attn = self.forward_superfeatures(x)
+        return self.reduce(feats), strength(feats), attn
+
+    def init_reduction(self, features: Tensor, shrinkage: float = 1.0, dim: int | None = None) -> None:
+        """Initialise (and create if missing) the reduction by PCA-whitening ``features``.
+
+        Args:
+            features: :math:`(M, D)` super-features (before reduction) of training images.
+            shrinkage: eigenvalue power ``-shrinkage/2`` (1: full whitening, 0: plain PCA).
+            dim: output dimension when the model has no reduction yet (default 128, or
+                ``D`` when ``D < 128``).
+        """
+        from .whitening import pca_whitening
+
+        dim = self.cfg.reduction_dim or dim or min(128, self.cfg.lit.dim)
+        weight, bias = pca_whitening(features, dim=dim, shrinkage=shrinkage)
+        if self.dim_reduction is None:
+            from dataclasses import replace
+
+            self.dim_reduction = nn.Conv2d(self.cfg.lit.dim, dim, kernel_size=1).to(self.device)
+            self.cfg = replace(self.cfg, reduction_dim=dim)
+        with torch.no_grad():
+            self.dim_reduction.weight.copy_(weight.view(dim, -1, 1, 1))
+            self.dim_reduction.bias.copy_(bias)
+        self.dim_reduction.requires_grad_(False)
+
+    # ------------------------------------------------------------------ public API
+    def _as_batch(self, image: ImageLike | Sequence[ImageLike]) -> tuple[Tensor, bool]:
+        if isinstance(image, Tensor):
+            if image.dim() == 3:
+                batch, single = image.unsqueeze(0), True
+            elif image.dim() == 4:
+                batch, single = image, False
+            else:
+                raise ValueError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+            if batch.shape[1] != 3:
+                raise ValueError(f"image tensor must have 3 (RGB) channels, got {batch.shape[1]}")
+            if not batch.is_floating_point():
+                raise TypeError(f"image tensor must be float in [0, 1], got {batch.dtype}")
+        elif isinstance(image, (Image.Image, str, os.PathLike)):
+            batch, single = load_image(image, self.cfg.runtime.image_size).unsqueeze(0), True
+        else:
+            raise TypeError(
+                f"image must be a tensor, a PIL image or a path, got {type(image).__name__}"
+            )
+        return batch.to(self.device, torch.float32), single
+
+    @torch.inference_mode()
+    def extract_batch(
+        self, images: Tensor, scales: Sequence[float] | None = None, features_num: int | None = None
+    ) -> list[LocalFeatures]:
+        """Multi-scale super-features of a batch of equal-size images (SPEC section 1).
+
+        Args:
+            images: RGB in ``[0, 1]``, not normalised, used as given.
+            scales: resize factors (default: the runtime config's 7 scales).
+            features_num: how many of the strongest super-features to keep (default 1000).
+
+        Shape:
+            - Input: :math:`(B, 3, H, W)`.
+            - Output: ``B`` :class:`~lit.LocalFeatures` with ``K = min(features_num, S N)``.
+        """
+        scales = tuple(self.cfg.runtime.scales if scales is None else scales)
+        k = self.cfg.runtime.features_num if features_num is None else int(features_num)
+        if not scales or k < 1:
+            raise ValueError(f"need at least one scale and features_num >= 1, got {scales}, {k}")
+        x = self.normalize(images)
+        h0, w0 = x.shape[-2:]
+        descs, strengths, scale_ids, positions = [], [], [], []
+        for s in scales:
+            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            feats, attn = self.forward_superfeatures(xs)
+            descs.append(self.reduce(feats))
+            strengths.append(strength(feats))
+            scale_ids.append(torch.full(strengths[-1].shape, float(s), device=x.device))
+            positions.append(attention_centroids(attn, (h0, w0)))
+        descs = torch.cat(descs, dim=1)  # (B, S*N, d)
+        strengths = torch.cat(strengths, dim=1)
+        scale_ids = torch.cat(scale_ids, dim=1)
+        positions = torch.cat(positions, dim=1)
+        n = self.cfg.lit.N
+        sf_ids = torch.arange(n, device=x.device).repeat(len(scales)).expand(x.shape[0], -1)
+        k = min(k, strengths.shape[1])
+        order = torch.sort(strengths, dim=1, descending=True, stable=True).indices[:, :k]
+        out = []
+        for b in range(x.shape[0]):
+            o = order[b]
+            out.append(
+                LocalFeatures(
+                    descriptors=descs[b, o].float().cpu(),
+                    strengths=strengths[b, o].float().cpu(),
+                    scales=scale_ids[b, o].float().cpu(),
+                    superfeature_ids=sf_ids[b, o].long().cpu(),
+                    positions=positions[b, o].float().cpu(),
+                )
+            )
+        return out
+
+    def extract(
+        self,
+        image: ImageLike,
+        scales: Sequence[float] | None = None,
+        features_num: int | None = None,
+    ) -> LocalFeatures | list[LocalFeatures]:
+        """Multi-scale super-features of one image (SPEC sections 1 and 8).
+
+        Args:
+            image: float tensor ``(3, H, W)`` in ``[0, 1]`` (used as given), a batch
+                ``(B, 3, H, W)`` (returns a list), a PIL image or a path (downscaled so that
+                the longer side is at most ``runtime.image_size``).
+            scales: default the model's scales (FIRe: 7).
+            features_num: default the model's (FIRe: 1000).
+
+        Returns:
+            :class:`~lit.LocalFeatures`, strongest first (a list for a batch).
+        """
+        batch, single = self._as_batch(image)
+        feats = self.extract_batch(batch, scales=scales, features_num=features_num)
+        return feats[0] if single else feats
+
+    @torch.inference_mode()
+    def superfeatures(self, image: ImageLike, scale: float = 1.0) -> SuperFeatures:
+        """All ``N`` super-features of one image at one scale, with their attention maps."""
+        batch, single = self._as_batch(image)
+        if not single and batch.shape[0] != 1:
+            raise ValueError("superfeatures takes one image; use forward() for batches")
+        x = self.normalize(batch)
+        if scale != 1.0:
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        desc, strengths, attn = self(x)
+        return SuperFeatures(desc[0].float().cpu(), strengths[0].float().cpu(), attn[0].float().cpu(), float(scale))
+
+    @torch.inference_mode()
+    def forward_global(self, images: Tensor, scales: Sequence[float] | None = None) -> Tensor:
+        """Global descriptor: sum over scales and super-features of strength x descriptor,
+        L2-normalised.
+
+        Shape:
+            - Input: :math:`(B, 3, H, W)` RGB in ``[0, 1]``.
+            - Output: :math:`(B, d)`.
+        """
+        scales = tuple(self.cfg.runtime.scales if scales is None else scales)
+        x = self.normalize(images.to(self.device, torch.float32))
+        total = 0.0
+        for s in scales:
+            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            desc, strengths, _ = self(xs)
+            total = total + (strengths.unsqueeze(-1) * desc).sum(dim=1)
+        return F.normalize(total, dim=-1)
+
+    def match(
+        self, image_a: ImageLike, image_b: ImageLike, threshold: float = 0.9, ratio: float | None = None,
+        **extract_kwargs,
+    ) -> tuple[LocalFeatures, LocalFeatures, Matches]:
+        """Extract both images and match their super-features (:func:`lit.match`)."""
+        from ..matching import match
+
+        fa = self.extract(image_a, **extract_kwargs)
+        fb = self.extract(image_b, **extract_kwargs)
+        return fa, fb, match(fa, fb, threshold=threshold, ratio=ratio)

@@ -1,0 +1,37 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A small ResNet-18 cut at stride 16 with a tiny LIT: fast on CPU."""
+    from lit.models import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig
+
+    return ModelConfig(
+        backbone=BackboneConfig("resnet18", 3),
+        lit=LITConfig(T=2, N=8, dim=32),
+        reduction_dim=16,
+        runtime=RuntimeConfig(image_size=96, features_num=20, scales=(1.0, 0.707, 0.5)),
+    )
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg):
+    from lit.models import SuperFeatureModel
+
+    torch.manual_seed(0)
+    model = SuperFeatureModel(tiny_cfg)
+    # random, non-trivial batch-norm statistics so that frozen BN matters
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()

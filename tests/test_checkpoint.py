@@ -1,0 +1,147 @@
+"""Official FIRe checkpoints, lit checkpoints, key conversion and safety."""
+
+import os
+import pathlib
+import re
+
+import pytest
+import torch
+
+import lit
+from lit.models import (
+    CheckpointError,
+    LITConfig,
+    ModelConfig,
+    SuperFeatureModel,
+    convert_fire_state_dict,
+    save_checkpoint,
+    save_fire_checkpoint,
+    to_fire_state_dict,
+)
+from lit.models.checkpoint import config_from_fire_params, fire_params_from_config
+
+
+def test_resnet50_keys_follow_the_official_layout():
+    model = SuperFeatureModel(ModelConfig(lit=LITConfig(T=1, N=4, dim=16)))
+    fire_keys = set(to_fire_state_dict(model.state_dict()))
+    for key in ("features.0.weight", "features.1.running_mean", "features.4.0.conv1.weight",
+                "features.4.0.downsample.0.weight", "features.5.3.bn3.weight", "features.6.5.conv3.weight",
+                "lit.templates_init", "lit.project_q.weight", "lit.project_k.weight", "lit.project_v.weight",
+                "lit.norm_inputs.weight", "lit.norm_templates.bias", "lit.norm_mlp.weight", "lit.mlp.0.weight",
+                "lit.mlp.2.bias", "dim_reduction.weight", "dim_reduction.bias"):
+        assert key in fire_keys, key
+    assert not any(k.startswith("features.7") for k in fire_keys)  # no last stage
+    prefixes = {re.match(r"features\.(\d+)\.", k).group(1) for k in fire_keys if k.startswith("features.")}
+    assert prefixes == {"0", "1", "4", "5", "6"}
+    assert model.state_dict()["dim_reduction.weight"].shape == (128, 16, 1, 1)
+    assert model.lit.templates_init.shape == (1, 4, 16)
+
+
+def test_key_conversion_round_trip(tiny_model):
+    sd = tiny_model.state_dict()
+    fire = to_fire_state_dict(sd)
+    back = convert_fire_state_dict({**fire, "fc.weight": torch.zeros(3), "fc.bias": torch.zeros(3)})
+    assert back.keys() == sd.keys()
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    dp = convert_fire_state_dict({"module." + k: v for k, v in fire.items()})
+    assert dp.keys() == sd.keys()
+
+
+def test_net_params_round_trip(tiny_cfg):
+    assert config_from_fire_params(fire_params_from_config(tiny_cfg)) == tiny_cfg
+
+
+def _official(tmp_path, model, name="fire.pth", pathlib_pretrained=True, drop_reduction=False, extra=None):
+    path = tmp_path / name
+    save_fire_checkpoint(model, path, epoch=200)
+    ckpt = torch.load(path, weights_only=False)  # our own file, written just above
+    if pathlib_pretrained:  # the official file most likely stores a pathlib path
+        ckpt["net_params"]["pretrained"] = pathlib.PosixPath("/data/fire_imagenet.pth")
+    if drop_reduction:
+        ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("dim_reduction")}
+        ckpt["net_params"]["dim_reduction"] = {}
+    ckpt["state_dict"].update(extra or {})
+    torch.save(ckpt, path)
+    return path
+
+
+def test_official_checkpoint_loads_and_reproduces_outputs(tmp_path, tiny_model):
+    path = _official(tmp_path, tiny_model)
+    with pytest.raises(Exception):  # plain weights_only refuses the pathlib object
+        torch.load(path, weights_only=True)
+    loaded = lit.load_model(path)
+    assert loaded.cfg == tiny_model.cfg
+    image = torch.rand(3, 70, 90)
+    a, b = tiny_model.extract(image), loaded.extract(image)
+    torch.testing.assert_close(a.descriptors, b.descriptors, rtol=0, atol=0)
+    torch.testing.assert_close(a.strengths, b.strengths, rtol=0, atol=0)
+
+
+def test_imagenet_checkpoint_without_reduction(tmp_path, tiny_model):
+    path = _official(tmp_path, tiny_model, "fire_imagenet.pth", drop_reduction=True,
+                     extra={"fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)})
+    with pytest.warns(UserWarning, match="no dimensionality reduction"):
+        model = lit.load_model(path)
+    assert not model.has_reduction
+    with pytest.raises(RuntimeError, match="init_reduction"):
+        model.extract(torch.rand(3, 64, 64))
+
+
+def test_lit_checkpoint_round_trip(tmp_path, tiny_model):
+    path = tmp_path / "model.pt"
+    save_checkpoint(tiny_model, path, meta={"epoch": 3})
+    loaded = lit.load_model(str(path))
+    assert loaded.cfg == tiny_model.cfg
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    half = tmp_path / "half.pt"
+    save_checkpoint(tiny_model, half, half=True)
+    assert os.path.getsize(half) < os.path.getsize(path)
+    lh = lit.load_model(half)
+    image = torch.rand(3, 64, 64)
+    torch.testing.assert_close(lh.extract(image).strengths, tiny_model.extract(image).strengths, rtol=2e-2, atol=1e-2)
+
+
+def test_mismatched_checkpoint_lists_keys(tmp_path, tiny_model):
+    sd = to_fire_state_dict(tiny_model.state_dict())
+    sd.pop("lit.project_q.weight")
+    sd["lit.extra.weight"] = torch.zeros(2)
+    sd["lit.templates_init"] = torch.zeros(1, 9, 32)
+    path = tmp_path / "bad.pth"
+    torch.save({"state_dict": sd, "net_params": fire_params_from_config(tiny_model.cfg)}, path)
+    with pytest.raises(CheckpointError) as err:
+        lit.load_model(path)
+    msg = str(err.value)
+    assert "missing keys (1): lit.project_q.weight" in msg
+    assert "unexpected keys (1): lit.extra.weight" in msg
+    assert "lit.templates_init: checkpoint (1, 9, 32) vs model (1, 8, 32)" in msg
+    assert str(path) in msg
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + os.environ["LIT_EVIL_MARKER"],))
+
+
+def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, monkeypatch, tiny_model):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("LIT_EVIL_MARKER", str(marker))
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": to_fire_state_dict(tiny_model.state_dict()), "net_params": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load") as err:
+        lit.load_model(path)
+    assert "system" in str(err.value)
+    assert not marker.exists()
+
+
+def test_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        lit.load_model(junk)
+    other = tmp_path / "other.pth"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="neither a lit checkpoint nor an official FIRe"):
+        lit.load_model(other)
+    with pytest.raises(ValueError, match="neither an existing checkpoint file nor a registered"):
+        lit.load_model("no-such-model")
