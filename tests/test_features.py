@@ -1,0 +1,128 @@
+"""Feature files: round trip, resume, failures, kill -9."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lit.features import FeatureFileError, FeatureStore, extract_to_file
+from lit.models import save_checkpoint
+
+
+def _images(folder, n, size=(64, 48)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_round_trip_and_resume(tmp_path, tiny_model):
+    paths = _images(tmp_path / "imgs", 5)
+    out = tmp_path / "feats.h5"
+    s1 = extract_to_file(tiny_model, paths[:3], out, root=tmp_path / "imgs", progress=False)
+    assert (s1.done, s1.skipped) == (3, 0)
+    s2 = extract_to_file(tiny_model, paths, out, root=tmp_path / "imgs", progress=False)
+    assert (s2.done, s2.skipped) == (2, 3)
+    with FeatureStore(out) as store:
+        assert store.names == [f"img{i:03d}.png" for i in range(5)]
+        for i, p in enumerate(paths):
+            ref = tiny_model.extract(p)
+            got = store[i]
+            torch.testing.assert_close(got.descriptors, ref.descriptors)
+            torch.testing.assert_close(got.strengths, ref.strengths)
+            assert torch.equal(got.superfeature_ids, ref.superfeature_ids)
+            torch.testing.assert_close(store[f"img{i:03d}.png"].scales, ref.scales)
+        desc, ids = store.all_descriptors()
+        assert desc.shape == (5 * 20, 16) and np.array_equal(ids, np.repeat(np.arange(5), 20))
+        with pytest.raises(KeyError, match="nope"):
+            store["nope.png"]
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path, tiny_model):
+    paths = _images(tmp_path / "imgs", 2)
+    (tmp_path / "imgs" / "zero.jpg").write_bytes(b"")
+    (tmp_path / "imgs" / "text.png").write_text("not an image")
+    paths += [tmp_path / "imgs" / "zero.jpg", tmp_path / "imgs" / "text.png"]
+    out = tmp_path / "f.h5"
+    s = extract_to_file(tiny_model, paths, out, root=tmp_path / "imgs", progress=False)
+    assert s.done == 2 and set(s.failed) == {"zero.jpg", "text.png"}
+    assert "zero.jpg" in s.report() and "empty file" in s.report()
+    again = extract_to_file(tiny_model, paths, out, root=tmp_path / "imgs", progress=False)
+    assert again.done == 0 and again.skipped == 4  # failures are not retried
+    with FeatureStore(out) as store:
+        assert len(store) == 2 and set(store.failed) == {"zero.jpg", "text.png"}
+
+
+def test_other_model_or_settings_are_refused(tmp_path, tiny_model):
+    paths = _images(tmp_path / "imgs", 1)
+    out = tmp_path / "f.h5"
+    extract_to_file(tiny_model, paths, out, progress=False)
+    with pytest.raises(FeatureFileError, match="fingerprint"):
+        extract_to_file(tiny_model, paths, out, scales=[1.0], progress=False)
+    with torch.no_grad():
+        tiny_model.lit.templates_init.add_(1)
+    with pytest.raises(FeatureFileError, match="another model"):
+        extract_to_file(tiny_model, paths, out, progress=False)
+
+
+def test_unreadable_feature_files(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(FeatureFileError, match="bad.h5"):
+        FeatureStore(bad)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = 1
+    with pytest.raises(FeatureFileError, match="not a lit feature file"):
+        FeatureStore(other)
+    with pytest.raises(FeatureFileError, match="no such"):
+        FeatureStore(tmp_path / "missing.h5")
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import lit
+    from lit.features import extract_to_file
+    model = lit.load_model(sys.argv[1])
+    real = model.extract
+    def slow(*a, **k):
+        out = real(*a, **k)
+        print("x", flush=True)
+        time.sleep(0.15)
+        return out
+    model.extract = slow
+    extract_to_file(model, sys.argv[3:], sys.argv[2], progress=False)
+""")
+
+
+def test_kill_9_loses_at_most_the_image_in_flight(tmp_path, tiny_model):
+    paths = [str(p) for p in _images(tmp_path / "imgs", 30)]
+    out = tmp_path / "f.h5"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    save_checkpoint(tiny_model, tmp_path / "model.pt")
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "model.pt"), str(out), *paths], stdout=subprocess.PIPE, text=True)
+    for _ in range(6):
+        assert proc.stdout.readline().strip() == "x"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with FeatureStore(out) as store:  # still readable
+        n = len(store)
+        assert 5 <= n <= 7
+        assert store.names == paths[:n]
+    summary = extract_to_file(tiny_model, paths, out, progress=False)
+    assert summary.skipped == n and summary.done == 30 - n
+    with FeatureStore(out) as store:
+        assert store.names == paths
+        torch.testing.assert_close(store[29].descriptors, tiny_model.extract(paths[29]).descriptors)
+        torch.testing.assert_close(store[0].descriptors, tiny_model.extract(paths[0]).descriptors)
