@@ -164,3 +164,22 @@ def test_model_without_reduction_says_how_to_fix(tiny_cfg):
     model = SuperFeatureModel(replace(tiny_cfg, reduction_dim=None))
     model.init_reduction(torch.randn(100, 32), dim=8)
     assert model.extract(torch.rand(3, 64, 64)).descriptors.shape[1] == 8 and model.cfg.reduction_dim == 8
+
+
+def test_bf16_fast_path_agrees_with_fp32(tiny_model):
+    torch.manual_seed(0)
+    image = torch.rand(3, 96, 128)
+    ref = tiny_model.extract(image, features_num=12)
+    fast = tiny_model.extract(image, features_num=12, amp=torch.bfloat16)
+    assert fast.descriptors.dtype == torch.float32
+    same = {(float(s), int(i)) for s, i in zip(ref.scales, ref.superfeature_ids)} & {
+        (float(s), int(i)) for s, i in zip(fast.scales, fast.superfeature_ids)}
+    assert len(same) >= 9  # bf16 may swap near-ties at the cut, not much more
+    torch.testing.assert_close(fast.strengths, ref.strengths, rtol=5e-2, atol=0)
+
+
+def test_channels_last_gives_the_same_features(tiny_model):
+    image = torch.rand(3, 64, 80)
+    ref = tiny_model.extract(image)
+    tiny_model.to_channels_last()
+    torch.testing.assert_close(tiny_model.extract(image).descriptors, ref.descriptors, rtol=1e-4, atol=1e-5)

@@ -167,7 +167,8 @@ class SuperFeatureModel(nn.Module):
 
     @torch.inference_mode()
     def extract_batch(
-        self, images: Tensor, scales: Sequence[float] | None = None, features_num: int | None = None
+        self, images: Tensor, scales: Sequence[float] | None = None, features_num: int | None = None,
+        amp: torch.dtype | None = None,
     ) -> list[LocalFeatures]:
         """Multi-scale super-features of a batch of equal-size images (SPEC section 1).
 
@@ -175,6 +176,9 @@ class SuperFeatureModel(nn.Module):
             images: RGB in ``[0, 1]``, not normalised, used as given.
             scales: resize factors (default: the runtime config's 7 scales).
             features_num: how many of the strongest super-features to keep (default 1000).
+            amp: run backbone and LIT under autocast with this dtype (``torch.bfloat16``:
+                the fast path); strengths, reduction and selection stay in float32.
+                ``None`` (default) is the float32 reference path.
 
         Shape:
             - Input: :math:`(B, 3, H, W)`.
@@ -189,7 +193,14 @@ class SuperFeatureModel(nn.Module):
         descs, strengths, scale_ids, positions = [], [], [], []
         for s in scales:
             xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            feats, attn = self.forward_superfeatures(xs)
+            if self._channels_last:
+                xs = xs.contiguous(memory_format=torch.channels_last)
+            if amp is None:
+                feats, attn = self.forward_superfeatures(xs)
+            else:
+                with torch.autocast(device_type=xs.device.type, dtype=amp):
+                    feats, attn = self.forward_superfeatures(xs)
+                feats, attn = feats.float(), attn.float()
             descs.append(self.reduce(feats))
             strengths.append(strength(feats))
             scale_ids.append(torch.full(strengths[-1].shape, float(s), device=x.device))
@@ -202,25 +213,41 @@ class SuperFeatureModel(nn.Module):
         sf_ids = torch.arange(n, device=x.device).repeat(len(scales)).expand(x.shape[0], -1)
         k = min(k, strengths.shape[1])
         order = torch.sort(strengths, dim=1, descending=True, stable=True).indices[:, :k]
-        out = []
-        for b in range(x.shape[0]):
-            o = order[b]
-            out.append(
-                LocalFeatures(
-                    descriptors=descs[b, o].float().cpu(),
-                    strengths=strengths[b, o].float().cpu(),
-                    scales=scale_ids[b, o].float().cpu(),
-                    superfeature_ids=sf_ids[b, o].long().cpu(),
-                    positions=positions[b, o].float().cpu(),
-                )
+        # gather on the device, then one transfer for the whole batch
+        def take(t: Tensor) -> Tensor:
+            idx = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+            return t.gather(1, idx)
+
+        packed = torch.cat(
+            [take(descs), take(strengths)[..., None], take(scale_ids)[..., None],
+             take(sf_ids.float())[..., None], take(positions)], dim=2,
+        ).float().cpu()
+        d = descs.shape[2]
+        return [
+            LocalFeatures(
+                descriptors=p[:, :d].contiguous(),
+                strengths=p[:, d].contiguous(),
+                scales=p[:, d + 1].contiguous(),
+                superfeature_ids=p[:, d + 2].long(),
+                positions=p[:, d + 3:].contiguous(),
             )
-        return out
+            for p in packed
+        ]
+
+    _channels_last = False
+
+    def to_channels_last(self) -> SuperFeatureModel:
+        """Use the channels-last memory format for the backbone (faster convolutions on GPU)."""
+        self.backbone.to(memory_format=torch.channels_last)
+        self._channels_last = True
+        return self
 
     def extract(
         self,
         image: ImageLike,
         scales: Sequence[float] | None = None,
         features_num: int | None = None,
+        amp: torch.dtype | None = None,
     ) -> LocalFeatures | list[LocalFeatures]:
         """Multi-scale super-features of one image (SPEC sections 1 and 8).
 
@@ -230,12 +257,13 @@ class SuperFeatureModel(nn.Module):
                 the longer side is at most ``runtime.image_size``).
             scales: default the model's scales (FIRe: 7).
             features_num: default the model's (FIRe: 1000).
+            amp: autocast dtype for the fast path (see :meth:`extract_batch`).
 
         Returns:
             :class:`~lit.LocalFeatures`, strongest first (a list for a batch).
         """
         batch, single = self._as_batch(image)
-        feats = self.extract_batch(batch, scales=scales, features_num=features_num)
+        feats = self.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
         return feats[0] if single else feats
 
     @torch.inference_mode()
