@@ -9,14 +9,14 @@ from .checkpoint import (
     save_fire_checkpoint,
     to_fire_state_dict,
 )
-from .config import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig
+from .config import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig, lit_effl0_config
 from .lit_module import LIT
 from .model import SuperFeatureModel, attention_centroids, strength
 from .whitening import pca_whitening
 
 __all__ = [
     "LIT", "BackboneConfig", "CheckpointError", "LITConfig", "ModelConfig", "RuntimeConfig",
-    "SuperFeatureModel", "attention_centroids", "config_from_fire_params", "convert_fire_state_dict",
+    "SuperFeatureModel", "attention_centroids", "lit_effl0_config", "config_from_fire_params", "convert_fire_state_dict",
     "model_from_checkpoint", "pca_whitening", "save_checkpoint", "save_fire_checkpoint",
     "strength", "to_fire_state_dict",
 ]

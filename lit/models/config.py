@@ -106,3 +106,20 @@ def _check_keys(klass: type, d: dict, what: str) -> None:
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"unknown keys in {what}: {sorted(unknown)} (known: {sorted(known)})")
+
+
+def lit_effl0_config() -> ModelConfig:
+    """The small offline model: ImageNet EfficientNet-Lite0 (stride 16, 112 channels) + LIT.
+
+    LIT sizes (T=3, N=64, dim=256) fit the backbone's width and keep CPU extraction fast;
+    normalisation is the one the Lite0 weights were trained with (mean = std = 0.5).
+    """
+    return ModelConfig(
+        backbone=BackboneConfig("tf_efficientnet_lite0", 3),
+        lit=LITConfig(T=3, N=64, dim=256),
+        reduction_dim=128,
+        runtime=RuntimeConfig(
+            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), image_size=512, features_num=300,
+            scales=(1.414, 1.0, 0.707, 0.5), training_scales=(1.0,),
+        ),
+    )

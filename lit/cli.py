@@ -1,0 +1,448 @@
+"""The ``lit`` command line.
+
+Every command prints one clear line on stderr and exits with status 2 on a user error
+(bad file, bad option); set ``LIT_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+DEFAULT_MODEL = "lit-effl0"
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one line, no traceback."""
+
+
+# ---------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return name
+
+
+def load_cli_model(name: str | None, device: str):
+    """Load ``--model`` (a path or registered name); the default is the shipped model."""
+    import lit
+
+    name = name or DEFAULT_MODEL
+    if name == DEFAULT_MODEL and DEFAULT_MODEL not in lit.list_models():
+        raise UserError(f"the default model {DEFAULT_MODEL!r} is not installed here; pass --model PATH|NAME ({', '.join(lit.list_models())})")
+    return lit.load_model(name, device=device)
+
+
+def _scales(text: str | None):
+    if text is None:
+        return None
+    try:
+        return tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise UserError(f"--scales must be comma-separated numbers, got {text!r}") from None
+
+
+def _gather_images(inputs: Sequence[str], list_file: str | None) -> tuple[list[str], str | None]:
+    """Paths from folders, files and a list file; returns (paths, common root)."""
+    from ._image import list_images
+
+    paths: list[str] = []
+    root = None
+    for item in inputs:
+        if os.path.isdir(item):
+            paths.extend(list_images(item))
+            root = item if len(inputs) == 1 else None
+        elif os.path.exists(item):
+            paths.append(item)
+        else:
+            raise UserError(f"{item}: no such file or directory")
+    if list_file:
+        if not os.path.isfile(list_file):
+            raise UserError(f"{list_file}: no such list file")
+        base = os.path.dirname(list_file)
+        with open(list_file) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    paths.append(line if os.path.isabs(line) else os.path.join(base, line))
+    if not paths:
+        raise UserError("no images given (folders are searched for .jpg/.png/... files)")
+    return paths, root
+
+
+def _add_model_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
+    p.add_argument("--model", default=None, help=f"checkpoint path or registered name (default: {DEFAULT_MODEL}; `lit models` lists names)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, or cuda[:N] (default: auto)")
+    if extraction:
+        p.add_argument("--scales", default=None, help="comma-separated scales (default: the model's, FIRe: 2,1.414,1,0.707,0.5,0.353,0.25)")
+        p.add_argument("--features-num", type=int, default=None, help="super-features kept per image (default: the model's, FIRe: 1000)")
+        p.add_argument("--image-size", type=int, default=None, help="longer image side after downscaling (default: the model's, FIRe: 1024)")
+
+
+def _image_size(args, model):
+    return model.cfg.runtime.image_size if getattr(args, "image_size", None) is None else args.image_size
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_models(args) -> int:
+    from .hub import REGISTRY
+
+    for name in sorted(REGISTRY):
+        cfg = REGISTRY[name]
+        print(f"{name:16s} {cfg.description} [{cfg.license}]")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .features import extract_to_file
+
+    paths, root = _gather_images(args.inputs, args.list)
+    model = load_cli_model(args.model, resolve_device(args.device))
+    summary = extract_to_file(
+        model, paths, args.out, root=args.root or root, scales=_scales(args.scales),
+        features_num=args.features_num, image_size=_image_size(args, model),
+        num_workers=args.workers, progress=not args.quiet, half=args.half,
+    )
+    print(summary.report())
+    return 0
+
+
+def cmd_index(args) -> int:
+    import numpy as np
+
+    from .asmk import ASMK
+    from .features import FeatureStore
+
+    device = resolve_device(args.device)
+    with FeatureStore(args.features) as store:
+        desc, ids = store.all_descriptors()
+        names = store.names
+    if len(names) == 0:
+        raise UserError(f"{args.features}: no images in this feature file")
+    if args.codebook:
+        codebook = _load_codebook(args.codebook)
+    else:
+        train = desc
+        if args.train_features:
+            with FeatureStore(args.train_features) as ts:
+                train = ts.all_descriptors()[0]
+        size = min(args.codebook_size, len(train))
+        print(f"training a codebook of {size} words on {len(train)} descriptors", file=sys.stderr)
+        codebook = ASMK.train(train, size=size, seed=args.seed, device=device).codebook
+    index = ASMK(codebook, binary=not args.real, use_idf=args.idf, device=device)
+    index.add(desc, ids)
+    index.save(args.out)
+    with open(args.out + ".names.json", "w") as f:
+        json.dump({"features": os.path.abspath(args.features), "names": names}, f)
+    print(f"indexed {len(names)} images ({len(desc)} descriptors) into {args.out}: {json.dumps(index.stats())}")
+    del np
+    return 0
+
+
+def _load_codebook(path: str):
+    import numpy as np
+
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    from .asmk import ASMK
+
+    return ASMK.load(path).codebook
+
+
+def _index_names(index_path: str) -> list[str]:
+    side = index_path + ".names.json"
+    if not os.path.isfile(side):
+        raise UserError(f"{side}: missing (it is written by `lit index` next to the index)")
+    with open(side) as f:
+        return json.load(f)["names"]
+
+
+def cmd_search(args) -> int:
+    import numpy as np
+    import torch
+
+    from .asmk import ASMK
+    from .features import FeatureStore
+
+    device = resolve_device(args.device)
+    index = ASMK.load(args.index, device=device)
+    db_names = _index_names(args.index)
+    if args.query_features:
+        with FeatureStore(args.query_features) as qs:
+            qnames = qs.names
+            qfeats = [qs[i] for i in range(len(qs))]
+    else:
+        paths, _ = _gather_images(args.queries, args.list)
+        model = load_cli_model(args.model, device)
+        qnames, qfeats = [], []
+        from ._image import ImageReadError, load_image
+
+        for p in paths:
+            try:
+                img = load_image(p, _image_size(args, model))
+            except ImageReadError as err:
+                print(f"skipped: {err}", file=sys.stderr)
+                continue
+            qnames.append(p)
+            qfeats.append(model.extract(img, scales=_scales(args.scales), features_num=args.features_num))
+    if not qfeats:
+        raise UserError("no readable query images")
+    qdesc = torch.cat([f.descriptors for f in qfeats]).numpy()
+    qids = np.concatenate([np.full(len(f), i) for i, f in enumerate(qfeats)])
+    ranks, scores = index.search(qdesc, qids, topk=args.topk)
+    ranks, scores = np.asarray(ranks), np.asarray(scores)
+    results = []
+    for qi, qname in enumerate(qnames):
+        hits = [{"rank": r + 1, "name": db_names[int(ranks[qi, r])], "score": float(scores[qi, r])} for r in range(ranks.shape[1])]
+        results.append({"query": qname, "results": hits})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["query", "rank", "name", "score"])
+            for res in results:
+                for h in res["results"]:
+                    w.writerow([res["query"], h["rank"], h["name"], f"{h['score']:.6f}"])
+    if args.pairs:
+        with open(args.pairs, "w") as f:
+            for res in results:
+                for h in res["results"]:
+                    f.write(f"{res['query']} {h['name']}\n")
+    if args.plot:
+        from . import viz
+
+        root = args.db_root or ""
+        fig = viz.plot_retrieval(qnames[0], [os.path.join(root, h["name"]) for h in results[0]["results"]][: args.plot_topk],
+                                 scores=[h["score"] for h in results[0]["results"]][: args.plot_topk])
+        viz.save_figure(fig, args.plot)
+    if not (args.json or args.csv or args.pairs) or args.verbose:
+        for res in results:
+            print(res["query"])
+            for h in res["results"][: min(10, len(res["results"]))]:
+                print(f"  {h['rank']:3d}  {h['score']:8.4f}  {h['name']}")
+    return 0
+
+
+def cmd_match(args) -> int:
+    import lit
+
+    from . import viz
+
+    model = load_cli_model(args.model, resolve_device(args.device))
+    size = _image_size(args, model)
+    img_a, img_b = lit.load_image(args.image_a, size), lit.load_image(args.image_b, size)
+    fa = model.extract(img_a, scales=_scales(args.scales), features_num=args.features_num)
+    fb = model.extract(img_b, scales=_scales(args.scales), features_num=args.features_num)
+    m = lit.match(fa, fb, threshold=args.threshold, ratio=args.ratio)
+    print(f"{len(m)} matches (threshold {args.threshold}{', ratio ' + str(args.ratio) if args.ratio else ''}), score {m.score:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matches": len(m), "score": m.score, "indices_a": m.indices_a.tolist(), "indices_b": m.indices_b.tolist(),
+                       "similarity": m.similarity.tolist(), "positions_a": fa.positions[m.indices_a].tolist(),
+                       "positions_b": fb.positions[m.indices_b].tolist()}, f)
+    if args.plot:
+        fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
+                               threshold=args.threshold, title=f"{os.path.basename(args.image_a)} - {os.path.basename(args.image_b)}")
+        viz.save_figure(fig, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_plot_attention(args) -> int:
+    import lit
+
+    from . import viz
+
+    model = load_cli_model(args.model, resolve_device(args.device))
+    img = lit.load_image(args.image, _image_size(args, model))
+    sf = model.superfeatures(img, scale=args.scale)
+    indices = [int(i) for i in args.indices.split(",")] if args.indices else None
+    fig = viz.plot_attention(img, sf, indices=indices, top=args.top)
+    out = args.out or os.path.splitext(os.path.basename(args.image))[0] + "_attention.png"
+    viz.save_figure(fig, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from . import hub
+
+    if args.name in hub.REGISTRY:
+        path = hub.resolve(args.name, progress=not args.quiet)
+        print(path)
+        return 0
+    from .data import DATASETS, download_dataset
+
+    if args.name not in DATASETS:
+        raise UserError(f"unknown name {args.name!r}: models {', '.join(hub.list_models())}; datasets {', '.join(sorted(DATASETS))}")
+    if not args.root:
+        raise UserError("--root DIR is needed to download a dataset")
+    download_dataset(args.name, args.root, progress=not args.quiet)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .bench.revisited import main as revisited_main
+
+    return revisited_main(args.rest)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out_dir=args.out, device=resolve_device(args.device), work_dir=args.work_dir)
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lit", description="Landmark image retrieval with super-features (FIRe / LIT).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("extract", help="extract super-features of images into an HDF5 file (resumable)")
+    p.add_argument("inputs", nargs="*", help="image files and/or folders (searched recursively)")
+    p.add_argument("--list", help="text file with one image path per line (relative to the list's folder)")
+    p.add_argument("--out", required=True, help="output HDF5 feature file; an existing one is resumed")
+    p.add_argument("--root", help="store image names relative to this folder")
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in the main process)")
+    p.add_argument("--half", action="store_true", help="store descriptors as float16")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (equal-size images only; default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("index", help="train a codebook and build an ASMK index from a feature file")
+    p.add_argument("features", help="HDF5 feature file of the database (from `lit extract`)")
+    p.add_argument("--out", required=True, help="output index file (HDF5)")
+    p.add_argument("--codebook", help="use this codebook (.npy K x d, or an index file) instead of training one")
+    p.add_argument("--codebook-size", type=int, default=65536, help="k-means words (default 65536, capped by the descriptor count)")
+    p.add_argument("--train-features", help="train the codebook on this feature file instead of the database")
+    p.add_argument("--real", action="store_true", help="real-valued aggregated vectors instead of binary")
+    p.add_argument("--idf", action="store_true", help="weight words by idf (off in FIRe)")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an ASMK index with query images")
+    p.add_argument("index", help="index file from `lit index`")
+    p.add_argument("queries", nargs="*", help="query images or folders")
+    p.add_argument("--list", help="text file with one query path per line")
+    p.add_argument("--query-features", help="use this feature file for the queries instead of extracting")
+    p.add_argument("--topk", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--json", help="write results as JSON")
+    p.add_argument("--csv", help="write results as CSV (query, rank, name, score)")
+    p.add_argument("--pairs", help="write 'query db' name pairs, one per line (hloc/kapture format)")
+    p.add_argument("--plot", help="write a figure of the first query's results (PNG/PDF)")
+    p.add_argument("--plot-topk", type=int, default=8, help="results in the figure (default 8)")
+    p.add_argument("--db-root", help="folder the database image names are relative to (for --plot)")
+    p.add_argument("--verbose", action="store_true", help="also print the results when writing files")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("match", help="match the super-features of two images")
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("--threshold", type=float, default=0.9, help="minimum cosine similarity (default 0.9)")
+    p.add_argument("--ratio", type=float, default=None, help="also apply a ratio test d1/d2 <= RATIO")
+    p.add_argument("--plot", help="write a figure of the matches (PNG/PDF)")
+    p.add_argument("--json", help="write the matches as JSON")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("plot-attention", help="plot the attention maps of an image's strongest super-features")
+    p.add_argument("image")
+    p.add_argument("--out", help="output figure (default IMAGE_attention.png)")
+    p.add_argument("--scale", type=float, default=1.0, help="extraction scale (default 1)")
+    p.add_argument("--top", type=int, default=16, help="how many of the strongest super-features (default 16)")
+    p.add_argument("--indices", help="comma-separated super-feature indices instead of the strongest")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_plot_attention)
+
+    p = sub.add_parser("download", help="download a registered model or a dataset (with sha256 checks)")
+    p.add_argument("name", help="model name (`lit models`) or dataset (roxford5k, rparis6k, revisitop1m, retrieval-sfm-120k)")
+    p.add_argument("--root", help="dataset folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("evaluate", help="revisited Oxford/Paris benchmark (same options as benchmarks/revisited.py)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="offline demo: extract, index, search and plot a small bundled photo set")
+    p.add_argument("--out", default="figures", help="folder for the figures (default figures/)")
+    p.add_argument("--work-dir", default=None, help="folder for features and index (default: a temporary folder)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_demo)
+
+    for name, adder, runner in _plugin_commands():
+        p = sub.add_parser(name, help=adder.__doc__.splitlines()[0] if adder.__doc__ else None)
+        adder(p)
+        p.set_defaults(func=runner)
+    return parser
+
+
+def _plugin_commands() -> list[tuple[str, Callable, Callable]]:
+    out = []
+    try:
+        from .train import add_train_arguments, run_train
+
+        out.append(("train", add_train_arguments, run_train))
+    except ImportError:
+        pass
+    try:
+        from .metric import (
+            add_evaluate_global_arguments,
+            add_train_global_arguments,
+            run_evaluate_global,
+            run_train_global,
+        )
+
+        out.append(("train-global", add_train_global_arguments, run_train_global))
+        out.append(("evaluate-global", add_evaluate_global_arguments, run_evaluate_global))
+    except ImportError:
+        pass
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("lit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # user errors: one line, no traceback
+        from ._image import ImageReadError
+        from .features import FeatureFileError
+        from .models.checkpoint import CheckpointError
+
+        user = (UserError, ImageReadError, FeatureFileError, CheckpointError, FileNotFoundError, ValueError, TypeError)
+        if os.environ.get("LIT_DEBUG") or not isinstance(err, user):
+            raise
+        msg = str(err).strip().splitlines()
+        print(f"lit {args.command}: error: {msg[0] if msg else type(err).__name__}", file=sys.stderr)
+        for line in msg[1:6]:
+            print(f"  {line.strip()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

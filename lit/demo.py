@@ -1,0 +1,180 @@
+"""``lit demo``: the whole pipeline on bundled real photos, offline, in about a minute on CPU.
+
+1. The photo set: the real photos of ``lit/assets/photos`` (6 scenes, 2 photos each) plus
+   two synthetic other views of each (kornia homographies and colour changes).
+2. Extraction into an HDF5 feature file, an ASMK index, one query per real photo
+   (positives: the other images of its scene), a result table with AP per query.
+3. Figures in ``figures/``: attention maps, matches between the two Sacre-Coeur photos,
+   and the retrieval result of the first query.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "photos"
+VIEWS_PER_PHOTO = 2
+
+
+def demo_model(device: str = "cpu"):
+    """The best model shipped: ``lit-effl0`` when its weights are installed, else the
+    ImageNet EfficientNet-Lite0 backbone with an untrained (seeded) LIT.
+
+    Returns:
+        ``(model, trained)``.
+    """
+    import lit
+    from lit.models import SuperFeatureModel, lit_effl0_config
+
+    if "lit-effl0" in lit.list_models():
+        try:
+            return lit.load_model("lit-effl0", device=device), True
+        except (ValueError, OSError) as err:
+            print(f"lit-effl0 weights unusable ({err}); falling back to untrained LIT", file=sys.stderr)
+    torch.manual_seed(0)
+    model = SuperFeatureModel(lit_effl0_config(), pretrained_backbone=True).to(device).eval()
+    return model, False
+
+
+def make_photo_set(dst: Path, views: int = VIEWS_PER_PHOTO, seed: int = 0) -> list[tuple[str, str, bool]]:
+    """Copy the bundled photos (downscaled to 512 px) and add synthetic views.
+
+    Returns:
+        ``(path, scene, is_real)`` for every image.
+    """
+    from lit._image import load_image
+    from lit.train.views import synthetic_view
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for scene in sorted(p.name for p in ASSETS.iterdir() if p.is_dir()):
+        (dst / scene).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((ASSETS / scene).iterdir()):
+            img = load_image(photo, 512)
+            stem = photo.stem
+            out = dst / scene / f"{stem}.png"
+            _save(img, out, Image)
+            items.append((str(out), scene, True))
+            for v in range(views):
+                view = synthetic_view(img, generator=g).image.clamp(0, 1)
+                out = dst / scene / f"{stem}_view{v + 1}.png"
+                _save(view, out, Image)
+                items.append((str(out), scene, False))
+    return items
+
+
+def _save(t: torch.Tensor, path: Path, Image) -> None:
+    arr = (t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None = None) -> int:
+    from lit import load_image, match, viz
+    from lit.asmk import ASMK
+    from lit.evaluate import compute_ap
+    from lit.features import FeatureStore, extract_to_file
+
+    t0 = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="lit-demo-")
+        work_dir = tmp.name
+    work = Path(work_dir)
+    model, trained = demo_model(device)
+    if trained:
+        print("model: lit-effl0 (EfficientNet-Lite0 + LIT trained by lit, shipped in weights/)")
+    else:
+        print("model: ImageNet EfficientNet-Lite0 backbone + LIT with UNTRAINED (random) weights:")
+        print("       the pipeline runs end to end, but the numbers below say little about the method.")
+    items = make_photo_set(work / "images")
+    paths = [p for p, _, _ in items]
+    scenes = np.array([s for _, s, _ in items])
+    print(f"photo set: {len(items)} images of {len(set(scenes))} scenes "
+          f"({sum(r for _, _, r in items)} real photos + {VIEWS_PER_PHOTO} synthetic views of each)")
+
+    if not model.has_reduction or not trained:  # PCA-whitening from the images themselves
+        feats = []
+        with torch.inference_mode():
+            for p in paths[::2]:
+                x = model.normalize(load_image(p, model.cfg.runtime.image_size)[None].to(model.device))
+                feats.append(model.forward_superfeatures(x)[0][0].cpu())
+        model.init_reduction(torch.cat(feats), shrinkage=0.5)
+
+    t = time.perf_counter()
+    feature_file = work / "features.h5"
+    if feature_file.exists():
+        feature_file.unlink()
+    summary = extract_to_file(model, paths, feature_file, progress=False)
+    t_extract = time.perf_counter() - t
+    with FeatureStore(feature_file) as store:
+        desc, ids = store.all_descriptors()
+        all_feats = [store[i] for i in range(len(store))]
+    t = time.perf_counter()
+    index = ASMK.train(desc, size=min(512, len(desc) // 20), seed=0, iterations=10)
+    index.add(desc, ids)
+    t_index = time.perf_counter() - t
+
+    queries = [i for i, (_, _, real) in enumerate(items) if real]
+    qdesc = np.concatenate([desc[ids == q] for q in queries])
+    qids = np.concatenate([np.full(int((ids == q).sum()), j) for j, q in enumerate(queries)])
+    scores = np.asarray(index.scores(qdesc, qids))
+    print(f"\nextracted {summary.done} images in {t_extract:.1f} s, index built in {t_index:.1f} s "
+          f"({len(desc)} super-features, {index.num_words} visual words)\n")
+    print(f"{'query':34s} {'AP':>6s}  top-3 (+ same scene)")
+    aps = []
+    for j, q in enumerate(queries):
+        s = scores[j].copy()
+        s[q] = -np.inf  # the query itself is not a result
+        order = np.argsort(-s, kind="stable")[:-1]
+        relevant = scenes[order] == scenes[q]
+        pos_ranks = np.flatnonzero(relevant)
+        ap = compute_ap(pos_ranks, len(pos_ranks))
+        aps.append(ap)
+        top = ", ".join(("+" if relevant[r] else "-") + _short(paths[order[r]], work) for r in range(3))
+        print(f"{_short(paths[q], work):34s} {100 * ap:6.1f}  {top}")
+        if j == 0:
+            first = (q, order, relevant, s)
+    print(f"\nmAP over {len(queries)} queries: {100 * np.mean(aps):.1f}  (random ranking: about "
+          f"{100 * (2 * VIEWS_PER_PHOTO + 2) / (len(items) - 1):.0f})")
+
+    # figures
+    sc = [i for i, (p, s, r) in enumerate(items) if s == "sacre_coeur" and r]
+    img_a, img_b = load_image(paths[sc[0]]), load_image(paths[sc[1]])
+    sf = model.superfeatures(img_a)
+    fig = viz.plot_attention(img_a, sf, top=12, title="strongest super-features, sacre_coeur1 (scale 1)")
+    out1 = viz.save_figure(fig, os.path.join(out_dir, "demo_attention.png"))
+    fa, fb = all_feats[sc[0]], all_feats[sc[1]]
+    m = match(fa, fb, threshold=0.9)
+    if len(m) == 0:
+        m = match(fa, fb, threshold=0.5)
+        thr = 0.5
+    else:
+        thr = 0.9
+    fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
+                           threshold=thr, title="sacre_coeur1 - sacre_coeur2")
+    out2 = viz.save_figure(fig, os.path.join(out_dir, "demo_matches.png"))
+    q, order, relevant, s = first
+    fig = viz.plot_retrieval(paths[q], [paths[i] for i in order[:8]], scores=s[order[:8]], relevant=list(relevant[:8]),
+                             topk=8, titles=[_short(paths[i], work) for i in order[:8]])
+    out3 = viz.save_figure(fig, os.path.join(out_dir, "demo_retrieval.png"))
+    print(f"{len(m)} matches between the two Sacre-Coeur photos (threshold {thr})")
+    print(f"figures: {out1}, {out2}, {out3}")
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def _short(path: str, root: Path) -> str:
+    rel = os.path.relpath(path, root / "images")
+    return rel[:-4] if rel.endswith(".png") else rel
