@@ -8,6 +8,15 @@ import torch
 from torch import Tensor
 
 
+def _make_checked(cls, iterable):
+    """``NamedTuple._make`` that does not rely on ``len`` (overridden below to count
+    features), so that ``_replace`` keeps working."""
+    result = tuple.__new__(cls, iterable)
+    if tuple.__len__(result) != len(cls._fields):
+        raise TypeError(f"expected {len(cls._fields)} fields, got {tuple.__len__(result)}")
+    return result
+
+
 class LocalFeatures(NamedTuple):
     """Multi-scale super-features of one image, strongest first.
 
@@ -74,3 +83,10 @@ class Matches(NamedTuple):
     def score(self) -> float:
         """Pair score: sum of the similarities of the matches (0 when none)."""
         return float(self.similarity.sum()) if len(self) else 0.0
+
+
+LocalFeatures._make = classmethod(_make_checked)
+
+SuperFeatures._make = classmethod(_make_checked)
+
+Matches._make = classmethod(_make_checked)
