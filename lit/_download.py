@@ -1,0 +1,213 @@
+"""Downloading files: resumable, hash-checked, atomic.
+
+``download_url`` streams into ``<dst>.part`` and renames it to ``dst`` only once the
+whole file is there and, when a sha256 is given, once it matches. An interrupted
+download leaves the ``.part`` file behind; the next call asks the server for the rest
+(an HTTP ``Range`` request) and starts over when the server does not support ranges.
+Only the standard library (``urllib``) and ``tqdm`` are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["cache_dir", "download_url", "file_sha256"]
+
+_CHUNK = 1 << 20
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
+def cache_dir() -> Path:
+    """Where downloaded files are cached: ``$LIT_CACHE``, else ``<torch hub dir>/lit``.
+
+    The directory is not created here.
+    """
+    env = os.environ.get("LIT_CACHE")
+    if env:
+        return Path(os.path.expanduser(env))
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "lit"
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
+    """Full sha256 of a file, as 64 lowercase hex digits."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=desc, dynamic_ncols=True)
+
+
+def _copy_stream(src: BinaryIO, out: BinaryIO, hasher, bar, chunk_size: int) -> int:
+    n = 0
+    while True:
+        block = src.read(chunk_size)
+        if not block:
+            return n
+        out.write(block)
+        hasher.update(block)
+        n += len(block)
+        if bar is not None:
+            bar.update(len(block))
+
+
+def _file_url_path(url: str) -> Path:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"{url}: file:// URLs must name a local path (file:///path)")
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
+def download_url(
+    url: str,
+    dst: str | os.PathLike,
+    sha256: str | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    timeout: float = 60.0,
+    chunk_size: int = _CHUNK,
+) -> Path:
+    """Download ``url`` to ``dst`` (always; callers decide whether a file is up to date).
+
+    Args:
+        url: ``http://``, ``https://`` or ``file://`` URL.
+        dst: destination file path; its directory is created if needed.
+        sha256: expected full sha256 (64 hex digits), or ``None`` not to check.
+        progress: show a ``tqdm`` progress bar.
+        resume: continue a previous partial download (``<dst>.part``) with an HTTP
+            ``Range`` request; if ``False`` any ``.part`` file is discarded.
+        timeout: socket timeout in seconds.
+        chunk_size: read size in bytes.
+
+    Returns:
+        ``dst`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: malformed URL or hash, or the downloaded file's sha256 differs from
+            ``sha256`` (the message names the file and both hashes; the downloaded data is
+            deleted).
+        OSError: network or HTTP error, or an interrupted transfer (the ``.part`` file is
+            kept, so that calling again resumes).
+        FileNotFoundError: a ``file://`` URL names a missing file.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a string, got {type(url).__name__}")
+    scheme = urllib.parse.urlparse(url).scheme.lower()
+    if scheme not in ("http", "https", "file"):
+        raise ValueError(f"{url}: unsupported URL scheme {scheme!r} (use http, https or file)")
+    if sha256 is not None:
+        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+            raise ValueError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}")
+        sha256 = sha256.lower()
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    part = dst.with_name(dst.name + ".part")
+    if not resume and part.exists():
+        part.unlink()
+
+    hasher = hashlib.sha256()
+    if scheme == "file":
+        src = _file_url_path(url)
+        if not src.is_file():
+            raise FileNotFoundError(f"{url}: no such file")
+        bar = _progress_bar(src.stat().st_size, 0, dst.name, progress)
+        try:
+            with open(src, "rb") as fin, open(part, "wb") as fout:
+                _copy_stream(fin, fout, hasher, bar, chunk_size)
+        finally:
+            if bar is not None:
+                bar.close()
+    else:
+        _download_http(url, part, hasher, progress, resume, timeout, chunk_size, dst.name)
+
+    actual = hasher.hexdigest()
+    if sha256 is not None and actual != sha256:
+        part.unlink(missing_ok=True)
+        raise ValueError(
+            f"{dst}: sha256 mismatch for {url}: expected {sha256}, got {actual}; "
+            "the downloaded data was removed"
+        )
+    os.replace(part, dst)
+    return dst
+
+
+def _open(url: str, offset: int, timeout: float):
+    headers = {"User-Agent": "lit-download/1.0", "Accept-Encoding": "identity"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _download_http(url: str, part: Path, hasher, progress: bool, resume: bool, timeout: float,
+                   chunk_size: int, desc: str) -> None:
+    offset = part.stat().st_size if resume and part.is_file() else 0
+    try:
+        try:
+            resp = _open(url, offset, timeout)
+        except urllib.error.HTTPError as err:
+            if err.code != 416 or offset == 0:
+                raise
+            # "range not satisfiable": the partial file is unusable (e.g. the remote file
+            # changed); start over
+            err.close()
+            offset = 0
+            resp = _open(url, 0, timeout)
+    except urllib.error.HTTPError as err:
+        raise OSError(f"{url}: HTTP error {err.code} ({err.reason})") from err
+    except urllib.error.URLError as err:
+        raise OSError(f"{url}: cannot connect ({err.reason})") from err
+
+    with resp:
+        status = getattr(resp, "status", None) or resp.getcode()
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length is not None and length.isdigit() else None
+        mode = "wb"
+        total = length
+        if offset > 0:
+            match = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
+            if status == 206 and match and int(match.group(1)) == offset:
+                mode = "ab"
+                total = int(match.group(3)) if match.group(3) != "*" else (
+                    offset + length if length is not None else None)
+                with open(part, "rb") as f:  # the hash covers the bytes we already have
+                    for block in iter(lambda: f.read(chunk_size), b""):
+                        hasher.update(block)
+            else:  # the server sent the whole file: restart
+                offset = 0
+        bar = _progress_bar(total, offset, desc, progress)
+        try:
+            with open(part, mode) as out:
+                _copy_stream(resp, out, hasher, bar, chunk_size)
+        except (OSError, http.client.HTTPException) as err:
+            raise OSError(
+                f"{url}: download interrupted after {part.stat().st_size} bytes ({type(err).__name__}: {err}); "
+                f"the partial file {part} is kept, call again to resume"
+            ) from err
+        finally:
+            if bar is not None:
+                bar.close()
+    if total is not None and part.stat().st_size != total:
+        raise OSError(
+            f"{url}: incomplete download ({part.stat().st_size} of {total} bytes); the partial "
+            f"file {part} is kept, call again to resume"
+        )
+
