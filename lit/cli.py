@@ -420,7 +420,11 @@ def _plugin_commands() -> list[tuple[str, Callable, Callable]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "evaluate":  # options belong to the benchmark's own parser
+        args = argparse.Namespace(command="evaluate", rest=argv[1:], func=cmd_evaluate)
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

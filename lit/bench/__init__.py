@@ -1,0 +1,1 @@
+"""Benchmark programs shared by ``benchmarks/`` scripts and the ``lit`` command line."""

@@ -1,0 +1,188 @@
+"""Revisited Oxford / Paris end to end: images -> super-features -> ASMK -> the paper's table.
+
+Every stage is cached under ``--cache-dir`` (default ``<data-root>/lit-cache``), keyed by
+the model's fingerprint: feature files resume where they stopped, the codebook and the
+distractor index are computed once.
+
+Codebook (in order of preference): ``--codebook FILE`` (``.npy`` K x d, or an index file);
+with ``--sfm-root``, k-means on super-features of ``--codebook-images`` (FIRe: 20,000)
+random SfM-120k training images at scale 1 (the FIRe protocol); otherwise k-means on the
+database's own descriptors (a warning says it is not the paper's protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lit evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="roxford5k or rparis6k (revisitop layout under --data-root)")
+    p.add_argument("--data-root", required=True, help="folder holding <dataset>/gnd_<dataset>.pkl and <dataset>/jpg/")
+    p.add_argument("--model", default="fire", help="registered name or checkpoint path (default: fire)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--distractors", choices=["r1m"], default=None, help="add the R1M distractors (revisitop1m under --data-root)")
+    p.add_argument("--codebook", default=None, help="codebook file (.npy K x d, or an ASMK index file)")
+    p.add_argument("--sfm-root", default=None, help="folder with retrieval-SfM-120k/ (for the codebook, FIRe protocol)")
+    p.add_argument("--codebook-size", type=int, default=65536, help="k-means words (default 65536)")
+    p.add_argument("--codebook-images", type=int, default=20000, help="SfM-120k training images for the codebook (default 20000)")
+    p.add_argument("--kmeans-iterations", type=int, default=20)
+    p.add_argument("--scales", default=None, help="comma-separated scales (default: the model's)")
+    p.add_argument("--features-num", type=int, default=None, help="super-features per image (default: the model's)")
+    p.add_argument("--image-size", type=int, default=None, help="longer image side (default: the model's, 1024)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for extraction (fast path)")
+    p.add_argument("--workers", type=int, default=4, help="image decoding processes")
+    p.add_argument("--cache-dir", default=None, help="where features, codebook and indexes are cached")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", default=None, help="write results and timings here")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import lit
+    from lit.asmk import ASMK
+    from lit.data import RevisitedDataset
+    from lit.evaluate import format_table
+    from lit.features import FeatureStore, extract_to_file, model_fingerprint
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    ds = RevisitedDataset(args.dataset, args.data_root)
+    missing = ds.missing_images()
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images of {args.dataset} are missing, e.g. {missing[0]}")
+    model = lit.load_model(args.model, device=device)
+    rt = model.cfg.runtime
+    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else rt.scales
+    features_num = args.features_num or rt.features_num
+    image_size = args.image_size or rt.image_size
+    fp = model_fingerprint(model, scales, features_num, image_size)[:16]
+    cache = Path(args.cache_dir or Path(args.data_root) / "lit-cache")
+    cache.mkdir(parents=True, exist_ok=True)
+    if args.amp:
+        model.extract_batch = _with_amp(model.extract_batch)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+
+    def extract(items, name, scales_=scales):
+        out = cache / f"{name}-{fp}.h5"
+        t = time.perf_counter()
+        summary = extract_to_file(model, items, out, scales=scales_, features_num=features_num, image_size=image_size,
+                                  num_workers=args.workers, progress=not args.quiet)
+        if summary.failed:
+            log(summary.report())
+        timings[f"extract_{name}_s"] = time.perf_counter() - t
+        return out
+
+    db_file = extract(ds.images, f"{args.dataset}-db")
+    q_file = extract([(p, ds.query_bbox(i)) for i, p in enumerate(ds.queries)], f"{args.dataset}-queries")
+
+    # codebook
+    t = time.perf_counter()
+    if args.codebook:
+        from lit.cli import _load_codebook
+
+        codebook = _load_codebook(args.codebook)
+        codebook_source = args.codebook
+    else:
+        cb_file = cache / f"codebook-{fp}-{args.codebook_size}-{args.seed}-{'sfm' if args.sfm_root else args.dataset}.npy"
+        if cb_file.is_file():
+            codebook = np.load(cb_file, allow_pickle=False)
+        else:
+            if args.sfm_root:
+                from lit.data import SfM120k
+
+                train = SfM120k(args.sfm_root).train
+                rng = np.random.default_rng(args.seed)
+                pick = rng.choice(len(train.images), size=min(args.codebook_images, len(train.images)), replace=False)
+                sfm_file = extract([train.images[i] for i in sorted(pick)], "sfm120k-codebook", scales_=(1.0,))
+                with FeatureStore(sfm_file) as st:
+                    train_desc = st.all_descriptors()[0]
+            else:
+                log("warning: no --codebook or --sfm-root: the codebook is trained on the database itself "
+                    "(not the paper's protocol, which uses 20k SfM-120k images)")
+                with FeatureStore(db_file) as st:
+                    train_desc = st.all_descriptors()[0]
+            size = min(args.codebook_size, len(train_desc))
+            codebook = ASMK.train(train_desc, size=size, iterations=args.kmeans_iterations, seed=args.seed, device=device).codebook.cpu().numpy()
+            np.save(cb_file, codebook)
+        codebook_source = str(cb_file)
+    timings["codebook_s"] = time.perf_counter() - t
+
+    # index: distractors first (cached), then the dataset's images
+    t = time.perf_counter()
+    n_distractors = 0
+    if args.distractors == "r1m":
+        from lit.data import r1m_image_list
+
+        r1m_index = cache / f"r1m-index-{fp}-{codebook.shape[0]}.h5"
+        if r1m_index.is_file():
+            index = ASMK.load(r1m_index, device=device)
+        else:
+            r1m_file = extract([str(p) for p in r1m_image_list(args.data_root)], "r1m")
+            index = ASMK(codebook, device=device)
+            with FeatureStore(r1m_file) as st:
+                for start in range(0, len(st), 20000):  # bounded memory
+                    stop = min(len(st), start + 20000)
+                    a, b = (int(v) for v in st.h5["offsets"][[start, stop]])
+                    ids = np.repeat(np.arange(start, stop), np.diff(st.h5["offsets"][start:stop + 1]))
+                    index.add(st.h5["descriptors"][a:b].astype(np.float32), ids)
+            index.save(r1m_index)
+        n_distractors = index.n_images
+    else:
+        index = ASMK(codebook, device=device)
+    with FeatureStore(db_file) as st:
+        if len(st) != ds.n_images:
+            raise RuntimeError(f"{db_file}: {len(st)} images extracted out of {ds.n_images}")
+        desc, ids = st.all_descriptors()
+    index.add(desc, ids + n_distractors)
+    timings["index_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with FeatureStore(q_file) as st:
+        qdesc, qids = st.all_descriptors()
+    ranks, _ = index.search(qdesc, qids)
+    ranks = np.asarray(ranks.cpu() if hasattr(ranks, "cpu") else ranks)
+    # dataset images first (0..n-1), distractors after (n..), as revisitop expects
+    is_db = ranks >= n_distractors
+    ranks = np.where(is_db, ranks - n_distractors, ranks + ds.n_images)
+    timings["search_s"] = time.perf_counter() - t
+    timings["search_ms_per_query"] = 1000 * timings["search_s"] / ds.n_queries
+    res = ds.evaluate(ranks.T)
+    timings["total_s"] = time.perf_counter() - t_all
+
+    name = args.dataset + ("+1M" if n_distractors else "")
+    print(format_table({name: res}, k=10, title=f"{args.model} | ASMK binary, {codebook.shape[0]} words | {len(scales)} scales, {features_num} features"))
+    out = {
+        "dataset": name, "model": str(args.model), "device": device, "scales": list(scales), "features_num": features_num,
+        "image_size": image_size, "codebook": codebook_source, "codebook_size": int(codebook.shape[0]),
+        "distractors": n_distractors, "timings": timings,
+        "results": {p: {"map": 100 * r["map"], "mp@k": [100 * v for v in r["mp@k"]]} for p, r in res.items()},
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    print(json.dumps({"dataset": name, "timings": timings}), file=sys.stderr)
+    return 0
+
+
+def _with_amp(fn):
+    def wrapped(*a, **k):
+        k.setdefault("amp", torch.bfloat16)
+        return fn(*a, **k)
+
+    return wrapped
+
+
+if __name__ == "__main__":
+    sys.exit(main())
