@@ -71,11 +71,26 @@ register(PretrainedCfg(
     license="CC BY-NC-SA 4.0 (NAVER LABS)",
 ))
 
-_registry_file = WEIGHTS_DIR / "registry.json"
-if _registry_file.is_file():  # models trained by this project, shipped in weights/
-    for _entry in json.loads(_registry_file.read_text()):
-        _entry["tags"] = tuple(_entry.get("tags", ()))
-        register(PretrainedCfg(**_entry))
+def register_from_json(path: str | os.PathLike) -> list[str]:
+    """Register every entry of a JSON list of :class:`PretrainedCfg` fields; returns the names."""
+    try:
+        entries = json.loads(Path(path).read_text())
+        names = []
+        for entry in entries:
+            entry = dict(entry)
+            entry["tags"] = tuple(entry.get("tags", ()))
+            names.append(register(PretrainedCfg(**entry)).name)
+        return names
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid model registry file ({err})") from None
+
+
+# models trained by this project, shipped in weights/
+if (WEIGHTS_DIR / "registry.json").is_file():
+    register_from_json(WEIGHTS_DIR / "registry.json")
+# a user's own registry (e.g. models on a lab server): LIT_REGISTRY=/path/to/models.json
+if os.environ.get("LIT_REGISTRY"):
+    register_from_json(os.environ["LIT_REGISTRY"])
 
 
 def list_models() -> list[str]:
