@@ -1,0 +1,177 @@
+"""Retrieval on a folder-per-scene photo set: every image is a query, its positives are
+the other photos of its scene folder. Prints a table of mAP and Recall@1, and JSON.
+
+Compared models (``--models``, comma-separated, default all):
+  - ``fire-random``: FIRe architecture (ResNet-50 + LIT 6/256/1024) with random weights,
+  - ``effl0-untrained``: ImageNet EfficientNet-Lite0 + untrained (seeded) LIT,
+  - ``lit-effl0``: the model trained by lit and shipped in ``weights/``,
+  - ``gem-effl0``: global GeM descriptor (p = 3) of the same ImageNet EfficientNet-Lite0,
+    cosine similarity,
+  - or any checkpoint path.
+Super-feature models are scored with ASMK (binary, alpha 3); the codebook is trained on
+the evaluated set's own descriptors (``--codebook-size`` words), the same for every model.
+Models without a learned reduction are given a PCA-whitening learned on the set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiview"
+ALL = ("fire-random", "effl0-untrained", "lit-effl0", "gem-effl0")
+
+
+def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Image paths, scene label per image, and scene names of a folder-per-scene set."""
+    from lit._image import list_images
+
+    root = Path(root)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if scenes:
+        unknown = set(scenes) - set(names)
+        if unknown:
+            raise ValueError(f"{root}: no scene folder(s) {sorted(unknown)}")
+        names = [n for n in names if n in scenes]
+    paths, labels = [], []
+    for i, n in enumerate(names):
+        imgs = list_images(root / n)
+        paths += imgs
+        labels += [i] * len(imgs)
+    return paths, np.array(labels), names
+
+
+def retrieval_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """mAP and Recall@1 of an (n x n) score matrix, self excluded, positives = same label."""
+    from lit.evaluate import compute_ap
+
+    n = len(labels)
+    aps, r1 = [], []
+    for q in range(n):
+        s = scores[q].astype(np.float64).copy()
+        s[q] = -np.inf
+        order = np.argsort(-s, kind="stable")[: n - 1]
+        rel = labels[order] == labels[q]
+        if rel.sum() == 0:
+            continue
+        aps.append(compute_ap(np.flatnonzero(rel), int(rel.sum())))
+        r1.append(bool(rel[0]))
+    return {"map": 100 * float(np.mean(aps)), "recall@1": 100 * float(np.mean(r1)), "queries": len(aps)}
+
+
+def _superfeature_model(name: str, device: str):
+    import lit
+    from lit.models import ModelConfig, SuperFeatureModel, lit_effl0_config
+
+    torch.manual_seed(0)
+    if name == "fire-random":
+        from dataclasses import replace
+
+        cfg = ModelConfig()
+        cfg = replace(cfg, runtime=replace(cfg.runtime, image_size=640))
+        return SuperFeatureModel(cfg).to(device).eval()
+    if name == "effl0-untrained":
+        return SuperFeatureModel(lit_effl0_config(), pretrained_backbone=True).to(device).eval()
+    return lit.load_model(name, device=device)
+
+
+def _whiten_on(model, paths, device):
+    from lit._image import load_image
+
+    feats = []
+    with torch.inference_mode():
+        for p in paths:
+            x = model.normalize(load_image(p, model.cfg.runtime.image_size)[None].to(device))
+            feats.append(model.forward_superfeatures(x)[0][0].cpu())
+    feats = torch.cat(feats)
+    dim = min(128, model.cfg.lit.dim, len(feats) - 1)
+    if model.cfg.reduction_dim is None:
+        model.init_reduction(feats, shrinkage=0.5, dim=dim)
+    else:
+        model.init_reduction(feats, shrinkage=0.5)
+
+
+def asmk_scores(feats: list, codebook_size: int, seed: int = 0) -> np.ndarray:
+    from lit.asmk import ASMK
+
+    desc = torch.cat([f.descriptors for f in feats]).numpy()
+    ids = np.concatenate([np.full(len(f), i) for i, f in enumerate(feats)])
+    index = ASMK.train(desc, size=min(codebook_size, len(desc) // 10), seed=seed, iterations=15)
+    index.add(desc, ids)
+    return np.asarray(index.scores(desc, ids))
+
+
+def gem_scores(paths: list[str], device: str, image_size: int = 512) -> np.ndarray:
+    from lit._image import load_image
+    from lit.metric.pooling import gem
+    from lit.models.efficientnet_lite import create_efficientnet_lite0
+
+    net = create_efficientnet_lite0(pretrained=True, features_only=True, out_indices=(4,)).to(device).eval()
+    vecs = []
+    with torch.inference_mode():
+        for p in paths:
+            x = (load_image(p, image_size)[None].to(device) - 0.5) / 0.5
+            f = net(x)[-1]
+            vecs.append(torch.nn.functional.normalize(gem(f, 3.0).flatten(1), dim=1)[0].cpu())
+    v = torch.stack(vecs)
+    return (v @ v.T).numpy()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=str(DEFAULT_ROOT), help="folder with one sub-folder per scene")
+    p.add_argument("--scenes", default=None, help="comma-separated scene folders to use (default: all)")
+    p.add_argument("--exclude", default=None, help="comma-separated scene folders to leave out (e.g. training scenes)")
+    p.add_argument("--models", default=",".join(ALL), help=f"comma-separated: {', '.join(ALL)} or checkpoint paths")
+    p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    import lit
+    from lit.features import extract_to_file  # noqa: F401  (keeps the import cost out of timings)
+
+    paths, labels, scenes = scene_images(args.root, args.scenes.split(",") if args.scenes else None)
+    if args.exclude:
+        keep = ~np.isin(np.array(scenes)[labels], args.exclude.split(","))
+        paths, labels = [p_ for p_, k in zip(paths, keep) if k], labels[keep]
+    print(f"{len(paths)} images of {len(set(labels.tolist()))} scenes from {args.root}", file=sys.stderr)
+    results = {}
+    for name in args.models.split(","):
+        if name == "lit-effl0" and "lit-effl0" not in lit.list_models():
+            print("lit-effl0 is not installed: skipped", file=sys.stderr)
+            continue
+        t = time.perf_counter()
+        if name == "gem-effl0":
+            scores = gem_scores(paths, args.device)
+        else:
+            from lit._image import load_image
+
+            model = _superfeature_model(name, args.device)
+            if name in ("fire-random", "effl0-untrained"):
+                _whiten_on(model, paths, args.device)
+            feats = [model.extract(load_image(p_, model.cfg.runtime.image_size)) for p_ in paths]
+            scores = asmk_scores(feats, args.codebook_size)
+        res = retrieval_metrics(scores, labels)
+        res["seconds"] = time.perf_counter() - t
+        results[name] = res
+        print(f"{name}: mAP {res['map']:.1f}, R@1 {res['recall@1']:.1f} ({res['seconds']:.0f} s)", file=sys.stderr)
+    print(f"\n{'model':24s} {'mAP':>6s} {'R@1':>6s}")
+    for name, r in results.items():
+        print(f"{name:24s} {r['map']:6.1f} {r['recall@1']:6.1f}")
+    out = {"root": str(args.root), "images": len(paths), "scenes": int(len(set(labels.tolist()))), "results": results}
+    print(json.dumps(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
