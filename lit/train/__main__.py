@@ -1,0 +1,7 @@
+"""``python -m lit.train`` (also under ``torchrun ... -m lit.train``)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

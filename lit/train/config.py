@@ -1,0 +1,385 @@
+"""Typed configuration of a training experiment (frozen dataclasses).
+
+YAML or TOML files are read only at the command-line edge (:func:`load_config`); the
+trainer sees :class:`TrainConfig` objects. Unknown keys and wrongly typed values raise
+``ValueError`` naming the dotted key (``optim.lr``), and the resolved configuration is
+written next to the results (:func:`save_config`).
+
+Example:
+    >>> cfg = config_from_dict({"optim": {"lr": 1e-4}, "data": {"source": "folder", "root": "photos"}})
+    >>> cfg.optim.lr, cfg.optim.tuples_per_step
+    (0.0001, 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Random synthetic other views of a photo (:mod:`lit.train.views`).
+
+    Args:
+        scale: range of the crop side relative to the image side (the crop is zoomed back
+            to the full image size).
+        rotation: largest in-plane rotation, in degrees (uniform in ``±rotation``).
+        perspective: largest displacement of each crop corner, relative to the crop size.
+        brightness: additive brightness change, uniform in ``±brightness``.
+        contrast: contrast factor, uniform in ``1 ± contrast``.
+        saturation: saturation factor, uniform in ``1 ± saturation``.
+        hue: hue shift as a fraction of the colour circle, uniform in ``±hue``.
+        blur_probability: probability of a Gaussian blur.
+        blur_sigma: range of the blur's standard deviation, in pixels.
+    """
+
+    scale: tuple[float, float] = (0.6, 1.0)
+    rotation: float = 15.0
+    perspective: float = 0.1
+    brightness: float = 0.2
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.03
+    blur_probability: float = 0.3
+    blur_sigma: tuple[float, float] = (0.3, 1.5)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"views.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+        if not 0 <= self.blur_probability <= 1:
+            raise ValueError(f"views.blur_probability must be in [0, 1], got {self.blur_probability}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"views.blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        for name in ("rotation", "perspective", "brightness", "contrast", "saturation", "hue"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"views.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training tuples come from and how they are mined.
+
+    Args:
+        source: ``"sfm120k"`` (a cirtorch-style database file: images, cluster ids, query and
+            positive indices) or ``"folder"`` (your own photos; one sub-folder per scene is
+            optional; positives are synthetic views).
+        root: ``sfm120k``: the folder that image names in the database are relative to
+            (cirtorch: ``.../train/retrieval-SfM-120k/ims``); ``folder``: the photo folder.
+        db_file: ``sfm120k`` only: the database pickle (``retrieval-SfM-120k.pkl``).
+        image_size: longer image side after downscaling (never upscaled).
+        num_negatives: ``K`` hard negatives per tuple.
+        queries_per_epoch: tuples per epoch (query images drawn at random each epoch).
+        pool_size: size of the random pool the negatives are mined from each epoch.
+        flip_probability: probability of a horizontal flip, drawn for every image.
+        mining_scales: scales of the global descriptor used for mining.
+        val_images: ``folder``: photos held out for validation (never trained on).
+        val_views: ``folder``: synthetic query views per held-out photo.
+        val_queries: ``sfm120k``: at most this many validation queries (``None``: all).
+        num_workers: data-loading worker processes.
+        views: synthetic view parameters (``folder`` positives and validation queries).
+    """
+
+    source: Literal["sfm120k", "folder"] = "sfm120k"
+    root: str = ""
+    db_file: str | None = None
+    image_size: int = 1024
+    num_negatives: int = 5
+    queries_per_epoch: int = 2000
+    pool_size: int = 20000
+    flip_probability: float = 0.5
+    mining_scales: tuple[float, ...] = (1.0,)
+    val_images: int = 10
+    val_views: int = 2
+    val_queries: int | None = None
+    num_workers: int = 0
+    views: ViewConfig = field(default_factory=ViewConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "queries_per_epoch", "pool_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_negatives", "val_images", "val_views", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.flip_probability <= 1:
+            raise ValueError(f"data.flip_probability must be in [0, 1], got {self.flip_probability}")
+        if not self.mining_scales:
+            raise ValueError("data.mining_scales must not be empty")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Initial weights and the PCA-whitening of the reduction layer.
+
+    Args:
+        checkpoint: path to a lit or official FIRe checkpoint, or a registered name
+            (:func:`lit.load_model`); ``None`` builds ``model`` from scratch.
+        pretrained_backbone: without ``checkpoint``: ImageNet weights from timm.
+        whitening: ``"auto"`` initialises the reduction by PCA-whitening unless it comes
+            trained with ``checkpoint`` (so: for new models and for checkpoints without one,
+            like ``fire_imagenet.pth``); ``"always"`` / ``"never"``.
+        whitening_images: training images whose super-features (all ``N`` of each, at
+            the training scales) are whitened.
+        shrinkage: eigenvalue power of the whitening (1: full whitening). Whiten many more
+            super-features than output dimensions: full whitening of few samples blows up
+            noise directions, and the reduced-space loss then hurts (seen on tiny runs;
+            0.5 with 20x more features than dimensions behaved well).
+    """
+
+    checkpoint: str | None = None
+    pretrained_backbone: bool = False
+    whitening: Literal["auto", "always", "never"] = "auto"
+    whitening_images: int = 1000
+    shrinkage: float = 1.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with exponential learning-rate decay per epoch (FIRe recipe).
+
+    Args:
+        epochs: number of epochs.
+        lr: initial learning rate.
+        weight_decay: Adam's (L2) weight decay.
+        lr_gamma: learning rate multiplied by this after every epoch.
+        tuples_per_step: tuples whose gradients are accumulated per optimiser step; the
+            step's loss is the *mean* of its tuples' losses.
+    """
+
+    epochs: int = 200
+    lr: float = 3e-5
+    weight_decay: float = 1e-4
+    lr_gamma: float = 0.99
+    tuples_per_step: int = 5
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.tuples_per_step < 1:
+            raise ValueError("optim.epochs must be >= 0 and optim.tuples_per_step >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.lr_gamma <= 0:
+            raise ValueError("optim.lr and optim.lr_gamma must be > 0, optim.weight_decay >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and parameters of the FIRe losses (SPEC section 5).
+
+    Args:
+        attention_weight: weight of the attention decorrelation loss.
+        superfeature_weight: weight of the super-feature loss.
+        margin: contrastive margin for the negatives.
+        ratio: ratio-test threshold of the matching (``None``: off).
+        space: ``"reduced"``: the super-feature loss sees the reduced descriptors (the
+            frozen PCA-whitening is part of the graph); ``"lit"``: the ``D``-dim LIT outputs.
+    """
+
+    attention_weight: float = 0.1
+    superfeature_weight: float = 0.02
+    margin: float = 1.1
+    ratio: float | None = 0.9
+    space: Literal["reduced", "lit"] = "reduced"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training experiment.
+
+    Args:
+        model: architecture and runtime settings (``runtime.training_scales`` are the
+            training scales). ``None``: the default FIRe model, or the checkpoint's own
+            architecture when ``init.checkpoint`` is set.
+        init: initial weights and whitening.
+        data: tuples and validation data.
+        optim: optimiser and schedule.
+        loss: loss weights.
+        seed: seeds the model initialisation, the per-epoch sampling and mining, flips,
+            synthetic views and the validation views.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
+        validate_every: validate every this many epochs (0: never).
+        keep_checkpoints: number of epoch checkpoints kept in the output folder.
+    """
+
+    model: ModelConfig | None = None
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    validate_every: int = 1
+    keep_checkpoints: int = 2
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with dotted keys changed: ``cfg.replace(**{"optim.lr": 1e-4})``."""
+        d = config_to_dict(self)
+        for key, value in changes.items():
+            _set_dotted(d, key, value)
+        return config_from_dict(d)
+
+
+# ---------------------------------------------------------------------- dict conversion
+def config_to_dict(cfg: Any) -> Any:
+    """Plain builtins (dicts, lists, numbers, strings, ``None``) for YAML/TOML/JSON."""
+    if isinstance(cfg, ModelConfig):
+        return cfg.to_dict()
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [config_to_dict(v) for v in cfg]
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from plain builtins.
+
+    Raises:
+        ValueError: unknown keys or values of the wrong type, naming the dotted key.
+    """
+    return _build(TrainConfig, d, "")
+
+
+def _build(klass: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(klass)
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(repr(_join(where, k)) for k in unknown)} "
+            f"(known in {where or 'the top level'}: {', '.join(sorted(known))})"
+        )
+    kwargs = {k: _convert(hints[k], v, _join(where, k)) for k, v in d.items()}
+    try:
+        return klass(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where or 'config'}: {err}") from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ValueError(f"{where}: must not be null")
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _convert(a, value, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if tp is ModelConfig:
+        try:
+            return ModelConfig.from_dict(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        node = node[p]
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------- files
+def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) experiment file.
+
+    Args:
+        path: the file.
+        overrides: ``"dotted.key=value"`` strings applied on top (values parsed as YAML,
+            e.g. ``optim.lr=1e-4``, ``data.mining_scales=[1, 0.7]``).
+
+    Raises:
+        ValueError: unreadable file, unknown keys, wrong types.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.lower().endswith(".toml"):
+        import tomllib
+
+        try:
+            d = tomllib.loads(raw.decode("utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML ({err})") from None
+    else:
+        import yaml
+
+        try:
+            d = yaml.safe_load(raw) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: invalid YAML ({err})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: the top level must be a mapping, got {type(d).__name__}")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, text = item.split("=", 1)
+        import yaml
+
+        _set_dotted(d, key.strip(), yaml.safe_load(text))
+    try:
+        return config_from_dict(d)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML (readable back with :func:`load_config`)."""
+    import yaml
+
+    with open(os.fspath(path), "w", encoding="utf-8") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
