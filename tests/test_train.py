@@ -407,3 +407,36 @@ def test_config_errors_name_the_bad_key(tmp_path):
 def test_example_configs_load(name):
     cfg = load_config(os.path.join(REPO, "configs", name))
     assert cfg.optim.tuples_per_step == 5 and cfg.data.num_negatives == 5
+
+
+def test_scene_positives_are_other_photos_of_the_scene(tmp_path, tiny_model_cfg):
+    make_photos(tmp_path / "photos", n=12, scenes=4)
+    db = ImageDatabase.from_folder(tmp_path / "photos")
+    cfg = DataConfig(source="folder", root="x", image_size=48, queries_per_epoch=12, num_negatives=1, scene_positives=1.0)
+    ds = TupleDataset(db, cfg, seed=0)
+    torch.manual_seed(0)
+    ds.mine(SuperFeatureModel(tiny_model_cfg), epoch=0)
+    for i, spec in enumerate(ds.specs):
+        assert not spec.synthetic and spec.positive != spec.query
+        assert db.clusters[spec.positive] == db.clusters[spec.query]
+        tup = ds[i]
+        loaded = ds.load(spec.positive)
+        assert torch.equal(tup.positive, loaded) or torch.equal(tup.positive, loaded.flip(-1))
+    half = TupleDataset(db, cfg.__class__(**{**cfg.__dict__, "scene_positives": 0.5}), seed=0)
+    half.mine(SuperFeatureModel(tiny_model_cfg), epoch=0)
+    kinds = {spec.synthetic for spec in half.specs}
+    assert kinds == {True, False}
+    with pytest.raises(ValueError, match="scene_positives"):
+        DataConfig(scene_positives=1.5)
+
+
+def test_frozen_backbone_trains_lit_only(tmp_path):
+    make_photos(tmp_path / "photos", n=16)
+    cfg = config_from_dict(tiny_config_dict(tmp_path / "photos", data={"queries_per_epoch": 5, "num_negatives": 1},
+                                            optim={"epochs": 1, "lr": 1e-3, "freeze_backbone": True}))
+    trainer = Trainer(cfg, tmp_path / "out", device="cpu", log=lambda _: None)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["lit.templates_init"], after["lit.templates_init"])

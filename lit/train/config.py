@@ -84,6 +84,8 @@ class DataConfig:
         val_views: ``folder``: synthetic query views per held-out photo.
         val_queries: ``sfm120k``: at most this many validation queries (``None``: all).
         num_workers: data-loading worker processes.
+        scene_positives: ``folder``: probability that a query's positive is another real
+            photo of its scene folder (when the scene has one) instead of a synthetic view.
         views: synthetic view parameters (``folder`` positives and validation queries).
     """
 
@@ -100,6 +102,7 @@ class DataConfig:
     val_views: int = 2
     val_queries: int | None = None
     num_workers: int = 0
+    scene_positives: float = 0.0
     views: ViewConfig = field(default_factory=ViewConfig)
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class DataConfig:
         for name in ("num_negatives", "val_images", "val_views", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.scene_positives <= 1:
+            raise ValueError(f"data.scene_positives must be in [0, 1], got {self.scene_positives}")
         if not 0 <= self.flip_probability <= 1:
             raise ValueError(f"data.flip_probability must be in [0, 1], got {self.flip_probability}")
         if not self.mining_scales:
@@ -152,6 +157,8 @@ class OptimConfig:
         lr_gamma: learning rate multiplied by this after every epoch.
         tuples_per_step: tuples whose gradients are accumulated per optimiser step; the
             step's loss is the *mean* of its tuples' losses.
+        freeze_backbone: train LIT only, keeping the (e.g. ImageNet) backbone fixed: faster,
+            and less over-fitting on small photo collections.
     """
 
     epochs: int = 200
@@ -159,6 +166,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     lr_gamma: float = 0.99
     tuples_per_step: int = 5
+    freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.tuples_per_step < 1:

@@ -387,6 +387,8 @@ class Trainer:
             self.dist.broadcast_module(self.model)
         if self.model.dim_reduction is not None:
             self.model.dim_reduction.requires_grad_(False)
+        if cfg.optim.freeze_backbone:
+            self.model.backbone.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.Adam(self.params, lr=o.lr, weight_decay=o.weight_decay)

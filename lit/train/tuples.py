@@ -324,6 +324,13 @@ class TupleDataset(torch.utils.data.Dataset):
         else:
             chosen = rng.permutation(n)[: self.cfg.queries_per_epoch]
             queries = [(int(i), int(i)) for i in chosen]
+            if self.cfg.scene_positives > 0:  # another real photo of the scene, when there is one
+                clusters = np.asarray(self.db.clusters)
+                draws = rng.random(len(queries))
+                for t, (q, _) in enumerate(queries):
+                    others = np.flatnonzero((clusters == clusters[q]) & (np.arange(n) != q))
+                    if len(others) and draws[t] < self.cfg.scene_positives:
+                        queries[t] = (q, int(others[rng.integers(len(others))]))
         pool = sorted(int(i) for i in rng.permutation(n)[: self.cfg.pool_size])
         return queries, pool
 
@@ -351,7 +358,7 @@ class TupleDataset(torch.utils.data.Dataset):
         else:
             negatives = [[] for _ in queries]
         synthetic = self.db.synthetic_positives
-        self.specs = [TupleSpec(q, p, tuple(n), synthetic) for (q, p), n in zip(queries, negatives, strict=True)]
+        self.specs = [TupleSpec(q, p, tuple(n), synthetic and q == p) for (q, p), n in zip(queries, negatives, strict=True)]
         self.epoch = epoch
         return self.specs
 
