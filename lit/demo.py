@@ -49,10 +49,10 @@ def make_photo_set(dst: Path, views: int = VIEWS_PER_PHOTO, seed: int = 0) -> li
     Returns:
         ``(path, scene, is_real)`` for every image.
     """
+    from PIL import Image
+
     from lit._image import load_image
     from lit.train.views import synthetic_view
-
-    from PIL import Image
 
     g = torch.Generator().manual_seed(seed)
     items = []

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lit.models import save_checkpoint
@@ -54,7 +53,7 @@ def tiny_world(tmp_path, tiny_model):
     # an SfM-120k style database for the codebook
     sfm = root / "retrieval-SfM-120k"
     cids = [f"{i:08x}abcdef" for i in range(6)]
-    for i, cid in enumerate(cids):
+    for cid in cids:
         path = sfm / "ims" / cid[-2:] / cid[-4:-2] / cid[-6:-4] / cid
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(_texture(rng)).save(path, format="JPEG")

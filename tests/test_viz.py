@@ -6,7 +6,6 @@ import sys
 
 import matplotlib
 import numpy as np
-
 import pytest
 import torch
 from matplotlib.collections import LineCollection
