@@ -111,7 +111,8 @@ def cmd_extract(args) -> int:
     summary = extract_to_file(
         model, paths, args.out, root=args.root or root, scales=_scales(args.scales),
         features_num=args.features_num, image_size=_image_size(args, model),
-        num_workers=args.workers, progress=not args.quiet, half=args.half,
+        num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
+        amp=__import__("torch").bfloat16 if args.amp else None,
     )
     print(summary.report())
     return 0
@@ -320,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="store image names relative to this folder")
     p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in the main process)")
     p.add_argument("--half", action="store_true", help="store descriptors as float16")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (equal-size images only; default 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass: consecutive images of equal size are batched (default 1)")
+    p.add_argument("--amp", action="store_true", help="fast path: bf16 autocast (features differ slightly from float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_extract)

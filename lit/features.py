@@ -257,6 +257,8 @@ def extract_to_file(
     num_workers: int = 0,
     progress: bool = True,
     half: bool = False,
+    batch_size: int = 1,
+    amp: torch.dtype | None = None,
 ) -> ExtractionSummary:
     """Extract super-features of many images into a feature file, resumably.
 
@@ -270,6 +272,9 @@ def extract_to_file(
         num_workers: image decoding processes.
         progress: tqdm progress bar on stderr.
         half: store descriptors as float16.
+        batch_size: consecutive images of equal size are extracted together, up to this
+            many at a time (each image is still committed to the file on its own).
+        amp: autocast dtype for the fast path (``torch.bfloat16``); ``None``: float32.
 
     Returns:
         An :class:`ExtractionSummary`; unreadable files are reported and skipped.
@@ -288,6 +293,8 @@ def extract_to_file(
         path = os.fspath(path)
         name = os.path.relpath(path, root) if root is not None else path
         items.append((name, path, tuple(bbox) if bbox is not None else None))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
     summary = ExtractionSummary(failed={})
     with FeatureStore(out, "a", descriptor_dim=dim, fingerprint=fp, half=half) as store:
@@ -299,16 +306,33 @@ def extract_to_file(
             pin_memory=str(model.device).startswith("cuda"),
         )
         bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr, desc="extract")
+        pending: list[tuple[str, torch.Tensor]] = []  # equal-size images waiting for a batch
+
+        def flush() -> None:
+            if not pending:
+                return
+            batch = torch.stack([t for _, t in pending]).to(model.device, non_blocking=True)
+            outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
+            for (n, _), feats in zip(pending, outs, strict=True):
+                store.append(n, feats)
+            summary.done += len(pending)
+            bar.update(len(pending))
+            pending.clear()
+
         for name, tensor, error in loader:
             if error is not None:
+                flush()  # keep the file in input order
                 store.add_failure(name, error)
                 summary.failed[name] = error
                 bar.write(f"skipped: {error}", file=sys.stderr)
-            else:
-                feats = model.extract(tensor, scales=scales, features_num=features_num)
-                store.append(name, feats)
-                summary.done += 1
-            bar.update(1)
+                bar.update(1)
+                continue
+            if pending and pending[0][1].shape != tensor.shape:
+                flush()
+            pending.append((name, tensor))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
         bar.close()
     summary.seconds = time.perf_counter() - start
     return summary

@@ -137,6 +137,9 @@ def resolve(name: str, progress: bool = True) -> Path:
             _check_recorded_hash(local, cfg)
             return local
     dst = Path(cache_dir()) / cfg.filename
+    if not dst.is_file() and not cfg.url:
+        where = f" ({WEIGHTS_DIR / cfg.local})" if cfg.local else ""
+        raise ValueError(f"model {name!r} ships with the lit repository{where} and has no download URL: the file is missing")
     if not dst.is_file():
         dst.parent.mkdir(parents=True, exist_ok=True)
         download_url(cfg.url, dst, sha256=cfg.sha256, progress=progress)

@@ -94,13 +94,13 @@ CHILD = textwrap.dedent("""
     import lit
     from lit.features import extract_to_file
     model = lit.load_model(sys.argv[1])
-    real = model.extract
+    real = model.extract_batch
     def slow(*a, **k):
         out = real(*a, **k)
         print("x", flush=True)
         time.sleep(0.15)
         return out
-    model.extract = slow
+    model.extract_batch = slow
     extract_to_file(model, sys.argv[3:], sys.argv[2], progress=False)
 """)
 
@@ -126,3 +126,19 @@ def test_kill_9_loses_at_most_the_image_in_flight(tmp_path, tiny_model):
         assert store.names == paths
         torch.testing.assert_close(store[29].descriptors, tiny_model.extract(paths[29]).descriptors)
         torch.testing.assert_close(store[0].descriptors, tiny_model.extract(paths[0]).descriptors)
+
+
+def test_batched_extraction_equals_one_by_one(tmp_path, tiny_model):
+    paths = _images(tmp_path / "imgs", 5) + _images(tmp_path / "other", 2, size=(80, 40))
+    (tmp_path / "imgs" / "bad.png").write_text("x")
+    paths.insert(3, tmp_path / "imgs" / "bad.png")
+    one, many = tmp_path / "one.h5", tmp_path / "many.h5"
+    extract_to_file(tiny_model, paths, one, progress=False)
+    s = extract_to_file(tiny_model, paths, many, progress=False, batch_size=4)
+    assert s.done == 7 and list(s.failed) == [str(tmp_path / "imgs" / "bad.png")]
+    with FeatureStore(one) as a, FeatureStore(many) as b:
+        assert a.names == b.names
+        for i in range(len(a)):
+            torch.testing.assert_close(a[i].descriptors, b[i].descriptors, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_to_file(tiny_model, paths, tmp_path / "x.h5", batch_size=0, progress=False)

@@ -9,7 +9,8 @@ Compared models (``--models``, comma-separated, default all):
     cosine similarity,
   - or any checkpoint path.
 Super-feature models are scored with ASMK (binary, alpha 3); the codebook is trained on
-the evaluated set's own descriptors (``--codebook-size`` words), the same for every model.
+the evaluated set's own descriptors (``--codebook-size`` words), the same for every model,
+and the metrics are averaged over ``--seeds`` k-means seeds (small sets are noisy).
 Models without a learned reduction are given a PCA-whitening learned on the set.
 """
 
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--exclude", default=None, help="comma-separated scene folders to leave out (e.g. training scenes)")
     p.add_argument("--models", default=",".join(ALL), help=f"comma-separated: {', '.join(ALL)} or checkpoint paths")
     p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--seeds", type=int, default=5, help="k-means seeds averaged over (small sets are noisy)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -157,14 +159,21 @@ def main(argv=None) -> int:
             if name in ("fire-random", "effl0-untrained"):
                 _whiten_on(model, paths, args.device)
             feats = [model.extract(load_image(p_, model.cfg.runtime.image_size)) for p_ in paths]
-            scores = asmk_scores(feats, args.codebook_size)
-        res = retrieval_metrics(scores, labels)
+            scores = [asmk_scores(feats, args.codebook_size, seed=s) for s in range(args.seeds)]
+        if isinstance(scores, list):  # several k-means codebooks: mean and spread
+            runs = [retrieval_metrics(s, labels) for s in scores]
+            res = {k: float(np.mean([r[k] for r in runs])) for k in ("map", "recall@1")}
+            res.update({"map_std": float(np.std([r["map"] for r in runs])), "queries": runs[0]["queries"], "codebook_seeds": len(runs)})
+        else:
+            res = retrieval_metrics(scores, labels)
         res["seconds"] = time.perf_counter() - t
         results[name] = res
-        print(f"{name}: mAP {res['map']:.1f}, R@1 {res['recall@1']:.1f} ({res['seconds']:.0f} s)", file=sys.stderr)
-    print(f"\n{'model':24s} {'mAP':>6s} {'R@1':>6s}")
+        spread = f" +- {res['map_std']:.1f}" if "map_std" in res else ""
+        print(f"{name}: mAP {res['map']:.1f}{spread}, R@1 {res['recall@1']:.1f} ({res['seconds']:.0f} s)", file=sys.stderr)
+    print(f"\n{'model':24s} {'mAP':>6s} {'(std)':>6s} {'R@1':>6s}")
     for name, r in results.items():
-        print(f"{name:24s} {r['map']:6.1f} {r['recall@1']:6.1f}")
+        std = f"{r['map_std']:6.1f}" if "map_std" in r else f"{'':6s}"
+        print(f"{name:24s} {r['map']:6.1f} {std} {r['recall@1']:6.1f}")
     out = {"root": str(args.root), "images": len(paths), "scenes": int(len(set(labels.tolist()))), "results": results}
     print(json.dumps(out))
     if args.json:
