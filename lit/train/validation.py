@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..evaluate import compute_ap
 from .tuples import ValidationSet, global_descriptors
 
 
@@ -32,13 +33,7 @@ def average_precision(ranking: Sequence[int], positives: Sequence[int], junk: Se
     if not pos:
         return float("nan")
     kept = [int(i) for i in ranking if int(i) not in junk_set]
-    ranks = [r for r, i in enumerate(kept) if i in pos]
-    ap = 0.0
-    for j, r in enumerate(ranks):
-        p0 = 1.0 if r == 0 else j / r
-        p1 = (j + 1) / (r + 1)
-        ap += (p0 + p1) / 2
-    return ap / len(pos)
+    return compute_ap([r for r, i in enumerate(kept) if i in pos], len(pos))
 
 
 def mean_average_precision(
