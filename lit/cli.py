@@ -119,8 +119,6 @@ def cmd_extract(args) -> int:
 
 
 def cmd_index(args) -> int:
-    import numpy as np
-
     from .asmk import ASMK
     from .features import FeatureStore
 
@@ -146,7 +144,6 @@ def cmd_index(args) -> int:
     with open(args.out + ".names.json", "w") as f:
         json.dump({"features": os.path.abspath(args.features), "names": names}, f)
     print(f"indexed {len(names)} images ({len(desc)} descriptors) into {args.out}: {json.dumps(index.stats())}")
-    del np
     return 0
 
 
