@@ -50,21 +50,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            self.wfile.write(data[start:])
+            # logged before writing: the client may finish reading before this thread resumes
             self.log[-1]["sent"] = len(data) - start
+            self.wfile.write(data[start:])
             return
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Accept-Ranges", "bytes" if self.path == "/ranged" else "none")
         self.end_headers()
         if self.path == "/truncated":
+            self.log[-1]["sent"] = len(data) // 2
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             self.close_connection = True
-            self.log[-1]["sent"] = len(data) // 2
             return
-        self.wfile.write(data)
         self.log[-1]["sent"] = len(data)
+        self.wfile.write(data)
 
 
 @pytest.fixture
