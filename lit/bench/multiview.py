@@ -5,8 +5,10 @@ Compared models (``--models``, comma-separated, default all):
   - ``fire-random``: FIRe architecture (ResNet-50 + LIT 6/256/1024) with random weights,
   - ``effl0-untrained``: ImageNet EfficientNet-Lite0 + untrained (seeded) LIT,
   - ``lit-effl0``: the model trained by lit and shipped in ``weights/``,
-  - ``gem-effl0``: global GeM descriptor (p = 3) of the same ImageNet EfficientNet-Lite0,
-    cosine similarity,
+  - ``gem-effl0``: global GeM descriptor (p = 3) of the same ImageNet EfficientNet-Lite0
+    (last stage, stride 32), cosine similarity,
+  - ``gem-effl0-os16``: the same with the last stage dilated to stride 16, as in
+    ``lit-effl0``'s backbone,
   - or any checkpoint path.
 Super-feature models are scored with ASMK (binary, alpha 3); the codebook is trained on
 the evaluated set's own descriptors (``--codebook-size`` words), the same for every model,
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiview"
-ALL = ("fire-random", "effl0-untrained", "lit-effl0", "gem-effl0")
+ALL = ("fire-random", "effl0-untrained", "lit-effl0", "gem-effl0", "gem-effl0-os16")
 
 
 def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -109,12 +111,13 @@ def asmk_scores(feats: list, codebook_size: int, seed: int = 0) -> np.ndarray:
     return np.asarray(index.scores(desc, ids))
 
 
-def gem_scores(paths: list[str], device: str, image_size: int = 512) -> np.ndarray:
+def gem_scores(paths: list[str], device: str, image_size: int = 512, output_stride: int | None = None) -> np.ndarray:
     from lit._image import load_image
     from lit.metric.pooling import gem
     from lit.models.efficientnet_lite import create_efficientnet_lite0
 
-    net = create_efficientnet_lite0(pretrained=True, features_only=True, out_indices=(4,)).to(device).eval()
+    kwargs = {} if output_stride is None else {"output_stride": output_stride}
+    net = create_efficientnet_lite0(pretrained=True, features_only=True, out_indices=(4,), **kwargs).to(device).eval()
     vecs = []
     with torch.inference_mode():
         for p in paths:
@@ -150,8 +153,8 @@ def main(argv=None) -> int:
             print("lit-effl0 is not installed: skipped", file=sys.stderr)
             continue
         t = time.perf_counter()
-        if name == "gem-effl0":
-            scores = gem_scores(paths, args.device)
+        if name in ("gem-effl0", "gem-effl0-os16"):
+            scores = gem_scores(paths, args.device, output_stride=16 if name.endswith("os16") else None)
         else:
             from lit._image import load_image
 
