@@ -54,10 +54,13 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export-only", action="store_true")
+    p.add_argument("--prepare-only", action="store_true", help="only build the training-scene folder")
     args = p.parse_args(argv)
     data = REPO / "runs" / "lit-effl0-data"
     if not args.export_only:
         print(f"training folder: {prepare(Path(args.multiview), data)} photos in {data}", file=sys.stderr)
+        if args.prepare_only:
+            return 0
         from lit.cli import main as lit_main
 
         cmd = ["train", "--config", str(REPO / "configs" / "lit_effl0.yaml"), "--out", args.out,
