@@ -117,13 +117,16 @@ def _check_keys(klass: type, d: dict, what: str) -> None:
 
 
 def lit_effl0_config() -> ModelConfig:
-    """The small offline model: ImageNet EfficientNet-Lite0 (stride 16, 112 channels) + LIT.
+    """The small offline model: ImageNet EfficientNet-Lite0 + LIT at stride 16.
 
-    LIT sizes (T=3, N=64, dim=256) fit the backbone's width and keep CPU extraction fast;
+    The backbone runs to its last stage (320 channels) with that stage dilated instead of
+    strided (``output_stride=16``): measured on the real multi-view photos, an untrained
+    LIT on it retrieves far better than on the 112-channel stride-16 stage (mAP over all
+    27 scenes 36 vs 21). LIT sizes (T=3, N=64, dim=256) keep CPU extraction fast;
     normalisation is the one the Lite0 weights were trained with (mean = std = 0.5).
     """
     return ModelConfig(
-        backbone=BackboneConfig("tf_efficientnet_lite0", 3),
+        backbone=BackboneConfig("tf_efficientnet_lite0", 4, output_stride=16),
         lit=LITConfig(T=3, N=64, dim=256),
         reduction_dim=128,
         runtime=RuntimeConfig(
