@@ -53,7 +53,7 @@ def score_fold(model, data: Path, scenes: list[str], seeds: int = 4, words: int 
     ids = torch.cat([torch.full((len(f),), i) for i, f in enumerate(feats)])
     maps = []
     for seed in range(seeds):
-        index = ASMK.train(desc, size=min(words, len(desc) // 10), seed=seed, iterations=15)
+        index = ASMK.train(desc, size=words, seed=seed, iterations=15)
         index.add(desc, ids)
         maps.append(retrieval_metrics(np.asarray(index.scores(desc, ids)), labels)["map"])
     return float(np.mean(maps)), len(labels)
