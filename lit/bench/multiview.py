@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiview"
-ALL = ("fire-random", "effl0-untrained", "lit-effl0", "gem-effl0", "gem-effl0-os16")
+GEM_OUTPUT_STRIDE = {"gem-effl0": None, "gem-effl0-os16": 16}
+ALL = ("fire-random", "effl0-untrained", "lit-effl0", *GEM_OUTPUT_STRIDE)
 
 
 def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -114,15 +115,15 @@ def asmk_scores(feats: list, codebook_size: int, seed: int = 0) -> np.ndarray:
 def gem_scores(paths: list[str], device: str, image_size: int = 512, output_stride: int | None = None) -> np.ndarray:
     from lit._image import load_image
     from lit.metric.pooling import gem
-    from lit.models.efficientnet_lite import create_efficientnet_lite0
+    from lit.models import BackboneConfig
+    from lit.models.backbone import create_backbone
 
-    kwargs = {} if output_stride is None else {"output_stride": output_stride}
-    net = create_efficientnet_lite0(pretrained=True, features_only=True, out_indices=(4,), **kwargs).to(device).eval()
+    net = create_backbone(BackboneConfig("tf_efficientnet_lite0", 4, output_stride), pretrained=True).to(device).eval()
     vecs = []
     with torch.inference_mode():
         for p in paths:
             x = (load_image(p, image_size)[None].to(device) - 0.5) / 0.5
-            f = net(x)[-1]
+            f = net(x)
             vecs.append(torch.nn.functional.normalize(gem(f, 3.0).flatten(1), dim=1)[0].cpu())
     v = torch.stack(vecs)
     return (v @ v.T).numpy()
@@ -153,8 +154,8 @@ def main(argv=None) -> int:
             print("lit-effl0 is not installed: skipped", file=sys.stderr)
             continue
         t = time.perf_counter()
-        if name in ("gem-effl0", "gem-effl0-os16"):
-            scores = gem_scores(paths, args.device, output_stride=16 if name.endswith("os16") else None)
+        if name in GEM_OUTPUT_STRIDE:
+            scores = gem_scores(paths, args.device, output_stride=GEM_OUTPUT_STRIDE[name])
         else:
             from lit._image import load_image
 
