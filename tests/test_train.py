@@ -192,6 +192,29 @@ def test_synthetic_view_homography_maps_image_points_onto_the_view():
 def test_view_config_rejects_bad_ranges():
     with pytest.raises(ValueError, match="scale"):
         ViewConfig(scale=(0.5, 1.5))
+    with pytest.raises(ValueError, match="night_probability"):
+        ViewConfig(night_probability=2.0)
+    with pytest.raises(ValueError, match="night_gamma"):
+        ViewConfig(night_gamma=(2.0, 1.0))
+
+
+def test_night_views_darken_by_their_gamma_and_leave_old_views_unchanged():
+    img = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
+    still = dict(rotation=0, perspective=0, scale=(1.0, 1.0), brightness=0, contrast=0, saturation=0, hue=0,
+                 blur_probability=0)
+    day = synthetic_view(img, ViewConfig(**still), torch.Generator().manual_seed(1)).image
+    night_cfg = ViewConfig(**still, night_probability=1.0, night_gamma=(2.0, 2.0), night_cast=0.0, night_noise=0.0)
+    night = synthetic_view(img, night_cfg, torch.Generator().manual_seed(1)).image
+    assert torch.allclose(night, day.pow(2.0), atol=1e-6)  # identity geometry: exactly the gamma curve
+    cast = ViewConfig(**still, night_probability=1.0, night_gamma=(1.0, 1.0), night_cast=0.3, night_noise=0.0)
+    tinted = synthetic_view(img, cast, torch.Generator().manual_seed(1)).image
+    gains = (tinted / day.clamp_min(1e-3))[:, day.amax(0) < 0.7].median(dim=1).values
+    assert ((gains > 0.69) & (gains < 1.31)).all() and gains.std() > 1e-3  # one gain per channel
+    # night_probability = 0 draws nothing more: the default views are those of before
+    base = ViewConfig()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(synthetic_view(img, base, g1).image, synthetic_view(img, ViewConfig(night_gamma=(1.1, 1.2)), g2).image)
+    assert torch.equal(g1.get_state(), g2.get_state())
 
 
 # ---------------------------------------------------------------------- tuples
@@ -442,3 +465,46 @@ def test_frozen_backbone_trains_lit_only(tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert not torch.equal(before["lit.templates_init"], after["lit.templates_init"])
+
+
+def test_partly_trained_backbone_has_its_own_learning_rate(tmp_path):
+    make_photos(tmp_path / "photos", n=16)
+    cfg = config_from_dict(tiny_config_dict(
+        tmp_path / "photos", data={"queries_per_epoch": 5, "num_negatives": 1},
+        optim={"epochs": 1, "lr": 1e-3, "backbone_lr": 1e-4, "backbone_trainable_from": "net.layer3"}))
+    trainer = Trainer(cfg, tmp_path / "out", device="cpu", log=lambda _: None)
+    lit_group, backbone_group = trainer.optimizer.param_groups
+    assert (lit_group["lr"], backbone_group["lr"]) == (1e-3, 1e-4)
+    layer3 = {id(p) for p in trainer.model.backbone.net.layer3.parameters()}
+    assert {id(p) for p in backbone_group["params"]} == layer3
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    backbone_changed = {k.split(".")[2] for k in changed if k.startswith("backbone.")}
+    assert backbone_changed == {"layer3"}  # earlier layers frozen, batch-norm statistics too
+    assert "lit.templates_init" in changed
+
+
+def test_backbone_trainable_from_names_the_modules_when_wrong(tmp_path):
+    from lit.models.backbone import freeze_backbone_before
+
+    net = SuperFeatureModel(ModelConfig(BackboneConfig("resnet18", 3), LITConfig(2, 8, 32), None, RuntimeConfig()))
+    with pytest.raises(ValueError, match=r"'net\.layer9'.*net\.layer3"):
+        freeze_backbone_before(net.backbone, "net.layer9")
+    frozen = freeze_backbone_before(net.backbone, "net.layer2")
+    flags = [(n, p.requires_grad) for n, p in net.backbone.named_parameters()]
+    assert frozen == sum(not n.startswith(("net.layer2", "net.layer3")) for n, _ in flags)
+    assert all(g == n.startswith(("net.layer2", "net.layer3")) for n, g in flags)
+    with pytest.raises(ValueError, match="exclude each other"):
+        config_from_dict({"optim": {"freeze_backbone": True, "backbone_trainable_from": "net.layer3"}})
+    with pytest.raises(ValueError, match="backbone_lr"):
+        config_from_dict({"optim": {"backbone_lr": 0}})
+
+
+def test_numbers_without_a_dot_are_numbers(tmp_path):
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 3e-5\n  backbone_lr: 1E-6\n")
+    cfg = load_config(tmp_path / "c.yaml", overrides=["optim.weight_decay=5e-4"])
+    assert (cfg.optim.lr, cfg.optim.backbone_lr, cfg.optim.weight_decay) == (3e-5, 1e-6, 5e-4)
+    with pytest.raises(ValueError, match=r"optim\.lr.*'3e-5x'"):
+        load_config(tmp_path / "c.yaml", overrides=["optim.lr=3e-5x"])

@@ -52,6 +52,22 @@ class _SingleStage(nn.Module):
         return self.net(x)[-1]
 
 
+def freeze_backbone_before(backbone: nn.Module, name: str) -> int:
+    """Freeze (``requires_grad = False``) every parameter registered before module ``name``.
+
+    ``name`` is a dotted module name of ``backbone`` (``"net.blocks.5"``); it and everything
+    after it stay trainable. Returns the number of frozen parameter tensors.
+    """
+    params = list(backbone.named_parameters())
+    first = next((i for i, (n, _) in enumerate(params) if n.startswith(name + ".")), None)
+    if first is None:
+        top = sorted({".".join(n.split(".")[:3]) for n, _ in params})
+        raise ValueError(f"backbone has no module {name!r} with parameters; modules: {', '.join(top)}")
+    for _, p in params[:first]:
+        p.requires_grad_(False)
+    return first
+
+
 def freeze_batchnorm(module: nn.Module) -> None:
     """Put every batch-norm layer of ``module`` in eval mode (running stats frozen)."""
     for m in module.modules():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ class ViewConfig:
         hue: hue shift as a fraction of the colour circle, uniform in ``±hue``.
         blur_probability: probability of a Gaussian blur.
         blur_sigma: range of the blur's standard deviation, in pixels.
+        night_probability: probability of a "night" change after the others: a gamma
+            darkening (exponent uniform in ``night_gamma``), a random warm or cold colour cast
+            (per-channel gains in ``1 ± night_cast``) and Gaussian sensor noise (standard
+            deviation uniform in ``[0, night_noise]``). ``0`` draws no extra random numbers, so
+            views of earlier configurations are unchanged.
     """
 
     scale: tuple[float, float] = (0.6, 1.0)
@@ -49,8 +55,18 @@ class ViewConfig:
     hue: float = 0.03
     blur_probability: float = 0.3
     blur_sigma: tuple[float, float] = (0.3, 1.5)
+    night_probability: float = 0.0
+    night_gamma: tuple[float, float] = (1.5, 3.0)
+    night_cast: float = 0.2
+    night_noise: float = 0.03
 
     def __post_init__(self) -> None:
+        if not 0 <= self.night_probability <= 1:
+            raise ValueError(f"views.night_probability must be in [0, 1], got {self.night_probability}")
+        if not 0 < self.night_gamma[0] <= self.night_gamma[1]:
+            raise ValueError(f"views.night_gamma must satisfy 0 < low <= high, got {self.night_gamma}")
+        if not 0 <= self.night_cast < 1 or self.night_noise < 0:
+            raise ValueError("views.night_cast must be in [0, 1) and views.night_noise >= 0")
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"views.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
@@ -159,6 +175,12 @@ class OptimConfig:
             step's loss is the *mean* of its tuples' losses.
         freeze_backbone: train LIT only, keeping the (e.g. ImageNet) backbone fixed: faster,
             and less over-fitting on small photo collections.
+        backbone_lr: learning rate of the trained backbone parameters (``None``: ``lr``);
+            a pretrained backbone is usually fine-tuned more gently than LIT is trained.
+        backbone_trainable_from: name of the first backbone module that is trained
+            (e.g. ``"net.blocks.5"`` for EfficientNet, ``"net.layer3"`` for ResNet, as listed by
+            ``model.backbone.named_modules()``); the modules registered before it stay
+            frozen. ``None``: the whole backbone is trained (unless ``freeze_backbone``).
     """
 
     epochs: int = 200
@@ -167,8 +189,14 @@ class OptimConfig:
     lr_gamma: float = 0.99
     tuples_per_step: int = 5
     freeze_backbone: bool = False
+    backbone_lr: float | None = None
+    backbone_trainable_from: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backbone_lr is not None and self.backbone_lr <= 0:
+            raise ValueError("optim.backbone_lr must be > 0 (or null: the same as optim.lr)")
+        if self.freeze_backbone and self.backbone_trainable_from is not None:
+            raise ValueError("optim.freeze_backbone and optim.backbone_trainable_from exclude each other")
         if self.epochs < 0 or self.tuples_per_step < 1:
             raise ValueError("optim.epochs must be >= 0 and optim.tuples_per_step >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.lr_gamma <= 0:
@@ -275,6 +303,9 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -319,6 +350,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "3e-5" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -72,6 +72,7 @@ from ..models.checkpoint import (
     safe_load,
     save_checkpoint,
 )
+from ..models.backbone import freeze_backbone_before
 from ..models.config import ModelConfig
 from ..models.model import SuperFeatureModel
 from .config import LossConfig, TrainConfig, config_to_dict, save_config
@@ -387,11 +388,18 @@ class Trainer:
             self.dist.broadcast_module(self.model)
         if self.model.dim_reduction is not None:
             self.model.dim_reduction.requires_grad_(False)
-        if cfg.optim.freeze_backbone:
-            self.model.backbone.requires_grad_(False)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
-        self.optimizer = torch.optim.Adam(self.params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.freeze_backbone:
+            self.model.backbone.requires_grad_(False)
+        elif o.backbone_trainable_from is not None:
+            freeze_backbone_before(self.model.backbone, o.backbone_trainable_from)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in self.model.backbone.parameters()}
+        groups = [{"params": [p for p in self.params if id(p) not in backbone_ids]}]
+        trained_backbone = [p for p in self.params if id(p) in backbone_ids]
+        if trained_backbone:
+            groups.append({"params": trained_backbone, "lr": o.backbone_lr or o.lr})
+        self.optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=o.lr_gamma)
         if ckpt is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -11,7 +11,8 @@ maps that quadrilateral onto the full output frame (same size as the input), so 
 zooms in on the crop. Pixels that fall outside the photo are filled by reflection.
 
 Photometry (in this order, each in ``[0, 1]``): additive brightness, contrast, saturation,
-hue shift, then an optional Gaussian blur.
+hue shift, then an optional Gaussian blur and an optional "night" change (gamma darkening,
+colour cast, sensor noise).
 """
 
 from __future__ import annotations
@@ -92,7 +93,18 @@ def _photometric(image: Tensor, cfg: ViewConfig, generator: torch.Generator | No
     if blur:
         k = 2 * math.ceil(3 * sigma) + 1
         x = kf.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
+    if cfg.night_probability > 0 and float(_uniform(generator, 0.0, 1.0)) < cfg.night_probability:
+        x = _night(x.clamp(0, 1), cfg, generator)
     return x[0].clamp(0, 1)
+
+
+def _night(x: Tensor, cfg: ViewConfig, generator: torch.Generator | None) -> Tensor:
+    """Gamma darkening, a colour cast and sensor noise: a crude night shot of a day photo."""
+    gamma = float(_uniform(generator, *cfg.night_gamma))
+    gains = _uniform(generator, 1 - cfg.night_cast, 1 + cfg.night_cast, 3).to(x)
+    sigma = float(_uniform(generator, 0.0, cfg.night_noise))
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
+    return (x.pow(gamma) * gains.view(1, 3, 1, 1) + sigma * noise).clamp(0, 1)
 
 
 def synthetic_view(
