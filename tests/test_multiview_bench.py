@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from lit.bench.multiview import main, retrieval_metrics, scene_images
+from lit.bench.multiview import asmk_scores, codebook_photos, main, retrieval_metrics, scene_images
 
 
 def naive_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
@@ -84,4 +85,47 @@ def test_script_end_to_end_on_a_tiny_scene_set(tmp_path, capsys):
     # near-duplicate photos: the global descriptor finds each one's twin first
     assert res["results"]["gem-effl0"]["map"] == 100.0
     assert res["results"]["effl0-untrained"]["codebook_seeds"] == 2
+    assert res["codebook_images"] == 2 and "not evaluated" in res["codebook"]  # scene1's photos
     assert "gem-effl0-os16" in capsys.readouterr().out
+
+
+def test_codebook_photos_are_never_the_evaluated_ones_unless_asked(tmp_path):
+    _scene_set(tmp_path / "set", np.random.default_rng(2))
+    root = tmp_path / "set"
+    evaluated, _, _ = scene_images(root, ["scene0", "scene2"])
+    photos, what = codebook_photos("auto", root, evaluated)
+    assert [p.split("/")[-2] for p in photos] == ["scene1", "scene1"] and "not evaluated" in what
+    assert codebook_photos("rest", root, evaluated)[0] == photos
+    everything = scene_images(root)[0]
+    assert codebook_photos("auto", root, everything)[0] == everything  # nothing left: falls back, says so
+    assert "every scene" in codebook_photos("auto", root, everything)[1]
+    with pytest.raises(ValueError, match="every scene is evaluated"):
+        codebook_photos("rest", root, everything)
+    assert codebook_photos("evaluated", root, evaluated)[0] == evaluated
+    assert codebook_photos(str(root / "scene1"), root, evaluated)[0] == photos
+    with pytest.raises(ValueError, match="evaluated too"):
+        codebook_photos(str(root / "scene0"), root, evaluated)
+
+
+def test_asmk_scores_learn_the_codebook_on_the_given_features():
+    from lit.asmk import ASMK
+    from lit.types import LocalFeatures
+
+    g = torch.Generator().manual_seed(0)
+
+    def feats(n):
+        out = []
+        for _ in range(n):
+            d = torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1)
+            out.append(LocalFeatures(d, torch.ones(40), torch.ones(40), torch.zeros(40, dtype=torch.long)))
+        return out
+    evaluated, other = feats(6), feats(5)
+    own = asmk_scores(evaluated, 20, seed=1)
+    assert np.array_equal(own, asmk_scores(evaluated, 20, seed=1, codebook_feats=evaluated))
+    got = asmk_scores(evaluated, 20, seed=1, codebook_feats=other)
+    desc = torch.cat([f.descriptors for f in evaluated]).numpy()
+    ids = np.repeat(np.arange(6), 40)
+    index = ASMK.train(torch.cat([f.descriptors for f in other]).numpy(), size=20, seed=1, iterations=15)
+    index.add(desc, ids)
+    assert np.allclose(got, np.asarray(index.scores(desc, ids)))
+    assert not np.allclose(got, own)

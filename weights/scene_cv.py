@@ -3,8 +3,8 @@
 The held-out scenes of ``make_lit_effl0.py`` are the final test and are never used here.
 The training scenes are split into two folds (alternate scenes in sorted order); a recipe is
 trained on one fold and scored on the real photo pairs of the other (every photo a query,
-ASMK binary, codebook of 512 words learned on the scored fold, mean over k-means seeds),
-then the other way round. The two folds train at the same time, one thread each.
+ASMK binary, codebook of 512 words learned on the training fold's photos as in
+``benchmarks/multiview.py``, mean over k-means seeds), then the other way round. The two folds train at the same time, one thread each.
 
     python weights/make_lit_effl0.py --prepare-only       # the training-scene folder
     python weights/scene_cv.py NAME [--set KEY=VALUE ...]  # e.g. --set optim.epochs=10
@@ -42,18 +42,24 @@ def fold_folder(data: Path, scenes: list[str], dst: Path) -> Path:
     return dst
 
 
-def score_fold(model, data: Path, scenes: list[str], seeds: int = 4, words: int = 512) -> tuple[float, int]:
+def score_fold(model, data: Path, scenes: list[str], codebook_scenes: list[str], seeds: int = 4,
+               words: int = 512) -> tuple[float, int]:
+    """mAP on the photos of ``scenes``, the codebook learned on those of ``codebook_scenes``."""
     from lit._image import load_image
     from lit.asmk import ASMK
     from lit.bench.multiview import retrieval_metrics, scene_images
 
+    def extract(paths):
+        return [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
+
     paths, labels, _ = scene_images(data, scenes)
-    feats = [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
+    feats = extract(paths)
     desc = torch.cat([f.descriptors for f in feats])
     ids = torch.cat([torch.full((len(f),), i) for i, f in enumerate(feats)])
+    train = torch.cat([f.descriptors for f in extract(scene_images(data, codebook_scenes)[0])])
     maps = []
     for seed in range(seeds):
-        index = ASMK.train(desc, size=words, seed=seed, iterations=15)
+        index = ASMK.train(train, size=words, seed=seed, iterations=15)
         index.add(desc, ids)
         maps.append(retrieval_metrics(np.asarray(index.scores(desc, ids)), labels)["map"])
     return float(np.mean(maps)), len(labels)
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
     result = {}
     for f in "AB":
         model = lit.load_model(str(REPO / "runs" / f"cv-{args.name}-{f}" / "model.pt"))
-        result[other[f]] = score_fold(model, data, split[other[f]])
+        result[other[f]] = score_fold(model, data, split[other[f]], codebook_scenes=split[f])
     queries = sum(n for _, n in result.values())
     cv_map = sum(m * n for m, n in result.values()) / queries
     print(json.dumps({"name": args.name, "set": args.set, "folds": result, "cv_map": round(cv_map, 1)}))

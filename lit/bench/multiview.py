@@ -10,10 +10,15 @@ Compared models (``--models``, comma-separated, default all):
   - ``gem-effl0-os16``: the same with the last stage dilated to stride 16, as in
     ``lit-effl0``'s backbone,
   - or any checkpoint path.
-Super-feature models are scored with ASMK (binary, alpha 3); the codebook is trained on
-the evaluated set's own descriptors (``--codebook-size`` words), the same for every model,
-and the metrics are averaged over ``--seeds`` k-means seeds (small sets are noisy).
-Models without a learned reduction are given a PCA-whitening learned on the set.
+Super-feature models are scored with ASMK (binary, alpha 3). As in FIRe's protocol (codebook
+learned on SfM-120k, never on the test set), the codebook (``--codebook-size`` words, at
+most one per 10 descriptors) is learned on photos that are not evaluated, the same photos
+for every model: ``--codebook auto`` (default) takes the root's scene folders that are not
+evaluated, ``rest`` insists on them, a folder path takes its photos, and ``evaluated``
+learns it on the evaluated photos themselves (the only choice when every scene is
+evaluated; ``auto`` falls back to it then, and says so). Metrics are averaged over
+``--seeds`` k-means seeds (small sets are noisy). Models without a learned reduction are
+given a PCA-whitening learned on the codebook photos.
 """
 
 from __future__ import annotations
@@ -86,6 +91,33 @@ def _superfeature_model(name: str, device: str):
     return lit.load_model(name, device=device)
 
 
+def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str]) -> tuple[list[str], str]:
+    """Photos the ASMK codebook (and any PCA-whitening) is learned on, and what they are.
+
+    ``choice``: ``"auto"``, ``"rest"``, ``"evaluated"`` or a folder (see the module doc).
+    """
+    from lit._image import list_images
+
+    if choice not in ("auto", "rest", "evaluated"):
+        photos = list_images(choice)
+        if not photos:
+            raise ValueError(f"{choice}: no photos for the codebook")
+        overlap = set(map(os.path.realpath, photos)) & set(map(os.path.realpath, evaluated))
+        if overlap:
+            raise ValueError(f"{choice}: {len(overlap)} codebook photo(s) are evaluated too, e.g. {sorted(overlap)[0]}")
+        return photos, choice
+    if choice == "evaluated":
+        return list(evaluated), "the evaluated photos"
+    taken = set(map(os.path.realpath, evaluated))
+    rest = [p for p in scene_images(root)[0] if os.path.realpath(p) not in taken]
+    if rest:
+        return rest, f"the {len(rest)} photos of {root} that are not evaluated"
+    if choice == "rest":
+        raise ValueError(f"{root}: every scene is evaluated, none is left for the codebook "
+                         "(choose scenes, or --codebook evaluated / a folder)")
+    return list(evaluated), "the evaluated photos (every scene of the root is evaluated)"
+
+
 def _whiten_on(model, paths, device):
     from lit._image import load_image
 
@@ -102,12 +134,15 @@ def _whiten_on(model, paths, device):
         model.init_reduction(feats, shrinkage=0.5)
 
 
-def asmk_scores(feats: list, codebook_size: int, seed: int = 0) -> np.ndarray:
+def asmk_scores(feats: list, codebook_size: int, seed: int = 0, codebook_feats: list | None = None) -> np.ndarray:
+    """All-pairs ASMK scores of ``feats``; the codebook is learned on ``codebook_feats``
+    (default: ``feats`` themselves)."""
     from lit.asmk import ASMK
 
     desc = torch.cat([f.descriptors for f in feats]).numpy()
     ids = np.concatenate([np.full(len(f), i) for i, f in enumerate(feats)])
-    index = ASMK.train(desc, size=min(codebook_size, len(desc) // 10), seed=seed, iterations=15)
+    train = desc if codebook_feats is None else torch.cat([f.descriptors for f in codebook_feats]).numpy()
+    index = ASMK.train(train, size=max(1, min(codebook_size, len(train) // 10)), seed=seed, iterations=15)
     index.add(desc, ids)
     return np.asarray(index.scores(desc, ids))
 
@@ -136,6 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--exclude", default=None, help="comma-separated scene folders to leave out (e.g. training scenes)")
     p.add_argument("--models", default=",".join(ALL), help=f"comma-separated: {', '.join(ALL)} or checkpoint paths")
     p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--codebook", default="auto",
+                   help="photos the codebook is learned on: auto, rest, evaluated or a folder (see above)")
     p.add_argument("--seeds", type=int, default=5, help="k-means seeds averaged over (small sets are noisy)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None)
@@ -148,6 +185,8 @@ def main(argv=None) -> int:
         keep = ~np.isin(np.array(scenes)[labels], args.exclude.split(","))
         paths, labels = [p_ for p_, k in zip(paths, keep) if k], labels[keep]
     print(f"{len(paths)} images of {len(set(labels.tolist()))} scenes from {args.root}", file=sys.stderr)
+    cb_paths, cb_what = codebook_photos(args.codebook, args.root, paths)
+    print(f"codebook (and whitening of untrained models) learned on {cb_what}", file=sys.stderr)
     results = {}
     for name in args.models.split(","):
         if name == "lit-effl0" and "lit-effl0" not in lit.list_models():
@@ -161,9 +200,11 @@ def main(argv=None) -> int:
 
             model = _superfeature_model(name, args.device)
             if name in ("fire-random", "effl0-untrained"):
-                _whiten_on(model, paths, args.device)
+                _whiten_on(model, cb_paths, args.device)
             feats = [model.extract(load_image(p_, model.cfg.runtime.image_size)) for p_ in paths]
-            scores = [asmk_scores(feats, args.codebook_size, seed=s) for s in range(args.seeds)]
+            cb_feats = None if cb_paths == paths else [model.extract(load_image(p_, model.cfg.runtime.image_size))
+                                                       for p_ in cb_paths]
+            scores = [asmk_scores(feats, args.codebook_size, seed=s, codebook_feats=cb_feats) for s in range(args.seeds)]
         if isinstance(scores, list):  # several k-means codebooks: mean and spread
             runs = [retrieval_metrics(s, labels) for s in scores]
             res = {k: float(np.mean([r[k] for r in runs])) for k in ("map", "recall@1")}
@@ -178,7 +219,8 @@ def main(argv=None) -> int:
     for name, r in results.items():
         std = f"{r['map_std']:6.1f}" if "map_std" in r else f"{'':6s}"
         print(f"{name:24s} {r['map']:6.1f} {std} {r['recall@1']:6.1f}")
-    out = {"root": str(args.root), "images": len(paths), "scenes": int(len(set(labels.tolist()))), "results": results}
+    out = {"root": str(args.root), "images": len(paths), "scenes": int(len(set(labels.tolist()))),
+           "codebook": cb_what, "codebook_images": len(cb_paths), "results": results}
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w") as f:
