@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lit.bench.multiview import asmk_scores, codebook_photos, main, retrieval_metrics, scene_images
+from lit.bench.multiview import asmk_scores, codebook_photos, main, paired_comparison, retrieval_metrics, scene_images
 
 
 def naive_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
@@ -75,7 +75,7 @@ def test_script_end_to_end_on_a_tiny_scene_set(tmp_path, capsys):
     _scene_set(tmp_path / "set", np.random.default_rng(1))
     out = tmp_path / "r.json"
     rc = main(["--root", str(tmp_path / "set"), "--models", "effl0-untrained,gem-effl0,gem-effl0-os16",
-               "--exclude", "scene1", "--seeds", "2", "--codebook-size", "16", "--device", "cpu", "--json", str(out)])
+               "--exclude", "scene1", "--seeds", "2", "--compare", "gem-effl0", "--codebook-size", "16", "--device", "cpu", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     assert (res["images"], res["scenes"]) == (4, 2)
@@ -86,6 +86,10 @@ def test_script_end_to_end_on_a_tiny_scene_set(tmp_path, capsys):
     assert res["results"]["gem-effl0"]["map"] == 100.0
     assert res["results"]["effl0-untrained"]["codebook_seeds"] == 2
     assert res["codebook_images"] == 2 and "not evaluated" in res["codebook"]  # scene1's photos
+    c = res["comparisons"]["gem-effl0 - effl0-untrained"]
+    ap_gem, ap_lit = res["results"]["gem-effl0"]["ap"], res["results"]["effl0-untrained"]["ap"]
+    assert c["map_difference"] == pytest.approx(np.mean(ap_gem) - np.mean(ap_lit))
+    assert c["better"] + c["same"] + c["worse"] == 4 and c["scenes"] == 2
     assert "gem-effl0-os16" in capsys.readouterr().out
 
 
@@ -129,3 +133,19 @@ def test_asmk_scores_learn_the_codebook_on_the_given_features():
     index.add(desc, ids)
     assert np.allclose(got, np.asarray(index.scores(desc, ids)))
     assert not np.allclose(got, own)
+
+
+def test_paired_comparison_counts_queries_and_resamples_scenes():
+    a = [100.0, 50.0, 100.0, 100.0, 20.0, 30.0]
+    b = [50.0, 50.0, 100.0, 100.0, 40.0, 30.0]
+    c = paired_comparison(a, b, [0, 0, 1, 1, 2, 2])
+    assert c["map_difference"] == pytest.approx((50 - 20) / 6)
+    assert (c["better"], c["same"], c["worse"], c["scenes"]) == (1, 4, 1, 3)
+    # scene means of the difference: 25, 0, -10; a resample of whole scenes stays within them
+    assert -10 <= c["ci95"][0] <= c["map_difference"] <= c["ci95"][1] <= 25
+    same = paired_comparison(a, a, [0, 0, 1, 1, 2, 2])
+    assert same["ci95"] == [0.0, 0.0] and same["same"] == 6
+    shifted = paired_comparison(np.array(b) + 5, b, [0, 1, 1, 2, 3, 3])
+    assert shifted["ci95"] == pytest.approx([5.0, 5.0]) and shifted["better"] == 6
+    with pytest.raises(ValueError, match="length"):
+        paired_comparison(a, b[:5], [0] * 6)

@@ -72,7 +72,27 @@ def retrieval_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
             continue
         aps.append(compute_ap(np.flatnonzero(rel), int(rel.sum())))
         r1.append(bool(rel[0]))
-    return {"map": 100 * float(np.mean(aps)), "recall@1": 100 * float(np.mean(r1)), "queries": len(aps)}
+    return {"map": 100 * float(np.mean(aps)), "recall@1": 100 * float(np.mean(r1)), "queries": len(aps),
+            "ap": [100 * float(a) for a in aps]}
+
+
+def paired_comparison(ap_a, ap_b, groups, boot: int = 10000, seed: int = 0) -> dict:
+    """Model A minus model B on the same queries: mean AP difference, queries won/tied/lost,
+    and a 95 % bootstrap interval of the difference that resamples whole scenes (``groups``:
+    the scene of each query; the queries of a scene are not independent).
+    """
+    a, b, groups = np.asarray(ap_a, float), np.asarray(ap_b, float), np.asarray(groups)
+    if not (a.shape == b.shape == groups.shape):
+        raise ValueError(f"per-query APs and scenes differ in length: {a.shape}, {b.shape}, {groups.shape}")
+    d = a - b
+    scenes = np.unique(groups)
+    sums = np.array([d[groups == g].sum() for g in scenes])
+    counts = np.array([(groups == g).sum() for g in scenes])
+    pick = np.random.default_rng(seed).integers(0, len(scenes), size=(boot, len(scenes)))
+    means = sums[pick].sum(1) / counts[pick].sum(1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"map_difference": float(d.mean()), "ci95": [float(lo), float(hi)], "better": int((d > 1e-9).sum()),
+            "same": int((np.abs(d) <= 1e-9).sum()), "worse": int((d < -1e-9).sum()), "scenes": len(scenes)}
 
 
 def _superfeature_model(name: str, device: str):
@@ -174,6 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--codebook", default="auto",
                    help="photos the codebook is learned on: auto, rest, evaluated or a folder (see above)")
     p.add_argument("--seeds", type=int, default=5, help="k-means seeds averaged over (small sets are noisy)")
+    p.add_argument("--compare", default="lit-effl0", help="model compared query by query with every other one")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -208,6 +229,7 @@ def main(argv=None) -> int:
         if isinstance(scores, list):  # several k-means codebooks: mean and spread
             runs = [retrieval_metrics(s, labels) for s in scores]
             res = {k: float(np.mean([r[k] for r in runs])) for k in ("map", "recall@1")}
+            res["ap"] = np.mean([r["ap"] for r in runs], axis=0).tolist()
             res.update({"map_std": float(np.std([r["map"] for r in runs])), "queries": runs[0]["queries"], "codebook_seeds": len(runs)})
         else:
             res = retrieval_metrics(scores, labels)
@@ -219,8 +241,19 @@ def main(argv=None) -> int:
     for name, r in results.items():
         std = f"{r['map_std']:6.1f}" if "map_std" in r else f"{'':6s}"
         print(f"{name:24s} {r['map']:6.1f} {std} {r['recall@1']:6.1f}")
+    comparisons = {}
+    if args.compare in results:
+        with_pos = np.array([(labels == labels[q]).sum() > 1 for q in range(len(labels))])
+        for name in results:
+            if name != args.compare:
+                c = paired_comparison(results[args.compare]["ap"], results[name]["ap"], labels[with_pos])
+                comparisons[f"{args.compare} - {name}"] = c
+        print(f"\n{args.compare} against each model, per query (95 % interval: bootstrap over scenes):")
+        for key, c in comparisons.items():
+            print(f"  {key:40s} {c['map_difference']:+6.1f} mAP [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}], "
+                  f"better on {c['better']}, same on {c['same']}, worse on {c['worse']} queries")
     out = {"root": str(args.root), "images": len(paths), "scenes": int(len(set(labels.tolist()))),
-           "codebook": cb_what, "codebook_images": len(cb_paths), "results": results}
+           "codebook": cb_what, "codebook_images": len(cb_paths), "results": results, "comparisons": comparisons}
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w") as f:
