@@ -9,7 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from lit.bench.multiview import asmk_scores, codebook_photos, main, paired_comparison, retrieval_metrics, scene_images
+from lit.bench.multiview import (
+    asmk_scores,
+    codebook_photos,
+    main,
+    paired_comparison,
+    retrieval_metrics,
+    scene_images,
+)
 
 
 def naive_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:

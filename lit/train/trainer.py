@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..losses import attention_decorrelation_loss, superfeature_loss
+from ..models.backbone import freeze_backbone_before
 from ..models.checkpoint import (
     LIT_FORMAT,
     LIT_FORMAT_VERSION,
@@ -72,7 +73,6 @@ from ..models.checkpoint import (
     safe_load,
     save_checkpoint,
 )
-from ..models.backbone import freeze_backbone_before
 from ..models.config import ModelConfig
 from ..models.model import SuperFeatureModel
 from .config import LossConfig, TrainConfig, config_to_dict, save_config
