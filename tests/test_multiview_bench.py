@@ -156,3 +156,24 @@ def test_paired_comparison_counts_queries_and_resamples_scenes():
     assert shifted["ci95"] == pytest.approx([5.0, 5.0]) and shifted["better"] == 6
     with pytest.raises(ValueError, match="length"):
         paired_comparison(a, b[:5], [0] * 6)
+
+
+def test_scene_cv_folds_partition_the_scenes(tmp_path):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "scene_cv.py")
+    spec = importlib.util.spec_from_file_location("scene_cv", path)
+    scene_cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scene_cv)
+    names = [f"s{i}" for i in range(7)]
+    for n in names:
+        (tmp_path / n).mkdir()
+    two = scene_cv.folds(tmp_path)
+    assert two == [("A", names[0::2], names[1::2]), ("B", names[1::2], names[0::2])]  # the model card's folds
+    three = scene_cv.folds(tmp_path, 3)
+    assert sorted(x for _, _, test in three for x in test) == names  # every scene scored once
+    for _, train, test in three:
+        assert sorted(train + test) == names and not set(train) & set(test)
+    with pytest.raises(ValueError, match="8 folds"):
+        scene_cv.folds(tmp_path, 8)
