@@ -57,18 +57,14 @@ def fold_folder(data: Path, scenes: list[str], dst: Path) -> Path:
 def score_fold(model, data: Path, scenes: list[str], codebook_scenes: list[str], seeds: int = 4,
                words: int = 512) -> tuple[float, int]:
     """mAP on the photos of ``scenes``, the codebook learned on those of ``codebook_scenes``."""
-    from lit._image import load_image
     from lit.asmk import ASMK
-    from lit.bench.multiview import retrieval_metrics, scene_images
-
-    def extract(paths):
-        return [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
+    from lit.bench.multiview import extract_all, retrieval_metrics, scene_images
 
     paths, labels, _ = scene_images(data, scenes)
-    feats = extract(paths)
+    feats = extract_all(model, paths)
     desc = torch.cat([f.descriptors for f in feats])
     ids = torch.cat([torch.full((len(f),), i) for i, f in enumerate(feats)])
-    train = torch.cat([f.descriptors for f in extract(scene_images(data, codebook_scenes)[0])])
+    train = torch.cat([f.descriptors for f in extract_all(model, scene_images(data, codebook_scenes)[0])])
     maps = []
     for seed in range(seeds):
         index = ASMK.train(train, size=words, seed=seed, iterations=15)

@@ -118,17 +118,17 @@ def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str]) 
     """
     from lit._image import list_images
 
+    taken = set(map(os.path.realpath, evaluated))
     if choice not in ("auto", "rest", "evaluated"):
         photos = list_images(choice)
         if not photos:
             raise ValueError(f"{choice}: no photos for the codebook")
-        overlap = set(map(os.path.realpath, photos)) & set(map(os.path.realpath, evaluated))
+        overlap = set(map(os.path.realpath, photos)) & taken
         if overlap:
             raise ValueError(f"{choice}: {len(overlap)} codebook photo(s) are evaluated too, e.g. {sorted(overlap)[0]}")
         return photos, choice
     if choice == "evaluated":
         return list(evaluated), "the evaluated photos"
-    taken = set(map(os.path.realpath, evaluated))
     rest = [p for p in scene_images(root)[0] if os.path.realpath(p) not in taken]
     if rest:
         return rest, f"the {len(rest)} photos of {root} that are not evaluated"
@@ -136,6 +136,13 @@ def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str]) 
         raise ValueError(f"{root}: every scene is evaluated, none is left for the codebook "
                          "(choose scenes, or --codebook evaluated / a folder)")
     return list(evaluated), "the evaluated photos (every scene of the root is evaluated)"
+
+
+def extract_all(model, paths: list[str]) -> list:
+    """``model.extract`` of each photo, loaded at the model's runtime image size."""
+    from lit._image import load_image
+
+    return [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
 
 
 def _whiten_on(model, paths, device):
@@ -217,14 +224,11 @@ def main(argv=None) -> int:
         if name in GEM_OUTPUT_STRIDE:
             scores = gem_scores(paths, args.device, output_stride=GEM_OUTPUT_STRIDE[name])
         else:
-            from lit._image import load_image
-
             model = _superfeature_model(name, args.device)
             if name in ("fire-random", "effl0-untrained"):
                 _whiten_on(model, cb_paths, args.device)
-            feats = [model.extract(load_image(p_, model.cfg.runtime.image_size)) for p_ in paths]
-            cb_feats = None if cb_paths == paths else [model.extract(load_image(p_, model.cfg.runtime.image_size))
-                                                       for p_ in cb_paths]
+            feats = extract_all(model, paths)
+            cb_feats = None if cb_paths == paths else extract_all(model, cb_paths)
             scores = [asmk_scores(feats, args.codebook_size, seed=s, codebook_feats=cb_feats) for s in range(args.seeds)]
         if isinstance(scores, list):  # several k-means codebooks: mean and spread
             runs = [retrieval_metrics(s, labels) for s in scores]
