@@ -375,7 +375,11 @@ def test_resume_refuses_a_different_configuration(tmp_path):
 
 def test_two_process_gloo_run_gives_the_single_process_parameters(tmp_path):
     make_photos(tmp_path / "photos", n=24)
-    d = tiny_config_dict(tmp_path / "photos", data={"queries_per_epoch": 10}, optim={"epochs": 1, "lr": 1e-3})
+    # the data-driven LIT initialisation gathers local features from both processes; a soft
+    # one, since a saturated softmax leaves gradients of rounding-noise size that Adam's first
+    # step scales up to the learning rate, differently on each process
+    d = tiny_config_dict(tmp_path / "photos", data={"queries_per_epoch": 10}, optim={"epochs": 1, "lr": 1e-3},
+                         init={"lit": "kmeans", "lit_sharpness": 1.0})
     cfg = config_from_dict(d)
     save_config(cfg, tmp_path / "cfg.yaml")
     port = free_port()
@@ -465,6 +469,32 @@ def test_frozen_backbone_trains_lit_only(tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert not torch.equal(before["lit.templates_init"], after["lit.templates_init"])
+
+
+def test_kmeans_lit_init_starts_from_the_training_images_local_features(tmp_path):
+    from lit.models import init_lit_from_tokens
+    from lit.train.trainer import backbone_tokens
+
+    make_photos(tmp_path / "photos", n=16)
+    logs = []
+    cfg = config_from_dict(tiny_config_dict(tmp_path / "photos", optim={"epochs": 0},
+                                            init={"lit": "kmeans", "lit_sharpness": 10.0}))
+    trainer = Trainer(cfg, tmp_path / "out", device="cpu", log=logs.append)
+    assert any(line.startswith("LIT initialised from 72 local features of 8 images") for line in logs)
+    # the same initialisation, recomputed from the tokens of the same images
+    ref = SuperFeatureModel(cfg.model)
+    idx = trainer._whitening_indices()
+    tokens = backbone_tokens(trainer.model, trainer.dataset.load, idx)
+    assert tokens.shape == (72, trainer.model.backbone.out_channels)
+    direct = trainer.model.backbone(trainer.model.normalize(trainer.dataset.load(idx[0]).unsqueeze(0)))
+    torch.testing.assert_close(tokens[:9], direct[0].flatten(1).T)
+    from lit.train.tuples import _seed
+
+    init_lit_from_tokens(ref.lit, tokens, sharpness=10.0, seed=_seed(0, 6))
+    for key, value in ref.lit.state_dict().items():
+        torch.testing.assert_close(trainer.model.lit.state_dict()[key], value)
+    with pytest.raises(ValueError, match="init.lit must be"):
+        config_from_dict(tiny_config_dict(tmp_path / "photos", init={"lit": "kmean"}))
 
 
 def test_partly_trained_backbone_has_its_own_learning_rate(tmp_path):

@@ -153,6 +153,11 @@ class InitConfig:
             super-features than output dimensions: full whitening of few samples blows up
             noise directions, and the reduced-space loss then hurts (seen on tiny runs;
             0.5 with 20x more features than dimensions behaved well).
+        lit: ``"random"`` keeps the LIT as built (or as the checkpoint has it);
+            ``"kmeans"`` re-initialises it from the backbone's local features of the
+            whitening images (:func:`lit.models.init_lit_from_tokens`: templates are
+            k-means clusters of real features) before the reduction is whitened.
+        lit_sharpness: attention sharpness of the ``"kmeans"`` initialisation.
     """
 
     checkpoint: str | None = None
@@ -160,6 +165,14 @@ class InitConfig:
     whitening: Literal["auto", "always", "never"] = "auto"
     whitening_images: int = 1000
     shrinkage: float = 1.0
+    lit: Literal["random", "kmeans"] = "random"
+    lit_sharpness: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.lit not in ("random", "kmeans"):
+            raise ValueError(f"init.lit must be 'random' or 'kmeans', got {self.lit!r}")
+        if self.lit_sharpness <= 0:
+            raise ValueError(f"init.lit_sharpness must be positive, got {self.lit_sharpness}")
 
 
 @dataclass(frozen=True)

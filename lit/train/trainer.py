@@ -74,6 +74,7 @@ from ..models.checkpoint import (
     save_checkpoint,
 )
 from ..models.config import ModelConfig
+from ..models.lit_init import init_lit_from_tokens
 from ..models.model import SuperFeatureModel
 from .config import LossConfig, TrainConfig, config_to_dict, save_config
 from .ddp import DistContext
@@ -243,6 +244,43 @@ def whitening_features(
     return full.reshape(-1, model.cfg.lit.dim)
 
 
+@torch.no_grad()
+def backbone_tokens(
+    model: SuperFeatureModel,
+    load: Callable[[int], Tensor],
+    indices: Sequence[int],
+    scales: Sequence[float] = (1.0,),
+    dist: DistContext | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> Tensor:
+    """Every backbone local feature (token) of the given images at ``scales``, on CPU.
+
+    Each process extracts its share of the images; the result is the same on every
+    process (images in ``indices`` order).
+
+    Shape:
+        - Output: :math:`(M, C)`, ``M`` the total number of feature-map cells.
+    """
+    dist = dist or DistContext()
+    model.eval()
+    local = []
+    for i in list(indices)[dist.rank::dist.world_size]:
+        x = model.normalize(load(i).unsqueeze(0).to(model.device, torch.float32))
+        for s in scales:
+            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            with autocast():
+                fmap = model.backbone(xs)
+            local.append(fmap[0].float().flatten(1).T.cpu())
+    if dist.world_size == 1:
+        return torch.cat(local)
+    gathered = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, local)
+    order = []
+    for j in range(len(indices)):
+        order.extend(gathered[j % dist.world_size][(j // dist.world_size) * len(scales):][:len(scales)])
+    return torch.cat(order)
+
+
 def build_data(cfg: TrainConfig) -> tuple[TupleDataset, ValidationSet | None]:
     """Training tuples and validation set described by ``cfg.data``."""
     d = cfg.data
@@ -384,6 +422,7 @@ class Trainer:
         else:
             ckpt = None
             self.model = build_model(cfg).to(self.device)
+            self._init_lit()
             self._init_reduction()
             self.dist.broadcast_module(self.model)
         if self.model.dim_reduction is not None:
@@ -419,6 +458,21 @@ class Trainer:
     def training_scales(self) -> tuple[float, ...]:
         return tuple(self.model.cfg.runtime.training_scales)
 
+    def _whitening_indices(self) -> list[int]:
+        n = min(self.cfg.init.whitening_images, len(self.dataset.db))
+        rng = np.random.default_rng(_seed(self.cfg.seed, 5))
+        return sorted(int(i) for i in rng.permutation(len(self.dataset.db))[:n])
+
+    def _init_lit(self) -> None:
+        if self.cfg.init.lit != "kmeans":
+            return
+        indices = self._whitening_indices()
+        t0 = time.time()
+        tokens = backbone_tokens(self.model, self.dataset.load, indices, self.training_scales, self.dist, self.autocast)
+        init_lit_from_tokens(self.model.lit, tokens, sharpness=self.cfg.init.lit_sharpness, seed=_seed(self.cfg.seed, 6))
+        self.log(f"LIT initialised from {tokens.shape[0]} local features of {len(indices)} images "
+                 f"(k-means, {time.time() - t0:.1f}s)")
+
     def _init_reduction(self) -> None:
         mode = self.cfg.init.whitening
         trained_reduction = bool(self.cfg.init.checkpoint) and self.model.has_reduction
@@ -426,9 +480,8 @@ class Trainer:
             if not self.model.has_reduction:
                 raise ValueError("init.whitening='never' but the model has no reduction layer")
             return
-        n = min(self.cfg.init.whitening_images, len(self.dataset.db))
-        rng = np.random.default_rng(_seed(self.cfg.seed, 5))
-        indices = sorted(int(i) for i in rng.permutation(len(self.dataset.db))[:n])
+        indices = self._whitening_indices()
+        n = len(indices)
         t0 = time.time()
         feats = whitening_features(self.model, self.dataset.load, indices, self.training_scales, self.dist, self.autocast)
         dim = self.model.cfg.reduction_dim or min(128, self.model.cfg.lit.dim)
