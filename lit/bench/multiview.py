@@ -4,6 +4,9 @@ the other photos of its scene folder. Prints a table of mAP and Recall@1, and JS
 Compared models (``--models``, comma-separated, default all):
   - ``fire-random``: FIRe architecture (ResNet-50 + LIT 6/256/1024) with random weights,
   - ``effl0-untrained``: ImageNet EfficientNet-Lite0 + untrained (seeded) LIT,
+  - ``effl0-kmeans``: the same LIT initialised from the codebook photos' local features
+    (``init.lit=kmeans`` of the trainer: k-means templates) but never trained; it shows
+    what training adds to that initialisation,
   - ``lit-effl0``: the model trained by lit and shipped in ``weights/``,
   - ``gem-effl0``: global GeM descriptor (p = 3) of the same ImageNet EfficientNet-Lite0
     (last stage, stride 32), cosine similarity,
@@ -35,7 +38,8 @@ import torch
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiview"
 GEM_OUTPUT_STRIDE = {"gem-effl0": None, "gem-effl0-os16": 16}
-ALL = ("fire-random", "effl0-untrained", "lit-effl0", *GEM_OUTPUT_STRIDE)
+ALL = ("fire-random", "effl0-untrained", "effl0-kmeans", "lit-effl0", *GEM_OUTPUT_STRIDE)
+UNTRAINED = ("fire-random", "effl0-untrained", "effl0-kmeans")
 
 
 def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -106,7 +110,7 @@ def _superfeature_model(name: str, device: str):
         cfg = ModelConfig()
         cfg = replace(cfg, runtime=replace(cfg.runtime, image_size=640))
         return SuperFeatureModel(cfg).to(device).eval()
-    if name == "effl0-untrained":
+    if name in ("effl0-untrained", "effl0-kmeans"):
         return SuperFeatureModel(lit_effl0_config(), pretrained_backbone=True).to(device).eval()
     return lit.load_model(name, device=device)
 
@@ -143,6 +147,23 @@ def extract_all(model, paths: list[str]) -> list:
     from lit._image import load_image
 
     return [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
+
+
+def _kmeans_init_on(model, paths, device):
+    """``init.lit=kmeans`` of the trainer, on the backbone tokens of ``paths`` (scale 1)."""
+    from lit._image import load_image
+    from lit.models import init_lit_from_tokens
+    from lit.train.config import InitConfig
+    from lit.train.trainer import backbone_tokens
+
+    def load(i):
+        return load_image(paths[i], model.cfg.runtime.image_size).to(device)
+
+    tokens = backbone_tokens(model, load, range(len(paths)))
+    if len(tokens) < model.cfg.lit.N:
+        raise ValueError(f"the {len(paths)} codebook photos give {len(tokens)} local features, fewer than the "
+                         f"{model.cfg.lit.N} templates to initialise: use more or larger photos")
+    init_lit_from_tokens(model.lit, tokens, sharpness=InitConfig().lit_sharpness)
 
 
 def _whiten_on(model, paths, device):
@@ -225,7 +246,9 @@ def main(argv=None) -> int:
             scores = gem_scores(paths, args.device, output_stride=GEM_OUTPUT_STRIDE[name])
         else:
             model = _superfeature_model(name, args.device)
-            if name in ("fire-random", "effl0-untrained"):
+            if name == "effl0-kmeans":
+                _kmeans_init_on(model, cb_paths, args.device)
+            if name in UNTRAINED:
                 _whiten_on(model, cb_paths, args.device)
             feats = extract_all(model, paths)
             cb_feats = None if cb_paths == paths else extract_all(model, cb_paths)

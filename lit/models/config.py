@@ -122,12 +122,14 @@ def lit_effl0_config() -> ModelConfig:
     The backbone runs to its last stage (320 channels) with that stage dilated instead of
     strided (``output_stride=16``): measured on the real multi-view photos, an untrained
     LIT on it retrieves far better than on the 112-channel stride-16 stage (mAP over all
-    27 scenes 36 vs 21). LIT sizes (T=3, N=64, dim=256) keep CPU extraction fast;
+    27 scenes 36 vs 21). LIT sizes (T=1, N=64, dim=256) keep CPU extraction fast (one
+    iteration: with the k-means initialisation of the trainer, ``init.lit=kmeans``, three
+    scored no better);
     normalisation is the one the Lite0 weights were trained with (mean = std = 0.5).
     """
     return ModelConfig(
         backbone=BackboneConfig("tf_efficientnet_lite0", 4, output_stride=16),
-        lit=LITConfig(T=3, N=64, dim=256),
+        lit=LITConfig(T=1, N=64, dim=256),
         reduction_dim=128,
         runtime=RuntimeConfig(
             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), image_size=512, features_num=300,

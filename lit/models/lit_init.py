@@ -81,7 +81,7 @@ def spherical_kmeans(x: Tensor, k: int, *, iterations: int = 20, seed: int = 0) 
 
 
 @torch.no_grad()
-def init_lit_from_tokens(lit: LIT, tokens: Tensor, *, sharpness: float = 30.0, seed: int = 0,
+def init_lit_from_tokens(lit: LIT, tokens: Tensor, *, sharpness: float = 100.0, seed: int = 0,
                          iterations: int = 20) -> None:
     """Initialise ``lit`` in place from local features of training images (module docstring).
 
