@@ -209,6 +209,30 @@ def build_model(cfg: TrainConfig) -> SuperFeatureModel:
     return SuperFeatureModel(cfg.model or ModelConfig(), pretrained_backbone=cfg.init.pretrained_backbone)
 
 
+def _own_share(
+    model: SuperFeatureModel,
+    load: Callable[[int], Tensor],
+    indices: Sequence[int],
+    scales: Sequence[float],
+    dist: DistContext,
+    autocast: Callable[[], AbstractContextManager],
+    fn: Callable[[Tensor], Tensor],
+) -> list[list[Tensor]]:
+    """``fn`` of each normalised, rescaled image of this process's share
+    (``indices[rank::world_size]``), per image and scale (in eval mode, under ``autocast``)."""
+    model.eval()
+    out = []
+    for i in list(indices)[dist.rank::dist.world_size]:
+        x = model.normalize(load(i).unsqueeze(0).to(model.device, torch.float32))
+        per_scale = []
+        for s in scales:
+            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            with autocast():
+                per_scale.append(fn(xs))
+        out.append(per_scale)
+    return out
+
+
 @torch.no_grad()
 def whitening_features(
     model: SuperFeatureModel,
@@ -224,17 +248,9 @@ def whitening_features(
         - Output: :math:`(len(indices) · len(scales) · N, D)` (same on every process).
     """
     dist = dist or DistContext()
-    model.eval()
-    rows = []
-    for i in list(indices)[dist.rank::dist.world_size]:
-        x = model.normalize(load(i).unsqueeze(0).to(model.device, torch.float32))
-        per_image = []
-        for s in scales:
-            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            with autocast():
-                feats, _ = model.forward_superfeatures(xs)
-            per_image.append(feats[0].float())
-        rows.append(torch.cat(per_image))
+    share = _own_share(model, load, indices, scales, dist, autocast,
+                       lambda xs: model.forward_superfeatures(xs)[0][0].float())
+    rows = [torch.cat(per_scale) for per_scale in share]
     per = model.cfg.lit.N * len(scales)
     local = torch.stack(rows) if rows else torch.zeros(0, per, model.cfg.lit.dim, device=model.device)
     parts = dist.all_gather_rows(local)
@@ -256,29 +272,19 @@ def backbone_tokens(
     """Every backbone local feature (token) of the given images at ``scales``, on CPU.
 
     Each process extracts its share of the images; the result is the same on every
-    process (images in ``indices`` order).
+    process (images in ``indices`` order, then scales).
 
     Shape:
         - Output: :math:`(M, C)`, ``M`` the total number of feature-map cells.
     """
     dist = dist or DistContext()
-    model.eval()
-    local = []
-    for i in list(indices)[dist.rank::dist.world_size]:
-        x = model.normalize(load(i).unsqueeze(0).to(model.device, torch.float32))
-        for s in scales:
-            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            with autocast():
-                fmap = model.backbone(xs)
-            local.append(fmap[0].float().flatten(1).T.cpu())
+    share = _own_share(model, load, indices, scales, dist, autocast,
+                       lambda xs: model.backbone(xs)[0].float().flatten(1).T.cpu())
     if dist.world_size == 1:
-        return torch.cat(local)
+        return torch.cat([t for per_scale in share for t in per_scale])
     gathered = [None] * dist.world_size
-    torch.distributed.all_gather_object(gathered, local)
-    order = []
-    for j in range(len(indices)):
-        order.extend(gathered[j % dist.world_size][(j // dist.world_size) * len(scales):][:len(scales)])
-    return torch.cat(order)
+    torch.distributed.all_gather_object(gathered, share)
+    return torch.cat([t for j in range(len(indices)) for t in gathered[j % dist.world_size][j // dist.world_size]])
 
 
 def build_data(cfg: TrainConfig) -> tuple[TupleDataset, ValidationSet | None]:
