@@ -104,3 +104,26 @@ def test_list_images(tmp_path, rgb):
     assert [p.split("/")[-1] for p in list_images(tmp_path)] == ["b.png", "a.JPG"]
     with pytest.raises(ValueError, match="not a directory"):
         list_images(tmp_path / "b.png")
+
+
+def test_difference_hash_bits_follow_brightness_steps():
+    from lit._image import difference_hash, hash_distance
+
+    ramp = np.tile(np.arange(0, 252, 4, dtype=np.uint8), (40, 1))  # brighter to the right
+    assert difference_hash(Image.fromarray(ramp)) == 2**64 - 1
+    assert difference_hash(Image.fromarray(ramp[:, ::-1].copy())) == 0
+    # one bright column in the middle: row by row, only the step into it is "brighter"
+    img = np.zeros((8, 9), np.uint8)
+    img[:, 4] = 200
+    assert difference_hash(Image.fromarray(img)) == sum(1 << (8 * r + 3) for r in range(8))
+    assert hash_distance(0b1011, 0b0110) == 3
+
+
+def test_difference_hash_finds_copies_not_other_photos(tmp_path):
+    from skimage import data  # a test dependency (setup.cfg extras "test")
+
+    from lit._image import difference_hash, hash_distance
+    cat, coffee = Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())
+    cat.resize((cat.width // 3, cat.height // 3), Image.LANCZOS).save(tmp_path / "small.jpg", quality=60)
+    assert hash_distance(difference_hash(cat), difference_hash(tmp_path / "small.jpg")) <= 4
+    assert hash_distance(difference_hash(cat), difference_hash(coffee)) >= 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -108,14 +109,44 @@ def test_codebook_photos_are_never_the_evaluated_ones_unless_asked(tmp_path):
     assert [p.split("/")[-2] for p in photos] == ["scene1", "scene1"] and "not evaluated" in what
     assert codebook_photos("rest", root, evaluated)[0] == photos
     everything = scene_images(root)[0]
-    assert codebook_photos("auto", root, everything)[0] == everything  # nothing left: falls back, says so
-    assert "every scene" in codebook_photos("auto", root, everything)[1]
+    # nothing left and no reference photos: falls back to the evaluated photos, says so
+    assert codebook_photos("auto", root, everything, reference=[])[0] == everything
+    assert "every scene" in codebook_photos("auto", root, everything, reference=[])[1]
     with pytest.raises(ValueError, match="every scene is evaluated"):
         codebook_photos("rest", root, everything)
+    with pytest.raises(ValueError, match="no reference photos"):
+        codebook_photos("reference", root, everything, reference=[])
     assert codebook_photos("evaluated", root, evaluated)[0] == evaluated
     assert codebook_photos(str(root / "scene1"), root, evaluated)[0] == photos
     with pytest.raises(ValueError, match="evaluated too"):
         codebook_photos(str(root / "scene0"), root, evaluated)
+
+
+def test_reference_photos_leave_out_evaluated_photos_and_their_copies(tmp_path):
+    """A folder of new scenes, all evaluated: the codebook comes from the reference folders,
+    without the evaluated photos themselves nor resized / re-encoded copies of them."""
+    rng = np.random.default_rng(5)
+    for folder in ("new", "ref"):  # photo-like: coarse blocks of brightness, as a dHash sees them
+        for s in range(3):
+            (tmp_path / folder / f"scene{s}").mkdir(parents=True)
+            for v in range(2):
+                cells = rng.integers(0, 255, size=(8, 9, 3), dtype=np.uint8)
+                Image.fromarray(cells).resize((72, 64), Image.NEAREST).save(tmp_path / folder / f"scene{s}" / f"{v}.png")
+    evaluated = scene_images(tmp_path / "new")[0]
+    copy = tmp_path / "ref" / "scene0" / "copy_of_new.jpg"
+    img = Image.open(evaluated[0]).convert("RGB")
+    img.resize((img.width * 2, img.height * 2), Image.BICUBIC).save(copy, quality=80)  # upscaled, lossy
+    (tmp_path / "ref" / "broken").mkdir()
+    (tmp_path / "ref" / "broken" / "x.jpg").write_bytes(b"not an image")
+    reference = [tmp_path / "ref", tmp_path / "new"]  # the evaluated folder itself is offered too
+    photos, what = codebook_photos("auto", tmp_path / "new", evaluated, reference=reference)
+    expected = [os.path.realpath(tmp_path / "ref" / f"scene{s}" / f"{v}.png") for s in range(3) for v in range(2)]
+    assert photos == expected  # neither the copy, nor the unreadable file, nor the evaluated photos
+    assert "6 reference photos" in what
+    assert codebook_photos("reference", tmp_path / "new", evaluated, reference=reference)[0] == photos
+    # a root with scenes left over still prefers them
+    part = evaluated[:2]
+    assert codebook_photos("auto", tmp_path / "new", part, reference=reference)[0] == evaluated[2:]
 
 
 def test_asmk_scores_learn_the_codebook_on_the_given_features():

@@ -17,9 +17,13 @@ Super-feature models are scored with ASMK (binary, alpha 3). As in FIRe's protoc
 learned on SfM-120k, never on the test set), the codebook (``--codebook-size`` words, at
 most one per 10 descriptors) is learned on photos that are not evaluated, the same photos
 for every model: ``--codebook auto`` (default) takes the root's scene folders that are not
-evaluated, ``rest`` insists on them, a folder path takes its photos, and ``evaluated``
-learns it on the evaluated photos themselves (the only choice when every scene is
-evaluated; ``auto`` falls back to it then, and says so). Metrics are averaged over
+evaluated, and when every scene is evaluated (a folder of new scenes), the reference photos
+lit has at hand: the default multi-view set beside the repository and the photos bundled
+with lit, minus the evaluated photos and any resized or re-encoded copies of them (found by
+difference hash). ``rest`` and ``reference`` insist on one of these, a folder path takes its
+photos, and ``evaluated`` learns it on the evaluated photos themselves (the old protocol:
+with few photos it fits the very descriptors it scores; ``auto`` falls back to it, and says
+so, only when nothing else is left). Metrics are averaged over
 ``--seeds`` k-means seeds (small sets are noisy). Models without a learned reduction are
 given a PCA-whitening learned on the codebook photos.
 """
@@ -40,6 +44,9 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 GEM_OUTPUT_STRIDE = {"gem-effl0": None, "gem-effl0-os16": 16}
 ALL = ("fire-random", "effl0-untrained", "effl0-kmeans", "lit-effl0", *GEM_OUTPUT_STRIDE)
 UNTRAINED = ("fire-random", "effl0-untrained", "effl0-kmeans")
+# a difference hash within this many bits (of 64) marks a copy of a photo (resized, re-encoded);
+# copies measure 0, different photos of the bundled and multi-view sets 12 or more
+NEAR_DUPLICATE_BITS = 6
 
 
 def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -115,15 +122,52 @@ def _superfeature_model(name: str, device: str):
     return lit.load_model(name, device=device)
 
 
-def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str]) -> tuple[list[str], str]:
+def reference_folders() -> list[Path]:
+    """Photos lit has at hand that a codebook can be learned on when every scene of the root
+    is evaluated: the default multi-view set (beside the repository) and the bundled photos."""
+    import lit
+
+    bundled = Path(lit.__file__).parent / "assets" / "photos"
+    return [f for f in (DEFAULT_ROOT, bundled) if f.is_dir()]
+
+
+def _not_copies(photos: list[str], evaluated: list[str], max_bits: int = NEAR_DUPLICATE_BITS) -> list[str]:
+    """``photos`` minus the evaluated ones and their near-duplicates (resized or re-encoded
+    copies, by difference hash); unreadable photos are left out and reported."""
+    from lit._image import ImageReadError, difference_hash, hash_distance
+
+    taken = set(map(os.path.realpath, evaluated))
+    hashes = []
+    for p in evaluated:
+        try:
+            hashes.append(difference_hash(p))
+        except ImageReadError:
+            pass  # the evaluation itself reports it
+    keep = []
+    for p in photos:
+        if os.path.realpath(p) in taken:
+            continue
+        try:
+            h = difference_hash(p)
+        except ImageReadError as err:
+            print(f"codebook photo skipped: {err}", file=sys.stderr)
+            continue
+        if all(hash_distance(h, e) > max_bits for e in hashes):
+            keep.append(p)
+    return keep
+
+
+def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str],
+                    reference: list[str | os.PathLike] | None = None) -> tuple[list[str], str]:
     """Photos the ASMK codebook (and any PCA-whitening) is learned on, and what they are.
 
-    ``choice``: ``"auto"``, ``"rest"``, ``"evaluated"`` or a folder (see the module doc).
+    ``choice``: ``"auto"``, ``"rest"``, ``"reference"``, ``"evaluated"`` or a folder (see the
+    module doc). ``reference``: the folders of ``"reference"`` (default :func:`reference_folders`).
     """
     from lit._image import list_images
 
     taken = set(map(os.path.realpath, evaluated))
-    if choice not in ("auto", "rest", "evaluated"):
+    if choice not in ("auto", "rest", "reference", "evaluated"):
         photos = list_images(choice)
         if not photos:
             raise ValueError(f"{choice}: no photos for the codebook")
@@ -133,13 +177,22 @@ def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str]) 
         return photos, choice
     if choice == "evaluated":
         return list(evaluated), "the evaluated photos"
-    rest = [p for p in scene_images(root)[0] if os.path.realpath(p) not in taken]
-    if rest:
-        return rest, f"the {len(rest)} photos of {root} that are not evaluated"
-    if choice == "rest":
-        raise ValueError(f"{root}: every scene is evaluated, none is left for the codebook "
-                         "(choose scenes, or --codebook evaluated / a folder)")
-    return list(evaluated), "the evaluated photos (every scene of the root is evaluated)"
+    if choice in ("auto", "rest"):
+        rest = [p for p in scene_images(root)[0] if os.path.realpath(p) not in taken]
+        if rest:
+            return rest, f"the {len(rest)} photos of {root} that are not evaluated"
+        if choice == "rest":
+            raise ValueError(f"{root}: every scene is evaluated, none is left for the codebook "
+                             "(choose scenes, or --codebook reference / evaluated / a folder)")
+    folders = reference_folders() if reference is None else [Path(f) for f in reference]
+    found = sorted({os.path.realpath(p) for f in folders for p in list_images(f)})
+    photos = _not_copies(found, evaluated)
+    if photos:
+        return photos, (f"{len(photos)} reference photos of {', '.join(map(str, folders))} "
+                        f"(not evaluated, nor copies of evaluated ones)")
+    if choice == "reference":
+        raise ValueError(f"no reference photos that are not evaluated in {', '.join(map(str, folders)) or '(none)'}")
+    return list(evaluated), "the evaluated photos (every scene of the root is evaluated, no reference photos)"
 
 
 def extract_all(model, paths: list[str]) -> list:
@@ -220,7 +273,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(ALL), help=f"comma-separated: {', '.join(ALL)} or checkpoint paths")
     p.add_argument("--codebook-size", type=int, default=1024)
     p.add_argument("--codebook", default="auto",
-                   help="photos the codebook is learned on: auto, rest, evaluated or a folder (see above)")
+                   help="photos the codebook is learned on: auto, rest, reference, evaluated or a folder (see above)")
     p.add_argument("--seeds", type=int, default=5, help="k-means seeds averaged over (small sets are noisy)")
     p.add_argument("--compare", default="lit-effl0", help="model compared query by query with every other one")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
