@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lit.models import LIT, LITConfig, init_lit_from_tokens, principal_directions, spherical_kmeans
 
@@ -110,3 +111,69 @@ def test_init_lit_from_tokens_rejects_bad_inputs():
         init_lit_from_tokens(lit, torch.randn(3, 8))
     with pytest.raises(ValueError, match="dim <= input channels"):
         init_lit_from_tokens(LIT(8, LITConfig(T=1, N=4, dim=16)), torch.randn(20, 8))
+
+
+def test_background_template_takes_the_weak_features():
+    """Clusters of strong and weak features: with a background template, the tokens of low
+    raw norm go to it and each cluster's super-feature pools its strong tokens only."""
+    rng = np.random.default_rng(3)
+    c, per = 24, 60
+    centres = rng.standard_normal((3, c))
+    labels = np.repeat(np.arange(3), per)
+    strong = np.tile(np.arange(per) % 2 == 0, 3)  # half of each cluster is strong
+    log_norm = np.where(strong, 2.0, 0.0) + 0.2 * rng.standard_normal(len(labels))
+    # the direction of a feature tells its strength (as on a real backbone map, where the
+    # normalised token predicts its log-norm well): weak ones lean towards a shared direction
+    shared = rng.standard_normal(c)
+    direction = centres[labels] + (1.0 - log_norm)[:, None] * shared + 0.05 * rng.standard_normal((len(labels), c))
+    x = np.exp(log_norm)[:, None] * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    x = torch.tensor(x, dtype=torch.float32)
+    lit = LIT(c, LITConfig(T=1, N=4, dim=16))
+    init_lit_from_tokens(lit, x, sharpness=30.0, background=2.0, background_fraction=0.5)
+    feats, attn = lit(x.T.reshape(1, c, 10, 18))
+    # independent recomputation of the logits: clusters as without background; the last
+    # template's by least squares over the tokens of
+    # max cluster logit + sharpness * background * (theta - z)
+    ln = layer_norm(x.numpy())
+    p = lit.project_k.weight.detach().double().numpy()
+    keys = ln @ p.T
+    u = lit.templates_init[0, :3].detach().double().numpy()
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    cluster_logits = 30.0 * keys @ u.T / np.sqrt(c)
+    z = np.log(np.linalg.norm(x.numpy().astype(np.float64), axis=1))
+    z = (z - z.mean()) / z.std(ddof=1)
+    wanted = cluster_logits.max(1) + 30.0 * 2.0 * (np.quantile(z, 0.5) - z)
+    q_bg, *_ = np.linalg.lstsq(keys, wanted, rcond=None)
+    logits = np.concatenate([cluster_logits, (keys @ q_bg)[:, None]], axis=1)
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    soft = soft / soft.sum(1, keepdims=True)  # per token, over templates
+    pooled = (soft + 1e-8) / (soft + 1e-8).sum(0)  # per template, over tokens
+    np.testing.assert_allclose(attn.reshape(4, -1).T.detach().numpy(), pooled, atol=1e-4)
+    # the weak tokens go to the background template, the strong ones to their cluster's
+    assert soft[~strong, 3].min() > 0.9
+    assert soft[strong, 3].max() < 0.1
+    template_of = soft[:, :3].argmax(1)
+    for lab in range(3):
+        members = strong & (labels == lab)
+        assert len(set(template_of[members])) == 1
+        n = template_of[members][0]
+        # the cluster's super-feature is pooled from its strong tokens (almost) only ...
+        assert pooled[members, n].sum() > 0.95
+        # ... and is its start plus the attention-weighted mean of the projected tokens
+        ref = lit.templates_init[0, n].detach().double().numpy() + pooled[:, n] @ keys
+        np.testing.assert_allclose(feats[0, n].detach().double().numpy(), ref, atol=1e-3)
+    assert len(set(template_of[strong])) == 3
+    # the clusters are k-means centroids of the strong tokens only
+    ref = spherical_kmeans(torch.tensor(ln[z > np.quantile(z, 0.5)], dtype=torch.float32), 3, seed=0)
+    np.testing.assert_allclose(F.normalize(lit.templates_init[0, :3], dim=1).detach().numpy(),
+                               F.normalize(ref @ lit.project_k.weight.T, dim=1).detach().numpy(), atol=1e-4)
+
+
+def test_background_options_are_checked():
+    lit = LIT(8, LITConfig(T=1, N=4, dim=8))
+    with pytest.raises(ValueError, match="background must be >= 0"):
+        init_lit_from_tokens(lit, torch.randn(20, 8), background=-1.0)
+    with pytest.raises(ValueError, match=r"background_fraction must be in \(0, 1\)"):
+        init_lit_from_tokens(lit, torch.randn(20, 8), background=1.0, background_fraction=1.0)
+    with pytest.raises(ValueError, match="N >= 2"):
+        init_lit_from_tokens(LIT(8, LITConfig(T=1, N=1, dim=8)), torch.randn(20, 8), background=1.0)

@@ -471,14 +471,16 @@ def test_frozen_backbone_trains_lit_only(tmp_path):
     assert not torch.equal(before["lit.templates_init"], after["lit.templates_init"])
 
 
-def test_kmeans_lit_init_starts_from_the_training_images_local_features(tmp_path):
+@pytest.mark.parametrize("background", [0.0, 1.5])
+def test_kmeans_lit_init_starts_from_the_training_images_local_features(tmp_path, background):
     from lit.models import init_lit_from_tokens
     from lit.train.trainer import backbone_tokens
 
     make_photos(tmp_path / "photos", n=16)
     logs = []
     cfg = config_from_dict(tiny_config_dict(tmp_path / "photos", optim={"epochs": 0},
-                                            init={"lit": "kmeans", "lit_sharpness": 10.0}))
+                                            init={"lit": "kmeans", "lit_sharpness": 10.0,
+                                                  "lit_background": background, "lit_background_fraction": 0.4}))
     trainer = Trainer(cfg, tmp_path / "out", device="cpu", log=logs.append)
     assert any(line.startswith("LIT initialised from 72 local features of 8 images") for line in logs)
     # the same initialisation, recomputed from the tokens of the same images
@@ -490,11 +492,19 @@ def test_kmeans_lit_init_starts_from_the_training_images_local_features(tmp_path
     torch.testing.assert_close(tokens[:9], direct[0].flatten(1).T)
     from lit.train.tuples import _seed
 
-    init_lit_from_tokens(ref.lit, tokens, sharpness=10.0, seed=_seed(0, 6))
+    init_lit_from_tokens(ref.lit, tokens, sharpness=10.0, seed=_seed(0, 6), background=background,
+                         background_fraction=0.4)
     for key in ("project_k.weight", "project_v.weight", "templates_init", "project_q.weight", "mlp.2.weight", "mlp.2.bias"):
         torch.testing.assert_close(trainer.model.lit.state_dict()[key], ref.lit.state_dict()[key])
+    if background:  # and it is not the plain k-means one
+        init_lit_from_tokens(ref.lit, tokens, sharpness=10.0, seed=_seed(0, 6))
+        assert not torch.allclose(trainer.model.lit.project_q.weight, ref.lit.project_q.weight)
     with pytest.raises(ValueError, match="init.lit.*'random', 'kmeans', got 'kmean'"):
         config_from_dict(tiny_config_dict(tmp_path / "photos", init={"lit": "kmean"}))
+    with pytest.raises(ValueError, match="init.lit_background must be >= 0"):
+        config_from_dict(tiny_config_dict(tmp_path / "photos", init={"lit": "kmeans", "lit_background": -1}))
+    with pytest.raises(ValueError, match=r"init.lit_background_fraction must be in \(0, 1\)"):
+        config_from_dict(tiny_config_dict(tmp_path / "photos", init={"lit_background_fraction": 0}))
 
 
 def test_partly_trained_backbone_has_its_own_learning_rate(tmp_path):

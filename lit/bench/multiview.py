@@ -202,7 +202,7 @@ def extract_all(model, paths: list[str]) -> list:
     return [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
 
 
-def _kmeans_init_on(model, paths, device):
+def _kmeans_init_on(model, paths, device, background: float = 0.0, background_fraction: float = 0.5):
     """``init.lit=kmeans`` of the trainer, on the backbone tokens of ``paths`` (scale 1)."""
     from lit._image import load_image
     from lit.models import init_lit_from_tokens
@@ -216,7 +216,8 @@ def _kmeans_init_on(model, paths, device):
     if len(tokens) < model.cfg.lit.N:
         raise ValueError(f"the {len(paths)} codebook photos give {len(tokens)} local features, fewer than the "
                          f"{model.cfg.lit.N} templates to initialise: use more or larger photos")
-    init_lit_from_tokens(model.lit, tokens, sharpness=InitConfig().lit_sharpness)
+    init_lit_from_tokens(model.lit, tokens, sharpness=InitConfig().lit_sharpness, background=background,
+                         background_fraction=background_fraction)
 
 
 def _whiten_on(model, paths, device):

@@ -161,6 +161,11 @@ class InitConfig:
             unit of cosine; 30, 100 and 537 trained equally well in the scene CV of
             ``weights/README.md``; much higher saturates the softmax, and its near-zero
             gradients then make Adam's first steps noise).
+        lit_background: ``0``: every template of the ``"kmeans"`` initialisation is a
+            cluster; ``> 0``: the last one is a background template that takes the weak
+            local features (low raw norm), gated this sharply, and the others are clusters
+            of the strong ones (``init_lit_from_tokens(background=...)``).
+        lit_background_fraction: share of the local features that count as weak.
     """
 
     checkpoint: str | None = None
@@ -170,12 +175,18 @@ class InitConfig:
     shrinkage: float = 1.0
     lit: Literal["random", "kmeans"] = "random"
     lit_sharpness: float = 100.0
+    lit_background: float = 0.0
+    lit_background_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.lit not in ("random", "kmeans"):
             raise ValueError(f"init.lit must be 'random' or 'kmeans', got {self.lit!r}")
         if self.lit_sharpness <= 0:
             raise ValueError(f"init.lit_sharpness must be positive, got {self.lit_sharpness}")
+        if self.lit_background < 0:
+            raise ValueError(f"init.lit_background must be >= 0, got {self.lit_background}")
+        if not 0 < self.lit_background_fraction < 1:
+            raise ValueError(f"init.lit_background_fraction must be in (0, 1), got {self.lit_background_fraction}")
 
 
 @dataclass(frozen=True)

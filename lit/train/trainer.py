@@ -475,9 +475,12 @@ class Trainer:
         indices = self._whitening_indices()
         t0 = time.time()
         tokens = backbone_tokens(self.model, self.dataset.load, indices, self.training_scales, self.dist, self.autocast)
-        init_lit_from_tokens(self.model.lit, tokens, sharpness=self.cfg.init.lit_sharpness, seed=_seed(self.cfg.seed, 6))
+        init = self.cfg.init
+        init_lit_from_tokens(self.model.lit, tokens, sharpness=init.lit_sharpness, seed=_seed(self.cfg.seed, 6),
+                             background=init.lit_background, background_fraction=init.lit_background_fraction)
+        what = f"k-means + background template {init.lit_background:g}" if init.lit_background else "k-means"
         self.log(f"LIT initialised from {tokens.shape[0]} local features of {len(indices)} images "
-                 f"(k-means, {time.time() - t0:.1f}s)")
+                 f"({what}, {time.time() - t0:.1f}s)")
 
     def _init_reduction(self) -> None:
         mode = self.cfg.init.whitening
