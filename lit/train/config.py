@@ -208,6 +208,9 @@ class OptimConfig:
             (e.g. ``"net.blocks.5"`` for EfficientNet, ``"net.layer3"`` for ResNet, as listed by
             ``model.backbone.named_modules()``); the modules registered before it stay
             frozen. ``None``: the whole backbone is trained (unless ``freeze_backbone``).
+        frozen: parameters left untrained, by name prefix as in ``model.named_parameters()``
+            (e.g. ``["lit.project_k", "lit.project_q"]`` keeps a data-driven attention as
+            initialised while the templates, values and MLP train).
     """
 
     epochs: int = 200
@@ -218,8 +221,11 @@ class OptimConfig:
     freeze_backbone: bool = False
     backbone_lr: float | None = None
     backbone_trainable_from: str | None = None
+    frozen: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if any(not prefix for prefix in self.frozen):
+            raise ValueError("optim.frozen: empty name prefix (it would freeze everything)")
         if self.backbone_lr is not None and self.backbone_lr <= 0:
             raise ValueError("optim.backbone_lr must be > 0 (or null: the same as optim.lr)")
         if self.freeze_backbone and self.backbone_trainable_from is not None:

@@ -261,6 +261,19 @@ def whitening_features(
 
 
 @torch.no_grad()
+def _freeze_by_prefix(model: torch.nn.Module, prefixes: Sequence[str]) -> None:
+    """Stop training the parameters whose name starts with one of ``prefixes``."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        hit = [name for name in names if name.startswith(prefix)]
+        if not hit:
+            lit_names = ", ".join(n for n in names if not n.startswith("backbone."))
+            raise ValueError(f"optim.frozen: no parameter starts with {prefix!r} (besides the backbone's: {lit_names})")
+        for name, param in model.named_parameters():
+            if name in hit:
+                param.requires_grad_(False)
+
+
 def backbone_tokens(
     model: SuperFeatureModel,
     load: Callable[[int], Tensor],
@@ -438,7 +451,10 @@ class Trainer:
             self.model.backbone.requires_grad_(False)
         elif o.backbone_trainable_from is not None:
             freeze_backbone_before(self.model.backbone, o.backbone_trainable_from)
+        _freeze_by_prefix(self.model, o.frozen)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("nothing left to train: every parameter is frozen (optim.frozen, freeze_backbone)")
         backbone_ids = {id(p) for p in self.model.backbone.parameters()}
         groups = [{"params": [p for p in self.params if id(p) not in backbone_ids]}]
         trained_backbone = [p for p in self.params if id(p) in backbone_ids]
