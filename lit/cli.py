@@ -244,7 +244,7 @@ def cmd_match(args) -> int:
     fa = model.extract(img_a, scales=_scales(args.scales), features_num=args.features_num)
     fb = model.extract(img_b, scales=_scales(args.scales), features_num=args.features_num)
     m = lit.match(fa, fb, threshold=args.threshold, ratio=args.ratio)
-    print(f"{len(m)} matches (threshold {args.threshold}{', ratio ' + str(args.ratio) if args.ratio else ''}), score {m.score:.3f}")
+    print(f"{len(m)} match{'' if len(m) == 1 else 'es'} (threshold {args.threshold}{', ratio ' + str(args.ratio) if args.ratio else ''}), score {m.score:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matches": len(m), "score": m.score, "indices_a": m.indices_a.tolist(), "indices_b": m.indices_b.tolist(),

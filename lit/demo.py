@@ -167,7 +167,7 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     fig = viz.plot_retrieval(paths[q], [paths[i] for i in order[:8]], scores=s[order[:8]], relevant=list(relevant[:8]),
                              topk=8, titles=[_short(paths[i], work) for i in order[:8]])
     out3 = viz.save_figure(fig, os.path.join(out_dir, "demo_retrieval.png"))
-    print(f"{len(m)} matches between the two Sacre-Coeur photos (threshold {thr})")
+    print(f"{len(m)} match{'' if len(m) == 1 else 'es'} between the two Sacre-Coeur photos (threshold {thr})")
     print(f"figures: {out1}, {out2}, {out3}")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     if tmp is not None:
