@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         feats = [model.extract(load_image(q, model.cfg.runtime.image_size).to(args.device)) for q in paths]
 
         def count(i, j, feats=feats):
-            return len(lit.match(feats[i], feats[j], threshold=args.threshold).indices_a)
+            return len(lit.match(feats[i], feats[j], threshold=args.threshold))
 
         same = {f"{scenes[labels[i]]}/{Path(paths[i]).name}~{Path(paths[j]).name}": count(i, j)
                 for i, j in itertools.combinations(range(len(paths)), 2) if labels[i] == labels[j]}

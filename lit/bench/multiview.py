@@ -136,11 +136,10 @@ def reference_folders() -> list[Path]:
 
 
 def _not_copies(photos: list[str], evaluated: list[str], max_bits: int = NEAR_DUPLICATE_BITS) -> list[str]:
-    """``photos`` minus the evaluated ones and their near-duplicates (resized or re-encoded
-    copies, by difference hash); unreadable photos are left out and reported."""
+    """``photos`` minus near-duplicates of the evaluated ones (resized or re-encoded copies,
+    by difference hash); unreadable photos are left out and reported."""
     from lit._image import ImageReadError, difference_hash, hash_distance
 
-    taken = set(map(os.path.realpath, evaluated))
     hashes = []
     for p in evaluated:
         try:
@@ -149,8 +148,6 @@ def _not_copies(photos: list[str], evaluated: list[str], max_bits: int = NEAR_DU
             pass  # the evaluation itself reports it
     keep = []
     for p in photos:
-        if os.path.realpath(p) in taken:
-            continue
         try:
             h = difference_hash(p)
         except ImageReadError as err:
@@ -189,7 +186,7 @@ def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str],
             raise ValueError(f"{root}: every scene is evaluated, none is left for the codebook "
                              "(choose scenes, or --codebook reference / evaluated / a folder)")
     folders = reference_folders() if reference is None else [Path(f) for f in reference]
-    found = sorted({os.path.realpath(p) for f in folders for p in list_images(f)})
+    found = sorted({os.path.realpath(p) for f in folders for p in list_images(f)} - taken)
     photos = _not_copies(found, evaluated)
     if photos:
         return photos, (f"{len(photos)} reference photos of {', '.join(map(str, folders))} "

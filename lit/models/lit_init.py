@@ -150,12 +150,11 @@ def init_lit_from_tokens(lit: LIT, tokens: Tensor, *, sharpness: float = 100.0, 
     if background and not 0 < background_fraction < 1:
         raise ValueError(f"background_fraction must be in (0, 1), got {background_fraction}")
     device = lit.templates_init.device
-    raw = tokens.to(device, torch.float32)
-    x = lit.norm_inputs(raw).cpu()
+    x = lit.norm_inputs(tokens.to(device, torch.float32)).cpu()
     p = principal_directions(x, d)  # (D, C)
     clustered = x
     if background:
-        z = raw.cpu().double().norm(dim=1).clamp_min(1e-12).log()
+        z = tokens.detach().cpu().double().norm(dim=1).clamp_min(1e-12).log()
         z = (z - z.mean()) / z.std().clamp_min(1e-12)
         theta = torch.quantile(z, background_fraction)
         clustered = x[z > theta]  # the clusters describe the strong features

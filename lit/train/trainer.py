@@ -263,15 +263,14 @@ def whitening_features(
 @torch.no_grad()
 def _freeze_by_prefix(model: torch.nn.Module, prefixes: Sequence[str]) -> None:
     """Stop training the parameters whose name starts with one of ``prefixes``."""
-    names = [name for name, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
     for prefix in prefixes:
-        hit = [name for name in names if name.startswith(prefix)]
+        hit = [name for name in params if name.startswith(prefix)]
         if not hit:
-            lit_names = ", ".join(n for n in names if not n.startswith("backbone."))
+            lit_names = ", ".join(n for n in params if not n.startswith("backbone."))
             raise ValueError(f"optim.frozen: no parameter starts with {prefix!r} (besides the backbone's: {lit_names})")
-        for name, param in model.named_parameters():
-            if name in hit:
-                param.requires_grad_(False)
+        for name in hit:
+            params[name].requires_grad_(False)
 
 
 def backbone_tokens(
