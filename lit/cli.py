@@ -7,13 +7,42 @@ Every command prints one clear line on stderr and exits with status 2 on a user 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 DEFAULT_MODEL = "lit-effl0"
+
+INDEX_HELP = """Train a k-means codebook and build an ASMK index (binary, alpha 3, FIRe's options).
+
+Codebook size: 16 x sqrt(number of training descriptors) words, at most 65536 (FIRe's size,
+reached at about 16.8M descriptors, FIRe's 20k SfM-120k images) and at most half the
+descriptors; chosen on real held-out photos (benchmarks/pipeline_defaults.py). With fewer than
+100,000 descriptors a warning says that the codebook is noisy; --train-features learns it on
+another feature file of the same model (e.g. a larger set of similar photos).
+
+The index file is self-contained: image names, image root, codebook, parameters and the
+fingerprint of the model and extraction settings are stored in it."""
+
+SEARCH_HELP = """Rank the indexed images for each query.
+
+score: the ASMK similarity (SPEC section 3): over the visual words query and database image
+share, the sum of the selective kernel max(0, 1 - 2 hamming/128)^3, divided by the square root
+of the number of words of each image. Higher is more similar; only the order within one
+query matters. It is 1 for an image against itself with one word per descriptor, but queries
+count each descriptor in its 5 nearest words (multiple assignment), so even the image itself
+scores well below 1 (about 0.1-0.3).
+
+Names: database names are relative to the index's image root, query names to the query
+root; JSON records both roots. Queries must come from the model and extraction settings of
+the index (fingerprint check; --force overrides)."""
+
+MATCH_HELP = """Match the super-features of two images: reciprocal nearest neighbours by cosine
+similarity that reach the threshold (default: the model's own, calibrated on its training
+photos: 0.9 for fire, see the model card for lit-effl0). score: the sum of the cosine
+similarities of the matches (0 when there is none), so about the number of matches times
+their mean similarity; more matches mean more evidence that the photos show the same place."""
 
 
 class UserError(Exception):
@@ -119,140 +148,122 @@ def cmd_extract(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from .asmk import ASMK
-    from .features import FeatureStore
+    from . import pipeline
 
     device = resolve_device(args.device)
-    with FeatureStore(args.features) as store:
-        desc, ids = store.all_descriptors()
-        names = store.names
-    if len(names) == 0:
-        raise UserError(f"{args.features}: no images in this feature file")
+    codebook = cb_fp = None
     if args.codebook:
-        codebook = _load_codebook(args.codebook)
-    else:
-        train = desc
-        if args.train_features:
-            with FeatureStore(args.train_features) as ts:
-                train = ts.all_descriptors()[0]
-        size = min(args.codebook_size, len(train))
-        print(f"training a codebook of {size} words on {len(train)} descriptors", file=sys.stderr)
-        codebook = ASMK.train(train, size=size, seed=args.seed, device=device).codebook
-    index = ASMK(codebook, binary=not args.real, use_idf=args.idf, device=device)
-    index.add(desc, ids)
-    index.save(args.out)
-    with open(args.out + ".names.json", "w") as f:
-        json.dump({"features": os.path.abspath(args.features), "names": names}, f)
-    print(f"indexed {len(names)} images ({len(desc)} descriptors) into {args.out}: {json.dumps(index.stats())}")
+        codebook, cb_fp = pipeline.load_codebook(args.codebook)
+    index, info = pipeline.build_index(
+        args.features, codebook=codebook, codebook_source=args.codebook, codebook_fingerprint=cb_fp,
+        size=args.codebook_size, train_features=args.train_features, image_root=args.image_root, seed=args.seed,
+        binary=not args.real, use_idf=args.idf, device=device, force=args.force,
+    )
+    pipeline.save_index(index, info, args.out)
+    root = f", image root {info.image_root}" if info.image_root else " (image root unknown: give --db-root to `lit search --plot`)"
+    print(f"indexed {len(info.names)} images ({info.descriptors} descriptors, {info.codebook_size} words) into {args.out}{root}")
     return 0
-
-
-def _load_codebook(path: str):
-    import numpy as np
-
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    from .asmk import ASMK
-
-    return ASMK.load(path).codebook
-
-
-def _index_names(index_path: str) -> list[str]:
-    side = index_path + ".names.json"
-    if not os.path.isfile(side):
-        raise UserError(f"{side}: missing (it is written by `lit index` next to the index)")
-    with open(side) as f:
-        return json.load(f)["names"]
 
 
 def cmd_search(args) -> int:
-    import numpy as np
-    import torch
-
-    from .asmk import ASMK
-    from .features import FeatureStore
+    from . import pipeline
 
     device = resolve_device(args.device)
-    index = ASMK.load(args.index, device=device)
-    db_names = _index_names(args.index)
+    index, info = pipeline.load_index(args.index, device=device)
+    query_root = os.path.abspath(args.query_root) if args.query_root else None
     if args.query_features:
-        with FeatureStore(args.query_features) as qs:
-            qnames = qs.names
-            qfeats = [qs[i] for i in range(len(qs))]
-    else:
-        paths, _ = _gather_images(args.queries, args.list)
-        model = load_cli_model(args.model, device)
-        qnames, qfeats = [], []
-        from ._image import ImageReadError, load_image
+        from .features import FeatureStore
 
+        if args.queries or args.list:
+            raise UserError("give query images or --query-features, not both")
+        with FeatureStore(args.query_features) as qs:
+            pipeline.check_fingerprint(info.fingerprint, qs.fingerprint, f"the query features {args.query_features}",
+                                       args.index, args.force)
+            qnames = list(qs.names)
+            qfeats = [qs[i] for i in range(len(qs))]
+            if query_root is None:
+                query_root = pipeline._feature_root(qs)
+                if query_root is None and os.path.realpath(args.query_features) == os.path.realpath(info.features or ""):
+                    query_root = info.image_root  # the index's own feature file
+    else:
+        from ._image import ImageReadError, load_image
+        from .features import model_fingerprint
+
+        paths, root = _gather_images(args.queries, args.list)
+        if args.query_root:
+            root = args.query_root
+        if query_root is None:  # names relative to the one folder given, else as typed (relative to cwd)
+            query_root = os.path.abspath(root) if root is not None else os.getcwd()
+        model = load_cli_model(args.model, device)
+        scales = _scales(args.scales) or model.cfg.runtime.scales
+        fnum = args.features_num or model.cfg.runtime.features_num
+        size = _image_size(args, model)
+        pipeline.check_fingerprint(info.fingerprint, model_fingerprint(model, scales, fnum, size),
+                                   f"queries extracted with --model {args.model or DEFAULT_MODEL}", args.index, args.force)
+        qnames, qfeats = [], []
         for p in paths:
             try:
-                img = load_image(p, _image_size(args, model))
+                img = load_image(p, size)
             except ImageReadError as err:
                 print(f"skipped: {err}", file=sys.stderr)
                 continue
-            qnames.append(p)
-            qfeats.append(model.extract(img, scales=_scales(args.scales), features_num=args.features_num))
+            qnames.append(os.path.relpath(os.path.abspath(p), query_root) if root is not None else os.path.normpath(p))
+            qfeats.append(model.extract(img, scales=scales, features_num=fnum))
     if not qfeats:
         raise UserError("no readable query images")
-    qdesc = torch.cat([f.descriptors for f in qfeats]).numpy()
-    qids = np.concatenate([np.full(len(f), i) for i, f in enumerate(qfeats)])
-    ranks, scores = index.search(qdesc, qids, topk=args.topk)
-    ranks, scores = np.asarray(ranks), np.asarray(scores)
-    results = []
-    for qi, qname in enumerate(qnames):
-        hits = [{"rank": r + 1, "name": db_names[int(ranks[qi, r])], "score": float(scores[qi, r])} for r in range(ranks.shape[1])]
-        results.append({"query": qname, "results": hits})
+    results = pipeline.search(index, info, qfeats, qnames, topk=args.topk, exclude_self=args.exclude_self,
+                              query_root=query_root)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        pipeline.write_json(results, args.json, info.image_root, query_root)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["query", "rank", "name", "score"])
-            for res in results:
-                for h in res["results"]:
-                    w.writerow([res["query"], h["rank"], h["name"], f"{h['score']:.6f}"])
+        pipeline.write_csv(results, args.csv)
     if args.pairs:
-        with open(args.pairs, "w") as f:
-            for res in results:
-                for h in res["results"]:
-                    f.write(f"{res['query']} {h['name']}\n")
+        pipeline.write_pairs(results, args.pairs)
     if args.plot:
-        from . import viz
-
-        root = args.db_root or ""
-        fig = viz.plot_retrieval(qnames[0], [os.path.join(root, h["name"]) for h in results[0]["results"]][: args.plot_topk],
-                                 scores=[h["score"] for h in results[0]["results"]][: args.plot_topk])
-        viz.save_figure(fig, args.plot)
+        _check_figure_path(args.plot)
+        db_root = args.db_root or info.image_root
+        if not db_root:
+            raise UserError(f"{args.index}: the index does not know its image folder: give --db-root for --plot "
+                            "(or rebuild it with `lit index --image-root`)")
+        for path in pipeline.plot_results(results, args.plot, db_root, query_root, topk=args.plot_topk):
+            print(f"wrote {path}", file=sys.stderr)
     if not (args.json or args.csv or args.pairs) or args.verbose:
         for res in results:
-            print(res["query"])
-            for h in res["results"][: min(10, len(res["results"]))]:
-                print(f"  {h['rank']:3d}  {h['score']:8.4f}  {h['name']}")
+            print(res.query)
+            for h in res.hits:
+                print(f"  {h.rank:4d}  {h.score:.4g}  {h.name}")
     return 0
 
 
-def cmd_match(args) -> int:
-    import lit
+def _check_figure_path(path: str) -> None:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".png", ".pdf", ".svg"):
+        raise UserError(f"{path}: figures are written as .png, .pdf or .svg (got {ext or 'no extension'!r})")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"{path}: the folder {parent} does not exist")
 
-    from . import viz
+
+def cmd_match(args) -> int:
+    from . import pipeline, viz
 
     model = load_cli_model(args.model, resolve_device(args.device))
-    size = _image_size(args, model)
-    img_a, img_b = lit.load_image(args.image_a, size), lit.load_image(args.image_b, size)
-    fa = model.extract(img_a, scales=_scales(args.scales), features_num=args.features_num)
-    fb = model.extract(img_b, scales=_scales(args.scales), features_num=args.features_num)
-    m = lit.match(fa, fb, threshold=args.threshold, ratio=args.ratio)
-    print(f"{len(m)} match{'' if len(m) == 1 else 'es'} (threshold {args.threshold}{', ratio ' + str(args.ratio) if args.ratio else ''}), score {m.score:.3f}")
+    if args.plot:
+        _check_figure_path(args.plot)
+    img_a, img_b, fa, fb, m, thr = pipeline.match_images(
+        model, args.image_a, args.image_b, threshold=args.threshold, ratio=args.ratio, scales=_scales(args.scales),
+        features_num=args.features_num, image_size=args.image_size)
+    source = "" if args.threshold is not None else " (the model's)"
+    print(f"{len(m)} match{'' if len(m) == 1 else 'es'} (cosine >= {thr:g}{source}{', ratio ' + str(args.ratio) if args.ratio else ''}), "
+          f"score {m.score:.4g} (sum of the matches' cosine similarities)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matches": len(m), "score": m.score, "indices_a": m.indices_a.tolist(), "indices_b": m.indices_b.tolist(),
-                       "similarity": m.similarity.tolist(), "positions_a": fa.positions[m.indices_a].tolist(),
-                       "positions_b": fb.positions[m.indices_b].tolist()}, f)
+            json.dump({"matches": len(m), "threshold": thr, "score": m.score, "indices_a": m.indices_a.tolist(),
+                       "indices_b": m.indices_b.tolist(), "similarity": m.similarity.tolist(),
+                       "positions_a": fa.positions[m.indices_a].tolist(), "positions_b": fb.positions[m.indices_b].tolist()}, f)
     if args.plot:
         fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
-                               threshold=args.threshold, title=f"{os.path.basename(args.image_a)} - {os.path.basename(args.image_b)}")
+                               threshold=thr, title=f"{os.path.basename(args.image_a)} - {os.path.basename(args.image_b)}")
         viz.save_figure(fig, args.plot)
         print(f"wrote {args.plot}")
     return 0
@@ -263,15 +274,47 @@ def cmd_plot_attention(args) -> int:
 
     from . import viz
 
+    if args.scales is not None or args.features_num is not None:
+        raise UserError("plot-attention shows the super-features of one scale: use --scale S "
+                        "(--scales and --features-num do not apply)")
+    if args.out:
+        _check_figure_path(args.out)
     model = load_cli_model(args.model, resolve_device(args.device))
     img = lit.load_image(args.image, _image_size(args, model))
     sf = model.superfeatures(img, scale=args.scale)
-    indices = [int(i) for i in args.indices.split(",")] if args.indices else None
-    fig = viz.plot_attention(img, sf, indices=indices, top=args.top)
-    out = args.out or os.path.splitext(os.path.basename(args.image))[0] + "_attention.png"
+    n = sf.attention.shape[0]
+    if args.indices:
+        try:
+            indices = [int(i) for i in args.indices.split(",")]
+        except ValueError:
+            raise UserError(f"--indices must be comma-separated integers, got {args.indices!r}") from None
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise UserError(f"--indices {bad}: this model has super-features 0..{n - 1}")
+    else:
+        indices = None
+        if not 1 <= args.top <= n:
+            raise UserError(f"--top {args.top}: this model has {n} super-features per scale, choose 1..{n}")
+    model_name = args.model or DEFAULT_MODEL
+    title = f"{os.path.basename(args.image)}, {model_name}, scale {args.scale:g}: " + (
+        "chosen super-features" if indices else f"{args.top} strongest of {n} super-features")
+    fig = viz.plot_attention(img, sf, indices=indices, top=args.top, title=title, normalize="each")
+    out = args.out or _attention_default_out(args.image)
     viz.save_figure(fig, out)
     print(f"wrote {out}")
     return 0
+
+
+def _attention_default_out(image: str) -> str:
+    """``<image without extension>_attention.png`` beside the image when that folder is
+    writable, else in the current folder; never overwrites (``_2``, ``_3``... added)."""
+    base = os.path.splitext(os.path.abspath(image))[0]
+    if not os.access(os.path.dirname(base), os.W_OK):
+        base = os.path.splitext(os.path.basename(image))[0]
+    out, i = f"{base}_attention.png", 2
+    while os.path.exists(out):
+        out, i = f"{base}_attention_{i}.png", i + 1
+    return out
 
 
 def cmd_download(args) -> int:
@@ -324,49 +367,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("index", help="train a codebook and build an ASMK index from a feature file")
+    p = sub.add_parser("index", help="train a codebook and build an ASMK index from a feature file",
+                       description=INDEX_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("features", help="HDF5 feature file of the database (from `lit extract`)")
-    p.add_argument("--out", required=True, help="output index file (HDF5)")
+    p.add_argument("--out", required=True, help="output index file (HDF5; holds the names, image root, codebook, "
+                   "parameters and the model fingerprint)")
     p.add_argument("--codebook", help="use this codebook (.npy K x d, or an index file) instead of training one")
-    p.add_argument("--codebook-size", type=int, default=65536, help="k-means words (default 65536, capped by the descriptor count)")
-    p.add_argument("--train-features", help="train the codebook on this feature file instead of the database")
+    p.add_argument("--codebook-size", type=int, default=None,
+                   help="k-means words (default: 16 x sqrt(descriptors), at most 65536: see above)")
+    p.add_argument("--train-features", help="learn the codebook on this feature file (same model) instead of the database")
+    p.add_argument("--image-root", help="folder the database image names are relative to (stored for `lit search --plot`; "
+                   "default: the one the feature file records)")
     p.add_argument("--real", action="store_true", help="real-valued aggregated vectors instead of binary")
     p.add_argument("--idf", action="store_true", help="weight words by idf (off in FIRe)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--force", action="store_true", help="go on when --train-features/--codebook come from another model")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="search an ASMK index with query images")
+    p = sub.add_parser("search", help="search an ASMK index with query images or a query feature file",
+                       description=SEARCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("index", help="index file from `lit index`")
     p.add_argument("queries", nargs="*", help="query images or folders")
     p.add_argument("--list", help="text file with one query path per line")
     p.add_argument("--query-features", help="use this feature file for the queries instead of extracting")
-    p.add_argument("--topk", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--query-root", help="folder the query names are relative to (default: the one query folder given, "
+                   "or for --query-features the index's image root when it is the index's own feature file)")
+    p.add_argument("--topk", type=int, default=10, help="results per query, printed and written (default 10)")
+    p.add_argument("--exclude-self", action="store_true", help="leave the query itself out of its results")
     p.add_argument("--json", help="write results as JSON")
     p.add_argument("--csv", help="write results as CSV (query, rank, name, score)")
     p.add_argument("--pairs", help="write 'query db' name pairs, one per line (hloc/kapture format)")
-    p.add_argument("--plot", help="write a figure of the first query's results (PNG/PDF)")
-    p.add_argument("--plot-topk", type=int, default=8, help="results in the figure (default 8)")
-    p.add_argument("--db-root", help="folder the database image names are relative to (for --plot)")
+    p.add_argument("--plot", help="write one figure per query (.png/.pdf/.svg; several queries: NAME_001.png, ...)")
+    p.add_argument("--plot-topk", type=int, default=8, help="results in each figure (default 8)")
+    p.add_argument("--db-root", help="folder of the database images for --plot (default: the index's image root)")
     p.add_argument("--verbose", action="store_true", help="also print the results when writing files")
+    p.add_argument("--force", action="store_true", help="search even when the queries come from another model than the index")
     _add_model_args(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("match", help="match the super-features of two images")
+    p = sub.add_parser("match", help="match the super-features of two images", description=MATCH_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image_a")
     p.add_argument("image_b")
-    p.add_argument("--threshold", type=float, default=0.9, help="minimum cosine similarity (default 0.9)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="minimum cosine similarity (default: the model's calibrated threshold, 0.9 for fire)")
     p.add_argument("--ratio", type=float, default=None, help="also apply a ratio test d1/d2 <= RATIO")
-    p.add_argument("--plot", help="write a figure of the matches (PNG/PDF)")
+    p.add_argument("--plot", help="write a figure of the matches (.png/.pdf/.svg)")
     p.add_argument("--json", help="write the matches as JSON")
     _add_model_args(p)
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("plot-attention", help="plot the attention maps of an image's strongest super-features")
     p.add_argument("image")
-    p.add_argument("--out", help="output figure (default IMAGE_attention.png)")
+    p.add_argument("--out", help="output figure (default IMAGE_attention.png beside the image, never overwritten)")
     p.add_argument("--scale", type=float, default=1.0, help="extraction scale (default 1)")
-    p.add_argument("--top", type=int, default=16, help="how many of the strongest super-features (default 16)")
+    p.add_argument("--top", type=int, default=16, help="how many of the strongest super-features (default 16; at most N)")
     p.add_argument("--indices", help="comma-separated super-feature indices instead of the strongest")
     _add_model_args(p)
     p.set_defaults(func=cmd_plot_attention)

@@ -79,7 +79,6 @@ def _save(t: torch.Tensor, path: Path, Image) -> None:
 
 def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None = None) -> int:
     from lit import load_image, match, viz
-    from lit.asmk import ASMK
     from lit.evaluate import compute_ap
     from lit.features import FeatureStore, extract_to_file
 
@@ -110,40 +109,37 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
                 feats.append(model.forward_superfeatures(x)[0][0].cpu())
         model.init_reduction(torch.cat(feats), shrinkage=0.5)
 
+    from lit import pipeline
+
     t = time.perf_counter()
     feature_file = work / "features.h5"
     if feature_file.exists():
         feature_file.unlink()
-    summary = extract_to_file(model, paths, feature_file, progress=False)
+    summary = extract_to_file(model, paths, feature_file, root=work / "images", progress=False)
     t_extract = time.perf_counter() - t
     with FeatureStore(feature_file) as store:
-        desc, ids = store.all_descriptors()
         all_feats = [store[i] for i in range(len(store))]
+        n_desc = int(store.h5.attrs["num_features"])
     t = time.perf_counter()
-    index = ASMK.train(desc, size=min(512, len(desc) // 20), seed=0, iterations=10)
-    index.add(desc, ids)
+    index, info = pipeline.build_index(feature_file, image_root=work / "images", seed=0, log=lambda m: None)
     t_index = time.perf_counter() - t
 
     queries = [i for i, (_, _, real) in enumerate(items) if real]
-    qdesc = np.concatenate([desc[ids == q] for q in queries])
-    qids = np.concatenate([np.full(int((ids == q).sum()), j) for j, q in enumerate(queries)])
-    scores = np.asarray(index.scores(qdesc, qids))
+    results = pipeline.search(index, info, [all_feats[q] for q in queries], [info.names[q] for q in queries],
+                              topk=None, exclude_self=True, query_root=info.image_root)
     print(f"\nextracted {summary.done} images in {t_extract:.1f} s, index built in {t_index:.1f} s "
-          f"({len(desc)} super-features, {index.num_words} visual words)\n")
+          f"({n_desc} super-features, {index.num_words} visual words: lit.pipeline.codebook_size)\n")
     print(f"{'query':34s} {'AP':>6s}  top-3 (+ same scene)")
     aps = []
-    for j, q in enumerate(queries):
-        s = scores[j].copy()
-        s[q] = -np.inf  # the query itself is not a result
-        order = np.argsort(-s, kind="stable")[:-1]
-        relevant = scenes[order] == scenes[q]
+    for j, (q, res) in enumerate(zip(queries, results, strict=True)):
+        relevant = np.array([pipeline.scene_of(h.name) == scenes[q] for h in res.hits])
         pos_ranks = np.flatnonzero(relevant)
         ap = compute_ap(pos_ranks, len(pos_ranks))
         aps.append(ap)
-        top = ", ".join(("+" if relevant[r] else "-") + _short(paths[order[r]], work) for r in range(3))
-        print(f"{_short(paths[q], work):34s} {100 * ap:6.1f}  {top}")
+        top = ", ".join(("+" if relevant[r] else "-") + _strip(res.hits[r].name) for r in range(3))
+        print(f"{_strip(res.query):34s} {100 * ap:6.1f}  {top}")
         if j == 0:
-            first = (q, order, relevant, s)
+            first = (q, res, relevant)
     print(f"\nmAP over {len(queries)} queries: {100 * np.mean(aps):.1f}  (random ranking: about "
           f"{100 * (2 * VIEWS_PER_PHOTO + 2) / (len(items) - 1):.0f})")
 
@@ -154,18 +150,21 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     fig = viz.plot_attention(img_a, sf, top=12, title="strongest super-features, sacre_coeur1 (scale 1)")
     out1 = viz.save_figure(fig, os.path.join(out_dir, "demo_attention.png"))
     fa, fb = all_feats[sc[0]], all_feats[sc[1]]
-    m = match(fa, fb, threshold=0.9)
+    thr = pipeline.match_threshold(model)  # the model's own (registry), 0.9 for FIRe
+    m = match(fa, fb, threshold=thr)
     if len(m) == 0:
-        m = match(fa, fb, threshold=0.5)
+        print(f"no match between the two Sacre-Coeur photos at the model's threshold {thr:g}: the figure shows "
+              "those at 0.5")
         thr = 0.5
-    else:
-        thr = 0.9
+        m = match(fa, fb, threshold=thr)
     fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
                            threshold=thr, title="sacre_coeur1 - sacre_coeur2")
     out2 = viz.save_figure(fig, os.path.join(out_dir, "demo_matches.png"))
-    q, order, relevant, s = first
-    fig = viz.plot_retrieval(paths[q], [paths[i] for i in order[:8]], scores=s[order[:8]], relevant=list(relevant[:8]),
-                             topk=8, titles=[_short(paths[i], work) for i in order[:8]])
+    q, res, relevant = first
+    hits = res.hits[:8]
+    fig = viz.plot_retrieval(paths[q], [os.path.join(info.image_root, h.name) for h in hits], scores=[h.score for h in hits],
+                             relevant=list(relevant[:8]), topk=8, titles=[f"#{h.rank} {_strip(h.name)}" for h in hits],
+                             query_title=f"query: {_strip(res.query)}")
     out3 = viz.save_figure(fig, os.path.join(out_dir, "demo_retrieval.png"))
     print(f"{len(m)} match{'' if len(m) == 1 else 'es'} between the two Sacre-Coeur photos (threshold {thr})")
     print(f"figures: {out1}, {out2}, {out3}")
@@ -175,6 +174,5 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     return 0
 
 
-def _short(path: str, root: Path) -> str:
-    rel = os.path.relpath(path, root / "images")
-    return rel[:-4] if rel.endswith(".png") else rel
+def _strip(name: str) -> str:
+    return name[:-4] if name.endswith(".png") else name

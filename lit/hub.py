@@ -31,6 +31,10 @@ class PretrainedCfg:
         local: path of a copy shipped in this repository's ``weights/`` (used first).
         description: one line for ``lit models``.
         license: licence of the weights.
+        tags: free-form labels.
+        match_threshold: the model's cosine threshold for a super-feature match (``lit match``,
+            ``model.match``): FIRe's 0.9 for FIRe's descriptors; a model trained by lit has
+            its own, calibrated on its training photos (see its model card).
     """
 
     name: str
@@ -41,6 +45,7 @@ class PretrainedCfg:
     description: str = ""
     license: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    match_threshold: float = 0.9
 
 
 _FIRE_URL = "http://download.europe.naverlabs.com/ComputerVision/FIRe"
@@ -165,10 +170,29 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", pr
         device = "cuda" if torch.cuda.is_available() else "cpu"
     src = os.fspath(source)
     if os.path.exists(src):
-        return model_from_checkpoint(src, device=device)
-    if src in REGISTRY:
-        return model_from_checkpoint(resolve(src, progress=progress), device=device)
+        model = model_from_checkpoint(src, device=device)
+        cfg = _registered_file(Path(src))
+    elif src in REGISTRY:
+        model = model_from_checkpoint(resolve(src, progress=progress), device=device)
+        cfg = REGISTRY[src]
+    else:
+        cfg = model = None
+    if model is not None:
+        if cfg is not None:
+            model.match_threshold = float(cfg.match_threshold)
+        return model
     raise ValueError(f"{src}: neither an existing checkpoint file nor a registered model name ({', '.join(list_models())})")
+
+
+def _registered_file(path: Path) -> PretrainedCfg | None:
+    """The registry entry of a checkpoint given by path (same file name and sha256), if any."""
+    from ._download import file_sha256
+
+    for cfg in REGISTRY.values():
+        names = {cfg.filename, Path(cfg.local).name if cfg.local else None}
+        if cfg.sha256 and path.name in names and file_sha256(path) == cfg.sha256:
+            return cfg
+    return None
 
 
 def from_pretrained(name: str, device: str | torch.device = "cpu"):

@@ -206,13 +206,17 @@ def plot_attention(
     show_centroids: bool = True,
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
+    normalize: str = "shared",
 ) -> Figure:
     """Grid of super-feature attention maps overlaid on the image.
 
     Each panel shows one super-feature's attention map, upsampled bilinearly to the
     image size, over a grayscale copy of the image, titled with its template index ``n``
-    and strength. All panels share one colour scale (0 to the largest value shown) and
-    one colour bar. A ``+`` marks each map's centroid (:func:`attention_centroids`).
+    and strength. With ``normalize="shared"`` all panels share one colour scale (0 to the
+    largest value shown) and one colour bar in attention weights; with ``"each"`` every map
+    is divided by its own peak (written in its title), so that maps that peak in a few cells
+    stay visible, and the colour bar runs over 0..1 of each map's peak. A ``+`` marks each
+    map's centroid (:func:`attention_centroids`).
 
     Args:
         image: the image the super-features were extracted from (any accepted form).
@@ -224,6 +228,7 @@ def plot_attention(
         show_centroids: mark the centroid of each map.
         title: optional figure title.
         figsize: figure size in inches; default from ``ncols`` and the image aspect.
+        normalize: ``"shared"`` (one scale) or ``"each"`` (each map over its own peak).
 
     Returns:
         The figure.
@@ -231,7 +236,7 @@ def plot_attention(
     Raises:
         TypeError: ``superfeatures`` is not a :class:`~lit.types.SuperFeatures`.
         ValueError: attention not 3-D, strengths of the wrong length, indices out of
-            range or empty, ``top`` or ``ncols`` below 1.
+            range or empty, ``top`` or ``ncols`` below 1, another ``normalize``.
 
     Shape:
         - image: :math:`(3, H, W)` (or a path, PIL image, :math:`(H, W, 3)` array).
@@ -264,7 +269,12 @@ def plot_attention(
     if not chosen:
         raise ValueError("nothing to plot: no super-features selected")
 
+    if normalize not in ("shared", "each"):
+        raise ValueError(f"normalize must be 'shared' or 'each', got {normalize!r}")
     maps = att[chosen]  # (k, h, w)
+    peaks = maps.flatten(1).amax(1)
+    if normalize == "each":
+        maps = maps / peaks.clamp_min(1e-12)[:, None, None]
     up = F.interpolate(maps[None], size=(H, W), mode="bilinear", align_corners=False)[0].numpy()
     vmax = float(maps.max())
     vmin = min(0.0, float(maps.min()))
@@ -278,7 +288,7 @@ def plot_attention(
         panel_w = min(2.0, 7.0 / ncols)
         figsize = (
             panel_w * ncols + 0.8,
-            nrows * ((panel_w - 0.1) * H / W + 0.3) + (0.3 if title else 0.0),
+            nrows * ((panel_w - 0.1) * H / W + (0.45 if normalize == "each" else 0.3)) + (0.3 if title else 0.0),
         )
     fig = _new_figure(figsize)
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -297,14 +307,17 @@ def plot_attention(
             ax.plot(*centroids[p], marker="+", color="cyan", markersize=8, mew=1.5)
         ax.set_xlim(0, W)
         ax.set_ylim(H, 0)
-        ax.set_title(f"n = {n}, strength {strengths[n]:.3g}", fontsize=_TITLE_SIZE)
+        label = f"n = {n}, strength {strengths[n]:.3g}"
+        if normalize == "each":
+            label += f"\npeak {float(peaks[p]):.2g}"
+        ax.set_title(label, fontsize=_TITLE_SIZE)
     cbar = fig.colorbar(
         ScalarMappable(norm=norm, cmap=cm),
         ax=axes,
         shrink=min(0.9, 0.5 + 0.15 * nrows),
         aspect=25,
     )
-    cbar.set_label("attention weight", fontsize=_LABEL_SIZE)
+    cbar.set_label("attention / map's peak" if normalize == "each" else "attention weight", fontsize=_LABEL_SIZE)
     cbar.ax.tick_params(labelsize=_LABEL_SIZE)
     cbar.formatter.set_powerlimits((-2, 3))
     cbar.ax.yaxis.get_offset_text().set_fontsize(_LABEL_SIZE)
@@ -572,7 +585,7 @@ def plot_retrieval(
                 label, fontsize=_TITLE_SIZE, color=color if relevant is not None else "black"
             )
             if scores is not None:
-                ax.set_xlabel(f"{scores[r]:.3f}", fontsize=_LABEL_SIZE)
+                ax.set_xlabel(f"{scores[r]:.4g}", fontsize=_LABEL_SIZE)
         for spine in ax.spines.values():
             spine.set_visible(True)
             spine.set_color(color)
@@ -586,13 +599,13 @@ def plot_retrieval(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> str:
-    """Write a figure as PNG or PDF, chosen by the file extension.
+    """Write a figure as PNG, PDF or SVG, chosen by the file extension.
 
     Missing parent directories are created.
 
     Args:
         fig: a figure returned by the functions of this module (any matplotlib figure).
-        path: output file ending in ``.png`` or ``.pdf`` (case-insensitive).
+        path: output file ending in ``.png``, ``.pdf`` or ``.svg`` (case-insensitive).
         dpi: resolution of the PNG (and of images embedded in the PDF).
 
     Returns:
@@ -606,8 +619,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> str:
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in (".png", ".pdf"):
-        raise ValueError(f"{path}: unsupported extension {ext!r}; use .png or .pdf")
+    if ext not in (".png", ".pdf", ".svg"):
+        raise ValueError(f"{path}: unsupported extension {ext!r}; use .png, .pdf or .svg")
     if not dpi > 0:
         raise ValueError(f"dpi must be > 0, got {dpi}")
     parent = os.path.dirname(path)

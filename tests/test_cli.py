@@ -77,7 +77,7 @@ def test_extract_index_search_pipeline(tmp_path, folder, ckpt):
     res_json, res_csv, pairs, plot = (tmp_path / n for n in ("r.json", "r.csv", "pairs.txt", "r.png"))
     run("search", index, folder / "good1.jpg", "--model", ckpt, "--device", "cpu", "--topk", "3",
         "--json", res_json, "--csv", res_csv, "--pairs", pairs, "--plot", plot, "--db-root", folder)
-    results = json.loads(res_json.read_text())
+    results = json.loads(res_json.read_text())["queries"]
     # the same search through the Python API
     model = lit.load_model(ckpt)
     q = model.extract(folder / "good1.jpg")

@@ -272,7 +272,7 @@ def test_plot_retrieval_frames_scores_and_topk(tmp_path):
     assert len(panels) == 5  # query + top 4
     assert panels[0].get_title() == "query"
     assert [spine_color(ax) for ax in panels[1:]] == ["#2ca02c", "#d62728", "#2ca02c", "#d62728"]
-    assert [ax.get_xlabel() for ax in panels[1:]] == ["0.900", "0.800", "0.700", "0.600"]
+    assert [ax.get_xlabel() for ax in panels[1:]] == ["0.9", "0.8", "0.7", "0.6"]  # 4 significant digits
     assert panels[1].get_title() == "#1 ✓" and panels[2].get_title() == "#2 ✗"
 
 
@@ -386,3 +386,23 @@ def test_import_does_not_load_pyplot_or_change_rcparams():
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_plot_attention_normalises_each_map_for_display(small_image, small_superfeatures):
+    idx = [7, 0, 3]
+    fig = plot_attention(small_image, small_superfeatures, indices=idx, normalize="each")
+    overlays = [ax.images[1] for ax in fig.axes if ax.images]
+    for n, im in zip(idx, overlays):
+        assert im.norm.vmax == pytest.approx(1.0)
+        peak = float(small_superfeatures.attention[n].max())
+        assert im.get_array().max() == pytest.approx(1.0, abs=0.05)  # the map over its own peak
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert all("peak" in t for t in titles) and f"{peak:.2g}" in titles[-1]
+    assert any(ax.get_ylabel() == "attention / map's peak" for ax in fig.axes)
+    with pytest.raises(ValueError):
+        plot_attention(small_image, small_superfeatures, normalize="global")
+
+
+def test_save_figure_writes_svg(small_image, small_superfeatures, tmp_path):
+    out = save_figure(plot_attention(small_image, small_superfeatures, top=2), tmp_path / "a.svg")
+    assert "<svg" in open(out).read()

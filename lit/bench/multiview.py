@@ -15,8 +15,8 @@ Compared models (``--models``, comma-separated, default all):
     ``lit-effl0``'s backbone,
   - or any checkpoint path.
 Super-feature models are scored with ASMK (binary, alpha 3). As in FIRe's protocol (codebook
-learned on SfM-120k, never on the test set), the codebook (``--codebook-size`` words, at
-most one per 10 descriptors) is learned on photos that are not evaluated, the same photos
+learned on SfM-120k, never on the test set), the codebook (``--codebook-size`` words, default
+the policy of ``lit index``: :func:`lit.pipeline.codebook_size`) is learned on photos that are not evaluated, the same photos
 for every model: ``--codebook auto`` (default) takes the root's scene folders that are not
 evaluated, and when every scene is evaluated (a folder of new scenes), the reference photos
 lit has at hand: the default multi-view set beside the repository and the photos bundled
@@ -51,6 +51,13 @@ KMEANS_INIT = {"sharpness": 100.0, "background": 2.0, "background_fraction": 0.5
 # a difference hash within this many bits (of 64) marks a copy of a photo (resized, re-encoded);
 # copies measure 0, different photos of the bundled and multi-view sets 12 or more
 NEAR_DUPLICATE_BITS = 6
+# the multi-view scenes lit-effl0 never saw in training (weights/make_lit_effl0.py, and the
+# checkpoint's meta "held_out_scenes"); its training photos are the other scenes
+LIT_EFFL0_HELD_OUT = (
+    "terrace", "wxbs-wgabs-petrzin", "wxbs-wgalbs-bridge", "wxbs-wgalbs-kyiv_dolltheater",
+    "wxbs-wgalbs-kyiv_dolltheater2", "wxbs-wgalbs-stadium", "wxbs-wgalbs-zanky", "wxbs-wglbs-berlin",
+    "wxbs-wglbs-him", "wxbs-wglbs-silasveta2",
+)
 
 
 def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -236,15 +243,18 @@ def _whiten_on(model, paths, device):
         model.init_reduction(feats, shrinkage=0.5)
 
 
-def asmk_scores(feats: list, codebook_size: int, seed: int = 0, codebook_feats: list | None = None) -> np.ndarray:
+def asmk_scores(feats: list, codebook_size: int | None = None, seed: int = 0, codebook_feats: list | None = None) -> np.ndarray:
     """All-pairs ASMK scores of ``feats``; the codebook is learned on ``codebook_feats``
-    (default: ``feats`` themselves)."""
+    (default: ``feats`` themselves) with ``codebook_size`` words (default: the pipeline's
+    policy, :func:`lit.pipeline.codebook_size`)."""
     from lit.asmk import ASMK
+    from lit.pipeline import codebook_size as policy
 
-    desc = torch.cat([f.descriptors for f in feats]).numpy()
+    desc = torch.cat([f.descriptors.cpu() for f in feats]).numpy()
     ids = np.concatenate([np.full(len(f), i) for i, f in enumerate(feats)])
-    train = desc if codebook_feats is None else torch.cat([f.descriptors for f in codebook_feats]).numpy()
-    index = ASMK.train(train, size=max(1, min(codebook_size, len(train) // 10)), seed=seed, iterations=15)
+    train = desc if codebook_feats is None else torch.cat([f.descriptors.cpu() for f in codebook_feats]).numpy()
+    size = policy(len(train)) if codebook_size is None else max(1, min(codebook_size, len(train) // 2))
+    index = ASMK.train(train, size=size, seed=seed, iterations=15)
     index.add(desc, ids)
     return np.asarray(index.scores(desc, ids))
 
@@ -272,7 +282,8 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", default=None, help="comma-separated scene folders to use (default: all)")
     p.add_argument("--exclude", default=None, help="comma-separated scene folders to leave out (e.g. training scenes)")
     p.add_argument("--models", default=",".join(ALL), help=f"comma-separated: {', '.join(ALL)} or checkpoint paths")
-    p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--codebook-size", type=int, default=None,
+                   help="codebook words (default: lit.pipeline.codebook_size, the policy of `lit index`)")
     p.add_argument("--codebook", default="auto",
                    help="photos the codebook is learned on: auto, rest, reference, evaluated or a folder (see above)")
     p.add_argument("--seeds", type=int, default=5, help="k-means seeds averaged over (small sets are noisy)")

@@ -89,9 +89,9 @@ def main(argv=None) -> int:
     # codebook
     t = time.perf_counter()
     if args.codebook:
-        from lit.cli import _load_codebook
+        from lit.pipeline import load_codebook
 
-        codebook = _load_codebook(args.codebook)
+        codebook = load_codebook(args.codebook)[0]
         codebook_source = args.codebook
     else:
         cb_file = cache / f"codebook-{fp}-{args.codebook_size}-{args.seed}-{'sfm' if args.sfm_root else args.dataset}.npy"

@@ -298,13 +298,24 @@ class SuperFeatureModel(nn.Module):
             total = total + (strengths.unsqueeze(-1) * desc).sum(dim=1)
         return F.normalize(total, dim=-1)
 
+    #: cosine threshold of a super-feature match for this model: FIRe's 0.9 unless the model
+    #: comes from the registry (``lit.load_model`` sets the entry's calibrated value)
+    match_threshold: float = 0.9
+
     def match(
-        self, image_a: ImageLike, image_b: ImageLike, threshold: float = 0.9, ratio: float | None = None,
-        **extract_kwargs,
+        self, image_a: ImageLike, image_b: ImageLike, threshold: float | None | str = "model",
+        ratio: float | None = None, **extract_kwargs,
     ) -> tuple[LocalFeatures, LocalFeatures, Matches]:
-        """Extract both images and match their super-features (:func:`lit.match`)."""
+        """Extract both images and match their super-features (:func:`lit.match`).
+
+        ``threshold="model"`` (default) uses :attr:`match_threshold`; ``None`` keeps every
+        reciprocal pair."""
         from ..matching import match
 
+        if isinstance(threshold, str):
+            if threshold != "model":
+                raise ValueError(f"threshold must be a float, None or 'model', got {threshold!r}")
+            threshold = self.match_threshold
         fa = self.extract(image_a, **extract_kwargs)
         fb = self.extract(image_b, **extract_kwargs)
         return fa, fb, match(fa, fb, threshold=threshold, ratio=ratio)

@@ -1,0 +1,177 @@
+"""`lit index`, `lit search`, `lit match` and `lit plot-attention` as a user runs them
+(subprocesses on tiny data): codebook policy, self-contained index, fingerprints, outputs,
+plots and option checks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lit
+from lit.models import SuperFeatureModel, save_checkpoint
+
+PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
+
+
+def run(*args, ok=True, cwd=None, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two scenes of two photos (crops of two bundled photos), a tiny model, its features
+    and an index built with the defaults; and a second model with other weights."""
+    from lit.models import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig
+
+    tmp = tmp_path_factory.mktemp("clipipe")
+    cfg = ModelConfig(backbone=BackboneConfig("resnet18", 3), lit=LITConfig(T=2, N=8, dim=32), reduction_dim=16,
+                      runtime=RuntimeConfig(image_size=96, features_num=20, scales=(1.0, 0.707, 0.5)))
+    paths = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths[seed] = tmp / f"model{seed}.pt"
+        save_checkpoint(SuperFeatureModel(cfg).eval(), paths[seed])
+    photos = tmp / "photos"
+    for scene, src in (("a", "sacre_coeur/sacre_coeur1.jpg"), ("b", "terrace/terrace0.jpg")):
+        (photos / scene).mkdir(parents=True)
+        img = Image.open(os.path.join(PHOTOS, src)).convert("RGB").resize((160, 120))
+        img.crop((0, 0, 140, 110)).save(photos / scene / "1.jpg")
+        img.crop((15, 8, 160, 120)).save(photos / scene / "2.jpg")
+    feats = tmp / "feats.h5"
+    run("extract", photos, "--out", feats, "--model", paths[0], "--device", "cpu", "--quiet")
+    index = tmp / "index.h5"
+    proc = run("index", feats, "--out", index, "--device", "cpu", "--image-root", photos)
+    return {"tmp": tmp, "models": paths, "photos": photos, "feats": feats, "index": index, "index_log": proc}
+
+
+def test_index_uses_the_codebook_policy_and_warns_on_small_sets(setup):
+    from lit.features import FeatureStore
+    from lit.pipeline import codebook_size
+
+    with FeatureStore(setup["feats"]) as st:
+        n = int(st.h5.attrs["num_features"])
+    proc = setup["index_log"]
+    assert f"training a codebook of {codebook_size(n)} words on {n} descriptors" in proc.stderr
+    assert "warning: the codebook is learned on only" in proc.stderr and "--train-features" in proc.stderr
+    assert f"indexed 4 images ({n} descriptors, {codebook_size(n)} words)" in proc.stdout
+
+
+def _main(capsys, *args):
+    """The CLI in this process (for option checks and --help, which need no subprocess)."""
+    from lit.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # --help
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_states_the_policies(capsys):
+    assert "16 x sqrt" in _main(capsys, "index", "--help")[1]
+    text = _main(capsys, "search", "--help")[1]
+    assert "score" in text and "multiple assignment" in text and "--exclude-self" in text
+    assert "calibrated" in _main(capsys, "match", "--help")[1]
+
+
+def test_search_prints_topk_excludes_self_and_one_name_convention(setup, tmp_path):
+    # a copy of the index alone, in another folder: names and image root travel inside it
+    shutil.copy(setup["index"], tmp_path / "copy.h5")
+    out = tmp_path / "r.json"
+    pairs = tmp_path / "p.txt"
+    proc = run("search", tmp_path / "copy.h5", "--query-features", setup["feats"], "--exclude-self", "--topk", "3",
+               "--json", out, "--pairs", pairs, "--verbose", "--device", "cpu")
+    data = json.loads(out.read_text())
+    assert data["db_root"] == str(setup["photos"])
+    for q in data["queries"]:
+        names = [h["name"] for h in q["results"]]
+        assert len(names) == 3 and q["query"] not in names
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 * (1 + 3)  # every asked result printed
+    assert sorted(q["query"] for q in data["queries"]) == ["a/1.jpg", "a/2.jpg", "b/1.jpg", "b/2.jpg"]
+    # query images given as a folder: the same names (relative to that folder) and the same results
+    run("search", tmp_path / "copy.h5", setup["photos"], "--exclude-self", "--topk", "3", "--model",
+        setup["models"][0], "--device", "cpu", "--json", tmp_path / "r2.json")
+    data2 = json.loads((tmp_path / "r2.json").read_text())
+    assert [q["query"] for q in data2["queries"]] == [q["query"] for q in data["queries"]]
+    for q1, q2 in zip(data["queries"], data2["queries"]):
+        assert [h["name"] for h in q1["results"]] == [h["name"] for h in q2["results"]]
+    for line in pairs.read_text().splitlines():
+        qn, dn = line.split()
+        assert qn.count("/") == dn.count("/") == 1  # scene/file on both sides
+    # without --exclude-self the query itself comes first
+    run("search", setup["index"], "--query-features", setup["feats"], "--topk", "1", "--json", out, "--device", "cpu")
+    assert all(q["results"][0]["name"] == q["query"] for q in json.loads(out.read_text())["queries"])
+
+
+def test_search_refuses_queries_of_another_model(setup, tmp_path):
+    other = tmp_path / "other.h5"
+    run("extract", setup["photos"] / "a", "--out", other, "--model", setup["models"][1], "--device", "cpu", "--quiet")
+    bad = run("search", setup["index"], "--query-features", other, "--device", "cpu", ok=False)
+    assert bad.returncode == 2 and "another model" in bad.stderr and "--force" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = run("search", setup["index"], setup["photos"] / "a" / "1.jpg", "--model", setup["models"][1],
+              "--device", "cpu", ok=False)
+    assert bad.returncode == 2 and "another model" in bad.stderr
+    forced = run("search", setup["index"], "--query-features", other, "--device", "cpu", "--force")
+    assert "warning" in forced.stderr and "a/1.jpg" in forced.stdout
+    bad = run("index", setup["feats"], "--out", tmp_path / "i.h5", "--train-features", other, "--device", "cpu", ok=False)
+    assert bad.returncode == 2 and "training features" in bad.stderr
+
+
+def test_search_plot_one_figure_per_query_from_the_stored_root(setup, tmp_path):
+    proc = run("search", setup["index"], "--query-features", setup["feats"], "--exclude-self", "--plot",
+               tmp_path / "res.svg", "--query-root", setup["photos"], "--device", "cpu", "--topk", "3")
+    figs = sorted(p.name for p in tmp_path.iterdir())
+    assert figs == [f"res_{i:03d}.svg" for i in range(1, 5)], proc.stderr
+    svg = (tmp_path / "res_001.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "a/1.jpg" in svg and ("✓" in svg or "✗" in svg)
+    # an index whose image root is unknown: the message names --db-root
+    run("index", setup["feats"], "--out", tmp_path / "noroot.h5", "--device", "cpu")
+    bad = run("search", tmp_path / "noroot.h5", "--query-features", setup["feats"], "--plot", tmp_path / "x.png",
+              "--device", "cpu", ok=False)
+    assert bad.returncode == 2 and "--db-root" in bad.stderr
+
+
+def test_match_default_threshold_is_the_models(setup, tmp_path):
+    a, b = setup["photos"] / "a" / "1.jpg", setup["photos"] / "a" / "2.jpg"
+    proc = run("match", a, b, "--model", setup["models"][0], "--device", "cpu", "--json", tmp_path / "m.json")
+    assert "cosine >= 0.9 (the model's)" in proc.stdout and "score" in proc.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["threshold"] == 0.9
+    proc = run("match", a, b, "--model", setup["models"][0], "--device", "cpu", "--threshold", "0.2",
+               "--json", tmp_path / "m.json")
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["threshold"] == 0.2 and all(s >= 0.2 for s in m["similarity"])
+    assert abs(m["score"] - sum(m["similarity"])) < 1e-4
+
+
+def test_plot_attention_options_are_honoured_or_refused(setup, tmp_path, capsys):
+    img = tmp_path / "01.jpg"
+    shutil.copy(setup["photos"] / "a" / "1.jpg", img)
+    model = setup["models"][0]
+    code, _, err = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "100")
+    assert code == 2 and "--top 100" in err and "1..8" in err
+    code, _, err = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--scales", "1,0.5")
+    assert code == 2 and "--scale" in err
+    code, _, err = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--indices", "3,99")
+    assert code == 2 and "99" in err
+    # the default output sits beside the image and never overwrites an earlier one
+    first = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "4")[1]
+    second = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "4")[1]
+    assert first.split()[-1] == str(tmp_path / "01_attention.png")
+    assert second.split()[-1] == str(tmp_path / "01_attention_2.png")
+    run("plot-attention", img, "--model", model, "--device", "cpu", "--top", "4", "--out", tmp_path / "att.svg")
+    assert "<svg" in (tmp_path / "att.svg").read_text()
+    assert Image.open(tmp_path / "01_attention.png").size[0] > 200
+    assert np.asarray(Image.open(tmp_path / "01_attention.png").convert("L")).std() > 10
