@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="folder with one sub-folder per scene")
     p.add_argument("--scenes", default="held-out", help="held-out (lit-effl0's), all, or comma-separated folders")
-    p.add_argument("--sizes", default="16,64,256,512,768,1024,1536,2048,3072", help="codebook sizes of the sweep")
-    p.add_argument("--seeds", type=int, default=8, help="k-means seeds of the sweep")
+    p.add_argument("--sizes", default="16,256,512,768,1024,1536,2048", help="codebook sizes of the sweep")
+    p.add_argument("--seeds", type=int, default=6, help="k-means seeds of the sweep")
     p.add_argument("--work-dir", default=None, help="keep the feature and index files here (default: temporary)")
     p.add_argument("--features", default=None, help="a feature file `lit extract` made of these photos with the "
                    "defaults (names relative to --root): skips the extraction")

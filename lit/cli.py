@@ -16,11 +16,12 @@ DEFAULT_MODEL = "lit-effl0"
 
 INDEX_HELP = """Train a k-means codebook and build an ASMK index (binary, alpha 3, FIRe's options).
 
-Codebook size: 16 x sqrt(number of training descriptors) words, at most 65536 (FIRe's size,
-reached at about 16.8M descriptors, FIRe's 20k SfM-120k images) and at most half the
+Codebook size: 12 x sqrt(number of training descriptors) words, at most 65536 (FIRe's size,
+reached at about 30M descriptors; FIRe's 20k SfM-120k images x 1000 give 54k) and at most half the
 descriptors; chosen on real held-out photos (benchmarks/pipeline_defaults.py). With fewer than
-100,000 descriptors a warning says that the codebook is noisy; --train-features learns it on
-another feature file of the same model (e.g. a larger set of similar photos).
+100,000 descriptors a warning says that the codebook is noisy, and k-means runs 4 times (the
+codebook of least quantisation error is kept); --train-features learns it on another feature
+file of the same model (e.g. a larger set of similar photos).
 
 The index file is self-contained: image names, image root, codebook, parameters and the
 fingerprint of the model and extraction settings are stored in it."""
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "parameters and the model fingerprint)")
     p.add_argument("--codebook", help="use this codebook (.npy K x d, or an index file) instead of training one")
     p.add_argument("--codebook-size", type=int, default=None,
-                   help="k-means words (default: 16 x sqrt(descriptors), at most 65536: see above)")
+                   help="k-means words (default: 12 x sqrt(descriptors), at most 65536: see above)")
     p.add_argument("--train-features", help="learn the codebook on this feature file (same model) instead of the database")
     p.add_argument("--image-root", help="folder the database image names are relative to (stored for `lit search --plot`; "
                    "default: the one the feature file records)")

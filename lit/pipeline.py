@@ -60,12 +60,15 @@ PIPELINE_FORMAT = "lit-index-pipeline"
 PIPELINE_VERSION = 1
 
 #: the codebook has ``CODEBOOK_WORDS_PER_SQRT * sqrt(n)`` words for ``n`` training descriptors
-#: (benchmarks/pipeline_defaults.py: best on the held-out multi-view scenes; FIRe's 65,536
-#: words are reached at about 16.8M descriptors, its 20k SfM-120k images x 1000 features)
-CODEBOOK_WORDS_PER_SQRT = 16
+#: (benchmarks/pipeline_defaults.py: the middle of the best sizes on the held-out multi-view
+#: scenes; FIRe's 65,536 words are reached at about 30M descriptors, and its 20k SfM-120k
+#: images x 1000 features give 54k)
+CODEBOOK_WORDS_PER_SQRT = 12
 MAX_CODEBOOK_SIZE = 65536
-#: below this many training descriptors the codebook is noisy (a warning says so)
+#: below this many training descriptors the codebook is noisy (a warning says so), and
+#: k-means is run ``SMALL_SET_RESTARTS`` times, keeping the codebook of least quantisation error
 SMALL_CODEBOOK_DESCRIPTORS = 100_000
+SMALL_SET_RESTARTS = 4
 
 
 class PipelineError(ValueError):
@@ -80,13 +83,14 @@ class FingerprintError(PipelineError):
 def codebook_size(n_descriptors: int, max_size: int = MAX_CODEBOOK_SIZE) -> int:
     """Visual words for a codebook learned on ``n_descriptors`` descriptors.
 
-    ``K = round(16 * sqrt(n))``, at most ``max_size`` (FIRe: 65536) and at most ``n // 2``
+    ``K = round(12 * sqrt(n))``, at most ``max_size`` (FIRe: 65536) and at most ``n // 2``
     (so that k-means has at least two descriptors per word), but at least ``min(n, 8)``
     (ASMK's query multiple assignment needs 5 words). Chosen by
     measurement (``benchmarks/pipeline_defaults.py``): on the 20 held-out multi-view photos
-    (5,120 descriptors of lit-effl0) the best sizes are 768-1536 words (5 descriptors per word),
-    FIRe's ratio (~300 per word) gives 16 words there and 20 mAP less; a square-root rule
-    meets FIRe's 65,536 words at its own scale (about 16.8M descriptors).
+    (5,120 descriptors of lit-effl0) the best sizes are 512-1536 words (about 5 descriptors per
+    word; 768 best, 14 k-means seeds pooled), FIRe's ratio (~300 per word) gives 16 words there
+    and 20 mAP less; a square-root rule meets FIRe's 65,536 words near its own scale (54k
+    words for 20M descriptors).
 
     Raises:
         ValueError: ``n_descriptors < 1``.
@@ -105,6 +109,49 @@ def small_set_warning(n_descriptors: int, n_images: int) -> str | None:
     return (f"warning: the codebook is learned on only {n_descriptors} descriptors ({n_images} images); "
             f"retrieval on small sets varies with the k-means seed by several mAP: "
             f"--train-features FILE learns it on a larger set of similar photos")
+
+
+def kmeans_restarts(n_descriptors: int) -> int:
+    """k-means runs for a codebook learned on ``n_descriptors``: :data:`SMALL_SET_RESTARTS`
+    on small sets (where one run is cheap and retrieval varies by several mAP from one seed to
+    another; the run of least quantisation error retrieves better: correlation -0.66 over 8
+    seeds on the held-out multi-view photos), 1 otherwise."""
+    return SMALL_SET_RESTARTS if n_descriptors < SMALL_CODEBOOK_DESCRIPTORS else 1
+
+
+def quantisation_error(descriptors: torch.Tensor, codebook: torch.Tensor, chunk: int = 65536) -> float:
+    """Mean squared distance of each descriptor to its nearest centroid (k-means objective).
+
+    Shape:
+        - descriptors: :math:`(N, D)`; codebook: :math:`(K, D)` (on the codebook's device).
+    """
+    x = torch.as_tensor(descriptors).to(codebook.device, torch.float32)
+    total = torch.zeros((), dtype=torch.float64, device=codebook.device)
+    for a in range(0, len(x), chunk):
+        total += torch.cdist(x[a:a + chunk], codebook.float()).amin(1).double().pow(2).sum()
+    return float(total.cpu()) / max(1, len(x))
+
+
+def train_codebook(descriptors, size: int, seed: int = 0, restarts: int | None = None,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """k-means codebook, best of ``restarts`` runs (default :func:`kmeans_restarts`) by
+    :func:`quantisation_error`; run r uses seed ``seed * restarts + r``.
+
+    Shape:
+        - descriptors: :math:`(N, D)`; returns :math:`(K, D)` on ``device``.
+    """
+    from .asmk import ASMK
+
+    restarts = kmeans_restarts(len(descriptors)) if restarts is None else int(restarts)
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    best, best_err = None, math.inf
+    for r in range(restarts):
+        cb = ASMK.train(descriptors, size=size, seed=seed * restarts + r, device=device).codebook
+        err = quantisation_error(descriptors, cb) if restarts > 1 else 0.0
+        if err < best_err:
+            best, best_err = cb, err
+    return best
 
 
 def load_codebook(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
@@ -260,8 +307,10 @@ def build_index(
         warning = small_set_warning(len(train), n_train_images)
         if warning:
             log(warning)
-        log(f"training a codebook of {k} words on {len(train)} descriptors")
-        codebook = ASMK.train(train, size=k, seed=seed, device=device).codebook
+        runs = kmeans_restarts(len(train))
+        log(f"training a codebook of {k} words on {len(train)} descriptors"
+            + (f" (best of {runs} k-means runs)" if runs > 1 else ""))
+        codebook = train_codebook(train, k, seed=seed, restarts=runs, device=device)
         cb_desc = len(train)
     index = ASMK(codebook, binary=binary, use_idf=use_idf, device=device)
     index.add(desc, ids)

@@ -215,7 +215,7 @@ def plot_attention(
     and strength. With ``normalize="shared"`` all panels share one colour scale (0 to the
     largest value shown) and one colour bar in attention weights; with ``"each"`` every map
     is divided by its own peak (written in its title), so that maps that peak in a few cells
-    stay visible, and the colour bar runs over 0..1 of each map's peak. A ``+`` marks each
+    stay visible, and the colour bar runs over 0..1 of each map's peak. A cyan ring marks each
     map's centroid (:func:`attention_centroids`).
 
     Args:
@@ -304,7 +304,7 @@ def plot_attention(
         alpha = 0.25 + 0.7 * np.sqrt(np.clip(norm(up[p]), 0.0, 1.0))
         ax.imshow(up[p], cmap=cm, norm=norm, alpha=alpha, interpolation="antialiased")
         if centroids is not None:
-            ax.plot(*centroids[p], marker="+", color="cyan", markersize=8, mew=1.5)
+            ax.plot(*centroids[p], marker="o", markerfacecolor="none", color="cyan", markersize=11, mew=1.0)
         ax.set_xlim(0, W)
         ax.set_ylim(H, 0)
         label = f"n = {n}, strength {strengths[n]:.3g}"

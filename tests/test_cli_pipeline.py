@@ -79,7 +79,7 @@ def _main(capsys, *args):
 
 
 def test_help_states_the_policies(capsys):
-    assert "16 x sqrt" in _main(capsys, "index", "--help")[1]
+    assert "12 x sqrt" in _main(capsys, "index", "--help")[1]
     text = _main(capsys, "search", "--help")[1]
     assert "score" in text and "multiple assignment" in text and "--exclude-self" in text
     assert "calibrated" in _main(capsys, "match", "--help")[1]

@@ -43,10 +43,10 @@ def _feature_file(path, fingerprint="fp-a", names=("scene_a/1.jpg", "scene_a/2.j
 
 
 def test_codebook_size_is_sixteen_square_roots_capped():
-    assert pipeline.codebook_size(5120) == round(16 * math.sqrt(5120)) == 1145
+    assert pipeline.codebook_size(5120) == round(12 * math.sqrt(5120)) == 859
     assert pipeline.codebook_size(10**9) == 65536
-    assert pipeline.codebook_size(16_777_216) == 65536  # FIRe's size at its own scale
-    assert pipeline.codebook_size(100) == 50  # at least two descriptors per word
+    assert pipeline.codebook_size(30_000_000) == 65536 and pipeline.codebook_size(20_000_000) == 53666
+    assert pipeline.codebook_size(100) == 50  # at least two descriptors per word (12 x 10 = 120)
     assert pipeline.codebook_size(10) == 8 and pipeline.codebook_size(3) == 3  # room for multiple assignment
     with pytest.raises(ValueError):
         pipeline.codebook_size(0)
@@ -191,3 +191,20 @@ def test_model_match_uses_its_threshold(tiny_model):
     assert bool((m.similarity >= 0.3).all())
     with pytest.raises(ValueError):
         tiny_model.match(img_a, img_b, threshold="fire")
+
+
+def test_quantisation_error_against_a_loop():
+    rng = np.random.default_rng(0)
+    x, cb = rng.normal(size=(50, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
+    expected = np.mean([min(((xi - c) ** 2).sum() for c in cb) for xi in x])
+    assert pipeline.quantisation_error(torch.from_numpy(x), torch.from_numpy(cb), chunk=7) == pytest.approx(expected, rel=1e-5)
+
+
+def test_small_sets_keep_the_best_of_several_kmeans_runs():
+    from lit.asmk import ASMK
+
+    assert pipeline.kmeans_restarts(5000) == 4 and pipeline.kmeans_restarts(10**6) == 1
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(400, 8)).astype(np.float32))
+    best = pipeline.train_codebook(x, 20, seed=1, restarts=3)
+    errs = [pipeline.quantisation_error(x, ASMK.train(x, size=20, seed=3 + r).codebook) for r in range(3)]
+    assert pipeline.quantisation_error(x, best) == pytest.approx(min(errs), rel=1e-6)
