@@ -147,7 +147,9 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     sc = [i for i, (p, s, r) in enumerate(items) if s == "sacre_coeur" and r]
     img_a, img_b = load_image(paths[sc[0]]), load_image(paths[sc[1]])
     sf = model.superfeatures(img_a)
-    fig = viz.plot_attention(img_a, sf, top=12, title="strongest super-features, sacre_coeur1 (scale 1)")
+    fig = viz.plot_attention(img_a, sf, top=12, normalize="each",
+                             title=f"sacre_coeur1, {'lit-effl0' if trained else 'untrained LIT'}, scale 1: "
+                                   "strongest super-features")
     out1 = viz.save_figure(fig, os.path.join(out_dir, "demo_attention.png"))
     fa, fb = all_feats[sc[0]], all_feats[sc[1]]
     thr = pipeline.match_threshold(model)  # the model's own (registry), 0.9 for FIRe

@@ -473,8 +473,10 @@ def plot_matches(
 def _short(text: str, width: int) -> str:
     """At most two lines of at most ``width`` characters; long words lose their middle."""
     width = max(8, width)
+    keep = width - 1
+    words = [w if len(w) <= width else w[: (keep + 1) // 2] + "…" + w[len(w) - keep // 2 :] for w in str(text).split(" ")]
     lines = textwrap.wrap(
-        str(text), width=width, break_long_words=False, max_lines=2, placeholder=" …"
+        " ".join(words), width=width, break_long_words=False, max_lines=2, placeholder=" …"
     )
     out = []
     for line in lines:
