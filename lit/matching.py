@@ -49,11 +49,13 @@ def _check_options(threshold: float | None, ratio: float | None) -> None:
             raise TypeError(f"threshold must be a float or None, got {type(threshold).__name__}")
         if math.isnan(threshold):
             raise ValueError("threshold must not be NaN")
+        if not 0 <= threshold <= 1:  # a cosine similarity: below 0 keeps unrelated features
+            raise ValueError(f"threshold is a cosine similarity and must be in [0, 1] (or None: no threshold), got {threshold}")
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise TypeError(f"ratio must be a float or None, got {type(ratio).__name__}")
-        if not ratio > 0:  # also rejects NaN
-            raise ValueError(f"ratio must be > 0, got {ratio}")
+        if not 0 < ratio <= 1:  # also rejects NaN; d1 / d2 <= 1 always, so > 1 tests nothing
+            raise ValueError(f"ratio bounds d1/d2 and must be in (0, 1] (or None: no ratio test), got {ratio}")
 
 
 def _first_argmax(sim: Tensor, dim: int) -> Tensor:
@@ -130,7 +132,7 @@ def match_superfeatures(
     Raises:
         TypeError: non-tensor inputs or non-real dtypes, or option of the wrong type.
         ValueError: inputs not 2-D, different dimensions ``D``, NaN/inf values,
-            ``ratio <= 0`` or a NaN threshold.
+            ``ratio`` outside ``(0, 1]`` or a threshold outside ``[0, 1]``.
 
     Shape:
         - desc_a: :math:`(N_a, D)`.
