@@ -706,7 +706,7 @@ def plot_metrics(history: Sequence[dict[str, Any]], path: str | os.PathLike):
     ax_loss.set_ylabel("training loss")
     val = [r for r in history if r.get("val_map") is not None and not math.isnan(r["val_map"])]
     if val:
-        ax_map.plot([r["epoch"] for r in val], [100 * r["val_map"] for r in val], "o-", color="C3")
+        ax_map.plot([r["epoch"] for r in val], [100 * r["val_map"] for r in val], "o-", color="C3", clip_on=False)
     ax_map.set_xlabel("epoch")
     ax_map.set_ylabel("validation mAP (%)")
     ax_map.set_ylim(0, 100)  # mAP is a percentage: no 104 %, no 0.96-1.04 band for one point
