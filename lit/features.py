@@ -189,7 +189,7 @@ class FeatureStore:
         h.attrs.update({"format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
                         "descriptor_dim": dim, "num_images": 0, "num_features": 0})
         if root is not None:
-            h.attrs["root"] = np.void(encode_name(os.path.abspath(os.fspath(root))))
+            h.attrs["root"] = encode_name(os.path.abspath(os.fspath(root)))  # read back as str by h5py
         if settings is not None:
             h.attrs["settings"] = json.dumps(settings, sort_keys=True)
         cap = 1024
@@ -226,7 +226,7 @@ class FeatureStore:
         value = self.h5.attrs.get("root")
         if value is None:
             return None
-        return decode_name(_raw_bytes(value) if not isinstance(value, str) else value.encode())
+        return value if isinstance(value, str) else decode_name(_raw_bytes(value))
 
     @property
     def settings(self) -> dict:
@@ -592,6 +592,7 @@ def extract_to_file(
             num_workers=_cap_workers(num_workers), pin_memory=str(model.device).startswith("cuda"),
         )
         bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr, desc="extract")
+        path_of = {it[0]: it[1] for it in todo}
         pending: list[tuple[str, torch.Tensor]] = []  # equal-size images waiting for a batch
         extracted: list[str] = []
 
@@ -608,7 +609,7 @@ def extract_to_file(
                 outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
             except ImageReadError as err:  # too small: the whole batch has this size
                 for n, _ in pending:
-                    fail(n, f"{display_name(n)}: {err}")
+                    fail(n, f"{display_name(path_of[n])}: {err}")
                 bar.update(len(pending))
                 pending.clear()
                 return

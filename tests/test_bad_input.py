@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 
 import h5py
@@ -139,7 +140,7 @@ def test_exit_status_every_file_failed_and_all_ok(tmp_path, bad_folder, ckpt):
         assert sorted(store.names) == ["a.jpg", "sub/c.jpg", "sub/d.jpg"] and store.root == str(bad_folder)
 
 
-def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt):
+def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt, tiny_model):
     proc = run("extract", bad_folder / "a.jpg", "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu",
                "--quiet", "--max-pixels", "1000")
     assert proc.returncode == 4 and "too large" in proc.stderr and "limit 0.0 MP" in proc.stderr
@@ -153,6 +154,13 @@ def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, 
     with pytest.raises(ImageTooLargeError, match="too large"):
         load_image(bad_folder / "huge.png", 96)  # PNGs cannot be decoded reduced
     assert DEFAULT_MAX_PIXELS == 180_000_000  # documented in the README
+    with pytest.raises(ImageTooLargeError, match=r"huge\.png: too large"):  # also model.extract (and lit match)
+        tiny_model.extract(bad_folder / "huge.png")
+    (tmp_path / "12k.png").write_bytes(png_header(12000, 12000))  # over PIL's warning size, under the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning: lit's own limit replaces PIL's
+        with pytest.raises(lit.ImageReadError, match="12k.png: cannot decode image"):  # its pixel data is cut
+            load_image(tmp_path / "12k.png", 96)
 
 
 def test_names_round_trip_helpers(tmp_path):
