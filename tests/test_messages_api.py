@@ -158,6 +158,9 @@ def test_train_refuses_a_non_empty_out_and_failed_configs_leave_no_folder(tmp_pa
 
     assert prepare_out_dir(str(out), overwrite=True) is None and os.listdir(out) == []
     assert "no checkpoint in" in prepare_out_dir(str(tmp_path / "empty"), resume=True)
+    (out / "config.yaml").write_text("x: 1\n")  # a run that never finished an epoch
+    with pytest.raises(ValueError, match="no checkpoint in .*, but it holds files \\(config.yaml\\): pass --overwrite"):
+        prepare_out_dir(str(out), resume=True)
     with pytest.raises(ValueError, match="exclude each other"):
         prepare_out_dir(str(out), resume=True, overwrite=True)
 

@@ -111,12 +111,15 @@ def prepare_out_dir(out: str, resume: bool = False, overwrite: bool = False) -> 
             path = os.path.join(out, name)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         return None
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
     if resume:
-        if not list_checkpoints(out):
-            return f"--resume: no checkpoint in {out}, starting a fresh run"
-        return None
+        if list_checkpoints(out):
+            return None
+        if entries:  # outputs of a run that never finished an epoch: do not mix them with a new one
+            raise ValueError(f"--resume: no checkpoint in {out}, but it holds files ({shown}): "
+                             "pass --overwrite to start afresh there, or another --out")
+        return f"--resume: no checkpoint in {out}, starting a fresh run"
     if entries:
-        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
         raise ValueError(
             f"--out {out} already holds results ({shown}): pass --resume to continue that run, "
             "--overwrite to replace it, or another --out"
