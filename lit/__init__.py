@@ -34,8 +34,9 @@ def load_model(source: "str | _os.PathLike | None" = None, device="cpu", progres
 def match(feats_a, feats_b, threshold: float = 0.9, ratio: float | None = None) -> Matches:
     """Match two sets of super-features (see :func:`lit.matching.match`).
 
-    ``threshold`` is a minimum cosine similarity in ``[0, 1]`` and ``ratio`` a bound in
-    ``(0, 1]`` on the ratio test; other values raise ``ValueError``.
+    ``threshold`` is a minimum cosine similarity (above 1 raises ``ValueError``, below 0
+    warns) and ``ratio`` a bound in ``(0, 1]`` on the ratio test (``<= 0`` raises, above 1
+    warns: it tests nothing).
     """
     from .matching import match as _match
 

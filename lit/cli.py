@@ -79,7 +79,7 @@ def _gather_images(inputs: Sequence[str], list_file: str | None) -> tuple[list[s
         if not os.path.isfile(list_file):
             raise UserError(f"{list_file}: no such list file")
         base = os.path.dirname(list_file)
-        with open(list_file) as f:
+        with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # names need not be UTF-8
             for line in f:
                 line = line.strip()
                 if line and not line.startswith("#"):

@@ -122,11 +122,18 @@ def test_result_types_have_short_reprs_and_check_lengths():
 
 def test_match_options_are_validated():
     a, b = torch.randn(5, 8), torch.randn(6, 8)
-    for kwargs, text in (({"ratio": 1.5}, "ratio"), ({"ratio": 0.0}, "ratio"), ({"threshold": -1.0}, "threshold"),
-                         ({"threshold": 1.2}, "threshold")):
+    for kwargs, text in (({"ratio": 0.0}, "ratio must be > 0"), ({"threshold": 1.2}, "would match nothing")):
         with pytest.raises(ValueError, match=text):
             lit.match(a, b, **kwargs)
-    assert len(lit.match(a, a, threshold=1.0 - 1e-6, ratio=1.0)) == 5  # the bounds themselves are fine
+    with pytest.warns(UserWarning, match="ratio 1.5 > 1 tests nothing"):
+        lit.match(a, b, ratio=1.5)
+    with pytest.warns(UserWarning, match="threshold -1.0 < 0"):
+        assert len(lit.match(a, b, threshold=-1.0)) == len(lit.match(a, b, threshold=None))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(lit.match(a, a, threshold=1.0 - 1e-6, ratio=1.0)) == 5  # the bounds themselves are fine
 
 
 def test_asmk_train_refuses_more_words_than_descriptors_and_empty_input():
