@@ -141,7 +141,7 @@ def cmd_extract(args) -> int:
         raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     model = load_cli_model(args.model, resolve_device(args.device))
     summary = extract_to_file(
-        model, paths, args.out, root=args.root or root, scales=_scales(args.scales),
+        model, paths, args.out, root=args.root, default_root=root, scales=_scales(args.scales),
         features_num=args.features_num, image_size=_image_size(args, model),
         num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
         amp=__import__("torch").bfloat16 if args.amp else None, retry_failed=not args.no_retry,

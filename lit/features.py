@@ -508,6 +508,7 @@ def extract_to_file(
     amp: torch.dtype | None = None,
     retry_failed: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    default_root: str | os.PathLike | None = None,
 ) -> ExtractionSummary:
     """Extract super-features of many images into a feature file, resumably.
 
@@ -516,8 +517,10 @@ def extract_to_file(
         images: paths, or ``(path, bbox)`` pairs (bbox ``(x1, y1, x2, y2)`` crops first).
         out: the HDF5 file (created, or appended to when it exists; missing folders are
             created).
-        root: image names are stored relative to it (default: :func:`common_root` of the
-            images; an existing file keeps its root, and another one is refused).
+        root: image names are stored relative to it (an existing file keeps its own root,
+            and another one given here is refused).
+        default_root: the root of a new file when ``root`` is not given (default:
+            :func:`common_root` of the images); an existing file keeps its own.
         scales, features_num: default the model's.
         image_size: longer side (``-1``: the model's default; ``None``: keep).
         num_workers: image decoding processes (capped by the CPUs this process may use).
@@ -558,7 +561,8 @@ def extract_to_file(
     summary = ExtractionSummary(failed={})
     settings = {"scales": list(scales), "features_num": features_num, "image_size": image_size}
     with FeatureStore(out, "a", descriptor_dim=dim, fingerprint=fp, half=half,
-                      root=root if root is not None else (common_root(paths) if paths else None),
+                      root=root if root is not None else default_root if default_root is not None
+                      else (common_root(paths) if paths else None),
                       settings=settings) as store:
         stored_root = store.root
         if root is not None and stored_root is not None and os.path.abspath(os.fspath(root)) != stored_root:
@@ -566,7 +570,8 @@ def extract_to_file(
                 f"{display_name(out)} holds names relative to {display_name(stored_root)}, not "
                 f"{display_name(os.path.abspath(os.fspath(root)))}: pass --root {display_name(stored_root)} or use another file"
             )
-        base = stored_root if stored_root is not None else (os.fspath(root) if root is not None else common_root(paths) if paths else ".")
+        given = root if root is not None else default_root
+        base = stored_root if stored_root is not None else (os.fspath(given) if given is not None else common_root(paths) if paths else ".")
         names = image_names(paths, base) if paths else []
         items, seen = [], set()
         for name, path, (_, bbox) in zip(names, paths, entries, strict=True):

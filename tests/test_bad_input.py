@@ -138,6 +138,15 @@ def test_exit_status_every_file_failed_and_all_ok(tmp_path, bad_folder, ckpt):
     assert good.returncode == 0 and good.stderr == ""
     with FeatureStore(tmp_path / "good.h5") as store:  # several arguments: relative to their common folder
         assert sorted(store.names) == ["a.jpg", "sub/c.jpg", "sub/d.jpg"] and store.root == str(bad_folder)
+    # adding a folder later: names stay relative to the file's root; another --root is refused
+    more = run("extract", bad_folder / "sub", bad_folder / "e.jpg", "--out", tmp_path / "good.h5", "--model", ckpt,
+               "--device", "cpu", "--quiet")
+    assert more.returncode == 0 and more.stdout.startswith("extracted 1 images, skipped 2 already done")
+    with FeatureStore(tmp_path / "good.h5") as store:
+        assert sorted(store.names) == ["a.jpg", "e.jpg", "sub/c.jpg", "sub/d.jpg"]
+    other = run("extract", bad_folder / "sub", "--root", bad_folder / "sub", "--out", tmp_path / "good.h5",
+                "--model", ckpt, "--device", "cpu", "--quiet")
+    assert other.returncode == 2 and "holds names relative to" in other.stderr
 
 
 def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt, tiny_model):
