@@ -366,8 +366,16 @@ class FeatureStore:
     def add_failure(self, name: str, error: str) -> None:
         """Record (or update) that ``name`` could not be read."""
         failures = self.failed
-        failures[name] = error
-        self._write_failures(failures)
+        if name in failures:  # a retried file failed again: rewrite its entry
+            failures[name] = error
+            self._write_failures(failures)
+            return
+        for ds_name, value in (("failed", f"{display_name(name)}\t{display_name(error)}"),
+                               ("failed_raw", np.frombuffer(encode_name(name), np.uint8))):
+            ds = self.h5[ds_name]
+            ds.resize(ds.shape[0] + 1, axis=0)
+            ds[-1] = value
+        self.h5.flush()
 
     def clear_failures(self, names: Iterable[str]) -> None:
         """Forget recorded failures of ``names`` (e.g. after they were extracted)."""
