@@ -37,7 +37,7 @@ number of words of each image. It is 1 for an image compared with itself when ev
 descriptor is assigned to one word; with the default query multiple assignment (each query
 descriptor counts in its 5 nearest words) the query has up to 5 times as many words, most
 of them absent from the database image, and its aggregated residuals change, so even the
-image itself scores far below 1 (about 0.1-0.3 with the default codebook). Only the order of
+image itself scores far below 1 (0.026 for a held-out photo with the default codebook). Only the order of
 the scores of one query matters; scores of different queries are not comparable.
 """
 
