@@ -137,11 +137,14 @@ def test_search_plot_one_figure_per_query_from_the_stored_root(setup, tmp_path):
     assert figs == [f"res_{i:03d}.svg" for i in range(1, 5)], proc.stderr
     svg = (tmp_path / "res_001.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and "a/1.jpg" in svg and ("✓" in svg or "✗" in svg)
-    # an index whose image root is unknown: the message names --db-root
-    run("index", setup["feats"], "--out", tmp_path / "noroot.h5", "--device", "cpu")
-    bad = run("search", tmp_path / "noroot.h5", "--query-features", setup["feats"], "--plot", tmp_path / "x.png",
-              "--device", "cpu", ok=False)
-    assert bad.returncode == 2 and "--db-root" in bad.stderr
+    # without --image-root the index takes the root the feature file records
+    proc = run("index", setup["feats"], "--out", tmp_path / "auto.h5", "--device", "cpu")
+    assert f"image root {setup['photos']}" in proc.stdout
+    # images no longer where the index says: the message names --db-root
+    run("index", setup["feats"], "--out", tmp_path / "moved.h5", "--device", "cpu", "--image-root", tmp_path / "gone")
+    bad = run("search", tmp_path / "moved.h5", "--query-features", setup["feats"], "--query-root", setup["photos"],
+              "--plot", tmp_path / "x.png", "--device", "cpu", ok=False)
+    assert bad.returncode == 2 and "--db-root" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_match_default_threshold_is_the_models(setup, tmp_path):
