@@ -91,7 +91,9 @@ def test_extract_index_search_pipeline(tmp_path, folder, ckpt):
     rows = list(csv.DictReader(res_csv.open()))
     assert [r["name"] for r in rows] == expected
     lines = pairs.read_text().splitlines()
-    assert [ln.split() for ln in lines] == [[str(folder / "good1.jpg"), name] for name in expected]
+    # one name convention: the query relative to its root (the folder of the one query file), like the database names
+    assert [ln.split() for ln in lines] == [["good1.jpg", name] for name in expected]
+    assert json.loads(res_json.read_text())["query_root"] == str(folder)
     assert Image.open(plot).size[0] > 200
 
 
