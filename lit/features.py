@@ -259,6 +259,7 @@ def extract_to_file(
     half: bool = False,
     batch_size: int = 1,
     amp: torch.dtype | None = None,
+    embedder=None,
 ) -> ExtractionSummary:
     """Extract super-features of many images into a feature file, resumably.
 
@@ -275,6 +276,8 @@ def extract_to_file(
         batch_size: consecutive images of equal size are extracted together, up to this
             many at a time (each image is still committed to the file on its own).
         amp: autocast dtype for the fast path (``torch.bfloat16``); ``None``: float32.
+        embedder: an image tower (:func:`lit.text.search.image_embedder`) whose global
+            embedding of each image is stored too, for text search (``None``: none).
 
     Returns:
         An :class:`ExtractionSummary`; unreadable files are reported and skipped.
@@ -313,6 +316,10 @@ def extract_to_file(
                 return
             batch = torch.stack([t for _, t in pending]).to(model.device, non_blocking=True)
             outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
+            if embedder is not None:  # rows written before the features commit them
+                from .text.search import store_embeddings
+
+                store_embeddings(store, embedder, list(range(len(store), len(store) + len(pending))), [t for _, t in pending])
             for (n, _), feats in zip(pending, outs, strict=True):
                 store.append(n, feats)
             summary.done += len(pending)
