@@ -199,15 +199,7 @@ def load_text_model(name: str | os.PathLike | None = None, device: str | torch.d
             raise ValueError(f"{name}: the class keys ship with lit-text-{tower.name}, which is not installed")
         state, _, _ = load_head(WEIGHTS_DIR / reg.filename, reg.sha256, device)
         return TextModel(load_minilm(device=device), None, tower, name, class_keys=state["keys"].float())
-    if name in TEXT_REGISTRY:
-        reg = TEXT_REGISTRY[name]
-        path, sha = WEIGHTS_DIR / reg.filename, reg.sha256
-    elif os.path.isfile(name):
-        path, sha = Path(name), None
-    else:
-        known = ", ".join([*TEXT_REGISTRY, "conse-effl0", "open_clip:ARCH:TAG"])
-        raise ValueError(f"{name}: neither a registered text model ({known}) nor a text head file")
-    state, cfg, tower_name = load_head(path, sha, device)
+    state, cfg, tower_name = load_head(*_head_path(name), device)
     tower = load_tower(tower_name, device)
     keys = state.get("keys")
     head = TextHead(cfg, keys.float() if keys is not None else None, tower.prototypes[0] if cfg.kind == "linear" else None)
@@ -216,3 +208,28 @@ def load_text_model(name: str | os.PathLike | None = None, device: str | torch.d
         state["prototypes"] = head.prototypes
     head.load_state_dict(state)
     return TextModel(load_minilm(device=device), head.to(device).eval(), tower, name)
+
+
+def _head_path(name: str) -> tuple[Path, str | None]:
+    if name in TEXT_REGISTRY:
+        reg = TEXT_REGISTRY[name]
+        return WEIGHTS_DIR / reg.filename, reg.sha256
+    if os.path.isfile(name):
+        return Path(name), None
+    known = ", ".join([*TEXT_REGISTRY, "conse-effl0", "open_clip:ARCH:TAG"])
+    raise ValueError(f"{name}: neither a registered text model ({known}) nor a text head file")
+
+
+def image_tower_of(name: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """Only the image tower of a text model (what ``lit extract`` runs), without loading its text side."""
+    from .towers import load_tower
+
+    name = os.fspath(name) if name is not None else DEFAULT_TEXT_MODEL
+    if name.startswith("open_clip:"):
+        from .clip import load_open_clip
+
+        return load_open_clip(name, device=device).image_tower
+    if name.startswith("conse-"):
+        return load_tower(name.split("-", 1)[1], device)
+    path, sha = _head_path(name)
+    return load_tower(load_head(path, sha)[2], device)

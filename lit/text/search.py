@@ -91,9 +91,11 @@ def image_embedder(text_model: str | None = None, device: str = "cpu"):
 
     Returns ``None`` for ``"none"`` (no embeddings).
     """
+    from .model import image_tower_of
+
     if text_model == "none":
         return None
-    return load_text_model(text_model, device).image_tower
+    return image_tower_of(text_model, device)
 
 
 def store_embeddings(store, embedder, rows: list[int], images: list[torch.Tensor]) -> None:
