@@ -123,7 +123,7 @@ def part_b() -> dict:
 
 
 def part_c(concepts, seed: int = 0, photos_per_concept: int = 1000, n_concepts: int = 50, days: int = 1095,
-           searches_per_day: int = 2000) -> dict:
+           searches_per_day: int = 100) -> dict:
     """The cold-start simulation (see the module docstring)."""
     rng = np.random.default_rng(seed)
     model = load_text_model("lit-text-effl0")
@@ -146,6 +146,7 @@ def part_c(concepts, seed: int = 0, photos_per_concept: int = 1000, n_concepts: 
     pop = 1.0 / np.arange(1, n_concepts + 1) ** 1.1
     pop /= pop.sum()
     downloads = np.zeros(n)
+    tie = rng.random(n)
     bias = 1.0 / np.arange(1, 51)
     bias /= bias.sum()
     members = [np.flatnonzero(concept == q) for q in range(n_concepts)]
@@ -155,10 +156,10 @@ def part_c(concepts, seed: int = 0, photos_per_concept: int = 1000, n_concepts: 
             m = members[q][upload[members[q]] <= day]
             if len(m) == 0:
                 continue
-            order = m[np.lexsort((upload[m], -downloads[m]))]  # most downloaded first, older first on ties
+            order = m[np.lexsort((tie[m], -downloads[m]))]  # most downloaded first, ties in a fixed random order
             top = order[:50]
             k = events[q]
-            explore = rng.binomial(k, 0.05)
+            explore = rng.binomial(k, 0.1)
             np.add.at(downloads, top[rng.choice(len(top), k - explore, p=bias[:len(top)] / bias[:len(top)].sum())], 1)
             np.add.at(downloads, rng.choice(m, explore), 1)
     age = days - upload
@@ -170,7 +171,7 @@ def part_c(concepts, seed: int = 0, photos_per_concept: int = 1000, n_concepts: 
             for q in range(n_concepts):
                 if method == "behaviour":
                     m = members[q]
-                    top = m[np.lexsort((upload[m], -downloads[m]))][:topk]
+                    top = m[np.lexsort((tie[m], -downloads[m]))][:topk]
                 else:
                     top = np.argsort(-joint[q], kind="stable")[:topk]
                 new1.append(float((age[top] < 30).mean()))
@@ -192,6 +193,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", help="cache file of the concept-text embeddings (made once, ~3 min)")
     ap.add_argument("--parts", default="a,b,c")
+    ap.add_argument("--searches-per-day", type=int, default=100, help="(c) query events per simulated day")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     parts = args.parts.split(",")
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
         if "b" in parts:
             out["b_real_photos"] = part_b()
         if "c" in parts:
-            out["c_cold_start"] = part_c(concepts)
+            out["c_cold_start"] = part_c(concepts, searches_per_day=args.searches_per_day)
     print(json.dumps(out, indent=1))
     return 0
 
