@@ -86,6 +86,9 @@ def add_embeddings(features: str | os.PathLike, root: str | os.PathLike | None, 
             raise ValueError(f"{features}: not a lit feature file")
         n = int(h5.attrs["num_images"])
         names = [s.decode() if isinstance(s, bytes) else s for s in h5["names"][:n]]
+        if root is None and h5.attrs.get("root") is not None:  # the root recorded by lit extract
+            r = h5.attrs["root"]
+            root = r.decode() if isinstance(r, bytes) else str(r)
         key = f"{GROUP}/{tower.name}/valid"
         valid = np.zeros(n, bool)
         if key in h5:
