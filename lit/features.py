@@ -45,11 +45,20 @@ VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 
 
-def model_fingerprint(model, scales: Sequence[float], features_num: int, image_size: int | None) -> str:
-    """sha256 over the model's weights, its config and the extraction settings."""
+def model_fingerprint(model, scales: Sequence[float], features_num: int, image_size: int | None,
+                      amp: torch.dtype | None = None, half: bool = False) -> str:
+    """sha256 over the model's weights, its config and the extraction settings.
+
+    The precision is part of the settings: ``amp`` (the autocast dtype of the fast path)
+    and ``half`` (float16 storage) change the features, so a file written with other
+    values is not resumed. The float32 defaults leave the digest as it was before they
+    were added (existing files still resume).
+    """
     h = hashlib.sha256()
     h.update(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
     h.update(json.dumps({"scales": list(map(float, scales)), "features_num": int(features_num), "image_size": image_size}).encode())
+    if amp is not None or half:
+        h.update(json.dumps({"amp": str(amp), "half": bool(half)}).encode())
     for key, value in sorted(model.state_dict().items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
@@ -97,7 +106,7 @@ class FeatureStore:
             self.h5.close()
             raise FeatureFileError(
                 f"{self.path} was written by another model or with other extraction settings "
-                "(fingerprint differs): use another output file"
+                "(scales, features, image size, --amp or --half: fingerprint differs): use another output file"
             )
         self._names: list[str] | None = None
 
@@ -285,7 +294,7 @@ def extract_to_file(
     scales = tuple(rt.scales if scales is None else scales)
     features_num = rt.features_num if features_num is None else int(features_num)
     image_size = rt.image_size if image_size == -1 else image_size
-    fp = model_fingerprint(model, scales, features_num, image_size)
+    fp = model_fingerprint(model, scales, features_num, image_size, amp=amp, half=half)
     dim = model.cfg.reduction_dim or model.cfg.lit.dim
     items = []
     for entry in images:
@@ -303,15 +312,16 @@ def extract_to_file(
         summary.skipped = len(items) - len(todo)
         loader = torch.utils.data.DataLoader(
             _ImageList(todo, image_size), batch_size=None, shuffle=False, num_workers=num_workers,
-            pin_memory=str(model.device).startswith("cuda"),
-        )
+        )  # not pin_memory: pinning single images before torch.stack is wasted; the batch is pinned
+        pin = str(model.device).startswith("cuda")
         bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr, desc="extract")
         pending: list[tuple[str, torch.Tensor]] = []  # equal-size images waiting for a batch
 
         def flush() -> None:
             if not pending:
                 return
-            batch = torch.stack([t for _, t in pending]).to(model.device, non_blocking=True)
+            batch = torch.stack([t for _, t in pending])
+            batch = (batch.pin_memory() if pin else batch).to(model.device, non_blocking=True)
             outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
             for (n, _), feats in zip(pending, outs, strict=True):
                 store.append(n, feats)
