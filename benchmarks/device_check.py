@@ -309,7 +309,13 @@ class Checker:
         return steps == 3 and diff <= 1e-6 and np.isfinite(history[-1]["loss"]), fig
 
     def metric_trainer(self):
-        from lit.metric import GlobalModel, ImageFolderClasses, TrainConfig, evaluate_global, train_global
+        from lit.metric import (
+            GlobalModel,
+            ImageFolderClasses,
+            TrainConfig,
+            evaluate_global,
+            train_global,
+        )
         from lit.metric.data import eval_transform, train_transform
 
         folder = self.work / "classes"
