@@ -552,6 +552,7 @@ def test_fp32_reference_path_turns_tf32_off_on_the_device_only(tiny_model, fake_
 
 
 # ---------------------------------------------------------------------- the device check
+@pytest.mark.slow  # about a minute and a half on 2 cores; CI runs it (`make test` runs every marker)
 def test_device_check_quick_passes_on_cpu(tmp_path):
     out = tmp_path / "check.json"
     env = dict(os.environ, OMP_NUM_THREADS="2")

@@ -159,20 +159,16 @@ def extract_embeddings(
     out, labels = [], []
     try:
         with torch.inference_mode():
-            _embed_all(model, loader, dev, amp, out, labels)
+            for images, lab in loader:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
+                    emb = model(images.to(dev, non_blocking=True))
+                out.append(emb.float().cpu())
+                labels.append(torch.as_tensor(lab, dtype=torch.int64))
     finally:
         model.train(was_training)
     if not out:
         raise ValueError("the dataset is empty")
     return Embeddings(torch.cat(out), torch.cat(labels))
-
-
-def _embed_all(model: GlobalModel, loader: DataLoader, dev: torch.device, amp: bool, out: list, labels: list) -> None:
-    for images, lab in loader:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-            emb = model(images.to(dev, non_blocking=True))
-        out.append(emb.float().cpu())
-        labels.append(torch.as_tensor(lab, dtype=torch.int64))
 
 
 def evaluate_global(
