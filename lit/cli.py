@@ -29,10 +29,13 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UserError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"--device {name}: this machine has {count} CUDA device{'' if count == 1 else 's'} (cuda:0..cuda:{count - 1})")
     return name
 
 
@@ -254,7 +257,6 @@ def _index_names(index_path: str) -> list[str]:
 
 
 def cmd_search(args) -> int:
-    import numpy as np
     import torch
 
     from .asmk import ASMK
@@ -292,10 +294,10 @@ def cmd_search(args) -> int:
             qfeats.append(model.extract(img, scales=_scales(args.scales), features_num=args.features_num))
     if not qfeats:
         raise UserError("no readable query images")
-    qdesc = torch.cat([f.descriptors for f in qfeats]).numpy()
-    qids = np.concatenate([np.full(len(f), i) for i, f in enumerate(qfeats)])
-    ranks, scores = index.search(qdesc, qids, topk=args.topk)
-    ranks, scores = np.asarray(ranks), np.asarray(scores)
+    qdesc = torch.cat([f.descriptors.cpu() for f in qfeats])  # features may live on the model's device
+    qids = torch.cat([torch.full((len(f),), i, dtype=torch.int64) for i, f in enumerate(qfeats)])
+    ranks, scores = index.search(qdesc, qids, topk=args.topk)  # on the index device
+    ranks, scores = ranks.cpu().numpy(), scores.cpu().numpy()
     results = []
     for qi, qname in enumerate(qnames):
         hits = [{"rank": r + 1, "name": db_names[int(ranks[qi, r])], "score": float(scores[qi, r])} for r in range(ranks.shape[1])]
