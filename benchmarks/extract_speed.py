@@ -52,6 +52,49 @@ def naive_extract(model, image, scales, k):
     return np.concatenate(descs)[order], strengths[order], np.concatenate(sc)[order], np.concatenate(ids)[order]
 
 
+class CompileWatch:
+    """``torch.compile`` of the backbone and LIT with one static graph per input shape.
+
+    ``dynamic=False`` compiles one graph per shape (7 scales x each batch size), more than
+    dynamo's default ``recompile_limit`` (8), past which it silently runs eager: the limit
+    is raised to ``limit``. :meth:`mark_warm` is called after every shape has been run
+    once; :meth:`report` then says whether graphs were still compiled later (inside a timed
+    loop) and whether dynamo hit its limit and fell back to eager.
+    """
+
+    def __init__(self, model, limit: int = 64) -> None:
+        import logging
+
+        import torch._dynamo
+
+        self.counters = torch._dynamo.utils.counters
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+        self.fallbacks: list[str] = []
+        watch = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record):
+                msg = record.getMessage()
+                if "recompile_limit" in msg or "cache_size_limit" in msg:
+                    watch.fallbacks.append(msg.splitlines()[0])
+
+        logging.getLogger("torch._dynamo").addHandler(_Handler())
+        model.backbone = torch.compile(model.backbone, dynamic=False)
+        model.lit = torch.compile(model.lit, dynamic=False)
+        self.warm_graphs = None
+
+    def graphs(self) -> int:
+        return int(self.counters["stats"]["unique_graphs"])
+
+    def mark_warm(self) -> None:
+        self.warm_graphs = self.graphs()
+
+    def report(self) -> dict:
+        return {"graphs": self.graphs(), "compiled_after_warmup": self.graphs() - (self.warm_graphs or 0),
+                "fell_back_to_eager": bool(self.fallbacks), "fallback_messages": self.fallbacks[:3]}
+
+
 def _sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -162,26 +205,34 @@ def main(argv=None):
         res["fp32_speedup_vs_naive"] = res["naive_batch1_fp32"]["ms_per_image"] / res["lit_fp32_batch1"]["ms_per_image"]
 
     fast_model = model
+    watch = None
     if dev.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
         fast_model.to_channels_last()
         if args.compile:
-            fast_model.backbone = torch.compile(fast_model.backbone, dynamic=False)
-            fast_model.lit = torch.compile(fast_model.lit, dynamic=False)
+            watch = CompileWatch(fast_model)
     amp = torch.bfloat16
     fast_feats = []
+    # every batch size of the timed loop (the last batch may be smaller), each at all scales
+    sizes = sorted({min(args.batch_size, args.images - s) for s in range(0, args.images, args.batch_size)})
 
     def run_fast(warm):
-        n = args.batch_size if warm else args.images
-        for s in range(0, n, args.batch_size):
+        if warm:
+            for b in sizes:
+                fast_model.extract_batch(images_dev[:b], scales=scales, features_num=k, amp=amp)
+            if watch is not None:
+                watch.mark_warm()
+            return
+        for s in range(0, args.images, args.batch_size):
             out = fast_model.extract_batch(images_dev[s:s + args.batch_size], scales=scales, features_num=k, amp=amp)
-            if not warm:
-                fast_feats.extend(out)
+            fast_feats.extend(out)
 
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     res["lit_fast_bf16"] = _timeit(run_fast, args.images, dev, warmup=2 if args.compile else 1)
     res["lit_fast_bf16"]["batch_size"] = args.batch_size
+    if watch is not None:
+        res["lit_fast_bf16"]["compile"] = watch.report()
     if dev.startswith("cuda"):
         res["lit_fast_bf16"]["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     shares, errs = zip(*(agreement(r, f, k) for r, f in zip(ref_feats, fast_feats)))

@@ -91,12 +91,12 @@ def bench(cfg: ModelConfig, device: torch.device, precision: str, width: int, he
     loss_cfg = LossConfig()
     scales = tuple(cfg.runtime.training_scales)
 
-    def step() -> float:
-        total = 0.0
+    def step() -> torch.Tensor:
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per tuple
         for _ in range(tuples_per_step):
             out = tuple_loss(model, images, loss_cfg, scales, autocast)
             (out.loss / tuples_per_step).backward()
-            total += float(out.loss.detach())
+            total += out.loss.detach()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return total / tuples_per_step
@@ -123,7 +123,7 @@ def bench(cfg: ModelConfig, device: torch.device, precision: str, width: int, he
         "s_per_tuple": elapsed / n,
         "images_per_tuple": 2 + negatives,
         "tuples": n,
-        "last_loss": loss,
+        "last_loss": float(loss),
     }
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

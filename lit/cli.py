@@ -59,10 +59,13 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UserError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"--device {name}: this machine has {count} CUDA device{'' if count == 1 else 's'} (cuda:0..cuda:{count - 1})")
     return name
 
 
@@ -170,12 +173,18 @@ def cmd_extract(args) -> int:
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     model = load_cli_model(args.model, resolve_device(args.device))
+    from .text.search import default_image_embedder
+
+    embedder, note = default_image_embedder(args.text_model, model.device)
+    if note:
+        print(note, file=sys.stderr)
     summary = extract_to_file(
         model, paths, args.out, root=args.root, default_root=root, scales=_scales(args.scales),
         features_num=args.features_num, image_size=_image_size(args, model),
         num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
         amp=__import__("torch").bfloat16 if args.amp else None, retry_failed=not args.no_retry,
         max_pixels=(args.max_pixels or None) if args.max_pixels is not None else _default_max_pixels(),
+        embedder=embedder,
     )
     print(summary.report().splitlines()[0])
     bad = len(summary.failed or {}) + summary.skipped_failed
@@ -242,6 +251,9 @@ def cmd_index(args) -> int:
     pipeline.save_index(index, info, args.out)
     root = f", image root {info.image_root}" if info.image_root else " (image root unknown: give --db-root to `lit search --plot`)"
     print(f"indexed {len(info.names)} images ({info.descriptors} descriptors, {info.codebook_size} words) into {args.out}{root}")
+    from .text.store import write_index_embeddings
+
+    print(write_index_embeddings(args.features, args.out), file=sys.stderr)
     return 0
 
 
@@ -249,6 +261,18 @@ def cmd_search(args) -> int:
     from . import pipeline
 
     device = resolve_device(args.device)
+    if args.text or args.text_file:
+        if args.queries or args.list or args.query_features:
+            raise UserError("give either text queries (--text/--text-file) or query images, not both")
+        from .text.search import cli_text_search
+
+        found, notes = cli_text_search(args.index, args.text or [], args.text_file, args.text_model, args.topk, device)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        results = [pipeline.QueryResult(r["query"], tuple(pipeline.Hit(h["rank"], h["name"], h["score"]) for h in r["results"]))
+                   for r in found]
+        info = pipeline.read_index_info(args.index)
+        return _write_search_results(args, results, info.image_root if info else None, None, text=True)
     index, info = pipeline.load_index(args.index, device=device)
     query_root = os.path.abspath(args.query_root) if args.query_root else None
     if args.query_features:
@@ -293,20 +317,37 @@ def cmd_search(args) -> int:
         raise UserError("no readable query images")
     results = pipeline.search(index, info, qfeats, qnames, topk=args.topk, exclude_self=args.exclude_self,
                               query_root=query_root)
+    return _write_search_results(args, results, info.image_root, query_root)
+
+
+def _write_search_results(args, results, db_root, query_root, text: bool = False) -> int:
+    """Write results as --json/--csv/--pairs/--plot and print them."""
+    from . import pipeline
+
     if args.json:
-        pipeline.write_json(results, args.json, info.image_root, query_root)
+        pipeline.write_json(results, args.json, db_root, query_root)
     if args.csv:
         pipeline.write_csv(results, args.csv)
     if args.pairs:
         pipeline.write_pairs(results, args.pairs)
     if args.plot:
         _check_figure_path(args.plot)
-        db_root = args.db_root or info.image_root
+        db_root = args.db_root or db_root
         if not db_root:
             raise UserError(f"{args.index}: the index does not know its image folder: give --db-root for --plot "
                             "(or rebuild it with `lit index --image-root`)")
-        for path in pipeline.plot_results(results, args.plot, db_root, query_root, topk=args.plot_topk):
-            print(f"wrote {path}", file=sys.stderr)
+        if text:  # a text query: a blank panel titled with the text
+            from . import viz
+
+            for res, path in zip(results, pipeline.plot_paths(args.plot, len(results)), strict=True):
+                hits = res.hits[: args.plot_topk]
+                fig = viz.plot_retrieval(__import__("torch").ones(3, 64, 64), [os.path.join(db_root, h.name) for h in hits],
+                                         scores=[h.score for h in hits], query_title=res.query[:40],
+                                         titles=[f"#{h.rank} {h.name}" for h in hits])
+                print(f"wrote {viz.save_figure(fig, path)}", file=sys.stderr)
+        else:
+            for path in pipeline.plot_results(results, args.plot, db_root, query_root, topk=args.plot_topk):
+                print(f"wrote {path}", file=sys.stderr)
     if not (args.json or args.csv or args.pairs) or args.verbose:
         for res in results:
             print(res.query)
@@ -465,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="store descriptors as float16")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass: consecutive images of equal size are batched (default 1)")
     p.add_argument("--amp", action="store_true", help="fast path: bf16 autocast (features differ slightly from float32)")
+    p.add_argument("--text-model", default=None, help="also store the global image embeddings of this text model's image tower, "
+                   "for `lit search --text` (default: lit-text-effl0; 'none': skip)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_extract)
@@ -506,6 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "or for --query-features the index's image root when it is the index's own feature file)")
     p.add_argument("--topk", type=int, default=10, help="results per query, printed and written (default 10)")
     p.add_argument("--exclude-self", action="store_true", help="leave the query itself out of its results")
+    p.add_argument("--text", action="append", help="a text query, e.g. 'a church at night' (repeatable)")
+    p.add_argument("--text-file", help="text file with one text query per line")
+    p.add_argument("--text-model", default=None, help="text model for --text (default: lit-text-effl0; "
+                   "open_clip:ARCH:TAG when open_clip_torch is installed)")
     p.add_argument("--json", help="write results as JSON")
     p.add_argument("--csv", help="write results as CSV (query, rank, name, score)")
     p.add_argument("--pairs", help="write 'query db' name pairs, one per line (hloc/kapture format)")
@@ -575,6 +622,9 @@ def _plugin_commands() -> list[tuple[str, Callable, Callable]]:
         out.append(("train", add_train_arguments, run_train))
     except ImportError:
         pass
+    from .text.cli import add_text_arguments, run_text
+
+    out.append(("text", add_text_arguments, run_text))
     try:
         from .metric import (
             add_evaluate_global_arguments,

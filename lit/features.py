@@ -84,11 +84,20 @@ __all__ = [
 ]
 
 
-def model_fingerprint(model, scales: Sequence[float], features_num: int, image_size: int | None) -> str:
-    """sha256 over the model's weights, its config and the extraction settings."""
+def model_fingerprint(model, scales: Sequence[float], features_num: int, image_size: int | None,
+                      amp: torch.dtype | None = None, half: bool = False) -> str:
+    """sha256 over the model's weights, its config and the extraction settings.
+
+    The precision is part of the settings: ``amp`` (the autocast dtype of the fast path)
+    and ``half`` (float16 storage) change the features, so a file written with other
+    values is not resumed. The float32 defaults leave the digest as it was before they
+    were added (existing files still resume).
+    """
     h = hashlib.sha256()
     h.update(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
     h.update(json.dumps({"scales": list(map(float, scales)), "features_num": int(features_num), "image_size": image_size}).encode())
+    if amp is not None or half:
+        h.update(json.dumps({"amp": str(amp), "half": bool(half)}).encode())
     for key, value in sorted(model.state_dict().items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
@@ -168,7 +177,7 @@ class FeatureStore:
             self.h5.close()
             raise FeatureFileError(
                 f"{shown} was written by another model or with other extraction settings "
-                "(fingerprint differs): use another output file"
+                "(scales, features, image size, --amp or --half: fingerprint differs): use another output file"
             )
         if mode == "a" and "names_raw" not in self.h5:  # a file of an earlier lit: add the raw names
             n = len(self)
@@ -517,6 +526,7 @@ def extract_to_file(
     retry_failed: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     default_root: str | os.PathLike | None = None,
+    embedder=None,
 ) -> ExtractionSummary:
     """Extract super-features of many images into a feature file, resumably.
 
@@ -539,6 +549,8 @@ def extract_to_file(
         amp: autocast dtype for the fast path (``torch.bfloat16``); ``None``: float32.
         retry_failed: try the images recorded as failed by earlier runs again.
         max_pixels: refuse images that decode to more pixels ("too large").
+        embedder: an image tower (:func:`lit.text.search.image_embedder`) whose global
+            embedding of each image is stored too, for text search (``None``: none).
 
     Returns:
         An :class:`ExtractionSummary` (``.status`` is the exit status of ``lit extract``);
@@ -555,7 +567,7 @@ def extract_to_file(
     image_size = rt.image_size if image_size == -1 else image_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fp = model_fingerprint(model, scales, features_num, image_size)
+    fp = model_fingerprint(model, scales, features_num, image_size, amp=amp, half=half)
     dim = model.cfg.reduction_dim or model.cfg.lit.dim
     entries = [(entry if isinstance(entry, tuple) else (entry, None)) for entry in images]
     paths = [os.fspath(p) for p, _ in entries]
@@ -602,8 +614,9 @@ def extract_to_file(
                 todo.append(it)
         loader = torch.utils.data.DataLoader(
             _ImageList(todo, image_size, max_pixels), batch_size=None, shuffle=False,
-            num_workers=_cap_workers(num_workers), pin_memory=str(model.device).startswith("cuda"),
-        )
+            num_workers=_cap_workers(num_workers),
+        )  # not pin_memory: pinning single images before torch.stack is wasted; the batch is pinned
+        pin = str(model.device).startswith("cuda")
         bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr, desc="extract")
         path_of = {it[0]: it[1] for it in todo}
         pending: list[tuple[str, torch.Tensor]] = []  # equal-size images waiting for a batch
@@ -617,7 +630,8 @@ def extract_to_file(
         def flush() -> None:
             if not pending:
                 return
-            batch = torch.stack([t for _, t in pending]).to(model.device, non_blocking=True)
+            batch = torch.stack([t for _, t in pending])
+            batch = (batch.pin_memory() if pin else batch).to(model.device, non_blocking=True)
             try:
                 outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
             except ImageReadError as err:  # too small: the whole batch has this size
@@ -626,6 +640,10 @@ def extract_to_file(
                 bar.update(len(pending))
                 pending.clear()
                 return
+            if embedder is not None:  # rows written before the features commit them
+                from .text.search import store_embeddings
+
+                store_embeddings(store, embedder, list(range(len(store), len(store) + len(pending))), [t for _, t in pending])
             for (n, _), feats in zip(pending, outs, strict=True):
                 store.append(n, feats)
                 extracted.append(n)

@@ -35,3 +35,13 @@ def tiny_model(tiny_cfg):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+@pytest.fixture
+def fake_device():
+    """A fake accelerator for catching device mix-ups on the CPU (``tests/device_mixup.py``):
+    ``fake_device.device`` is where lit's ``device`` arguments point."""
+    from device_mixup import fake_device as _fake_device
+
+    with _fake_device() as state:
+        yield state

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import lit
@@ -150,7 +151,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, ckpt):
         ("extract", tmp_path / "nowhere", "--out", tmp_path / "x.h5", "--model", ckpt),
         ("index", tmp_path / "missing.h5", "--out", tmp_path / "i.h5"),
         ("match", "a.jpg", "b.jpg", "--model", tmp_path / "missing.pt"),
-        ("extract", PHOTOS, "--out", tmp_path / "x.h5", "--model", ckpt, "--device", "cuda:7"),
+        # one past the last GPU: "no CUDA" here, "this machine has N CUDA devices" on a GPU machine
+        ("extract", PHOTOS, "--out", tmp_path / "x.h5", "--model", ckpt, "--device", f"cuda:{torch.cuda.device_count()}"),
     ]
     for args in cases:
         proc = run(*args, ok=False)

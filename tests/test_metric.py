@@ -305,10 +305,12 @@ def test_knn_self_exclusion_is_by_index_so_duplicates_stay():
 def test_knn_random_float_data_matches_brute_force():
     g = torch.Generator().manual_seed(3)
     x = F.normalize(torch.randn(300, 32, generator=g), dim=1)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # knn's default device
     res = knn(x, None, 50, chunk_size=300)  # one block: same similarities as the reference
-    sims = x @ x.T
+    xd = x.to(dev)  # the reference on the same device: same rounding of the dot products
+    sims = xd @ xd.T
     sims.fill_diagonal_(float("-inf"))
-    ref = torch.argsort(sims, dim=1, descending=True, stable=True)[:, :50]
+    ref = torch.argsort(sims, dim=1, descending=True, stable=True)[:, :50].cpu()
     assert torch.equal(res.indices, ref)
 
 

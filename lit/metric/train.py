@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -133,7 +134,6 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
     return MarginLoss(beta_init=cfg.beta, **alpha)
 
 
-@torch.inference_mode()
 def extract_embeddings(
     model: GlobalModel,
     dataset: Dataset,
@@ -146,7 +146,9 @@ def extract_embeddings(
     """Embed every item of a labelled dataset (``dataset[i] = (image, label)``), in order.
 
     The model is moved to ``device`` and put in eval mode for the pass, then back to its
-    previous mode.
+    previous mode. The move happens before ``inference_mode`` is entered: parameters
+    copied to another device inside it would be inference tensors, and training the model
+    afterwards would fail.
     """
     dev = _device(device)
     model.to(dev)
@@ -156,11 +158,12 @@ def extract_embeddings(
                         pin_memory=dev.type == "cuda")
     out, labels = [], []
     try:
-        for images, lab in loader:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-                emb = model(images.to(dev, non_blocking=True))
-            out.append(emb.float().cpu())
-            labels.append(torch.as_tensor(lab, dtype=torch.int64))
+        with torch.inference_mode():
+            for images, lab in loader:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
+                    emb = model(images.to(dev, non_blocking=True))
+                out.append(emb.float().cpu())
+                labels.append(torch.as_tensor(lab, dtype=torch.int64))
     finally:
         model.train(was_training)
     if not out:
@@ -239,30 +242,37 @@ def train_global(
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(model)
+    # the CPU generator (augmentations, sampling) and, on CUDA, the training device's one are
+    # seeded here and restored afterwards; no other generator is touched
+    forked = [dev] if dev.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with torch.random.fork_rng(devices=forked, device_type="cuda"):
+            torch.default_generator.manual_seed(cfg.seed)
+            if forked:
+                torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()].manual_seed(cfg.seed)
             for epoch in range(cfg.epochs):
                 sampler.set_epoch(epoch)
-                start, total, steps = time.perf_counter(), 0.0, 0
+                start, steps = time.perf_counter(), 0
+                # losses are summed on the device and read once per log line / epoch (no
+                # per-step host sync); a non-finite loss is detected at those points
+                total = torch.zeros((), device=dev, dtype=torch.float64)
                 for images, batch_labels in loader:
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda"):
                         emb = model(images.to(dev, non_blocking=True))
-                    batch_labels = batch_labels.to(dev)
+                    batch_labels = batch_labels.to(dev, non_blocking=True)
                     if generator is not None:
                         loss = loss_fn(emb.float(), batch_labels, generator=generator)
                     else:
                         loss = loss_fn(emb.float(), batch_labels)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"epoch {epoch}, step {steps}: the loss is {loss.item()}")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += loss.item()
+                    total += loss.detach()
                     steps += 1
                     if log is not None and steps % log_every == 0:
-                        log(f"epoch {epoch + 1}/{cfg.epochs} step {steps}/{len(sampler)} loss {total / steps:.4f}")
-                record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "steps": steps,
+                        mean = _finite_mean(total, steps, epoch)
+                        log(f"epoch {epoch + 1}/{cfg.epochs} step {steps}/{len(sampler)} loss {mean:.4f}")
+                record = {"epoch": epoch + 1, "loss": _finite_mean(total, steps, epoch), "steps": steps,
                           "seconds": time.perf_counter() - start}
                 if cfg.loss == "margin":
                     record["beta"] = float(loss_fn.beta.detach().mean())
@@ -277,6 +287,14 @@ def train_global(
     finally:
         model.eval()
     return history
+
+
+def _finite_mean(total: Tensor, steps: int, epoch: int) -> float:
+    """``total / steps`` read on the host (one sync); raises when the loss was not finite."""
+    mean = float(total) / max(steps, 1)
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"epoch {epoch}, up to step {steps}: the loss is {mean}")
+    return mean
 
 
 # ---------------------------------------------------------------------- command line

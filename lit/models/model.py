@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,33 @@ from .config import ModelConfig
 from .lit_module import LIT
 
 ImageLike = Tensor | Image.Image | str | os.PathLike
+
+
+def has_native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA GPUs of compute capability 8.0 or
+    more (Ampere and later). Older GPUs (V100, T4) only emulate it, slower than fp32."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+@contextmanager
+def fp32_reference(device: torch.device | str, allow_tf32: bool = False) -> Iterator[None]:
+    """The float32 reference precision on ``device``: no TF32 in cuDNN convolutions and
+    cuBLAS matmuls unless ``allow_tf32`` (PyTorch's default lets cuDNN use TF32, which
+    rounds inputs to 10 mantissa bits on Ampere and later). The previous settings are
+    restored on exit; nothing changes on the CPU."""
+    if torch.device(device).type == "cpu" or allow_tf32:
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
 
 
 def strength(features: Tensor) -> Tensor:
@@ -249,22 +277,23 @@ class SuperFeatureModel(nn.Module):
         x = self.normalize(images)
         h0, w0 = x.shape[-2:]
         descs, strengths, scale_ids, positions = [], [], [], []
-        for s in scales:
-            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            if self._channels_last or xs.device.type == "cpu":
-                # on CPU a channels-last input alone makes oneDNN's convolutions about 1.4x
-                # faster (ResNet-50, 1024x768, 7 scales: 11.1 -> 8.0 s); same features to 1e-5
-                xs = xs.contiguous(memory_format=torch.channels_last)
-            if amp is None:
-                feats, attn = self.forward_superfeatures(xs)
-            else:
-                with torch.autocast(device_type=xs.device.type, dtype=amp):
+        with self._precision(x.device, amp):
+            for s in scales:
+                xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+                if self._channels_last or xs.device.type == "cpu":
+                    # on CPU a channels-last input alone makes oneDNN's convolutions about 1.4x
+                    # faster (ResNet-50, 1024x768, 7 scales: 11.1 -> 8.0 s); same features to 1e-5
+                    xs = xs.contiguous(memory_format=torch.channels_last)
+                if amp is None:
                     feats, attn = self.forward_superfeatures(xs)
-                feats, attn = feats.float(), attn.float()
-            descs.append(self.reduce(feats))
-            strengths.append(strength(feats))
-            scale_ids.append(torch.full(strengths[-1].shape, float(s), device=x.device))
-            positions.append(attention_centroids(attn, (h0, w0)))
+                else:
+                    with torch.autocast(device_type=xs.device.type, dtype=amp):
+                        feats, attn = self.forward_superfeatures(xs)
+                    feats, attn = feats.float(), attn.float()
+                descs.append(self.reduce(feats))
+                strengths.append(strength(feats))
+                scale_ids.append(torch.full(strengths[-1].shape, float(s), device=x.device))
+                positions.append(attention_centroids(attn, (h0, w0)))
         descs = torch.cat(descs, dim=1)  # (B, S*N, d)
         strengths = torch.cat(strengths, dim=1)
         scale_ids = torch.cat(scale_ids, dim=1)
@@ -295,6 +324,14 @@ class SuperFeatureModel(nn.Module):
         ]
 
     _channels_last = False
+
+    allow_tf32 = False
+    """Let the float32 reference path use TF32 on GPUs (faster, about 1e-3 relative error).
+    Default False: true float32 (:func:`fp32_reference`). Set it per model:
+    ``model.allow_tf32 = True``."""
+
+    def _precision(self, device: torch.device, amp: torch.dtype | None):
+        return fp32_reference(device, self.allow_tf32) if amp is None else nullcontext()
 
     def to_channels_last(self) -> SuperFeatureModel:
         """Use the channels-last memory format for the backbone (faster convolutions on GPU)."""
@@ -353,7 +390,8 @@ class SuperFeatureModel(nn.Module):
         x = self.normalize(batch)
         if scale != 1.0:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        desc, strengths, attn = self(x)
+        with self._precision(x.device, None):
+            desc, strengths, attn = self(x)
         return SuperFeatures(desc[0].float().cpu(), strengths[0].float().cpu(), attn[0].float().cpu(), float(scale))
 
     @torch.inference_mode()
@@ -368,10 +406,11 @@ class SuperFeatureModel(nn.Module):
         scales = tuple(self.cfg.runtime.scales if scales is None else scales)
         x = self.normalize(images.to(self.device, torch.float32))
         total = 0.0
-        for s in scales:
-            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            desc, strengths, _ = self(xs)
-            total = total + (strengths.unsqueeze(-1) * desc).sum(dim=1)
+        with self._precision(x.device, None):
+            for s in scales:
+                xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+                desc, strengths, _ = self(xs)
+                total = total + (strengths.unsqueeze(-1) * desc).sum(dim=1)
         return F.normalize(total, dim=-1)
 
     #: cosine threshold of a super-feature match for this model: FIRe's 0.9 unless the model

@@ -33,7 +33,7 @@ uses the attention of the last LIT iteration.
 
 Batch norm stays in eval mode (:meth:`SuperFeatureModel.train`), the reduction layer is
 frozen (``requires_grad = False``, excluded from the optimiser), bf16 autocast is used on
-CUDA (``precision = "auto"``) and fp32 on CPU.
+GPUs with native bf16 (``precision = "auto"``) and fp32 on CPU and older GPUs.
 
 Checkpoints ``checkpoint_epochNNNN.pt`` hold the model in lit's checkpoint layout
 (``format``, ``version``, ``config``, ``state_dict``, ``meta``: readable by
@@ -75,7 +75,7 @@ from ..models.checkpoint import (
 )
 from ..models.config import ModelConfig
 from ..models.lit_init import init_lit_from_tokens
-from ..models.model import SuperFeatureModel
+from ..models.model import SuperFeatureModel, has_native_bf16
 from .config import LossConfig, TrainConfig, config_to_dict, save_config
 from .ddp import DistContext
 from .tuples import ImageDatabase, TrainingTuple, TupleDataset, ValidationSet, _seed, split_folder
@@ -102,12 +102,14 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
 def autocast_factory(device: torch.device, precision: str = "auto") -> Callable[[], AbstractContextManager]:
     """A callable giving the autocast context for ``precision`` on ``device``.
 
-    ``"auto"``: bf16 on CUDA, none (fp32) elsewhere; ``"bf16"``: bf16 autocast on any
-    device (CPU autocast too, e.g. for benchmarks); ``"fp32"``: none.
+    ``"auto"``: bf16 on GPUs that compute it natively (compute capability 8.0 or more:
+    A100, H100, RTX 30xx and later), none (fp32) elsewhere: on the CPU and on older GPUs
+    (V100, T4), where bf16 is emulated and fp16 would need loss scaling; ``"bf16"``: bf16
+    autocast on any device (CPU autocast too, e.g. for benchmarks); ``"fp32"``: none.
     """
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    use_bf16 = precision == "bf16" or (precision == "auto" and has_native_bf16(device))
     if not use_bf16:
         return nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -219,17 +221,19 @@ def _own_share(
     fn: Callable[[Tensor], Tensor],
 ) -> list[list[Tensor]]:
     """``fn`` of each normalised, rescaled image of this process's share
-    (``indices[rank::world_size]``), per image and scale (in eval mode, under ``autocast``)."""
+    (``indices[rank::world_size]``), per image and scale (in eval mode, under ``autocast``,
+    without autograd: the results carry no graph, so memory does not grow per image)."""
     model.eval()
     out = []
-    for i in list(indices)[dist.rank::dist.world_size]:
-        x = model.normalize(load(i).unsqueeze(0).to(model.device, torch.float32))
-        per_scale = []
-        for s in scales:
-            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            with autocast():
-                per_scale.append(fn(xs))
-        out.append(per_scale)
+    with torch.no_grad():
+        for i in list(indices)[dist.rank::dist.world_size]:
+            x = model.normalize(load(i).unsqueeze(0).to(model.device, torch.float32))
+            per_scale = []
+            for s in scales:
+                xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+                with autocast():
+                    per_scale.append(fn(xs))
+            out.append(per_scale)
     return out
 
 
@@ -364,7 +368,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU visible at save time; a resume may see fewer (8 -> 4 GPUs,
+        # CUDA_VISIBLE_DEVICES=0) or more: restore those that exist in both
+        saved = list(state["cuda"])
+        for i in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[i], i)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -576,7 +584,10 @@ class Trainer:
             num_workers=self.cfg.data.num_workers, collate_fn=_identity,
         )
         lr = self.optimizer.param_groups[0]["lr"]
-        sums = torch.zeros(5, dtype=torch.float64)  # loss, attention, superfeature, matches, tuples
+        # loss, attention, superfeature summed on the device (read once per log line, no
+        # per-step host sync); matches and tuples are host numbers already
+        losses = torch.zeros(3, dtype=torch.float64, device=self.device)
+        matches, tuples = 0.0, 0
         self.model.train()
         it = iter(loader)
         log_every = max(1, steps // 10)
@@ -585,14 +596,17 @@ class Trainer:
                 tup = next(it)
                 out = tuple_loss(self.model, tup, self.cfg.loss, self.training_scales, self.autocast)
                 (out.loss / per_step).backward()
-                sums += torch.tensor([float(out.loss.detach()), float(out.attention), float(out.superfeature), out.matches, 1.0], dtype=torch.float64)
+                losses += torch.stack([out.loss.detach(), out.attention, out.superfeature]).double()
+                matches += out.matches
+                tuples += 1
             self.dist.all_reduce_gradients(self.params)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if (step + 1) % log_every == 0 and self.dist.is_main:
-                self.log(f"epoch {epoch + 1} step {step + 1}/{steps} loss {sums[0] / max(sums[4], 1):.5f}")
+                self.log(f"epoch {epoch + 1} step {step + 1}/{steps} loss {float(losses[0]) / max(tuples, 1):.5f}")
         self.scheduler.step()
-        sums = self.dist.all_reduce_sum(sums.to(self.device)).cpu() if self.dist.enabled else sums
+        sums = torch.cat([losses, torch.tensor([matches, tuples], dtype=torch.float64, device=self.device)])
+        sums = self.dist.all_reduce_sum(sums).cpu()
         n = float(sums[4])
         self.epoch = epoch + 1
         record: dict[str, Any] = {
