@@ -151,7 +151,7 @@ def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model):
     out = tmp_path / "r.json"
     run("search", index, "--text", "a church", "--text-file", queries, "--json", out, "--topk", "2",
         "--csv", tmp_path / "r.csv", "--pairs", tmp_path / "p.txt", "--plot", tmp_path / "r.png", "--db-root", photo_dir)
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text())["queries"]  # lit.pipeline.write_json: {"db_root", "query_root", "queries"}
     assert [r["query"] for r in res] == ["a church", "a cat", "a cup of coffee"]
     assert [sorted(h) for h in res[0]["results"]] == [["name", "rank", "score"]] * 2
     assert res[0]["results"][0]["name"].startswith("sacre_coeur")
@@ -162,7 +162,7 @@ def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model):
     np.testing.assert_allclose([h["score"] for r in api for h in r["results"]],
                                [h["score"] for r in res for h in r["results"]], rtol=1e-5)
     assert (tmp_path / "p.txt").read_text().splitlines()[0] == f"a church {res[0]['results'][0]['name']}"
-    assert Image.open(tmp_path / "r.png").size[0] > 200
+    assert Image.open(tmp_path / "r_001.png").size[0] > 200  # one figure per query
     bad = run("search", index, "--text", "  ", ok=False)
     assert bad.returncode == 2 and "empty" in bad.stderr
 
