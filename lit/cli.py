@@ -104,25 +104,30 @@ def cmd_models(args) -> int:
 
 
 def cmd_extract(args) -> int:
+    from .distributed import rank_device, sharded_extraction
     from .features import extract_to_file
 
     paths, root = _gather_images(args.inputs, args.list)
-    model = load_cli_model(args.model, resolve_device(args.device))
+    paths, out, report = sharded_extraction(paths, args.out)  # torchrun: this rank's block and shard
+    model = load_cli_model(args.model, rank_device(resolve_device(args.device)))
     summary = extract_to_file(
-        model, paths, args.out, root=args.root or root, scales=_scales(args.scales),
+        model, paths, out, root=args.root or root, scales=_scales(args.scales),
         features_num=args.features_num, image_size=_image_size(args, model),
         num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
         amp=__import__("torch").bfloat16 if args.amp else None,
     )
-    print(summary.report())
+    print(report(summary))
     return 0
 
 
 def cmd_index(args) -> int:
     from .asmk import ASMK
-    from .features import FeatureStore
+    from .distributed import env_from_environ, rank_device
+    from .shards import open_features as FeatureStore  # a feature file or a set of shards
 
-    device = resolve_device(args.device)
+    device = rank_device(resolve_device(args.device))
+    if args.shards > 1 or env_from_environ() is not None:  # a sharded index (lit.distributed)
+        return _index_sharded(args, device)
     with FeatureStore(args.features) as store:
         desc, ids = store.all_descriptors()
         names = store.names
@@ -144,6 +149,21 @@ def cmd_index(args) -> int:
     with open(args.out + ".names.json", "w") as f:
         json.dump({"features": os.path.abspath(args.features), "names": names}, f)
     print(f"indexed {len(names)} images ({len(desc)} descriptors) into {args.out}: {json.dumps(index.stats())}")
+    return 0
+
+
+def _index_sharded(args, device: str) -> int:
+    from .distributed import build_index, is_main_process
+
+    codebook = _load_codebook(args.codebook) if args.codebook else None
+    res = build_index(args.features, args.out, parts=args.shards, codebook=codebook, codebook_size=args.codebook_size,
+                      train_features=args.train_features, seed=args.seed, device=device, binary=not args.real,
+                      use_idf=args.idf, log=lambda m: print(m, file=sys.stderr))
+    if is_main_process():
+        with open(args.out + ".names.json", "w") as f:
+            json.dump({"features": os.path.abspath(args.features), "names": res["names"]}, f)
+        print(f"indexed {len(res['names'])} images ({res['descriptors']} descriptors) into {res['stats']['parts']} parts "
+              f"{args.out} (.RRRRR-of-NNNNN.h5): {json.dumps(res['stats'])}")
     return 0
 
 
@@ -169,11 +189,11 @@ def cmd_search(args) -> int:
     import numpy as np
     import torch
 
-    from .asmk import ASMK
-    from .features import FeatureStore
+    from .distributed import is_main_process, open_index, rank_device
+    from .shards import open_features as FeatureStore  # a feature file or a set of shards
 
-    device = resolve_device(args.device)
-    index = ASMK.load(args.index, device=device)
+    device = rank_device(resolve_device(args.device))
+    index = open_index(args.index, device=device)  # one file, or the parts of a sharded index
     db_names = _index_names(args.index)
     if args.query_features:
         with FeatureStore(args.query_features) as qs:
@@ -198,6 +218,8 @@ def cmd_search(args) -> int:
     qdesc = torch.cat([f.descriptors for f in qfeats]).numpy()
     qids = np.concatenate([np.full(len(f), i) for i, f in enumerate(qfeats)])
     ranks, scores = index.search(qdesc, qids, topk=args.topk)
+    if not is_main_process():  # torchrun: rank 0 writes the merged results
+        return 0
     ranks, scores = np.asarray(ranks), np.asarray(scores)
     results = []
     for qi, qname in enumerate(qnames):
@@ -333,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", action="store_true", help="real-valued aggregated vectors instead of binary")
     p.add_argument("--idf", action="store_true", help="weight words by idf (off in FIRe)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--shards", type=int, default=1, help="build a sharded index of this many parts, OUT.RRRRR-of-NNNNN.h5 (under torchrun: one part per rank)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_index)
 
