@@ -12,8 +12,33 @@ Layout of the inverted file (IVF), on the index device:
 
 There is one entry per (database image, word). Within a posting list, entries are in the
 order they were added. ``add`` aggregates a batch of images and appends it to a pending
-list; pending entries are merged into the CSR arrays (one stable sort by word) before
-the next query, ``save``, ``stats`` or an explicit :meth:`ASMK.flush`.
+list (split by word range, sorted by word); pending entries are merged into the CSR
+arrays before the next query, ``save``, ``stats`` or an explicit :meth:`ASMK.flush`, one
+word range at a time.
+
+Memory model (binary 128-d, FIRe's setting; ``E`` = entries = about 0.6-0.9 x the
+descriptors per image, as several descriptors of an image share words):
+
+- index: 16 B (vector) + 4 B (image id) per entry, + 8 (K + 1) B of offsets, 4 K D B of
+  codebook and 5 B per image (presence flag, cached norm): about 20 B x E per image,
+  e.g. ~15 KB per image of 1000 descriptors at K = 65,536 (``stats()["bytes"]``); real
+  mode stores 4 D B per vector instead of 16.
+- build: an ``add`` batch holds its descriptors and about :data:`~lit.asmk.functional.CHUNK_BYTES`
+  of residuals at a time; pending entries take 24 B each (vector, image id, int32 word);
+  :meth:`flush` writes the merged arrays one word range at a time and frees each pending
+  piece once merged, so its peak is the pending entries plus one range (~1/32), not a
+  second copy of the inverted file. Flushing into a non-empty inverted file also keeps
+  the old arrays until the end. ``add`` from a feature file or a shard set streams in
+  chunks (:func:`lit.shards.add_collection`): the whole database is never held as
+  descriptors.
+- search: query descriptors and their m = 5 words, their aggregated entries, one chunk of
+  (query entry, database entry) pairs (about 16 MB on CPU, 256 MB on GPU) and one block of
+  score rows (about 128 MB of float32, plus the same again twice for the top-k key):
+  :meth:`ASMK.search` never holds the dense (queries x database) matrix, only the top-k
+  of each block (``topk=None`` asks for it all, and gets it). :meth:`ASMK.scores` is the
+  dense matrix by definition.
+- save / load: the vectors are written and read in chunks of rows straight from/into the
+  in-memory layout, so loading peaks at the index plus one chunk (not twice the file).
 
 A query gathers all (query vector, database entry) pairs of its words by slicing the
 posting lists (``repeat_interleave``), computes their similarities in one go (XOR and
