@@ -68,6 +68,15 @@ def _reset_peak() -> bool:
         return False
 
 
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -130,6 +139,7 @@ def run_size(n_img: int, args) -> dict:
         t_save = time.perf_counter() - t0
         del index
         gc.collect()
+        _malloc_trim()  # give freed heap pages back, so that the search peak is the search's
         reset = _reset_peak()
         t0 = time.perf_counter()
         index = ASMK.load(path, device=device)
@@ -220,13 +230,19 @@ def main(argv=None):
     if len(done) >= 2:
         sizes = [r["images"] for r in done]
         proj = {}
-        for key in ("build_s", "build_incl_quantize_projected_s", "ms_per_query", "index_bytes",
-                    "search_peak_rss_gb", "build_peak_rss_gb"):
+        for key in ("build_s", "build_incl_quantize_projected_s", "ms_per_query", "index_bytes"):
             vals = [r[key] for r in done]
             if any(v is None or v <= 0 for v in vals):
                 continue
             b, a = _fit(sizes, vals)
             proj[key] = {"exponent": round(b, 3), f"at_{args.project}": round(a * args.project**b, 3)}
+        for key in ("search_peak_rss_gb", "build_peak_rss_gb"):  # a fixed base + a cost per image
+            vals = [r[key] for r in done]
+            if any(v is None for v in vals):
+                continue
+            slope, base = np.polyfit(np.asarray(sizes, float), np.asarray(vals, float), 1)
+            proj[key] = {"base_gb": round(float(base), 3), "kb_per_image": round(float(slope) * 2**20, 2),
+                         f"at_{args.project}": round(float(base + slope * args.project), 2)}
         out["growth"] = proj
         out["fitted_on"] = sizes
     print(json.dumps(out, indent=2))
