@@ -514,10 +514,18 @@ class ASMK:
 
     def _db_inv_sqrt_norm(self) -> Tensor:
         if "db_norm" not in self._cache:
-            lengths = self._offsets[1:] - self._offsets[:-1]
-            per_entry = torch.repeat_interleave(self._idf(), lengths, output_size=self._images.shape[0])
+            # sum of idf over each image's entries, one word range at a time (entries in
+            # order, so the sums are the same as in one pass; no per-entry copy of the file)
+            idf = self._idf()
             norms = torch.zeros(self._n_images, dtype=torch.float32, device=self.device)
-            norms.index_add_(0, self._images.to(torch.int64), per_entry)
+            bounds = self._bucket_bounds().tolist()
+            starts = self._offsets[bounds].tolist()
+            for b in range(_BUCKETS):
+                w0, w1, a, c = bounds[b], bounds[b + 1], starts[b], starts[b + 1]
+                if c > a:
+                    lengths = self._offsets[w0 + 1 : w1 + 1] - self._offsets[w0:w1]
+                    per_entry = torch.repeat_interleave(idf[w0:w1], lengths, output_size=c - a)
+                    norms.index_add_(0, self._images[a:c].to(torch.int64), per_entry)
             self._cache["db_norm"] = F.inverse_sqrt(norms)
         return self._cache["db_norm"]
 
