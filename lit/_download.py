@@ -19,7 +19,12 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["cache_dir", "download_url", "file_sha256"]
+__all__ = ["DownloadError", "cache_dir", "cleanup_new_dirs", "download_url", "file_sha256"]
+
+
+class DownloadError(OSError):
+    """A download failed (network, HTTP or interrupted transfer); one line that names
+    the URL and says how to get the file another way."""
 
 _CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -137,7 +142,12 @@ def download_url(
             if bar is not None:
                 bar.close()
     else:
-        _download_http(url, part, hasher, progress, resume, timeout, chunk_size, dst.name)
+        try:
+            _download_http(url, part, hasher, progress, resume, timeout, chunk_size, dst.name)
+        except OSError:
+            if part.is_file() and part.stat().st_size == 0:
+                part.unlink()  # nothing to resume from
+            raise
 
     actual = hasher.hexdigest()
     if sha256 is not None and actual != sha256:
@@ -148,6 +158,45 @@ def download_url(
         )
     os.replace(part, dst)
     return dst
+
+
+def _elsewhere(part: Path) -> str:
+    dst = part.with_name(part.name[: -len(".part")]) if part.name.endswith(".part") else part
+    return f"download it elsewhere and save it as {dst} (or pass the file)"
+
+
+class cleanup_new_dirs:  # noqa: N801 - used as a context manager, like contextlib's
+    """On an exception, remove the folders under ``base`` (and ``base``) that were created
+    inside the ``with`` block and are still empty; existing folders are never touched.
+
+    Example:
+        >>> with cleanup_new_dirs("data/roxford5k"):  # doctest: +SKIP
+        ...     download_dataset("roxford5k", "data")
+    """
+
+    def __init__(self, base: str | os.PathLike) -> None:
+        self.base = Path(base)
+        self.existing: set[Path] = set()
+
+    def __enter__(self) -> cleanup_new_dirs:
+        top = self.base
+        while not top.exists() and top.parent != top:
+            top = top.parent
+        self.top = top
+        if top.is_dir():
+            self.existing = {Path(d) for d, _, _ in os.walk(top)}
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or not self.top.is_dir():
+            return
+        for d, _, _ in sorted(os.walk(self.top), key=lambda t: -len(t[0])):
+            path = Path(d)
+            if path not in self.existing:
+                try:
+                    path.rmdir()  # only succeeds when empty
+                except OSError:
+                    pass
 
 
 def _open(url: str, offset: int, timeout: float):
@@ -172,9 +221,10 @@ def _download_http(url: str, part: Path, hasher, progress: bool, resume: bool, t
             offset = 0
             resp = _open(url, 0, timeout)
     except urllib.error.HTTPError as err:
-        raise OSError(f"{url}: HTTP error {err.code} ({err.reason})") from err
-    except urllib.error.URLError as err:
-        raise OSError(f"{url}: cannot connect ({err.reason})") from err
+        raise DownloadError(f"{url}: HTTP error {err.code} ({err.reason}); {_elsewhere(part)}") from err
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", None) or err
+        raise DownloadError(f"cannot reach {url} ({reason}); {_elsewhere(part)}") from err
 
     with resp:
         status = getattr(resp, "status", None) or resp.getcode()
@@ -198,7 +248,7 @@ def _download_http(url: str, part: Path, hasher, progress: bool, resume: bool, t
             with open(part, mode) as out:
                 _copy_stream(resp, out, hasher, bar, chunk_size)
         except (OSError, http.client.HTTPException) as err:
-            raise OSError(
+            raise DownloadError(
                 f"{url}: download interrupted after {part.stat().st_size} bytes ({type(err).__name__}: {err}); "
                 f"the partial file {part} is kept, call again to resume"
             ) from err
@@ -206,7 +256,7 @@ def _download_http(url: str, part: Path, hasher, progress: bool, resume: bool, t
             if bar is not None:
                 bar.close()
     if total is not None and part.stat().st_size != total:
-        raise OSError(
+        raise DownloadError(
             f"{url}: incomplete download ({part.stat().st_size} of {total} bytes); the partial "
             f"file {part} is kept, call again to resume"
         )

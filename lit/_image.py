@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,30 +13,118 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+#: Largest number of pixels decoded from one file (about 13,400 x 13,400). A larger JPEG
+#: is decoded directly at a reduced size (``Image.draft``, powers of two) when the
+#: network needs fewer pixels, so the limit applies to the decoded size; other formats
+#: (PNG, TIFF, ...) cannot be decoded reduced.
+#: Larger files are refused with :class:`ImageTooLargeError` ("too large"). The command
+#: line's ``--max-pixels`` changes it; ``None`` removes it.
+DEFAULT_MAX_PIXELS = 180_000_000
+
+
+_REDUCE_PIXELS = 64_000_000  # above this, resize_max box-reduces before Lanczos
+
+
 class ImageReadError(ValueError):
     """An image file could not be read; the message names the file and the problem."""
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the decoding limit (``max_pixels``)."""
+
+
+class ImageTooSmallError(ImageReadError):
+    """An image is smaller than one feature-map cell of the model at every scale."""
+
+
+def display_name(name: str | bytes | os.PathLike) -> str:
+    """A printable, valid-UTF-8 form of a file name, for messages, JSON and CSV.
+
+    Names that are valid UTF-8 are returned unchanged; bytes that are not (a Latin-1
+    ``caf\\xe9.jpg`` read by Python as ``'caf\\udce9.jpg'``) are written as ``\\xNN``.
+    The stored name itself keeps the exact bytes (:func:`encode_name`).
+    """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def encode_name(name: str | os.PathLike) -> bytes:
+    """The exact bytes of a file name (``os.fsencode``: undecodable bytes survive)."""
+    return os.fsencode(name)
+
+
+def decode_name(raw: bytes) -> str:
+    """Inverse of :func:`encode_name`: the ``str`` that ``open`` and ``os.listdir`` use."""
+    return os.fsdecode(bytes(raw))
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.1f} MP"
+
+
+def open_image(path: str | os.PathLike, image_size: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image file, applying its EXIF orientation.
 
+    Args:
+        path: the file.
+        image_size: the longer side the caller will downscale to (``None``: full size).
+            A JPEG with more pixels than ``max_pixels`` is then decoded at a power-of-two
+            reduction that keeps at least this size (``Image.draft``), so that very large
+            JPEGs still load; files under the limit are always decoded whole.
+        max_pixels: refuse files that would decode to more pixels than this
+            (:data:`DEFAULT_MAX_PIXELS`; ``None``: no limit). PIL's own
+            decompression-bomb check is replaced by this one.
+
     Raises:
+        ImageTooLargeError: more pixels than ``max_pixels`` (nothing is decoded).
         ImageReadError: missing, empty, truncated, or not an image.
     """
     path = os.fspath(path)
+    shown = display_name(path)
     if not os.path.exists(path):
-        raise ImageReadError(f"{path}: no such file")
+        raise ImageReadError(f"{shown}: no such file")
+    if os.path.isdir(path):
+        raise ImageReadError(f"{shown}: a folder, not an image file")
     if os.path.getsize(path) == 0:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
+        raise ImageReadError(f"{shown}: empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own check below
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+        with img:
+            w, h = img.size
+            if w < 1 or h < 1:
+                raise ImageReadError(f"{shown}: empty image ({w}x{h} pixels)")
+            too_many = max_pixels is not None and w * h > max_pixels
+            if too_many and image_size is not None and img.format == "JPEG" and max(w, h) > image_size:
+                # decode at a power-of-two reduction that still covers image_size (only
+                # past the limit: smaller files decode whole, so features do not change)
+                scale = image_size / max(w, h)
+                img.draft(img.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+            dw, dh = img.size  # after draft: the size that is really decoded
+            if max_pixels is not None and dw * dh > max_pixels:
+                raise ImageTooLargeError(
+                    f"{shown}: too large ({w}x{h} = {_megapixels(w * h)}, limit {_megapixels(max_pixels)}; "
+                    "raise it with --max-pixels)"
+                )
             img.load()
             out = ImageOps.exif_transpose(img)
             return img.copy() if out is None or out is img else out
+    except ImageReadError:
+        raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (or a format PIL cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot decode image ({err})") from None
+        raise ImageReadError(f"{shown}: not an image file (or a format PIL cannot read)") from None
+    except Image.DecompressionBombError as err:  # pragma: no cover - the limit is lifted above
+        raise ImageTooLargeError(f"{shown}: too large ({err})") from None
+    except (OSError, SyntaxError, ValueError, MemoryError) as err:
+        raise ImageReadError(f"{shown}: cannot decode image ({display_name(str(err))})") from None
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -88,6 +177,11 @@ def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
     size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
     if img.mode not in ("RGB", "L", "RGBA", "LA", "F"):  # Lanczos needs 8-bit or float bands
         img = img.convert("F") if img.mode.startswith("I") else img.convert("RGB")
+    factor = longer // (2 * image_size)
+    if w * h > _REDUCE_PIXELS and factor >= 2:
+        # very large images: a box reduction first (still at least twice the target size),
+        # then Lanczos; ordinary photos are resized by Lanczos alone
+        return img.reduce(factor).resize(size, Image.LANCZOS)
     return img.resize(size, Image.LANCZOS)
 
 
@@ -95,6 +189,7 @@ def load_image(
     image: str | os.PathLike | Image.Image,
     image_size: int | None = 1024,
     bbox: Sequence[float] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Load a path or PIL image as the network input of SPEC section 1.
 
@@ -102,11 +197,19 @@ def load_image(
         image: path or PIL image.
         image_size: longer side after downscaling (``None``: keep the size).
         bbox: optional ``(x1, y1, x2, y2)`` crop applied first (revisited query boxes).
+        max_pixels: refuse files that decode to more pixels (see :func:`open_image`).
 
     Returns:
         RGB float tensor :math:`(3, H, W)` in ``[0, 1]``.
+
+    Raises:
+        ImageTooLargeError: the file has more pixels than ``max_pixels``.
+        ImageReadError: the file cannot be read (the message names it).
     """
-    img = image if isinstance(image, Image.Image) else open_image(image)
+    if isinstance(image, Image.Image):
+        img = image
+    else:  # a crop needs the full-resolution pixels: no reduced decoding then
+        img = open_image(image, image_size=None if bbox is not None else image_size, max_pixels=max_pixels)
     if bbox is not None:
         x1, y1, x2, y2 = (float(v) for v in bbox)
         if not (x2 > x1 and y2 > y1):

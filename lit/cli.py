@@ -1,7 +1,10 @@
 """The ``lit`` command line.
 
 Every command prints one clear line on stderr and exits with status 2 on a user error
-(bad file, bad option); set ``LIT_DEBUG=1`` to see the traceback instead.
+(bad file, bad option); set ``LIT_DEBUG=1`` to see the traceback instead. ``lit extract``
+exits with 0 when every image is in the feature file, 3 when it finished but some files
+could not be extracted (each named on stderr and recorded in the file) and 4 when none
+could.
 """
 
 from __future__ import annotations
@@ -53,31 +56,38 @@ def _scales(text: str | None):
 
 
 def _gather_images(inputs: Sequence[str], list_file: str | None) -> tuple[list[str], str | None]:
-    """Paths from folders, files and a list file; returns (paths, common root)."""
-    from ._image import list_images
+    """Paths from folders, files and a list file; returns (paths, root of the names).
+
+    The root is :func:`lit.features.common_root` of the folder and file arguments (and of
+    the listed files): one folder gives that folder.
+    """
+    from ._image import display_name, list_images
+    from .features import common_root
 
     paths: list[str] = []
-    root = None
+    anchors: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
             paths.extend(list_images(item))
-            root = item if len(inputs) == 1 else None
+            anchors.append(item)
         elif os.path.exists(item):
             paths.append(item)
+            anchors.append(item)
         else:
-            raise UserError(f"{item}: no such file or directory")
+            raise UserError(f"{display_name(item)}: no such file or directory")
     if list_file:
         if not os.path.isfile(list_file):
             raise UserError(f"{list_file}: no such list file")
         base = os.path.dirname(list_file)
-        with open(list_file) as f:
+        with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # names need not be UTF-8
             for line in f:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     paths.append(line if os.path.isabs(line) else os.path.join(base, line))
+                    anchors.append(paths[-1])
     if not paths:
         raise UserError("no images given (folders are searched for .jpg/.png/... files)")
-    return paths, root
+    return paths, common_root(anchors)
 
 
 def _add_model_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
@@ -94,29 +104,100 @@ def _image_size(args, model):
 
 
 # ---------------------------------------------------------------------- commands
+def _model_location(cfg) -> str:
+    """Where a registered model's file is on this machine, or how to get it."""
+    from pathlib import Path
+
+    from ._download import cache_dir
+    from .hub import WEIGHTS_DIR
+
+    if cfg.local is not None and (WEIGHTS_DIR / cfg.local).is_file():
+        return f"installed ({WEIGHTS_DIR / cfg.local})"
+    cached = Path(cache_dir()) / cfg.filename
+    if cached.is_file():
+        return f"downloaded ({cached})"
+    return f"not here: `lit download {cfg.name}`" if cfg.url else "missing (ships with the repository)"
+
+
 def cmd_models(args) -> int:
+    from ._download import cache_dir
     from .hub import REGISTRY
 
     for name in sorted(REGISTRY):
         cfg = REGISTRY[name]
-        print(f"{name:16s} {cfg.description} [{cfg.license}]")
+        mark = "*" if name == DEFAULT_MODEL else " "
+        print(f"{mark} {name:14s} {_model_location(cfg)}")
+        print(f"    {cfg.description} [{cfg.license}]")
+    print(f"* the default model (--model); files are cached in {cache_dir()}")
     return 0
 
 
 def cmd_extract(args) -> int:
+    from ._image import display_name
     from .distributed import rank_device, sharded_extraction
     from .features import extract_to_file
 
     paths, root = _gather_images(args.inputs, args.list)
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     paths, out, report = sharded_extraction(paths, args.out)  # torchrun: this rank's block and shard
     model = load_cli_model(args.model, rank_device(resolve_device(args.device)))
     summary = extract_to_file(
-        model, paths, out, root=args.root or root, scales=_scales(args.scales),
+        model, paths, out, root=args.root, default_root=root, scales=_scales(args.scales),
         features_num=args.features_num, image_size=_image_size(args, model),
         num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
-        amp=__import__("torch").bfloat16 if args.amp else None,
+        amp=__import__("torch").bfloat16 if args.amp else None, retry_failed=not args.no_retry,
+        max_pixels=(args.max_pixels or None) if args.max_pixels is not None else _default_max_pixels(),
     )
-    print(report(summary))
+    print(report(summary).splitlines()[0])
+    bad = len(summary.failed or {}) + summary.skipped_failed
+    if bad:
+        print(f"lit extract: {bad} of {summary.total} images could not be extracted (named above, recorded in "
+              f"{display_name(out)}; `lit features info` lists them; a rerun retries them unless --no-retry)",
+              file=sys.stderr)
+    # under torchrun a rank that exits non-zero makes torchrun stop the other ranks: a rank
+    # whose bad images are named and recorded exits 0
+    return summary.status if out == args.out else 0
+
+
+def _default_max_pixels() -> int:
+    from ._image import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS
+
+
+def cmd_features(args) -> int:
+    from ._image import display_name
+    from .features import feature_file_info, merge_feature_files
+
+    if args.action == "info":
+        infos = [feature_file_info(p) for p in args.files]
+        if args.json:
+            print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
+            return 0
+        for info in infos:
+            st = info["settings"]
+            print(info["path"])
+            print(f"  {info['images']} images, {info['features']} features "
+                  f"({info['features_per_image']['min']}-{info['features_per_image']['max']} per image), "
+                  f"{info['descriptor_dim']}-d {info['dtype']}, {info['size_bytes'] / 1e6:.1f} MB")
+            print(f"  names relative to: {info['root'] or '(not recorded)'}")
+            if st:
+                print(f"  extraction: scales {','.join(f'{x:g}' for x in st['scales'])}, "
+                      f"{st['features_num']} features, image size {st['image_size']}")
+            print(f"  model fingerprint: {info['fingerprint'][:16]}")
+            print(f"  failed: {len(info['failed'])}")
+            for err in list(info["failed"].values())[: args.show_failed]:
+                print(f"    {err}")
+            if len(info["failed"]) > args.show_failed:
+                print(f"    ... (+{len(info['failed']) - args.show_failed} more; --json lists all)")
+        return 0
+    if not args.out:
+        raise UserError("merge needs --out FILE")
+    summary = merge_feature_files(args.files, args.out, overwrite=args.overwrite)
+    print(f"merged {len(args.files)} files into {display_name(args.out)}: {summary.images} images, "
+          f"{len(summary.duplicates)} duplicates stored once, {summary.failed} failures kept"
+          + (f", names relative to {summary.root}" if summary.root else ""))
     return 0
 
 
@@ -298,9 +379,11 @@ def cmd_plot_attention(args) -> int:
 
 def cmd_download(args) -> int:
     from . import hub
+    from ._download import cache_dir, cleanup_new_dirs
 
     if args.name in hub.REGISTRY:
-        path = hub.resolve(args.name, progress=not args.quiet)
+        with cleanup_new_dirs(cache_dir()):  # no empty folders left behind by a failure
+            path = hub.resolve(args.name, progress=not args.quiet)
         print(path)
         return 0
     from .data import DATASETS, download_dataset
@@ -309,7 +392,8 @@ def cmd_download(args) -> int:
         raise UserError(f"unknown name {args.name!r}: models {', '.join(hub.list_models())}; datasets {', '.join(sorted(DATASETS))}")
     if not args.root:
         raise UserError("--root DIR is needed to download a dataset")
-    download_dataset(args.name, args.root, progress=not args.quiet)
+    with cleanup_new_dirs(args.root):
+        print(download_dataset(args.name, args.root, progress=not args.quiet))
     return 0
 
 
@@ -327,24 +411,52 @@ def cmd_demo(args) -> int:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lit", description="Landmark image retrieval with super-features (FIRe / LIT).")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lit", description="Landmark image retrieval with super-features (FIRe / LIT).",
+        epilog="`lit COMMAND --help` describes each command. User errors are one line on stderr with exit "
+               "status 2 (LIT_DEBUG=1 shows the traceback).",
+    )
+    parser.add_argument("--version", action="version", version=f"lit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list registered models")
+    p = sub.add_parser("models", help="list registered models: the default, and which are on this machine")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("extract", help="extract super-features of images into an HDF5 file (resumable)")
+    p = sub.add_parser(
+        "extract", help="extract super-features of images into an HDF5 file (resumable)",
+        description="Extract super-features of images into an HDF5 feature file. Reruns skip images already "
+                    "in the file and retry the ones that failed. Exit status: 0 every image is in the file, "
+                    "3 finished but some files could not be extracted (each named on stderr, recorded in "
+                    "the file), 4 none could be, 2 bad options.",
+    )
     p.add_argument("inputs", nargs="*", help="image files and/or folders (searched recursively)")
     p.add_argument("--list", help="text file with one image path per line (relative to the list's folder)")
-    p.add_argument("--out", required=True, help="output HDF5 feature file; an existing one is resumed")
-    p.add_argument("--root", help="store image names relative to this folder")
-    p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in the main process)")
+    p.add_argument("--out", required=True, help="output HDF5 feature file; an existing one is resumed (its folder is created)")
+    p.add_argument("--root", help="store image names relative to this folder (default: the folder given, or the "
+                                   "deepest folder holding every input)")
+    p.add_argument("--no-retry", action="store_true", help="do not retry images that failed in an earlier run")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images that decode to more pixels ('too large'; default 180000000, 0: no limit; "
+                        "large JPEGs are decoded reduced)")
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in the main process; "
+                                                          "capped by the CPU count)")
     p.add_argument("--half", action="store_true", help="store descriptors as float16")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass: consecutive images of equal size are batched (default 1)")
     p.add_argument("--amp", action="store_true", help="fast path: bf16 autocast (features differ slightly from float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("features", help="inspect feature files (info) or merge several into one (merge)")
+    p.add_argument("action", choices=("info", "merge"), help="info: what a file holds; merge: several files into --out")
+    p.add_argument("files", nargs="+", help="feature files (from `lit extract`)")
+    p.add_argument("--out", help="merge: the new feature file")
+    p.add_argument("--overwrite", action="store_true", help="merge: replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="info: print JSON (names of failed files included)")
+    p.add_argument("--show-failed", type=int, default=20, help="info: failed files listed (default 20)")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("index", help="train a codebook and build an ASMK index from a feature file")
     p.add_argument("features", help="HDF5 feature file of the database (from `lit extract`)")
@@ -411,10 +523,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     for name, adder, runner in _plugin_commands():
-        p = sub.add_parser(name, help=adder.__doc__.splitlines()[0] if adder.__doc__ else None)
+        help_text = _PLUGIN_HELP.get(name) or (adder.__doc__.splitlines()[0] if adder.__doc__ else None)
+        p = sub.add_parser(name, help=help_text, description=help_text)
         adder(p)
         p.set_defaults(func=runner)
     return parser
+
+
+_PLUGIN_HELP = {
+    "train": "train a super-feature model: the FIRe recipe on SfM-120k, or fine-tuning on your own photos",
+}
 
 
 def _plugin_commands() -> list[tuple[str, Callable, Callable]]:
@@ -456,11 +574,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lit: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # user errors: one line, no traceback
+        from ._download import DownloadError
         from ._image import ImageReadError
         from .features import FeatureFileError
         from .models.checkpoint import CheckpointError
 
-        user = (UserError, ImageReadError, FeatureFileError, CheckpointError, FileNotFoundError, ValueError, TypeError)
+        user = (UserError, ImageReadError, FeatureFileError, CheckpointError, DownloadError, FileNotFoundError,
+                NotADirectoryError, PermissionError, ValueError, TypeError)
         if os.environ.get("LIT_DEBUG") or not isinstance(err, user):
             raise
         msg = str(err).strip().splitlines()

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -49,11 +50,19 @@ def _check_options(threshold: float | None, ratio: float | None) -> None:
             raise TypeError(f"threshold must be a float or None, got {type(threshold).__name__}")
         if math.isnan(threshold):
             raise ValueError("threshold must not be NaN")
+        if threshold > 1:
+            raise ValueError(f"threshold is a cosine similarity (at most 1): {threshold} would match nothing")
+        if threshold < 0:
+            warnings.warn(f"threshold {threshold} < 0: a negative cosine similarity keeps unrelated super-features "
+                          "(every reciprocal pair at -1)", stacklevel=3)
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise TypeError(f"ratio must be a float or None, got {type(ratio).__name__}")
         if not ratio > 0:  # also rejects NaN
             raise ValueError(f"ratio must be > 0, got {ratio}")
+        if ratio > 1:
+            warnings.warn(f"ratio {ratio} > 1 tests nothing (d1/d2 is at most 1); use a ratio in (0, 1] or None",
+                          stacklevel=3)
 
 
 def _first_argmax(sim: Tensor, dim: int) -> Tensor:
@@ -130,7 +139,8 @@ def match_superfeatures(
     Raises:
         TypeError: non-tensor inputs or non-real dtypes, or option of the wrong type.
         ValueError: inputs not 2-D, different dimensions ``D``, NaN/inf values,
-            ``ratio <= 0`` or a NaN threshold.
+            ``ratio <= 0``, a NaN threshold or one above 1 (a warning for a ratio above 1
+            or a negative threshold, which test nothing).
 
     Shape:
         - desc_a: :math:`(N_a, D)`.

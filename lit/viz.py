@@ -586,13 +586,13 @@ def plot_retrieval(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> str:
-    """Write a figure as PNG or PDF, chosen by the file extension.
+    """Write a figure as PNG, PDF or SVG, chosen by the file extension.
 
     Missing parent directories are created.
 
     Args:
         fig: a figure returned by the functions of this module (any matplotlib figure).
-        path: output file ending in ``.png`` or ``.pdf`` (case-insensitive).
+        path: output file ending in ``.png``, ``.pdf`` or ``.svg`` (case-insensitive).
         dpi: resolution of the PNG (and of images embedded in the PDF).
 
     Returns:
@@ -606,8 +606,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> str:
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in (".png", ".pdf"):
-        raise ValueError(f"{path}: unsupported extension {ext!r}; use .png or .pdf")
+    if ext not in (".png", ".pdf", ".svg"):
+        raise ValueError(f"{path}: unsupported extension {ext!r}; use .png, .pdf or .svg")
     if not dpi > 0:
         raise ValueError(f"dpi must be > 0, got {dpi}")
     parent = os.path.dirname(path)

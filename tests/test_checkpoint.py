@@ -129,10 +129,40 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, monkeypatch,
     monkeypatch.setenv("LIT_EVIL_MARKER", str(marker))
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": to_fire_state_dict(tiny_model.state_dict()), "net_params": _Evil()}, path)
-    with pytest.raises(CheckpointError, match="refusing to load") as err:
+    with pytest.raises(CheckpointError, match="refused: loading this file would import posix.system") as err:
         lit.load_model(path)
-    assert "system" in str(err.value)
+    assert "may run code" in str(err.value)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)  # never advise lifting the safety
     assert not marker.exists()
+
+
+def test_refusal_messages_say_what_the_file_is(tmp_path):
+    """Point 8 of issue 18: one sentence each, never 'weights_only=False'."""
+    import pickle
+
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"a": [1, 2], "b": "text"}))
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\n")
+    binary = tmp_path / "noise.pt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(3)}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    cases = {plain: "a plain Python pickle of a dict, not a PyTorch checkpoint", text: "a text file, not a PyTorch checkpoint",
+             binary: "not a PyTorch checkpoint", empty: "empty file", truncated: "damaged or truncated PyTorch checkpoint"}
+    for path, expected in cases.items():
+        with pytest.raises(CheckpointError) as err:
+            lit.load_model(path)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: ") and expected in msg, msg
+        assert "weights_only" not in msg and "\n" not in msg and len(msg) < 300
+    from lit.models.checkpoint import safe_load
+
+    assert torch.equal(safe_load(good)["w"], torch.zeros(3))
 
 
 def test_not_a_checkpoint(tmp_path):

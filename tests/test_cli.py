@@ -61,15 +61,16 @@ def test_help_explains_every_command():
 
 def test_extract_index_search_pipeline(tmp_path, folder, ckpt):
     feats = tmp_path / "feats.h5"
-    proc = run("extract", folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
+    proc = run("extract", folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
+    assert proc.returncode == 3  # finished with skipped files
     assert "extracted 5 images" in proc.stdout and "3 failed" in proc.stdout
     for bad in ("zero.jpg", "notes.png", "corrupt.jpg"):
-        assert bad in proc.stdout
+        assert bad in proc.stderr
     with FeatureStore(feats) as store:
         assert sorted(store.names) == ["cmyk.jpg", "good0.jpg", "good1.jpg", "good2.jpg", "sub/deep16.png"]
         assert set(store.failed) == {"zero.jpg", "notes.png", "corrupt.jpg"}
-    again = run("extract", folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
-    assert "extracted 0 images, skipped 8" in again.stdout
+    again = run("extract", folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", "--no-retry", ok=False)
+    assert again.returncode == 3 and "extracted 0 images, skipped 5 already done, 0 failed, 3 earlier" in again.stdout
 
     index = tmp_path / "index.h5"
     proc = run("index", feats, "--out", index, "--codebook-size", "8", "--device", "cpu")

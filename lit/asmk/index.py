@@ -290,6 +290,14 @@ class ASMK:
         Shape:
             - descriptors: :math:`(N, D)` with ``N >= size``.
         """
+        n = int(descriptors.shape[0]) if hasattr(descriptors, "shape") and len(descriptors.shape) else 0
+        if n == 0:
+            raise ValueError("ASMK.train: no descriptors given (the feature file or array is empty)")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"ASMK.train: size must be a positive integer, got {size!r}")
+        if size > n:
+            raise ValueError(f"ASMK.train: {n} descriptors cannot make {size} visual words; pass size <= {n} "
+                             "(lit index chooses a size from the descriptor count)")
         codebook = kmeans(descriptors, size, iterations=iterations, seed=seed, device=device, backend=backend)
         return cls(codebook, device=device, **params)
 

@@ -10,6 +10,7 @@ import os
 import pathlib
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,31 +57,107 @@ def _allow_list() -> list:
     return allowed
 
 
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-1.6 torch.save file
+
+
+def _sniff(path: str) -> str:
+    """``"zip"`` (torch.save), ``"pickle"`` (a pickle stream: legacy torch file or plain
+    pickle), ``"text"`` or ``"other"``, from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    try:
+        head.decode("utf-8")
+        if b"\x00" not in head:
+            return "text"
+    except UnicodeDecodeError:
+        pass
+    return "other"
+
+
+def _plain_pickle_kind(path: str) -> str | None:
+    """For a pickle stream: ``None`` if it is a legacy torch file, else a description."""
+    from .._pickle import UnsafePickleError, restricted_load
+
+    try:
+        first = restricted_load(path)
+    except UnsafePickleError as err:
+        found = re.findall(r"global '([^']+)'", str(err))
+        return f"code:{found[0] if found else 'a Python object'}"
+    except ValueError:
+        return "a Python pickle that is not a PyTorch checkpoint"
+    if first == _TORCH_LEGACY_MAGIC:
+        return None
+    return f"a plain Python pickle of a {type(first).__name__}, not a PyTorch checkpoint"
+
+
+def _refused_code(path: str, names: list[str]) -> CheckpointError:
+    what = ", ".join(names) if names else "a Python object"
+    return CheckpointError(
+        f"{path}: refused: loading this file would import {what}, which a file of weights never needs, "
+        "so it may run code (lit loads only tensors, numbers and strings); use a checkpoint saved "
+        "from a state_dict, such as one from `lit download` or `lit train`"
+    )
+
+
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True`` and lit's allow-list.
 
+    Nothing in the file is ever executed. The errors are one sentence each: what the file
+    is, why it is refused and what to do; they never suggest lifting the safety.
+
     Raises:
-        CheckpointError: missing file, not a torch file, or the file asks for a global that
-            is not on the allow-list (a pickle that would run code): nothing is executed.
+        CheckpointError: missing file; a text file or another kind of file; a plain Python
+            pickle (not written by ``torch.save``); or a file that asks for Python objects
+            outside the allow-list (a pickle that could run code).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; download or save it again")
+    kind = _sniff(path)
+    if kind == "text":
+        raise CheckpointError(
+            f"{path}: a text file, not a PyTorch checkpoint; pass the .pt/.pth file written by torch.save "
+            "(e.g. from `lit download` or `lit train`)"
+        )
+    if kind == "pickle":
+        plain = _plain_pickle_kind(path)
+        if plain is not None and plain.startswith("code:"):
+            raise _refused_code(path, [plain[5:]])
+        if plain is not None:
+            raise CheckpointError(
+                f"{path}: {plain}; lit reads checkpoints written by torch.save (a state_dict, or the "
+                "official FIRe files), so save the weights with torch.save"
+            )
+    elif kind == "other":
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle); "
+            "check the file, or download it again if it is truncated"
+        )
     try:
-        with torch.serialization.safe_globals(_allow_list()):
+        with torch.serialization.safe_globals(_allow_list()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4 ..."
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
-        found = re.findall(r"GLOBAL ([\w.]+)|global '([\w.]+)'|Unsupported global: GLOBAL ([\w.]+)", msg)
+        found = re.findall(r"GLOBAL ([\w.]+)|global '([\w.]+)'", msg)
         names = sorted({g for grp in found for g in grp if g})
-        what = f" (refused: {', '.join(names)})" if names else ""
+        if names:
+            raise _refused_code(path, names) from None
         raise CheckpointError(
-            f"{path}: refusing to load, the file asks for Python objects that are not on the "
-            f"allow-list{what}; lit never unpickles checkpoints fully. Original error: "
-            + msg.splitlines()[0]
+            f"{path}: refused: its pickle uses instructions that lit's safe loader does not read; "
+            "use a checkpoint saved from a state_dict with torch.save"
         ) from None
     except Exception as err:  # torch raises many types for corrupt files
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None
+        detail = (str(err).splitlines()[0] if str(err) else type(err).__name__).split(". ")[0][:160]
+        raise CheckpointError(
+            f"{path}: a damaged or truncated PyTorch checkpoint ({detail}); download or save it again"
+        ) from None
 
 
 # ---------------------------------------------------------------------- key conversion

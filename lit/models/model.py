@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .._image import load_image
+from .._image import ImageTooSmallError, load_image
 from ..types import LocalFeatures, Matches, SuperFeatures
 from .backbone import create_backbone, freeze_batchnorm
 from .config import ModelConfig
@@ -47,6 +48,32 @@ def attention_centroids(attention: Tensor, image_size: tuple[int, int]) -> Tenso
     x = (a.sum(dim=-2) * xs).sum(dim=-1)
     y = (a.sum(dim=-1) * ys).sum(dim=-1)
     return torch.stack([x, y], dim=-1)
+
+
+def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """Validate extraction scales: a non-empty sequence of positive finite numbers."""
+    try:
+        out = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be a sequence of numbers, got {scales!r}") from None
+    if not out or not all(math.isfinite(s) and s > 0 for s in out):
+        raise ValueError(f"scales must be positive finite numbers (at least one), got {list(out)}")
+    return out
+
+
+def check_image_values(images: Tensor) -> None:
+    """Refuse empty images and pixel values outside ``[0, 1]`` (NaN, infinities, 0..255).
+
+    One reduction and one device-to-host transfer per batch.
+    """
+    if images.numel() == 0:
+        raise ValueError(f"image tensor is empty (shape {tuple(images.shape)})")
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("image tensor has NaN or infinite values")
+    if hi > 1.0 + 1e-3 or lo < -1e-3:
+        hint = " (values in 0..255? divide by 255)" if hi > 1.0 + 1e-3 else " (already normalised? give RGB in [0, 1])"
+        raise ValueError(f"image tensor values must be in [0, 1], got {lo:.4g}..{hi:.4g}{hint}")
 
 
 class SuperFeatureModel(nn.Module):
@@ -91,6 +118,33 @@ class SuperFeatureModel(nn.Module):
         return self.dim_reduction is not None
 
     # ------------------------------------------------------------------ core
+    def min_image_size(self, scales: Sequence[float] | None = None) -> int:
+        """Smallest image side (pixels) this model extracts from: one cell of the feature
+        map (``backbone.reduction`` pixels, 16 for FIRe) at the largest scale.
+
+        Smaller sides are refused by :meth:`extract` (:class:`~lit.ImageTooSmallError`);
+        for larger images, scales at which a side would be under one cell are skipped.
+        """
+        scales = check_scales(self.cfg.runtime.scales if scales is None else scales)
+        return math.ceil(self.backbone.reduction / max(scales))
+
+    def usable_scales(self, height: int, width: int, scales: Sequence[float] | None = None) -> tuple[float, ...]:
+        """The scales at which an ``height x width`` image gives at least one feature-map
+        cell on each side (``floor(side * s) >= backbone.reduction``), in the given order.
+
+        Raises:
+            ImageTooSmallError: none of them does.
+        """
+        scales = check_scales(self.cfg.runtime.scales if scales is None else scales)
+        r = self.backbone.reduction
+        out = tuple(s for s in scales if math.floor(height * s) >= r and math.floor(width * s) >= r)
+        if not out:
+            raise ImageTooSmallError(
+                f"too small ({width}x{height} pixels): this model needs each side >= "
+                f"{self.min_image_size(scales)} px (one {r}-px feature-map cell at scale {max(scales):g})"
+            )
+        return out
+
     def normalize(self, images: Tensor) -> Tensor:
         """Subtract the mean and divide by the std of the runtime config."""
         return (images - self.mean) / self.std
@@ -184,10 +238,14 @@ class SuperFeatureModel(nn.Module):
             - Input: :math:`(B, 3, H, W)`.
             - Output: ``B`` :class:`~lit.LocalFeatures` with ``K = min(features_num, S N)``.
         """
-        scales = tuple(self.cfg.runtime.scales if scales is None else scales)
         k = self.cfg.runtime.features_num if features_num is None else int(features_num)
-        if not scales or k < 1:
-            raise ValueError(f"need at least one scale and features_num >= 1, got {scales}, {k}")
+        if k < 1:
+            raise ValueError(f"features_num must be >= 1, got {k}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        check_image_values(images)
+        # scales at which a side would be under one feature-map cell are skipped
+        scales = self.usable_scales(images.shape[-2], images.shape[-1], scales)
         x = self.normalize(images)
         h0, w0 = x.shape[-2:]
         descs, strengths, scale_ids, positions = [], [], [], []
@@ -254,18 +312,34 @@ class SuperFeatureModel(nn.Module):
         """Multi-scale super-features of one image (SPEC sections 1 and 8).
 
         Args:
-            image: float tensor ``(3, H, W)`` in ``[0, 1]`` (used as given), a batch
-                ``(B, 3, H, W)`` (returns a list), a PIL image or a path (downscaled so that
-                the longer side is at most ``runtime.image_size``).
-            scales: default the model's scales (FIRe: 7).
+            image: float tensor ``(3, H, W)`` in ``[0, 1]`` (used as given; NaN, infinite
+                or 0..255 values are refused), a batch ``(B, 3, H, W)`` (returns a list), a
+                PIL image or a path (downscaled so that the longer side is at most
+                ``runtime.image_size``). Each side must be at least
+                :meth:`min_image_size` pixels.
+            scales: default the model's scales (FIRe: 7); positive. Scales at which the
+                image would be under one feature-map cell are skipped.
             features_num: default the model's (FIRe: 1000).
             amp: autocast dtype for the fast path (see :meth:`extract_batch`).
 
         Returns:
-            :class:`~lit.LocalFeatures`, strongest first (a list for a batch).
+            :class:`~lit.LocalFeatures`, strongest first (a list for a batch). The
+            descriptors are the reduction layer's output, **not L2-normalised** (as in
+            FIRe); :func:`lit.match` and ASMK normalise where the method needs it.
+
+        Raises:
+            ImageTooSmallError: a side is under :meth:`min_image_size`.
+            ValueError: bad scales or pixel values.
         """
         batch, single = self._as_batch(image)
-        feats = self.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
+        try:
+            feats = self.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
+        except ImageTooSmallError as err:
+            if isinstance(image, (str, os.PathLike)):  # name the file
+                from .._image import display_name
+
+                raise ImageTooSmallError(f"{display_name(image)}: {err}") from None
+            raise
         return feats[0] if single else feats
 
     @torch.inference_mode()
@@ -274,6 +348,8 @@ class SuperFeatureModel(nn.Module):
         batch, single = self._as_batch(image)
         if not single and batch.shape[0] != 1:
             raise ValueError("superfeatures takes one image; use forward() for batches")
+        check_image_values(batch)
+        self.usable_scales(batch.shape[-2], batch.shape[-1], (scale,))
         x = self.normalize(batch)
         if scale != 1.0:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)

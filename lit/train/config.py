@@ -451,6 +451,35 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
         raise ValueError(f"{path}: {err}") from None
 
 
+def check_config(cfg: TrainConfig) -> list[str]:
+    """Problems of a configuration that its types cannot catch.
+
+    Raises:
+        ValueError: a setting that cannot train (fewer tuples per epoch than one step).
+
+    Returns:
+        Warnings, one line each (tuples lost to rounding).
+    """
+    d, o = cfg.data, cfg.optim
+    if d.queries_per_epoch < o.tuples_per_step:
+        raise ValueError(
+            f"data.queries_per_epoch={d.queries_per_epoch} is less than one optimiser step "
+            f"(optim.tuples_per_step={o.tuples_per_step}): raise it or lower optim.tuples_per_step"
+        )
+    out = []
+    used = (d.queries_per_epoch // o.tuples_per_step) * o.tuples_per_step
+    if used != d.queries_per_epoch:
+        out.append(
+            f"data.queries_per_epoch={d.queries_per_epoch} is not a multiple of optim.tuples_per_step="
+            f"{o.tuples_per_step}: each epoch trains {used} tuples"
+        )
+    return out
+
+
+#: Below this many held-out photos, ``lit train`` warns that validation mAP means little.
+MIN_VALIDATION_IMAGES = 20
+
+
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML (readable back with :func:`load_config`)."""
     import yaml

@@ -706,10 +706,20 @@ def plot_metrics(history: Sequence[dict[str, Any]], path: str | os.PathLike):
     ax_loss.set_ylabel("training loss")
     val = [r for r in history if r.get("val_map") is not None and not math.isnan(r["val_map"])]
     if val:
-        ax_map.plot([r["epoch"] for r in val], [100 * r["val_map"] for r in val], "o-", color="C3")
+        ax_map.plot([r["epoch"] for r in val], [100 * r["val_map"] for r in val], "o-", color="C3", clip_on=False)
     ax_map.set_xlabel("epoch")
     ax_map.set_ylabel("validation mAP (%)")
+    ax_map.set_ylim(0, 100)  # mAP is a percentage: no 104 %, no 0.96-1.04 band for one point
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in history if "epoch" in r]
     for ax in (ax_loss, ax_map):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if train:
+        top = max(max(r["loss"] for r in train), 0.0)
+        ax_loss.set_ylim(0, top * 1.1 if top > 0 else 1.0)  # losses are >= 0
     fig.savefig(os.fspath(path), dpi=100)
     return fig

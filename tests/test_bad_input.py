@@ -1,0 +1,246 @@
+"""Issue 18, points 1-5 and 7: a folder of bad files next to good photos, names that are
+not UTF-8, very large and tiny images, failures retried, exit codes, damaged and busy
+feature files. CLI behaviour is checked in subprocesses."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lit
+from lit._image import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    decode_name,
+    display_name,
+    encode_name,
+    load_image,
+)
+from lit.features import FeatureFileError, FeatureStore, common_root, extract_to_file, image_names
+from lit.models import save_checkpoint
+
+PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
+LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # how Python sees a Latin-1 name on a UTF-8 system
+
+
+def run(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, errors="surrogateescape")
+
+
+def png_header(width, height):
+    """A PNG whose header claims ``width x height`` (refused before any decoding)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def ckpt(tmp_path, tiny_model):
+    path = tmp_path / "model.pt"
+    save_checkpoint(tiny_model, path)
+    return path
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    """Six real photos (one under a Latin-1 name) and every kind of bad file."""
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    good = []
+    for scene in ("sacre_coeur", "terrace", "warsaw"):
+        for f in sorted(os.listdir(os.path.join(PHOTOS, scene))):
+            good.append(os.path.join(PHOTOS, scene, f))
+    shutil.copy(good[0], d / "a.jpg")
+    shutil.copy(good[1], d / "b.jpg")
+    shutil.copy(good[2], d / "sub" / "c.jpg")
+    shutil.copy(good[3], d / "sub" / "d.jpg")
+    shutil.copy(good[4], d / "e.jpg")
+    shutil.copy(good[5], os.path.join(os.fsencode(d), b"caf\xe9.jpg"))  # not valid UTF-8
+    (d / "huge.png").write_bytes(png_header(20000, 20000))
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(d / "tiny.png")
+    data = (d / "a.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 50])
+    (d / "notes.jpg").write_text("a text file named .jpg\n")
+    (d / "empty.jpg").write_bytes(b"")
+    return d
+
+
+GOOD = {"a.jpg", "b.jpg", "sub/c.jpg", "sub/d.jpg", "e.jpg", LATIN1}
+BAD = {"huge.png", "tiny.png", "truncated.jpg", "notes.jpg", "empty.jpg"}
+
+
+def test_folder_of_bad_files_keeps_every_good_photo_and_retries_the_fixed_one(tmp_path, bad_folder, ckpt):
+    feats = tmp_path / "out" / "feats.h5"  # the folder does not exist yet: created
+    proc = run("extract", bad_folder, bad_folder / "a.jpg", "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
+    assert proc.returncode == 3, proc.stderr  # finished, some files skipped
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
+    assert proc.stdout.startswith("extracted 6 images, skipped 0 already done, 5 failed")
+    assert "1 duplicate inputs stored once" in proc.stdout
+    for bad in BAD:
+        assert sum(bad in line for line in proc.stderr.splitlines() if line.startswith("skipped: ")) == 1, bad
+    assert "caf\\xe9.jpg" not in proc.stderr  # the good Latin-1 photo is not an error
+    lines = {line.split(": ", 2)[1].rsplit("/", 1)[-1]: line for line in proc.stderr.splitlines() if line.startswith("skipped: ")}
+    assert "too large (20000x20000" in lines["huge.png"] and "--max-pixels" in lines["huge.png"]
+    assert "too small (1x1 pixels)" in lines["tiny.png"]
+    assert "empty file" in lines["empty.jpg"] and "not an image file" in lines["notes.jpg"]
+    with FeatureStore(feats) as store:
+        assert set(store.names) == GOOD and len(store) == 6  # a.jpg given twice, stored once
+        assert set(store.failed) == BAD
+        assert store.root == str(bad_folder)
+        assert os.path.exists(os.path.join(store.root, store.names[sorted(store.names).index(LATIN1)]))
+        raw = [bytes(r) for r in store.h5["names_raw"][:6]]
+        assert b"caf\xe9.jpg" in raw  # the exact bytes, round-tripped
+        assert "caf\\xe9.jpg" in [s.decode() if isinstance(s, bytes) else s for s in store.h5["names"][:6]]
+        latin = store[LATIN1]
+    ref = lit.load_model(ckpt).extract(os.path.join(bad_folder, LATIN1))
+    torch.testing.assert_close(latin.descriptors, ref.descriptors)
+
+    shutil.copy(bad_folder / "b.jpg", bad_folder / "truncated.jpg")  # the user fixes one file
+    again = run("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
+    assert again.returncode == 3 and "Traceback" not in again.stderr
+    assert again.stdout.startswith("extracted 1 images, skipped 6 already done, 4 failed, 5 earlier failures retried")
+    with FeatureStore(feats) as store:
+        assert set(store.names) == GOOD | {"truncated.jpg"}
+        assert set(store.failed) == BAD - {"truncated.jpg"}
+    kept = run("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", "--no-retry")
+    assert kept.returncode == 3 and "skipped: " not in kept.stderr
+    assert "4 earlier failures not retried (--no-retry)" in kept.stdout
+
+    info = run("features", "info", feats, "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["images"] == 7 and set(data["failed"]) == BAD - {"truncated.jpg"}
+    assert data["root"] == str(bad_folder) and data["settings"]["features_num"] == 20
+
+
+def test_exit_status_every_file_failed_and_all_ok(tmp_path, bad_folder, ckpt):
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    for name in ("tiny.png", "notes.jpg"):
+        shutil.copy(bad_folder / name, only_bad / name)
+    proc = run("extract", only_bad, "--out", tmp_path / "bad.h5", "--model", ckpt, "--device", "cpu", "--quiet")
+    assert proc.returncode == 4 and "2 of 2 images could not be extracted" in proc.stderr
+    good = run("extract", bad_folder / "a.jpg", bad_folder / "sub", "--out", tmp_path / "good.h5", "--model", ckpt,
+               "--device", "cpu", "--quiet")
+    assert good.returncode == 0 and good.stderr == ""
+    with FeatureStore(tmp_path / "good.h5") as store:  # several arguments: relative to their common folder
+        assert sorted(store.names) == ["a.jpg", "sub/c.jpg", "sub/d.jpg"] and store.root == str(bad_folder)
+    # adding a folder later: names stay relative to the file's root; another --root is refused
+    more = run("extract", bad_folder / "sub", bad_folder / "e.jpg", "--out", tmp_path / "good.h5", "--model", ckpt,
+               "--device", "cpu", "--quiet")
+    assert more.returncode == 0 and more.stdout.startswith("extracted 1 images, skipped 2 already done")
+    with FeatureStore(tmp_path / "good.h5") as store:
+        assert sorted(store.names) == ["a.jpg", "e.jpg", "sub/c.jpg", "sub/d.jpg"]
+    other = run("extract", bad_folder / "sub", "--root", bad_folder / "sub", "--out", tmp_path / "good.h5",
+                "--model", ckpt, "--device", "cpu", "--quiet")
+    assert other.returncode == 2 and "holds names relative to" in other.stderr
+
+
+def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt, tiny_model):
+    proc = run("extract", bad_folder / "a.jpg", "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu",
+               "--quiet", "--max-pixels", "1000")
+    assert proc.returncode == 4 and "too large" in proc.stderr and "limit 0.0 MP" in proc.stderr
+    # a JPEG over the limit is decoded at a power-of-two reduction when the network needs fewer pixels
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(big)
+    x = load_image(big, 96, max_pixels=100_000)  # 480,000 pixels decoded at 1/4: 200x150
+    assert tuple(x.shape) == (3, 72, 96)
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        load_image(big, None, max_pixels=100_000)  # full size wanted: refused
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        load_image(bad_folder / "huge.png", 96)  # PNGs cannot be decoded reduced
+    assert DEFAULT_MAX_PIXELS == 180_000_000  # documented in the README
+    with pytest.raises(ImageTooLargeError, match=r"huge\.png: too large"):  # also model.extract (and lit match)
+        tiny_model.extract(bad_folder / "huge.png")
+    (tmp_path / "12k.png").write_bytes(png_header(12000, 12000))  # over PIL's warning size, under the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning: lit's own limit replaces PIL's
+        with pytest.raises(lit.ImageReadError, match="12k.png: cannot decode image"):  # its pixel data is cut
+            load_image(tmp_path / "12k.png", 96)
+
+
+def test_names_round_trip_helpers(tmp_path):
+    assert display_name(LATIN1) == "caf\\xe9.jpg" and display_name("été.jpg") == "été.jpg"
+    assert encode_name(LATIN1) == b"caf\xe9.jpg" and decode_name(b"caf\xe9.jpg") == LATIN1
+    json.dumps(display_name(LATIN1)).encode("utf-8")  # valid in JSON and CSV
+    d = tmp_path / "r"
+    (d / "x").mkdir(parents=True)
+    assert common_root([d]) == str(d) and common_root([d / "x", d / "y.jpg"]) == str(d)
+    assert image_names([d / "x" / "a.jpg"], d) == ["x/a.jpg"]
+    with pytest.raises(ValueError, match="not under the root folder"):
+        image_names([tmp_path / "a.jpg"], d)
+
+
+def test_minimum_image_size_and_scales(tiny_model):
+    assert tiny_model.min_image_size() == 16  # one 16-px cell at the largest scale, 1.0
+    with pytest.raises(ImageTooSmallError, match="too small"):
+        tiny_model.extract(torch.rand(3, 2, 2))
+    # 20 px: under one cell at 0.707 and 0.5, so only scale 1 is used
+    feats = tiny_model.extract(torch.rand(3, 20, 40))
+    assert set(feats.scales.tolist()) == {1.0}
+    assert tiny_model.usable_scales(40, 40) == (1.0, 0.707, 0.5) and tiny_model.usable_scales(20, 40) == (1.0,)
+    for bad in ([0], [-1.0], [], [float("nan")]):
+        with pytest.raises(ValueError, match="scales"):
+            tiny_model.extract(torch.rand(3, 64, 64), scales=bad)
+    with pytest.raises(ValueError, match="empty"):
+        tiny_model.extract(torch.rand(3, 0, 0))
+    with pytest.raises(ValueError, match="scales"):
+        tiny_model.superfeatures(torch.rand(3, 64, 64), scale=0.0)
+
+
+def test_image_tensor_values_are_checked(tiny_model):
+    with pytest.raises(ValueError, match=r"0\.\.255\? divide by 255"):
+        tiny_model.extract(torch.rand(3, 32, 32) * 255)
+    x = torch.rand(3, 32, 32)
+    x[0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        tiny_model.extract(x)
+    with pytest.raises(ValueError, match="normalised"):
+        tiny_model.extract(torch.rand(3, 32, 32) - 0.5)
+
+
+def test_damaged_descriptors_are_refused_with_the_file_name(tmp_path, tiny_model):
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(paths[-1])
+    out = tmp_path / "f.h5"
+    extract_to_file(tiny_model, paths, out, progress=False)
+    with h5py.File(out, "a") as h:  # the file overwritten with 0x7F bytes: ~3.4e38, finite
+        d = h["descriptors"]
+        d[:5] = np.frombuffer(b"\x7f" * (5 * d.shape[1] * 4), np.float32).reshape(5, -1)
+    with FeatureStore(out) as store:
+        with pytest.raises(FeatureFileError, match=r"f\.h5: damaged feature file \(descriptors: values up to 3\.4e\+38"):
+            store.all_descriptors()
+        with pytest.raises(FeatureFileError, match="descriptors of 0.png"):
+            store[0]
+        store[1]  # the other image is fine
+    proc = run("features", "merge", out, out, "--out", tmp_path / "m.h5")
+    assert proc.returncode == 2 and "damaged feature file" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_feature_file_in_use_and_missing_folder(tmp_path, tiny_model, ckpt):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(img)
+    out = tmp_path / "f.h5"
+    extract_to_file(tiny_model, [img], out, progress=False)
+    with h5py.File(out, "a"):  # another process is writing it
+        proc = run("extract", img, "--out", out, "--model", ckpt, "--device", "cpu", "--quiet")
+    assert proc.returncode == 2
+    assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(FeatureFileError, match="does not exist"):
+        FeatureStore(tmp_path / "nowhere" / "x.h5", "a", descriptor_dim=16)
