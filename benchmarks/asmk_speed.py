@@ -1,8 +1,10 @@
-"""Speed of ``lit.asmk.ASMK`` against a straightforward per-word-loop implementation.
+"""Speed of ``lit.asmk.ASMK`` against the asmk package (the one FIRe uses) and a
+straightforward per-word-loop implementation, in one run on the same data.
 
 Synthetic clustered descriptors: K random centres (used directly as the codebook, no
-k-means), a skewed word popularity, and descriptors = centre + Gaussian noise. Queries
-are noisy copies of half the descriptors of a database image plus random descriptors.
+k-means, given to every implementation), a skewed word popularity, and descriptors =
+centre + Gaussian noise. Queries are noisy copies of half the descriptors of a database
+image plus random descriptors.
 
 Cases (binary mode, FIRe defaults: alpha 3, tau 0, no idf, m = 1 / query m = 5):
 
@@ -11,15 +13,29 @@ Cases (binary mode, FIRe defaults: alpha 3, tau 0, no idf, m = 1 / query m = 5):
 - ``c``: a simulated 1M-image database (aggregated entries drawn directly, no
   descriptors) on GPU; skipped without CUDA.
 
-For ``a`` and ``b`` both implementations get the same word assignments; the build time
-excludes the nearest-centroid search (reported on its own as ``quantize_db_s``). On a CPU
-the database assignment of large cases is *simulated* (the generating centre of each
-descriptor, almost always its nearest centroid here) because the exact search would take
-most of an hour; query assignments are always searched. Both score matrices are compared.
+For ``a`` and ``b``:
+
+- ``lit``: ``build_incl_quantize_s`` is ``ASMK.add`` from raw descriptors (nearest-word
+  search included) plus the final flush; ``quantize_db_s`` is ``ASMK.quantize`` alone,
+  next to ``faiss_bruteforce_s``, faiss ``IndexFlatL2`` brute force on the same
+  descriptors, and whether their assignments are identical; ``search_ms`` is
+  ``ASMK.search(topk=100)`` from raw query descriptors (quantisation included), for all
+  queries at once and one query at a time; ``query_ms`` is scoring alone (words given).
+- ``asmk_package`` (when ``pip install asmk``, the ``bench`` extra, is there; skipped with
+  a line saying so otherwise): its ``IvfBuilder.add`` (quantisation included) and
+  ``query_ivf`` (one query at a time, quantisation included) on the same codebook and
+  data; ``top10_agreement_lit_asmk`` is the fraction of queries whose top-10 lists are
+  identical.
+- ``reference``: the loop implementation below, given lit's words (no quantisation), and
+  the agreement of its dense scores with lit's.
+
+On a CPU the database assignment of large cases is *simulated* (the generating centre of
+each descriptor) when the exact search would take most of an hour; then only lit's
+scoring is compared.
 
 Usage::
 
-    python benchmarks/asmk_speed.py            # all cases, full sizes
+    python benchmarks/asmk_speed.py --cases a  # the acceptance case (1000 images, K=16384)
     python benchmarks/asmk_speed.py --quick    # small sizes, a few seconds
     python benchmarks/asmk_speed.py --cases a --images 500 --queries 20
 
@@ -45,6 +61,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lit.asmk import ASMK  # noqa: E402
+
+try:  # the asmk package (pip install asmk): compared in the same run when present
+    import asmk as _asmk_pkg  # noqa: E402
+    from asmk import asmk_method as _asmk_method  # noqa: E402
+    from asmk import codebook as _asmk_codebook  # noqa: E402
+    from asmk import index as _asmk_index  # noqa: E402
+except ImportError:  # pragma: no cover - depends on the environment
+    _asmk_pkg = None
+try:
+    import faiss  # noqa: E402
+except ImportError:  # pragma: no cover
+    faiss = None
 
 FULL = {
     "a": {"images": 1000, "descriptors": 1000, "words": 16384},
@@ -167,7 +195,13 @@ def run_case(name, cfg, args, device):
     res = {"images": n_img, "descriptors_per_image": n_desc, "words": k, "dim": DIM, "queries": nq,
            "db_assignment": "nearest-centroid search" if search_db else "simulated (generating centre)",
            "query_assignment": "nearest-centroid search (m=5)"}
-    t_quant = t_build = t_ref_build = 0.0
+    t_quant = t_build = t_ref_build = t_faiss = t_asmk_build = 0.0
+    same_as_faiss = True
+    flat = None
+    if search_db and faiss is not None and device.type == "cpu":
+        flat = faiss.IndexFlatL2(DIM)
+        flat.add(codebook.numpy())
+    pkg = _AsmkPackage(codebook.numpy(), n_desc) if (_asmk_pkg is not None and not args.no_asmk) else None
     for start in range(0, n_img, args.add_batch):
         stop = min(start + args.add_batch, n_img)
         gen_words = torch.multinomial(weights, (stop - start) * n_desc, replacement=True, generator=gen)
@@ -177,30 +211,55 @@ def run_case(name, cfg, args, device):
             if start <= s < stop:
                 source_desc[s] = x[(s - start) * n_desc : (s - start + 1) * n_desc]
         xd, idsd = x.to(device), ids.to(device)
+        xn, idn = x.numpy(), ids.numpy()
         if search_db:
+            # lit's quantisation and faiss brute force, in alternating order (load drifts)
+            for first in ((True, False) if (start // args.add_batch) % 2 == 0 else (False, True)):
+                if first:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    words = index.quantize(xd)
+                    _sync(device)
+                    t_quant += time.perf_counter() - t0
+                elif flat is not None:
+                    t0 = time.perf_counter()
+                    _, fwords = flat.search(xn, 1)
+                    t_faiss += time.perf_counter() - t0
+            if flat is not None:
+                same_as_faiss &= bool(np.array_equal(fwords, words.cpu().numpy()))
             _sync(device)
             t0 = time.perf_counter()
-            words = index.quantize(xd)
+            index.add(xd, idsd)  # quantises again, inside: the build as a user runs it
             _sync(device)
-            t_quant += time.perf_counter() - t0
+            t_build += time.perf_counter() - t0
         else:
             words = gen_words.unsqueeze(1).to(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        index.add(xd, idsd, words=words)
-        _sync(device)
-        t_build += time.perf_counter() - t0
-        xn, idn, wn = x.numpy(), ids.numpy(), words.cpu().numpy()
-        t0 = time.perf_counter()
-        ref.add(xn, idn, wn)
-        t_ref_build += time.perf_counter() - t0
+            _sync(device)
+            t0 = time.perf_counter()
+            index.add(xd, idsd, words=words)
+            _sync(device)
+            t_build += time.perf_counter() - t0
+        if pkg is not None:
+            t0 = time.perf_counter()
+            pkg.add(xn, idn, None if search_db else words.cpu().numpy())
+            t_asmk_build += time.perf_counter() - t0
+        if not args.no_reference:
+            wn = words.cpu().numpy()
+            t0 = time.perf_counter()
+            ref.add(xn, idn, wn)
+            t_ref_build += time.perf_counter() - t0
     t0 = time.perf_counter()
     index.flush()
     _sync(device)
     t_build += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref.finalize()
-    t_ref_build += time.perf_counter() - t0
+    if pkg is not None:
+        t0 = time.perf_counter()
+        pkg.finish()
+        t_asmk_build += time.perf_counter() - t0
+    if not args.no_reference:
+        t0 = time.perf_counter()
+        ref.finalize()
+        t_ref_build += time.perf_counter() - t0
 
     # queries: half of a database image's descriptors, re-noised, plus random descriptors
     qx = []
@@ -231,36 +290,111 @@ def run_case(name, cfg, args, device):
     _sync(device)
     t_query_single = time.perf_counter() - t0
 
-    qxn, qwn = qx.cpu().numpy(), qwords.cpu().numpy()
-    ref_scores = []
+    # the whole query path, as a user runs it: raw descriptors in, top 100 out
+    index.search(qx[:n_desc], qids[:n_desc], topk=100)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    lit_top = index.search(qx, qids, topk=100).ranks.cpu().numpy()
+    _sync(device)
+    t_search = time.perf_counter() - t0
     t0 = time.perf_counter()
     for q in range(nq):
         sl = slice(q * n_desc, (q + 1) * n_desc)
-        ref_scores.append(ref.query(qxn[sl], qwn[sl]))
-    t_ref_query = time.perf_counter() - t0
-    ref_scores = np.stack(ref_scores)
+        index.search(qx[sl], qids[sl], topk=100)
+    _sync(device)
+    t_search_single = time.perf_counter() - t0
+
     ours = scores.cpu().numpy().astype(np.float64)
-    diff = float(np.abs(ours - ref_scores).max())
     top_ours = np.argsort(-ours, axis=1, kind="stable")[:, :10]
-    top_ref = np.argsort(-ref_scores, axis=1, kind="stable")[:, :10]
     res.update({
         "quantize_db_s": round(t_quant, 3) if search_db else None,
+        "faiss_bruteforce_s": round(t_faiss, 3) if flat is not None else None,
+        "quantize_vs_faiss": round(t_quant / t_faiss, 3) if flat is not None and t_faiss else None,
+        "assignments_identical_to_faiss": same_as_faiss if flat is not None else None,
         "quantize_queries_s": round(t_qquant, 3),
-        "build_s": round(t_build, 3),
-        "build_reference_s": round(t_ref_build, 3),
-        "build_speedup": round(t_ref_build / t_build, 1),
+        "build_incl_quantize_s" if search_db else "build_s": round(t_build, 3),
+        "search_ms": round(1000 * t_search / nq, 3),
+        "search_single_ms": round(1000 * t_search_single / nq, 3),
         "query_ms": round(1000 * t_query / nq, 3),
         "query_single_ms": round(1000 * t_query_single / nq, 3),
-        "query_reference_ms": round(1000 * t_ref_query / nq, 3),
-        "query_speedup": round(t_ref_query / t_query, 1),
-        "query_speedup_single": round(t_ref_query / t_query_single, 1),
-        "max_abs_score_diff": diff,
-        "scores_match": bool(np.allclose(ours, ref_scores, rtol=1e-4, atol=1e-5)),
-        "top10_agreement": float((top_ours == top_ref).mean()),
         "source_image_ranked_first": float(np.mean(top_ours[:, 0] == np.array(sources))),
         "stats": index.stats(),
     })
+    if pkg is None:
+        res["asmk_package"] = {"skipped": "asmk package not installed (pip install asmk, or the 'bench' extra)"
+                               if _asmk_pkg is None else "--no-asmk"}
+    else:
+        qxn = qx.cpu().numpy()
+        pkg.query(qxn[:n_desc], np.zeros(n_desc, np.int64))  # warm-up
+        t0 = time.perf_counter()
+        asmk_ranks = pkg.query(qxn, qids.cpu().numpy())
+        t_asmk_query = time.perf_counter() - t0
+        agree = float(np.mean([np.array_equal(a[:10], b[:10]) for a, b in zip(asmk_ranks, lit_top, strict=True)]))
+        res["asmk_package"] = {
+            "version": getattr(_asmk_pkg, "__version__", None),
+            "build_incl_quantize_s" if search_db else "build_s": round(t_asmk_build, 3),
+            "query_ms": round(1000 * t_asmk_query / nq, 3),
+            "top10_agreement_lit_asmk": agree,
+        }
+        res["lit_vs_asmk"] = {
+            "build": round(t_build / t_asmk_build, 3),
+            "query_batch": round(t_search / t_asmk_query, 3),
+            "query_one_at_a_time": round(t_search_single / t_asmk_query, 3),
+        }
+    if args.no_reference:
+        res["reference"] = {"skipped": "--no-reference"}
+    else:
+        qxn, qwn = qx.cpu().numpy(), qwords.cpu().numpy()
+        ref_scores = []
+        t0 = time.perf_counter()
+        for q in range(nq):
+            sl = slice(q * n_desc, (q + 1) * n_desc)
+            ref_scores.append(ref.query(qxn[sl], qwn[sl]))
+        t_ref_query = time.perf_counter() - t0
+        ref_scores = np.stack(ref_scores)
+        top_ref = np.argsort(-ref_scores, axis=1, kind="stable")[:, :10]
+        res["reference"] = {
+            "build_s (words given)": round(t_ref_build, 3),
+            "query_ms (words given)": round(1000 * t_ref_query / nq, 3),
+            "query_speedup": round(t_ref_query / t_query, 1),
+            "query_speedup_single": round(t_ref_query / t_query_single, 1),
+            "max_abs_score_diff": float(np.abs(ours - ref_scores).max()),
+            "scores_match": bool(np.allclose(ours, ref_scores, rtol=1e-4, atol=1e-5)),
+            "top10_agreement": float((top_ours == top_ref).mean()),
+        }
     return res
+
+
+class _AsmkPackage:
+    """The asmk package's own pipeline (codebook given, binary, FIRe parameters)."""
+
+    def __init__(self, codebook: np.ndarray, n_desc: int):
+        params = {
+            "index": {"gpu_id": None},
+            "train_codebook": {"codebook": {"size": codebook.shape[0]}},
+            "build_ivf": {"kernel": {"binary": True}, "ivf": {"use_idf": False},
+                          "quantize": {"multiple_assignment": 1}, "aggregate": {}},
+            "query_ivf": {"quantize": {"multiple_assignment": 5}, "aggregate": {}, "search": {"topk": None},
+                          "similarity": {"similarity_threshold": 0.0, "alpha": 3.0}},
+        }
+        cdb = _asmk_codebook.Codebook(_asmk_index.initialize_index(None), size=codebook.shape[0])
+        cdb.index(np.ascontiguousarray(codebook, dtype=np.float32))
+        self.method = _asmk_method.ASMKMethod(params, {}, codebook=cdb)
+        self.builder = self.method.create_ivf_builder()
+
+    def add(self, x: np.ndarray, ids: np.ndarray, words: np.ndarray | None) -> None:
+        if words is None:
+            self.builder.add(x, ids)
+        else:  # simulated assignment: aggregate and add with the given words
+            agg = self.builder.kernel.aggregate(x, words, ids)
+            self.builder.ivf.add(*agg)
+
+    def finish(self) -> None:
+        self.method = self.method.add_ivf_builder(self.builder)
+
+    def query(self, qx: np.ndarray, qids: np.ndarray) -> np.ndarray:
+        _, _, ranks, _ = self.method.query_ivf(qx, qids)
+        return ranks
 
 
 def run_simulated(cfg, args, device):
@@ -330,6 +464,8 @@ def main(argv=None):
     parser.add_argument("--sim-device", default=None,
                         help="device of case c (default: cuda; c is skipped without it)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-asmk", action="store_true", help="do not run the asmk package")
+    parser.add_argument("--no-reference", action="store_true", help="do not run the loop reference")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:

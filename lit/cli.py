@@ -167,32 +167,36 @@ def cmd_models(args) -> int:
 
 def cmd_extract(args) -> int:
     from ._image import display_name
+    from .distributed import rank_device, sharded_extraction
     from .features import extract_to_file
 
     paths, root = _gather_images(args.inputs, args.list)
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
-    model = load_cli_model(args.model, resolve_device(args.device))
+    paths, out, report = sharded_extraction(paths, args.out)  # torchrun: this rank's block and shard
+    model = load_cli_model(args.model, rank_device(resolve_device(args.device)))
     from .text.search import default_image_embedder
 
     embedder, note = default_image_embedder(args.text_model, model.device)
     if note:
         print(note, file=sys.stderr)
     summary = extract_to_file(
-        model, paths, args.out, root=args.root, default_root=root, scales=_scales(args.scales),
+        model, paths, out, root=args.root, default_root=root, scales=_scales(args.scales),
         features_num=args.features_num, image_size=_image_size(args, model),
         num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
         amp=__import__("torch").bfloat16 if args.amp else None, retry_failed=not args.no_retry,
         max_pixels=(args.max_pixels or None) if args.max_pixels is not None else _default_max_pixels(),
         embedder=embedder,
     )
-    print(summary.report().splitlines()[0])
+    print(report(summary).splitlines()[0])
     bad = len(summary.failed or {}) + summary.skipped_failed
     if bad:
         print(f"lit extract: {bad} of {summary.total} images could not be extracted (named above, recorded in "
-              f"{display_name(args.out)}; `lit features info` lists them; a rerun retries them unless --no-retry)",
+              f"{display_name(out)}; `lit features info` lists them; a rerun retries them unless --no-retry)",
               file=sys.stderr)
-    return summary.status
+    # under torchrun a rank that exits non-zero makes torchrun stop the other ranks: a rank
+    # whose bad images are named and recorded exits 0
+    return summary.status if out == args.out else 0
 
 
 def _default_max_pixels() -> int:
@@ -238,8 +242,11 @@ def cmd_features(args) -> int:
 
 def cmd_index(args) -> int:
     from . import pipeline
+    from .distributed import env_from_environ, rank_device
 
-    device = resolve_device(args.device)
+    device = rank_device(resolve_device(args.device))
+    if args.shards > 1 or env_from_environ() is not None:  # a sharded index (lit.distributed)
+        return _index_sharded(args, device)
     codebook = cb_fp = None
     if args.codebook:
         codebook, cb_fp = pipeline.load_codebook(args.codebook)
@@ -253,14 +260,32 @@ def cmd_index(args) -> int:
     print(f"indexed {len(info.names)} images ({info.descriptors} descriptors, {info.codebook_size} words) into {args.out}{root}")
     from .text.store import write_index_embeddings
 
-    print(write_index_embeddings(args.features, args.out), file=sys.stderr)
+    if os.path.isfile(args.features):  # a shard set has no single file to copy embeddings from
+        print(write_index_embeddings(args.features, args.out), file=sys.stderr)
+    return 0
+
+
+def _index_sharded(args, device: str) -> int:
+    from . import pipeline
+    from .distributed import build_index, is_main_process
+
+    codebook = pipeline.load_codebook(args.codebook)[0] if args.codebook else None
+    res = build_index(args.features, args.out, parts=args.shards, codebook=codebook, codebook_size=args.codebook_size,
+                      train_features=args.train_features, seed=args.seed, device=device, binary=not args.real,
+                      use_idf=args.idf, log=lambda m: print(m, file=sys.stderr))
+    if is_main_process():
+        with open(args.out + ".names.json", "w") as f:
+            json.dump({"features": os.path.abspath(args.features), "names": res["names"], "sharded": True}, f)
+        print(f"indexed {len(res['names'])} images ({res['descriptors']} descriptors) into {res['stats']['parts']} parts "
+              f"{args.out} (.RRRRR-of-NNNNN.h5): {json.dumps(res['stats'])}")
     return 0
 
 
 def cmd_search(args) -> int:
     from . import pipeline
+    from .distributed import is_main_process, open_index, rank_device
 
-    device = resolve_device(args.device)
+    device = rank_device(resolve_device(args.device))
     if args.text or args.text_file:
         if args.queries or args.list or args.query_features:
             raise UserError("give either text queries (--text/--text-file) or query images, not both")
@@ -273,7 +298,13 @@ def cmd_search(args) -> int:
                    for r in found]
         info = pipeline.read_index_info(args.index)
         return _write_search_results(args, results, info.image_root if info else None, None, text=True)
-    index, info = pipeline.load_index(args.index, device=device)
+    if os.path.isfile(args.index):
+        index, info = pipeline.load_index(args.index, device=device)
+    else:  # the parts of a sharded index (under torchrun: this rank's part)
+        index = open_index(args.index, device=device)
+        info = pipeline.read_index_info(args.index)
+        if info is None:
+            raise UserError(f"{args.index}: neither an index file nor a sharded index with its .names.json")
     query_root = os.path.abspath(args.query_root) if args.query_root else None
     if args.query_features:
         from .features import FeatureStore
@@ -317,6 +348,8 @@ def cmd_search(args) -> int:
         raise UserError("no readable query images")
     results = pipeline.search(index, info, qfeats, qnames, topk=args.topk, exclude_self=args.exclude_self,
                               query_root=query_root)
+    if not is_main_process():  # torchrun: rank 0 writes the merged results
+        return 0
     return _write_search_results(args, results, info.image_root, query_root)
 
 
@@ -536,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idf", action="store_true", help="weight words by idf (off in FIRe)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--force", action="store_true", help="go on when --train-features/--codebook come from another model")
+    p.add_argument("--shards", type=int, default=1, help="build a sharded index of this many parts, OUT.RRRRR-of-NNNNN.h5 (under torchrun: one part per rank)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_index)
 

@@ -203,8 +203,9 @@ class IndexInfo:
 
 
 def _feature_root(store) -> str | None:
+    h5 = store.stores[0].h5 if hasattr(store, "stores") else store.h5  # a shard set: its first shard
     for key in ("root", "image_root"):
-        value = store.h5.attrs.get(key)
+        value = h5.attrs.get(key)
         if value:
             return os.path.abspath(value.decode() if isinstance(value, bytes) else str(value))
     return None
@@ -273,10 +274,11 @@ def build_index(
     """
     from .asmk import ASMK
     from .features import FeatureStore
+    from .shards import open_features
 
     log = log or (lambda m: print(m, file=sys.stderr))
     features = os.fspath(features)
-    with FeatureStore(features) as store:
+    with open_features(features) as store:  # one feature file or a set of shards
         desc, ids = store.all_descriptors()
         names = tuple(store.names)
         fp = store.fingerprint
@@ -369,6 +371,8 @@ def read_index_info(path: str | os.PathLike) -> IndexInfo | None:
             names = tuple(data["names"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise PipelineError(f"{side}: not a readable names file ({err})") from None
+        if data.get("sharded"):  # the parts of a sharded index (lit.distributed): names beside them
+            return IndexInfo(names=names, features=str(data.get("features", "")))
         print(f"note: {path} is an index of an older lit: names read from {side}, no fingerprint check; "
               "rebuild it with `lit index` to make it self-contained", file=sys.stderr)
         return IndexInfo(names=names, features=str(data.get("features", "")), legacy=True)
@@ -456,7 +460,7 @@ def search(
     qids = np.concatenate([np.full(len(q), i, dtype=np.int64) for i, q in enumerate(queries)])
     want = n_db if topk is None or exclude_self else min(n_db, topk)
     ranks, scores = index.search(qdesc, qids, topk=want)
-    ranks, scores = ranks.cpu().numpy(), scores.cpu().numpy()
+    ranks, scores = torch.as_tensor(ranks).cpu().numpy(), torch.as_tensor(scores).cpu().numpy()  # a sharded index returns numpy
     present = sorted(set(qids.tolist()))  # queries without descriptors have no row
     row_of = {q: r for r, q in enumerate(present)}
     out = []

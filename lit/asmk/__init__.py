@@ -5,11 +5,12 @@ tensor functions it is made of, and :func:`kmeans` learns codebooks (faiss when 
 importable, a seedable torch implementation otherwise).
 """
 
-from .codebook import faiss_available, kmeans
+from .codebook import kmeans
 from .functional import (
     aggregate_residuals,
     binarize,
     binary_similarity,
+    faiss_available,
     hamming_packed,
     inverse_document_frequency,
     l2_normalize,
@@ -21,6 +22,8 @@ from .functional import (
     posting_pairs,
     real_similarity,
     selective_kernel,
+    smallest_stable,
+    topk_stable,
     unpack_bits,
 )
 from .index import ASMK, FORMAT_VERSION, ASMKParams, SearchResult
@@ -29,5 +32,5 @@ __all__ = [
     "ASMK", "ASMKParams", "FORMAT_VERSION", "SearchResult", "aggregate_residuals", "binarize",
     "binary_similarity", "faiss_available", "hamming_packed", "inverse_document_frequency",
     "kmeans", "l2_normalize", "nearest_words", "pack_bits", "popcount64", "popcount_rows",
-    "popcount_sum", "posting_pairs", "real_similarity", "selective_kernel", "unpack_bits",
+    "popcount_sum", "posting_pairs", "real_similarity", "selective_kernel", "smallest_stable", "topk_stable", "unpack_bits",
 ]

@@ -6,19 +6,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .functional import _faiss as faiss
+from .functional import faiss_available as faiss_available  # re-exported
 from .functional import nearest_words
 
-try:  # optional accelerator; the torch implementation below is the reference
-    import faiss  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the environment
-    faiss = None
-
 BACKENDS = ("auto", "torch", "faiss")
-
-
-def faiss_available() -> bool:
-    """Whether ``faiss`` can be imported (``backend="auto"`` then uses it)."""
-    return faiss is not None
 
 
 def kmeans(
@@ -90,7 +82,7 @@ def _kmeans_torch(x: Tensor, k: int, iterations: int, seed: int) -> Tensor:
     centroids = x[init].clone()
     assign = None
     for _ in range(iterations):
-        new_assign = nearest_words(x, centroids, 1)[:, 0]
+        new_assign = nearest_words(x, centroids, 1, backend="torch")[:, 0]
         if assign is not None and torch.equal(new_assign, assign):
             break
         assign = new_assign

@@ -17,6 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+try:  # the fast CPU path of quantisation and k-means; lit works without it
+    import faiss as _faiss  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    _faiss = None
+
 #: Memory target (bytes) of one chunk of the nearest-centroid search (distance matrix).
 SEARCH_BYTES = 1 << 27
 #: Memory target (bytes) of one chunk of residuals; small enough to stay in the
@@ -32,22 +37,45 @@ _B2 = 0x0000FFFF0000FFFF
 _HAS_NP_BITCOUNT = hasattr(np, "bitwise_count")  # numpy >= 2.0
 
 
+def faiss_available() -> bool:
+    """Whether ``faiss`` can be imported (quantisation and k-means then use it on CPU)."""
+    return _faiss is not None
+
+
 def nearest_words(
-    descriptors: Tensor, codebook: Tensor, m: int = 1, *, chunk_size: int | None = None
+    descriptors: Tensor,
+    codebook: Tensor,
+    m: int = 1,
+    *,
+    chunk_size: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Indices of the ``m`` nearest centroids (L2) of every descriptor, nearest first.
 
-    The search is chunked over descriptors so that at most about :data:`CHUNK_BYTES` of
-    distances exist at a time, whatever the number of descriptors.
+    Brute force, exact in float32: ``||x - c||^2`` is ranked as ``||c||^2 - 2 x.c`` (the
+    term ``||x||^2`` is the same for every centroid). Equal distances go to the lower
+    centroid index, and within the ``m`` words the order is (distance, index): the order of
+    a stable sort of the distances.
+
+    Backends: ``"faiss"`` (``faiss.knn``, the machine's GEMM speed on CPU; used by
+    ``"auto"`` for CPU tensors when faiss is importable) or ``"torch"`` (a blocked GEMM
+    kernel on any device; ``"auto"`` on CUDA and without faiss). The torch kernel keeps at
+    most about :data:`SEARCH_BYTES` of distances at a time; faiss blocks internally
+    (4096 descriptors x 1024 centroids). The two backends compute the same float32
+    formula with different summation orders, so a descriptor almost exactly between two
+    centroids (distances equal to the last bits) may be assigned differently by them;
+    each backend is deterministic.
 
     Args:
         descriptors: descriptors to quantise.
         codebook: centroids.
         m: number of nearest words per descriptor (multiple assignment), ``1 <= m <= K``.
-        chunk_size: descriptors per chunk; ``None`` picks one from :data:`SEARCH_BYTES`.
+        chunk_size: descriptors per chunk of the torch kernel; ``None`` picks one from
+            :data:`SEARCH_BYTES`.
+        backend: ``"auto"``, ``"faiss"`` or ``"torch"``.
 
     Returns:
-        int64 word indices, column 0 the nearest.
+        int64 word indices on the device of ``descriptors``, column 0 the nearest.
 
     Shape:
         - descriptors: :math:`(N, D)`.
@@ -57,22 +85,98 @@ def nearest_words(
     n, k = descriptors.shape[0], codebook.shape[0]
     if not 1 <= m <= k:
         raise ValueError(f"m must be in 1..{k} (the codebook size), got {m}")
-    out = torch.empty((n, m), dtype=torch.int64, device=descriptors.device)
+    if backend not in ("auto", "faiss", "torch"):
+        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    if backend == "faiss" and _faiss is None:
+        raise ValueError("backend='faiss' but faiss is not importable (pip install faiss-cpu)")
+    use_faiss = backend == "faiss" or (
+        backend == "auto" and _faiss is not None and descriptors.device.type == "cpu"
+    )
     if n == 0:
-        return out
+        return torch.empty((0, m), dtype=torch.int64, device=descriptors.device)
+    if use_faiss:
+        x = np.ascontiguousarray(descriptors.detach().cpu().numpy(), dtype=np.float32)
+        c = np.ascontiguousarray(codebook.detach().cpu().numpy(), dtype=np.float32)
+        # faiss keeps the lower index on equal distances and sorts by (distance, index)
+        _, idx = _faiss.knn(x, c, int(m))
+        idx = torch.from_numpy(idx)
+        bad = torch.nonzero((idx < 0).any(dim=1)).flatten()  # distances overflowed to inf/NaN
+        if bad.numel():
+            idx[bad] = nearest_words(descriptors.cpu()[bad], codebook.cpu(), m, backend="torch")
+        return idx.to(descriptors.device)
+    out = torch.empty((n, m), dtype=torch.int64, device=descriptors.device)
     if chunk_size is None:
         chunk_size = max(1, SEARCH_BYTES // (4 * k))
     c_t = codebook.t().contiguous()
     c_sq = (codebook * codebook).sum(dim=1)
     for start in range(0, n, chunk_size):
         x = descriptors[start : start + chunk_size]
-        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 does not change the ranking.
         dist = torch.addmm(c_sq.unsqueeze(0), x, c_t, beta=1.0, alpha=-2.0)
-        if m == 1:
-            out[start : start + x.shape[0], 0] = dist.min(dim=1).indices  # faster than argmin on CPU
+        if m == 1:  # min keeps the first (lowest) index of equal values
+            out[start : start + x.shape[0], 0] = dist.min(dim=1).indices
         else:
-            out[start : start + x.shape[0]] = dist.topk(m, dim=1, largest=False, sorted=True).indices
+            out[start : start + x.shape[0]] = smallest_stable(dist, m)
     return out
+
+
+def smallest_stable(values: Tensor, m: int) -> Tensor:
+    """Column indices of the ``m`` smallest values of every row, in stable-sort order.
+
+    The same as ``torch.sort(values, dim=1, stable=True).indices[:, :m]`` (equal values in
+    increasing index order), at the cost of a ``topk``: rows where equal values straddle
+    the ``m``-th place are redone with a full stable sort.
+
+    Shape:
+        - values: :math:`(N, K)`.
+        - output: :math:`(N, m)` int64.
+    """
+    k = values.shape[1]
+    kk = min(m + 1, k)
+    vals, idx = values.topk(kk, dim=1, largest=False, sorted=True)
+    # order the kept ones by (value, index): sort by index, then stably by value
+    by_index = idx.sort(dim=1)
+    vals_by_index = vals.gather(1, by_index.indices)
+    order = vals_by_index.sort(dim=1, stable=True).indices
+    idx = by_index.values.gather(1, order)
+    if kk > m:
+        vals = vals_by_index.gather(1, order)
+        tied = torch.nonzero(vals[:, m - 1] == vals[:, m]).flatten()
+        if tied.numel():
+            idx[tied] = torch.sort(values[tied], dim=1, stable=True).indices[:, :kk]
+    return idx[:, :m]
+
+
+def topk_stable(scores: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` best ``(id, score)`` of every row: decreasing score, then increasing id.
+
+    Exactly the first ``k`` of a stable descending sort when ``ids`` increase along the
+    row, at the cost of one ``topk``: score and id are packed into one int64 key (the
+    float32 bits mapped to an order-preserving int32 in the high half, ``2**32 - 1 - id``
+    in the low half), which is unique, so the selection is exact and deterministic on
+    every device. ``-0.0`` counts as ``0.0``; scores must not be NaN.
+
+    Args:
+        scores: float32 scores.
+        ids: int64 ids in ``0..2**32 - 1``: one per column (shared by all rows) or one per
+            element.
+        k: ``1 <= k <= W``.
+
+    Returns:
+        ``(ids, scores)`` of the kept elements, best first.
+
+    Shape:
+        - scores: :math:`(R, W)`.
+        - ids: :math:`(W,)` or :math:`(R, W)`.
+        - output: two :math:`(R, k)` tensors.
+    """
+    bits = (scores.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)  # monotonic in the score
+    key = (ordered << 32) | (0xFFFFFFFF - ids.to(torch.int64))
+    top = key.topk(k, dim=1, largest=True, sorted=True).values
+    out_ids = 0xFFFFFFFF - (top & 0xFFFFFFFF)
+    high = (top >> 32).to(torch.int32)
+    out_scores = (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    return out_ids, out_scores
 
 
 def aggregate_residuals(

@@ -12,8 +12,33 @@ Layout of the inverted file (IVF), on the index device:
 
 There is one entry per (database image, word). Within a posting list, entries are in the
 order they were added. ``add`` aggregates a batch of images and appends it to a pending
-list; pending entries are merged into the CSR arrays (one stable sort by word) before
-the next query, ``save``, ``stats`` or an explicit :meth:`ASMK.flush`.
+list (split by word range, sorted by word); pending entries are merged into the CSR
+arrays before the next query, ``save``, ``stats`` or an explicit :meth:`ASMK.flush`, one
+word range at a time.
+
+Memory model (binary 128-d, FIRe's setting; ``E`` = entries = about 0.6-0.9 x the
+descriptors per image, as several descriptors of an image share words):
+
+- index: 16 B (vector) + 4 B (image id) per entry, + 8 (K + 1) B of offsets, 4 K D B of
+  codebook and 5 B per image (presence flag, cached norm): about 20 B x E per image,
+  e.g. ~15 KB per image of 1000 descriptors at K = 65,536 (``stats()["bytes"]``); real
+  mode stores 4 D B per vector instead of 16.
+- build: an ``add`` batch holds its descriptors and about :data:`~lit.asmk.functional.CHUNK_BYTES`
+  of residuals at a time; pending entries take 24 B each (vector, image id, int32 word);
+  :meth:`flush` writes the merged arrays one word range at a time and frees each pending
+  piece once merged, so its peak is the pending entries plus one range (~1/32), not a
+  second copy of the inverted file. Flushing into a non-empty inverted file also keeps
+  the old arrays until the end. ``add`` from a feature file or a shard set streams in
+  chunks (:func:`lit.shards.add_collection`): the whole database is never held as
+  descriptors.
+- search: query descriptors and their m = 5 words, their aggregated entries, one chunk of
+  (query entry, database entry) pairs (about 16 MB on CPU, 256 MB on GPU) and one block of
+  score rows (about 128 MB of float32, plus the same again twice for the top-k key):
+  :meth:`ASMK.search` never holds the dense (queries x database) matrix, only the top-k
+  of each block (``topk=None`` asks for it all, and gets it). :meth:`ASMK.scores` is the
+  dense matrix by definition.
+- save / load: the vectors are written and read in chunks of rows straight from/into the
+  in-memory layout, so loading peaks at the index plus one chunk (not twice the file).
 
 A query gathers all (query vector, database entry) pairs of its words by slicing the
 posting lists (``repeat_interleave``), computes their similarities in one go (XOR and
@@ -42,6 +67,9 @@ FORMAT_VERSION = 1
 _MAX_IMAGE_ID = 2**31 - 2  # image ids are stored as int32
 _PAIR_BYTES = 1 << 24  # memory target of one chunk of (query, database) pairs on CPU
 _PAIR_BYTES_ACCELERATOR = 1 << 28  # and on GPU, where fewer, larger kernels pay
+_BUCKETS = 32  # word ranges of pending entries: flush merges one range at a time
+_BLOCK_BYTES = 1 << 27  # memory target of one block of query scores (rows x database images)
+_IO_ROWS = 1 << 20  # inverted-file rows read or written per HDF5 call
 
 
 @dataclass(frozen=True)
@@ -164,7 +192,10 @@ class ASMK:
         self._vectors = self._internal(
             torch.zeros((0, self._vector_width), dtype=self._vector_dtype, device=self.device)
         )
-        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        # pending entries: one list per add batch, of _BUCKETS pieces (words int32, image ids
+        # int32, internal vectors) by word range, each sorted by word (stable)
+        self._pending: list[list[tuple[Tensor, Tensor, Tensor] | None]] = []
+        self._idf_override: Tensor | None = None  # global idf of a sharded index
         self._present = torch.zeros(0, dtype=torch.bool, device=self.device)
         self._n_images = 0
         self._cache: dict[str, Tensor] = {}
@@ -189,7 +220,9 @@ class ASMK:
     @property
     def num_vectors(self) -> int:
         """Number of aggregated database vectors (one per image and word)."""
-        return int(self._images.shape[0]) + sum(int(p[1].shape[0]) for p in self._pending)
+        return int(self._images.shape[0]) + sum(
+            int(piece[1].shape[0]) for batch in self._pending for piece in batch if piece is not None
+        )
 
     @property
     def _vector_width(self) -> int:
@@ -334,7 +367,7 @@ class ASMK:
         if words is None:
             words = F.nearest_words(x, self.codebook, self.params.multiple_assignment)
         entries = [
-            (agg_words, agg_images.to(torch.int32), self._internal(agg_vectors))
+            self._bucketed(agg_words, agg_images, agg_vectors)
             for agg_images, agg_words, agg_vectors in self._aggregate(x, words, ids)
         ]
         self._pending.extend(entries)  # only once everything succeeded
@@ -367,26 +400,93 @@ class ASMK:
             return
         if int(image_ids.min()) < 0 or int(image_ids.max()) > _MAX_IMAGE_ID:
             raise ValueError(f"image_ids must be in 0..{_MAX_IMAGE_ID}")
-        self._pending.append((words, image_ids.to(torch.int32), self._internal(vectors.contiguous())))
+        self._pending.append(self._bucketed(words, image_ids, vectors.contiguous()))
         self._mark_present(image_ids, int(image_ids.max()))
 
+    def _bucket_bounds(self) -> Tensor:
+        """First word of each of the :data:`_BUCKETS` word ranges, and K."""
+        k = self.num_words
+        return torch.div(torch.arange(_BUCKETS + 1, device=self.device) * k, _BUCKETS, rounding_mode="floor")
+
+    def _bucketed(self, words: Tensor, image_ids: Tensor, rows: Tensor) -> list[tuple[Tensor, Tensor, Tensor] | None]:
+        """Pending pieces of a batch of entries: per word range, sorted by word (stable).
+
+        Every piece is a fresh tensor, so that :meth:`flush` frees each one as soon as it is
+        merged (the batch itself is not kept alive by views)."""
+        order = torch.sort(words, stable=True).indices
+        sorted_words = words[order]
+        cuts = torch.searchsorted(sorted_words, self._bucket_bounds()).tolist()
+        pieces: list[tuple[Tensor, Tensor, Tensor] | None] = []
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            if a == b:
+                pieces.append(None)
+                continue
+            sel = order[a:b]
+            pieces.append((
+                sorted_words[a:b].to(torch.int32),
+                torch.index_select(image_ids, 0, sel).to(torch.int32),
+                self._internal(torch.index_select(rows, 0, sel)),
+            ))
+        return pieces
+
     def flush(self) -> None:
-        """Merge pending entries into the CSR inverted file (automatic before queries)."""
+        """Merge pending entries into the CSR inverted file (automatic before queries).
+
+        Works one word range at a time (:data:`_BUCKETS` ranges) and frees every pending
+        piece once merged, so the peak is the pending entries plus the part of the merged
+        inverted file written so far (its pages are touched only as they are filled), not
+        two or three full copies. Merging into a non-empty inverted file keeps the old one
+        until the end (old + new)."""
         if not self._pending:
             return
         k = self.num_words
-        lengths = self._offsets[1:] - self._offsets[:-1]
-        old_words = torch.repeat_interleave(
-            torch.arange(k, device=self.device), lengths, output_size=self._images.shape[0]
-        )
-        all_words = torch.cat([old_words] + [p[0] for p in self._pending])
-        order = torch.sort(all_words, stable=True).indices
-        self._images = torch.cat([self._images] + [p[1] for p in self._pending])[order]
         dim = self._entry_dim()
-        vectors = torch.cat([self._vectors] + [p[2] for p in self._pending], dim=dim)
-        self._vectors = torch.index_select(vectors, dim, order)
-        counts = torch.bincount(all_words, minlength=k)
-        self._offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        old_offsets, old_images, old_vectors = self._offsets, self._images, self._vectors
+        counts = old_offsets[1:] - old_offsets[:-1]
+        for batch in self._pending:
+            for piece in batch:
+                if piece is not None:
+                    counts = counts + torch.bincount(piece[0].to(torch.int64), minlength=k)
+        offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        total = int(offsets[-1])
+        images = torch.empty(total, dtype=torch.int32, device=self.device)
+        if self.params.binary:
+            vectors = torch.empty((self._vector_width // 8, total), dtype=torch.int64, device=self.device)
+        else:
+            vectors = torch.empty((total, self.dim), dtype=torch.float32, device=self.device)
+        bounds = self._bucket_bounds().tolist()
+        new_bounds = offsets[bounds].tolist()
+        old_bounds = old_offsets[bounds].tolist()
+        for b in range(_BUCKETS):
+            w0, w1 = bounds[b], bounds[b + 1]
+            oa, ob = old_bounds[b], old_bounds[b + 1]
+            words_parts, image_parts, vector_parts = [], [], []
+            if ob > oa:
+                old_lengths = old_offsets[w0 + 1 : w1 + 1] - old_offsets[w0:w1]
+                words_parts.append(torch.repeat_interleave(
+                    torch.arange(w0, w1, device=self.device, dtype=torch.int32), old_lengths, output_size=ob - oa
+                ))
+                image_parts.append(old_images[oa:ob])
+                vector_parts.append(old_vectors.narrow(dim, oa, ob - oa))
+            for batch in self._pending:
+                piece = batch[b]
+                if piece is not None:
+                    words_parts.append(piece[0])
+                    image_parts.append(piece[1])
+                    vector_parts.append(piece[2])
+                    batch[b] = None  # freed once merged below
+            if not words_parts:
+                continue
+            order = torch.sort(torch.cat(words_parts), stable=True).indices
+            a, c = new_bounds[b], new_bounds[b + 1]
+            images[a:c] = torch.cat(image_parts)[order]
+            block = torch.cat(vector_parts, dim=dim) if len(vector_parts) > 1 else vector_parts[0]
+            if dim == 0:  # rows: gather straight into place
+                torch.index_select(block, 0, order, out=vectors[a:c])
+            else:
+                vectors[:, a:c] = torch.index_select(block, 1, order)
+            del words_parts, image_parts, vector_parts, block, order
+        self._offsets, self._images, self._vectors = offsets, images, vectors
         self._pending = []
         self._cache.clear()
 
@@ -407,24 +507,117 @@ class ASMK:
     # ------------------------------------------------------------------ statistics used by queries
 
     def _idf(self) -> Tensor:
+        if self._idf_override is not None:
+            return self._idf_override
         if "idf" not in self._cache:
             if self.params.use_idf:
-                entries = self._offsets[1:] - self._offsets[:-1]
-                self._cache["idf"] = F.inverse_document_frequency(entries, self._n_images)
+                self._cache["idf"] = F.inverse_document_frequency(self._word_entries(), self._n_images)
             else:
                 self._cache["idf"] = torch.ones(self.num_words, dtype=torch.float32, device=self.device)
         return self._cache["idf"]
 
+    def _word_entries(self) -> Tensor:
+        """Database images holding each word, entries(w) of SPEC section 3 (flushed index)."""
+        return self._offsets[1:] - self._offsets[:-1]
+
     def _db_inv_sqrt_norm(self) -> Tensor:
         if "db_norm" not in self._cache:
-            lengths = self._offsets[1:] - self._offsets[:-1]
-            per_entry = torch.repeat_interleave(self._idf(), lengths, output_size=self._images.shape[0])
+            # sum of idf over each image's entries, one word range at a time (entries in
+            # order, so the sums are the same as in one pass; no per-entry copy of the file)
+            idf = self._idf()
             norms = torch.zeros(self._n_images, dtype=torch.float32, device=self.device)
-            norms.index_add_(0, self._images.to(torch.int64), per_entry)
+            bounds = self._bucket_bounds().tolist()
+            starts = self._offsets[bounds].tolist()
+            for b in range(_BUCKETS):
+                w0, w1, a, c = bounds[b], bounds[b + 1], starts[b], starts[b + 1]
+                if c > a:
+                    lengths = self._offsets[w0 + 1 : w1 + 1] - self._offsets[w0:w1]
+                    per_entry = torch.repeat_interleave(idf[w0:w1], lengths, output_size=c - a)
+                    norms.index_add_(0, self._images[a:c].to(torch.int64), per_entry)
             self._cache["db_norm"] = F.inverse_sqrt(norms)
         return self._cache["db_norm"]
 
     # ------------------------------------------------------------------ queries
+
+    def _prepare_queries(self, qdescriptors, qimage_ids, words):
+        x = self._check_descriptors(qdescriptors, "qdescriptors")
+        ids = self._check_ids(qimage_ids, x.shape[0], "qimage_ids")
+        words = self._check_words(words, x.shape[0], self.params.query_multiple_assignment)
+        return x, ids, words
+
+    def _score_blocks(self, x: Tensor, ids: Tensor, words: Tensor | None, lo: int, hi: int):
+        """Scores of blocks of whole query images against database ids ``lo..hi-1``.
+
+        Yields ``(first_row, block)``: ``block`` is a float32 ``(R, hi - lo)`` tensor of the
+        rows ``first_row..first_row + R - 1`` (rows = sorted distinct query ids). At most
+        about :data:`_BLOCK_BYTES` of scores exist at a time, whatever the number of
+        queries."""
+        qids, rows = torch.unique(ids, sorted=True, return_inverse=True)
+        width = hi - lo
+        if qids.shape[0] == 0 or width <= 0:
+            return
+        self.flush()
+        idf = self._idf()
+        if words is None:
+            words = F.nearest_words(x, self.codebook, self.params.query_multiple_assignment)
+        binary = self.params.binary
+        db_vectors, db_images, offsets = self._vectors, self._images, self._offsets
+        inv_db = torch.zeros(width, dtype=torch.float32, device=self.device)
+        top = min(hi, self._n_images)
+        if top > lo:
+            inv_db[: top - lo] = self._db_inv_sqrt_norm()[lo:top]
+        if binary:  # similarities take D + 1 values: tabulate the kernel over Hamming distances
+            lut = F.selective_kernel(
+                F.binary_similarity_from_hamming(torch.arange(self.dim + 1, device=self.device), self.dim),
+                self.params.alpha,
+                self.params.similarity_threshold,
+            )
+        bytes_per_pair = 2 * self._vector_width * (1 if binary else 4) + 64
+        budget = _PAIR_BYTES if self.device.type == "cpu" else _PAIR_BYTES_ACCELERATOR
+        max_pairs = max(1, budget // bytes_per_pair)
+        block_rows = max(1, _BLOCK_BYTES // (4 * width))
+        for q_rows, q_words, q_vectors in self._aggregate(x, words, rows):
+            q_idf = idf[q_words]
+            q_vectors = self._internal(q_vectors)
+            lengths = offsets[q_words + 1] - offsets[q_words]
+            # entries are sorted by query row: one query image at a time (its own score row)
+            row_values, row_counts = torch.unique_consecutive(q_rows, return_counts=True)
+            row_values, row_counts = row_values.tolist(), row_counts.tolist()
+            row_end = 0
+            for g in range(0, len(row_values), block_rows):
+                group, counts = row_values[g : g + block_rows], row_counts[g : g + block_rows]
+                first = group[0]
+                block = torch.zeros((group[-1] - first + 1, width), dtype=torch.float32, device=self.device)
+                qnorm = torch.zeros(block.shape[0], dtype=torch.float32, device=self.device)
+                for row, count in zip(group, counts, strict=True):
+                    row_start, row_end = row_end, row_end + count
+                    qnorm[row - first] = q_idf[row_start:row_end].sum()
+                    out_row = block[row - first]
+                    for a, b, total in _pair_chunks(lengths[row_start:row_end], max_pairs):
+                        a, b = a + row_start, b + row_start
+                        qi, di = F.posting_pairs(q_words[a:b], offsets, total=total)
+                        if binary:
+                            xor = [
+                                torch.index_select(db_col, 0, di).bitwise_xor_(torch.index_select(q_col[a:b], 0, qi))
+                                for db_col, q_col in zip(db_vectors, q_vectors, strict=True)
+                            ]
+                            weight = torch.index_select(lut, 0, F.popcount_sum(xor))
+                        else:
+                            dbv = torch.index_select(db_vectors, 0, di)
+                            qv = torch.index_select(q_vectors[a:b], 0, qi)
+                            weight = F.selective_kernel(
+                                F.real_similarity(dbv, qv), self.params.alpha, self.params.similarity_threshold
+                            )
+                        if self.params.use_idf:
+                            weight *= torch.index_select(q_idf[a:b], 0, qi)
+                        images = torch.index_select(db_images, 0, di).to(torch.int64)
+                        if lo or top < self._n_images:  # a column range: drop entries outside
+                            keep = (images >= lo) & (images < hi)
+                            images, weight = images[keep] - lo, weight[keep]
+                        out_row.index_add_(0, images, weight)
+                block *= inv_db.unsqueeze(0)
+                block *= F.inverse_sqrt(qnorm).unsqueeze(1)
+                yield first, block
 
     def scores(
         self,
@@ -437,7 +630,9 @@ class ASMK:
 
         ``score(q, i) = sum_w idf(w) sigma(w) / sqrt(norm_db(i)) / sqrt(norm_q)`` over the
         words ``w`` shared by query ``q`` and database image ``i`` (SPEC section 3). An
-        image whose norm is 0 (never added, or all its words have idf 0) scores 0.
+        image whose norm is 0 (never added, or all its words have idf 0) scores 0. The
+        output is ``Q x n_images`` float32: for many queries against a large database use
+        :meth:`search` with ``topk``, which never holds it.
 
         Args:
             qdescriptors: local descriptors of one or several query images.
@@ -455,66 +650,11 @@ class ASMK:
             - words: :math:`(N, m_q)`.
             - output: :math:`(Q, n\\_images)`, ``Q`` = number of distinct query ids.
         """
-        x = self._check_descriptors(qdescriptors, "qdescriptors")
-        ids = self._check_ids(qimage_ids, x.shape[0], "qimage_ids")
-        mq = self.params.query_multiple_assignment
-        words = self._check_words(words, x.shape[0], mq)
-        qids, rows = torch.unique(ids, sorted=True, return_inverse=True)
-        n_q, n_db = int(qids.shape[0]), self._n_images
-        out = torch.zeros(n_q * n_db, dtype=torch.float32, device=self.device)
-        if n_q == 0 or n_db == 0:
-            return out.view(n_q, n_db)
-        self.flush()
-        idf = self._idf()
-        if words is None:
-            words = F.nearest_words(x, self.codebook, mq)
-        qnorm = torch.zeros(n_q, dtype=torch.float32, device=self.device)
-        binary = self.params.binary
-        db_vectors = self._vectors
-        db_images = self._images
-        if binary:  # similarities take D + 1 values: tabulate the kernel over Hamming distances
-            lut = F.selective_kernel(
-                F.binary_similarity_from_hamming(torch.arange(self.dim + 1, device=self.device), self.dim),
-                self.params.alpha,
-                self.params.similarity_threshold,
-            )
-        bytes_per_pair = 2 * self._vector_width * (1 if binary else 4) + 64
-        budget = _PAIR_BYTES if self.device.type == "cpu" else _PAIR_BYTES_ACCELERATOR
-        max_pairs = max(1, budget // bytes_per_pair)
-        out = out.view(n_q, n_db)
-        for q_rows, q_words, q_vectors in self._aggregate(x, words, rows):
-            q_idf = idf[q_words]
-            qnorm.index_add_(0, q_rows, q_idf)
-            q_vectors = self._internal(q_vectors)
-            lengths = self._offsets[q_words + 1] - self._offsets[q_words]
-            # entries are sorted by query row: one query image at a time (its own score row)
-            row_values, row_counts = torch.unique_consecutive(q_rows, return_counts=True)
-            row_end = 0
-            for row, count in zip(row_values.tolist(), row_counts.tolist(), strict=True):
-                row_start, row_end = row_end, row_end + count
-                for a, b, total in _pair_chunks(lengths[row_start:row_end], max_pairs):
-                    a, b = a + row_start, b + row_start
-                    qi, di = F.posting_pairs(q_words[a:b], self._offsets, total=total)
-                    if binary:
-                        xor = [
-                            torch.index_select(db_col, 0, di).bitwise_xor_(torch.index_select(q_col[a:b], 0, qi))
-                            for db_col, q_col in zip(db_vectors, q_vectors, strict=True)
-                        ]
-                        weight = torch.index_select(lut, 0, F.popcount_sum(xor))
-                    else:
-                        dbv = torch.index_select(db_vectors, 0, di)
-                        qv = torch.index_select(q_vectors[a:b], 0, qi)
-                        weight = F.selective_kernel(
-                            F.real_similarity(dbv, qv), self.params.alpha, self.params.similarity_threshold
-                        )
-                    if self.params.use_idf:
-                        weight *= torch.index_select(q_idf[a:b], 0, qi)
-                    images = torch.index_select(db_images, 0, di)
-                    if images.device.type != "cpu":
-                        images = images.to(torch.int64)
-                    out[row].index_add_(0, images, weight)
-        out *= self._db_inv_sqrt_norm().unsqueeze(0)
-        out *= F.inverse_sqrt(qnorm).unsqueeze(1)
+        x, ids, words = self._prepare_queries(qdescriptors, qimage_ids, words)
+        n_q = int(torch.unique(ids).shape[0])
+        out = torch.zeros((n_q, self._n_images), dtype=torch.float32, device=self.device)
+        for first, block in self._score_blocks(x, ids, words, 0, self._n_images):
+            out[first : first + block.shape[0]] = block
         return out
 
     def search(
@@ -524,11 +664,14 @@ class ASMK:
         topk: int | None = None,
         *,
         words: Tensor | np.ndarray | None = None,
+        columns: tuple[int, int] | None = None,
     ) -> SearchResult:
         """Rank database images for each query by decreasing score.
 
-        Ties keep increasing image id order (stable sort). For
-        :func:`lit.evaluate.revisited_map`, pass ``ranks.T`` (database x queries).
+        Ties keep increasing image id order (the order of a stable sort). For
+        :func:`lit.evaluate.revisited_map`, pass ``ranks.T`` (database x queries). Queries
+        are scored in blocks and only the best ``topk`` of each block are kept, so memory
+        stays bounded with many queries and a large database (module docstring).
 
         Args:
             qdescriptors: local descriptors of the query images.
@@ -536,20 +679,33 @@ class ASMK:
             topk: keep the best ``topk`` images per query (all when ``None``; clipped to
                 the number of database images).
             words: optional precomputed assignments, as in :meth:`scores`.
+            columns: rank only database ids ``lo..hi-1`` (``(lo, hi)``; default all, ``0..
+                n_images-1``); a part of a sharded index ranks its own id range.
 
         Returns:
             :class:`SearchResult` ``(ranks, scores)``, one row per distinct query id
             (sorted), on the index device.
 
         Shape:
-            - ranks, scores: :math:`(Q, k)` with ``k = min(topk, n_images)``.
+            - ranks, scores: :math:`(Q, k)` with ``k = min(topk, hi - lo)``.
         """
         if topk is not None and (isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1):
             raise ValueError(f"topk must be a positive int or None, got {topk!r}")
-        scores = self.scores(qdescriptors, qimage_ids, words=words)
-        values, ranks = torch.sort(scores, dim=1, descending=True, stable=True)
-        if topk is not None:
-            values, ranks = values[:, :topk], ranks[:, :topk]
+        lo, hi = (0, self._n_images) if columns is None else (int(columns[0]), int(columns[1]))
+        if not 0 <= lo <= hi:
+            raise ValueError(f"columns must be (lo, hi) with 0 <= lo <= hi, got {columns!r}")
+        x, ids, words = self._prepare_queries(qdescriptors, qimage_ids, words)
+        n_q = int(torch.unique(ids).shape[0])
+        k = (hi - lo) if topk is None else min(int(topk), hi - lo)
+        ranks = torch.zeros((n_q, k), dtype=torch.int64, device=self.device)
+        values = torch.zeros((n_q, k), dtype=torch.float32, device=self.device)
+        if k == 0:
+            return SearchResult(ranks, values)
+        col_ids = torch.arange(lo, hi, device=self.device)
+        for first, block in self._score_blocks(x, ids, words, lo, hi):
+            r, v = F.topk_stable(block, col_ids, k)
+            ranks[first : first + block.shape[0]] = r
+            values[first : first + block.shape[0]] = v
         return SearchResult(ranks, values)
 
     # ------------------------------------------------------------------ statistics
@@ -619,7 +775,9 @@ class ASMK:
         k = index.num_words
         offsets = np.asarray(state["offsets"])
         images = np.asarray(state["image_ids"])
-        vectors = np.asarray(state["vectors"])
+        vectors = state["vectors"]
+        if not isinstance(vectors, _RowSource):
+            vectors = np.asarray(vectors)
         n_images = int(state["n_images"])
         e = images.shape[0] if images.ndim == 1 else -1
         if offsets.shape != (k + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != e:
@@ -632,31 +790,66 @@ class ASMK:
             )
         if e and (images.min() < 0 or images.max() >= n_images):
             raise ValueError(f"inconsistent inverted file: image ids outside 0..{n_images - 1}")
-        index._offsets = torch.from_numpy(offsets.astype(np.int64)).to(index.device)
-        index._images = torch.from_numpy(images.astype(np.int32)).to(index.device)
-        index._vectors = index._internal(torch.from_numpy(np.ascontiguousarray(vectors)).to(index.device))
+        index._offsets = torch.from_numpy(offsets.astype(np.int64, copy=False)).to(index.device)
+        index._images = torch.from_numpy(images.astype(np.int32, copy=False)).to(index.device)
+        if index.params.binary:  # fill the column-major layout chunk by chunk
+            index._vectors = torch.empty((index._vector_width // 8, e), dtype=torch.int64, device=index.device)
+            for start in range(0, e, _IO_ROWS):
+                stop = min(e, start + _IO_ROWS)
+                rows = torch.from_numpy(np.ascontiguousarray(vectors[start:stop])).to(index.device)
+                index._vectors[:, start:stop] = rows.view(torch.int64).t()
+        else:
+            index._vectors = torch.empty((e, index._vector_width), dtype=torch.float32, device=index.device)
+            for start in range(0, e, _IO_ROWS):
+                stop = min(e, start + _IO_ROWS)
+                index._vectors[start:stop] = torch.from_numpy(np.ascontiguousarray(vectors[start:stop]))
         index._n_images = n_images
         index._present = torch.zeros(n_images, dtype=torch.bool, device=index.device)
         index._present[index._images.to(torch.int64)] = True
         return index
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index (codebook, parameters, inverted file) to an HDF5 file."""
+    def save(self, path: str | os.PathLike, *, attrs: dict[str, Any] | None = None) -> None:
+        """Write the index (codebook, parameters, inverted file) to an HDF5 file.
+
+        The file is created anew (an existing file is replaced). Vectors are written in
+        chunks of rows straight from the inverted file (no full second copy). Readers
+        ignore groups and attributes they do not know, so other tools may add their own
+        (e.g. a ``/pipeline`` group) after saving.
+
+        Args:
+            path: output file.
+            attrs: extra file attributes (numbers or strings), e.g. the id range of a part
+                of a sharded index.
+        """
         import h5py
 
-        state = self.state_dict()
+        self.flush()
+        e = int(self._images.shape[0])
         with h5py.File(path, "w") as f:
-            f.attrs["type"] = state["type"]
-            f.attrs["version"] = state["version"]
-            f.attrs["n_images"] = state["n_images"]
-            for key, value in state["params"].items():
+            f.attrs["type"] = FORMAT_TYPE
+            f.attrs["version"] = FORMAT_VERSION
+            f.attrs["n_images"] = self._n_images
+            for key, value in asdict(self.params).items():
                 f.attrs[f"params.{key}"] = value
-            for key in ("codebook", "offsets", "image_ids", "vectors"):
-                f.create_dataset(key, data=state[key])
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+            f.create_dataset("codebook", data=self.codebook.cpu().numpy())
+            f.create_dataset("offsets", data=self._offsets.cpu().numpy())
+            f.create_dataset("image_ids", data=self._images.cpu().numpy())
+            dtype = np.uint8 if self.params.binary else np.float32
+            ds = f.create_dataset("vectors", shape=(e, self._vector_width), dtype=dtype)
+            for start in range(0, e, _IO_ROWS):
+                stop = min(e, start + _IO_ROWS)
+                part = self._vectors[:, start:stop] if self.params.binary else self._vectors[start:stop]
+                ds[start:stop] = self._rows(part).cpu().numpy()
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> ASMK:
         """Read an index written by :meth:`save`.
+
+        The inverted file is read in chunks of rows straight into its in-memory layout on
+        ``device``: the peak is the index itself plus one chunk. Unknown groups, datasets
+        and attributes in the file are ignored.
 
         Raises:
             FileNotFoundError: no such file.
@@ -685,26 +878,26 @@ class ASMK:
                         f"{path}: ASMK format version {version!r} is not supported "
                         f"(this lit reads version {FORMAT_VERSION})"
                     )
-                state = {
-                    "type": kind,
-                    "version": int(version),
-                    "n_images": int(f.attrs["n_images"]),
-                    "params": {
-                        key[len("params.") :]: _attr_value(value)
-                        for key, value in f.attrs.items()
-                        if key.startswith("params.")
-                    },
-                }
                 for key in ("codebook", "offsets", "image_ids", "vectors"):
-                    if key not in f:
+                    if key not in f or not isinstance(f[key], h5py.Dataset):
                         raise ValueError(f"{path}: ASMK index lacks the dataset {key!r}")
-                    state[key] = f[key][()]
+                params = {
+                    key[len("params.") :]: _attr_value(value)
+                    for key, value in f.attrs.items()
+                    if key.startswith("params.")
+                }
+                state = {
+                    "type": kind, "version": int(version), "n_images": int(f.attrs["n_images"]),
+                    "params": params, "codebook": f["codebook"][()], "offsets": f["offsets"][()],
+                    "image_ids": f["image_ids"][()].astype(np.int32, copy=False),
+                    "vectors": _RowSource(f["vectors"]),
+                }
+                try:
+                    return cls.from_state(state, device=device)
+                except (ValueError, TypeError) as err:
+                    raise ValueError(f"{path}: {err}") from err
         except (OSError, KeyError, RuntimeError) as err:
             raise ValueError(f"{path}: cannot read ASMK index, truncated or corrupt ({err})") from err
-        try:
-            return cls.from_state(state, device=device)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{path}: {err}") from err
 
     # ------------------------------------------------------------------ input checks
 
@@ -762,6 +955,18 @@ def _as_tensor(x: Any, name: str) -> Tensor:
             raise TypeError(f"{name} has unsupported dtype {x.dtype}")
         return torch.from_numpy(np.ascontiguousarray(x))
     raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+class _RowSource:
+    """Rows of an HDF5 dataset read on demand (``shape``, ``dtype``, slicing)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.shape = tuple(dataset.shape)
+        self.dtype = dataset.dtype
+
+    def __getitem__(self, item: Any) -> np.ndarray:
+        return self.dataset[item]
 
 
 def _image_batches(sorted_ids: Tensor, budget: int) -> list[tuple[int, int]]:
