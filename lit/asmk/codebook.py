@@ -100,6 +100,9 @@ def _kmeans_torch(x: Tensor, k: int, iterations: int, seed: int) -> Tensor:
 def _kmeans_faiss(x: Tensor, k: int, iterations: int, seed: int, device: torch.device) -> Tensor:
     data = np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float32, copy=False))
     use_gpu = device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
-    km = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=int(seed), gpu=use_gpu, verbose=False)
+    # min_points_per_centroid=1: faiss only warns (on stderr, once per run) below 39 points a word;
+    # lit's codebook policy states its own warning for small sets
+    km = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=int(seed), gpu=use_gpu, verbose=False,
+                      min_points_per_centroid=1)
     km.train(data)
     return torch.from_numpy(np.asarray(km.centroids, dtype=np.float32)).to(device)
