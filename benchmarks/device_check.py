@@ -426,7 +426,7 @@ class Checker:
         if step == "index":
             return (w / "i.h5").is_file()
         if step == "search":
-            return [h["name"] for h in json.loads((w / "r.json").read_text())[0]["results"]]
+            return [h["name"] for h in json.loads((w / "r.json").read_text())["queries"][0]["results"]]
         if step == "match":
             return json.loads((w / "m.json").read_text())["matches"]
         return (w / "att.png").stat().st_size > 1000

@@ -274,8 +274,14 @@ def _index_sharded(args, device: str) -> int:
                       train_features=args.train_features, seed=args.seed, device=device, binary=not args.real,
                       use_idf=args.idf, log=lambda m: print(m, file=sys.stderr))
     if is_main_process():
-        with open(args.out + ".names.json", "w") as f:
-            json.dump({"features": os.path.abspath(args.features), "names": res["names"], "sharded": True}, f)
+        from .shards import open_features
+
+        with open_features(args.features) as fc:
+            root, fingerprint = pipeline._feature_root(fc), fc.fingerprint
+        with open(args.out + ".names.json", "w") as f:  # the parts' names, image root and fingerprint
+            json.dump({"features": os.path.abspath(args.features), "names": res["names"], "sharded": True,
+                       "image_root": args.image_root and os.path.abspath(args.image_root) or root,
+                       "fingerprint": fingerprint}, f)
         print(f"indexed {len(res['names'])} images ({res['descriptors']} descriptors) into {res['stats']['parts']} parts "
               f"{args.out} (.RRRRR-of-NNNNN.h5): {json.dumps(res['stats'])}")
     return 0
@@ -307,11 +313,11 @@ def cmd_search(args) -> int:
             raise UserError(f"{args.index}: neither an index file nor a sharded index with its .names.json")
     query_root = os.path.abspath(args.query_root) if args.query_root else None
     if args.query_features:
-        from .features import FeatureStore
+        from .shards import open_features
 
         if args.queries or args.list:
             raise UserError("give query images or --query-features, not both")
-        with FeatureStore(args.query_features) as qs:
+        with open_features(args.query_features) as qs:  # a feature file or a set of shards
             pipeline.check_fingerprint(info.fingerprint, qs.fingerprint, f"the query features {args.query_features}",
                                        args.index, args.force)
             qnames = list(qs.names)

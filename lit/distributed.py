@@ -148,7 +148,7 @@ def build_index(
     *,
     parts: int = 1,
     codebook: np.ndarray | None = None,
-    codebook_size: int = 65536,
+    codebook_size: int | None = None,
     train_features: str | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -156,13 +156,15 @@ def build_index(
     **params: Any,
 ) -> dict[str, Any]:
     """Build an index of a feature collection, sharded in ``parts`` (one process) or one
-    part per rank (``torchrun``); the codebook is trained once, on rank 0.
+    part per rank (``torchrun``); the codebook is trained once, on rank 0, by
+    :func:`lit.pipeline.train_codebook` (``codebook_size=None``: :func:`lit.pipeline.codebook_size`).
 
     With ``parts == 1`` outside ``torchrun`` it writes one index file ``out``; otherwise
     ``shard_path(out, r, parts)`` for every part. Descriptors are streamed into the index
     (bounded memory); codebook training holds the training descriptors, as a single
     process does. Returns a summary dict (on rank 0; ``{}`` on the others).
     """
+    from . import pipeline  # the one codebook policy (size, restarts), as for a single index
     from .asmk import ASMK
     from .shards import FeatureCollection, build_part
 
@@ -178,9 +180,12 @@ def build_index(
                         train = tc.all_descriptors()[0]
                 else:
                     train = coll.all_descriptors()[0]
-                size = min(codebook_size, len(train))
+                size = pipeline.codebook_size(len(train)) if codebook_size is None else min(codebook_size, len(train))
+                warning = pipeline.small_set_warning(len(train), len(coll))
+                if warning:
+                    log(warning)
                 log(f"training a codebook of {size} words on {len(train)} descriptors")
-                codebook = ASMK.train(train, size=size, seed=seed, device=device).codebook
+                codebook = pipeline.train_codebook(train, size, seed=seed, device=device)
                 del train
             cb = None if codebook is None else torch.as_tensor(np.asarray(codebook) if not isinstance(codebook, torch.Tensor) else codebook)
             if env is not None:

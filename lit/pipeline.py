@@ -372,7 +372,8 @@ def read_index_info(path: str | os.PathLike) -> IndexInfo | None:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise PipelineError(f"{side}: not a readable names file ({err})") from None
         if data.get("sharded"):  # the parts of a sharded index (lit.distributed): names beside them
-            return IndexInfo(names=names, features=str(data.get("features", "")))
+            return IndexInfo(names=names, image_root=data.get("image_root"), fingerprint=data.get("fingerprint"),
+                             features=str(data.get("features", "")))
         print(f"note: {path} is an index of an older lit: names read from {side}, no fingerprint check; "
               "rebuild it with `lit index` to make it self-contained", file=sys.stderr)
         return IndexInfo(names=names, features=str(data.get("features", "")), legacy=True)

@@ -300,10 +300,11 @@ def test_cli_commands_in_process_on_the_fake_device(tmp_path, images_dir, ckpt, 
         assert _cli(monkeypatch, fd, "plot-attention", a, "--model", ckpt, "--device", "cuda", "--top", "2",
                     "--out", tmp_path / "att.png") == 0
     got, ref = json.loads(res.read_text()), json.loads((tmp_path / "cpu_r.json").read_text())
+    got, ref = got["queries"], ref["queries"]  # lit.pipeline's JSON: {db_root, query_root, score, queries}
     assert [h["name"] for h in got[0]["results"]] == [h["name"] for h in ref[0]["results"]]
     np.testing.assert_allclose([h["score"] for h in got[0]["results"]], [h["score"] for h in ref[0]["results"]], rtol=1e-4)
     rq, ref_rq = json.loads((tmp_path / "rq.json").read_text()), json.loads((tmp_path / "cpu_rq.json").read_text())
-    assert [[h["name"] for h in r["results"]] for r in rq] == [[h["name"] for h in r["results"]] for r in ref_rq]
+    assert [[h["name"] for h in r["results"]] for r in rq["queries"]] == [[h["name"] for h in r["results"]] for r in ref_rq["queries"]]
     assert json.loads((tmp_path / "m.json").read_text())["matches"] >= 0
     assert Image.open(tmp_path / "att.png").size[0] > 100
 

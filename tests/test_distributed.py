@@ -163,7 +163,7 @@ def test_torchrun_extract_index_search_equals_single_process(tmp_path, photos, t
     _lit("search", single / "i.h5", "--query-features", single / "f.h5", "--topk", "5", "--json", single / "r.json",
          "--device", "cpu")
     expect = json.loads((single / "r.json").read_text())
-    assert len(expect) == 7 and all(len(r["results"]) == 5 for r in expect)
+    assert len(expect["queries"]) == 7 and all(len(r["results"]) == 5 for r in expect["queries"])
     paths = sorted(str(p) for p in photos.iterdir())
     for nproc in (2, 4):
         sh = tmp_path / f"sharded{nproc}"
