@@ -466,11 +466,13 @@ def cmd_plot_attention(args) -> int:
 
 
 def _attention_default_out(image: str) -> str:
-    """``<image without extension>_attention.png`` beside the image when that folder is
-    writable, else in the current folder; never overwrites (``_2``, ``_3``... added)."""
-    base = os.path.splitext(os.path.abspath(image))[0]
-    if not os.access(os.path.dirname(base), os.W_OK):
-        base = os.path.splitext(os.path.basename(image))[0]
+    """``<folder>_<image stem>_attention.png`` in the current folder (not beside the image: a
+    figure in the photo folder would be extracted with the photos next time); two ``01.jpg``
+    of different folders get different names, and nothing is overwritten (``_2``, ``_3``...)."""
+    path = os.path.abspath(image)
+    folder = os.path.basename(os.path.dirname(path))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    base = f"{folder}_{stem}" if folder else stem
     out, i = f"{base}_attention.png", 2
     while os.path.exists(out):
         out, i = f"{base}_attention_{i}.png", i + 1
@@ -618,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot-attention", help="plot the attention maps of an image's strongest super-features")
     p.add_argument("image")
-    p.add_argument("--out", help="output figure (default IMAGE_attention.png beside the image, never overwritten)")
+    p.add_argument("--out", help="output figure (default FOLDER_IMAGE_attention.png in the current folder, never overwritten)")
     p.add_argument("--scale", type=float, default=1.0, help="extraction scale (default 1)")
     p.add_argument("--top", type=int, default=16, help="how many of the strongest super-features (default 16; at most N)")
     p.add_argument("--indices", help="comma-separated super-feature indices instead of the strongest")

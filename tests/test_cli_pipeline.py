@@ -159,7 +159,7 @@ def test_match_default_threshold_is_the_models(setup, tmp_path):
     assert abs(m["score"] - sum(m["similarity"])) < 1e-4
 
 
-def test_plot_attention_options_are_honoured_or_refused(setup, tmp_path, capsys):
+def test_plot_attention_options_are_honoured_or_refused(setup, tmp_path, capsys, monkeypatch):
     img = tmp_path / "01.jpg"
     shutil.copy(setup["photos"] / "a" / "1.jpg", img)
     model = setup["models"][0]
@@ -169,12 +169,18 @@ def test_plot_attention_options_are_honoured_or_refused(setup, tmp_path, capsys)
     assert code == 2 and "--scale" in err
     code, _, err = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--indices", "3,99")
     assert code == 2 and "99" in err
-    # the default output sits beside the image and never overwrites an earlier one
+    # the default output goes to the current folder, named after the image's folder and name
+    # (not into the photo folder, where the next extraction would take it for a photo),
+    # and never overwrites an earlier one
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    monkeypatch.chdir(out_dir)
     first = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "4")[1]
     second = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "4")[1]
-    assert first.split()[-1] == str(tmp_path / "01_attention.png")
-    assert second.split()[-1] == str(tmp_path / "01_attention_2.png")
+    assert first.split()[-1] == f"{tmp_path.name}_01_attention.png"
+    assert second.split()[-1] == f"{tmp_path.name}_01_attention_2.png"
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == []  # nothing written beside the photo
     run("plot-attention", img, "--model", model, "--device", "cpu", "--top", "4", "--out", tmp_path / "att.svg")
     assert "<svg" in (tmp_path / "att.svg").read_text()
-    assert Image.open(tmp_path / "01_attention.png").size[0] > 200
-    assert np.asarray(Image.open(tmp_path / "01_attention.png").convert("L")).std() > 10
+    assert Image.open(out_dir / first.split()[-1]).size[0] > 200
+    assert np.asarray(Image.open(out_dir / first.split()[-1]).convert("L")).std() > 10
