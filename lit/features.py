@@ -712,6 +712,9 @@ class MergeSummary:
 def merge_feature_files(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> MergeSummary:
     """Merge feature files of the same model and settings into a new one.
 
+    An input may also be a set of shards (``torchrun ... lit extract``): its base name, a
+    folder or a glob stands for its files, in rank order (:func:`lit.shards.find_shards`).
+
     Names are re-based on the common folder of the inputs' roots (files without a
     recorded root keep their names); an image present in several inputs is stored once
     (the first one wins); failures are kept unless the image is present in some input.
@@ -721,7 +724,9 @@ def merge_feature_files(inputs: Sequence[str | os.PathLike], out: str | os.PathL
             (model or extraction settings) or descriptor dimensions differ, or ``out``
             exists (without ``overwrite``) or is one of the inputs.
     """
-    inputs = [os.fspath(p) for p in inputs]
+    from .shards import find_shards  # a shard set (base name, folder or glob) counts as its files
+
+    inputs = [f for p in inputs for f in find_shards(p)]
     out = os.fspath(out)
     if len(inputs) < 1:
         raise FeatureFileError("nothing to merge: give feature files")

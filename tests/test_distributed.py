@@ -15,7 +15,7 @@ from PIL import Image
 
 from lit.asmk import ASMK
 from lit.distributed import env_from_environ, sharded_extraction
-from lit.features import FeatureStore
+from lit.features import FeatureStore, merge_feature_files
 from lit.models import save_checkpoint
 from lit.shards import (
     FeatureCollection,
@@ -82,6 +82,10 @@ def test_feature_collection_reads_shards_as_one_in_rank_order(tmp_path):
     merged.parent.mkdir()
     assert merge_features(base, merged) == 11 and merge_features(base, merged) == 0
     with FeatureStore(merged) as st, FeatureCollection(base) as coll:
+        assert st.names == names and np.array_equal(st.all_descriptors()[0], coll.all_descriptors()[0])
+    merged_cli = tmp_path / "merged" / "cli.h5"  # `lit features merge` takes the shard set's base name too
+    assert merge_feature_files([base], merged_cli).images == 11
+    with FeatureStore(merged_cli) as st, FeatureCollection(base) as coll:
         assert st.names == names and np.array_equal(st.all_descriptors()[0], coll.all_descriptors()[0])
 
 
