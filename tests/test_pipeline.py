@@ -239,3 +239,11 @@ def test_small_sets_keep_the_best_of_several_kmeans_runs():
     best = pipeline.train_codebook(x, 20, seed=1, restarts=3)
     errs = [pipeline.quantisation_error(x, ASMK.train(x, size=20, seed=3 + r).codebook) for r in range(3)]
     assert pipeline.quantisation_error(x, best) == pytest.approx(min(errs), rel=1e-6)
+
+
+def test_codebook_is_deterministic_for_a_seed():
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(600, 8)).astype(np.float32))
+    a = pipeline.train_codebook(x, 30, seed=2)
+    b = pipeline.train_codebook(x, 30, seed=2)
+    assert a.shape == (30, 8) and torch.equal(a, b)  # same seed, same codebook (the CLI's --seed)
+    assert not torch.equal(a, pipeline.train_codebook(x, 30, seed=3))
