@@ -61,8 +61,8 @@ PIPELINE_FORMAT = "lit-index-pipeline"
 PIPELINE_VERSION = 1
 
 #: the codebook has ``CODEBOOK_WORDS_PER_SQRT * sqrt(n)`` words for ``n`` training descriptors
-#: (benchmarks/pipeline_defaults.py: the middle of the best sizes on the held-out multi-view
-#: scenes; FIRe's 65,536 words are reached at about 30M descriptors, and its 20k SfM-120k
+#: (benchmarks/pipeline_defaults.py: inside the flat top of the mAP-vs-size curve on the
+#: held-out multi-view scenes and on the training scenes; FIRe's 65,536 words are reached at about 30M descriptors, and its 20k SfM-120k
 #: images x 1000 features give 54k)
 CODEBOOK_WORDS_PER_SQRT = 12
 MAX_CODEBOOK_SIZE = 65536
@@ -88,10 +88,10 @@ def codebook_size(n_descriptors: int, max_size: int = MAX_CODEBOOK_SIZE) -> int:
     (so that k-means has at least two descriptors per word), but at least ``min(n, 8)``
     (ASMK's query multiple assignment needs 5 words). Chosen by
     measurement (``benchmarks/pipeline_defaults.py``): on the 20 held-out multi-view photos
-    (5,120 descriptors of lit-effl0) the best sizes are 512-1536 words (about 5 descriptors per
-    word; 768 best, 14 k-means seeds pooled), FIRe's ratio (~300 per word) gives 16 words there
-    and 20 mAP less; a square-root rule meets FIRe's 65,536 words near its own scale (54k
-    words for 20M descriptors).
+    (5,120 descriptors of lit-effl0) the sizes 512-1536 words are within the noise of each
+    other (30 k-means seeds each: 50.3-52.1 mAP, 1024 best; the default 859 gives 51.1),
+    FIRe's ratio (~300 per word) gives 16 words there and 20 mAP less; a square-root rule
+    meets FIRe's 65,536 words near its own scale (54k words for 20M descriptors).
 
     Raises:
         ValueError: ``n_descriptors < 1``.
