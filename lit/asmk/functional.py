@@ -12,6 +12,9 @@ distance. Zero padding is the same in every vector, so it never adds to a distan
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -111,7 +114,11 @@ def nearest_words(
         backend = auto_backend(descriptors.device, k, m)
     if backend == "bf16":
         x32 = descriptors.detach().to(torch.float32)
-        c32 = codebook.detach().to(device="cpu", dtype=torch.float32)
+        c32 = codebook.detach()
+        if c32.dtype != torch.float32 or c32.device.type != "cpu":
+            c32 = c32.to(device="cpu", dtype=torch.float32)
+        elif not codebook.requires_grad:
+            c32 = codebook  # the tensor itself: its prepared bfloat16 form is cached
         if _bf16_applies(x32, c32, m):
             return _nearest_words_bf16(x32, c32, int(m), chunk_size)
         backend = "faiss" if auto and _faiss is not None else "torch"
@@ -182,6 +189,69 @@ def auto_backend(device: torch.device | str, k: int, m: int) -> str:
     return "faiss" if _faiss is not None else "torch"
 
 
+_workspace = threading.local()
+
+
+def _bf16_workspace(numel: int) -> Tensor:
+    """A bfloat16 buffer of at least ``numel`` elements, kept per thread between calls.
+
+    The approximate scores of a chunk (up to :data:`SEARCH_BYTES`) are written into it:
+    a fresh buffer of that size comes from new pages on every call (``mmap``), and their
+    first touch costs about as much as the GEMM that fills them (a query is one call)."""
+    buf = getattr(_workspace, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=torch.bfloat16)
+        _workspace.buf = buf
+    return buf
+
+
+@dataclass(frozen=True)
+class _Bf16Codebook:
+    c_aug_t: Tensor  # (D + 2, Kp) bfloat16: centroids, -|c|^2/2 as hi + lo, padding
+    half_sq: Tensor  # (K,) float64 |c|^2 / 2
+    coef_a: float  # E = coef_a |x| + e_const
+    e_const: float
+    max_abs: float  # largest |coordinate|
+    key: tuple
+
+
+_prepared: dict[int, tuple[weakref.ref, _Bf16Codebook]] = {}  # id(codebook) -> (its weakref, form)
+
+
+def _bf16_prepared(codebook: Tensor) -> _Bf16Codebook:
+    """The bfloat16 form of a float32 CPU codebook and its error-bound constants, cached
+    per codebook tensor (an index quantises every query against the same one)."""
+    key = (codebook.data_ptr(), tuple(codebook.shape), codebook._version)
+    hit = _prepared.get(id(codebook))
+    if hit is not None and hit[0]() is codebook and hit[1].key == key:
+        return hit[1]
+    k, d = codebook.shape
+    g = _bf16_group(k)
+    kp = -(-k // g) * g
+    c64 = codebook.to(torch.float64)
+    half_sq = (c64 * c64).sum(dim=1) / 2
+    hi = (-half_sq).to(torch.bfloat16)
+    lo = (-half_sq - hi.to(torch.float64)).to(torch.bfloat16)
+    c_aug = torch.zeros((kp, d + 2), dtype=torch.bfloat16)
+    c_aug[:k, :d] = codebook.to(torch.bfloat16)
+    c_aug[:k, d] = hi
+    c_aug[:k, d + 1] = lo
+    c_aug[k:, d] = -1e30  # padding centroids, far below any real score
+    u = _BF16_U
+    gamma = (d + 2) * 2.0**-24 / (1 - (d + 2) * 2.0**-24)
+    prep = _Bf16Codebook(
+        c_aug_t=c_aug.t().contiguous(),
+        half_sq=half_sq,
+        coef_a=(3 * u + 6 * u * u + 2 * gamma) * float(c64.norm(dim=1).max()),
+        e_const=(u + 6 * u * u + 2 * gamma) * float(half_sq.max()) + 1e-30,  # + subnormals
+        max_abs=float(codebook.abs().max()),
+        key=key,
+    )
+    ident = id(codebook)
+    _prepared[ident] = (weakref.ref(codebook, lambda _, i=ident: _prepared.pop(i, None)), prep)
+    return prep
+
+
 def _bf16_group(k: int) -> int:
     """Centroids per group: at most 128, and at least ``2 (L + 1)`` groups."""
     return min(_BF16_GROUP, k // (2 * (_BF16_CANDIDATES + 1)))
@@ -192,7 +262,7 @@ def _bf16_applies(x: Tensor, codebook: Tensor, m: int) -> bool:
     k = codebook.shape[0]
     if _bf16_group(k) < 2 or m > _BF16_CANDIDATES // 3:
         return False
-    big = max(float(x.abs().max()), float(codebook.abs().max()))
+    big = max(float(x.abs().max()), _bf16_prepared(codebook).max_abs)
     return math.isfinite(big) and big <= _BF16_MAX_ABS
 
 
@@ -227,20 +297,12 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
     g, lc = _bf16_group(k), _BF16_CANDIDATES
     n_groups = -(-k // g)
     kp = n_groups * g
-    c64 = codebook.to(torch.float64)
-    half_sq = (c64 * c64).sum(dim=1) / 2
-    hi = (-half_sq).to(torch.bfloat16)
-    lo = (-half_sq - hi.to(torch.float64)).to(torch.bfloat16)
-    c_aug = torch.zeros((kp, d + 2), dtype=torch.bfloat16)
-    c_aug[:k, :d] = codebook.to(torch.bfloat16)
-    c_aug[:k, d] = hi
-    c_aug[:k, d + 1] = lo
-    c_aug[k:, d] = -1e30  # padding centroids, far below any real score
-    c_aug_t = c_aug.t().contiguous()
-    u = _BF16_U
-    gamma = (d + 2) * 2.0**-24 / (1 - (d + 2) * 2.0**-24)
-    coef_a = (3 * u + 6 * u * u + 2 * gamma) * float(c64.norm(dim=1).max())
-    e_const = (u + 6 * u * u + 2 * gamma) * float(half_sq.max()) + 1e-30  # + subnormals
+    prep = _bf16_prepared(codebook)
+    c_aug_t, half_sq, coef_a, e_const = prep.c_aug_t, prep.half_sq, prep.coef_a, prep.e_const
+
+    def exact_scores(x64: Tensor, words: Tensor) -> Tensor:
+        # one formula for every exact score (equal centroids get equal scores, bit for bit)
+        return (x64 * codebook.index_select(0, words).to(torch.float64)).sum(dim=1) - half_sq[words]
 
     def settle(x64: Tensor, vals: Tensor, words: Tensor, beyond: Tensor) -> tuple[Tensor, Tensor]:
         # vals/words: the best approximate scores of each row, decreasing, one more than
@@ -250,23 +312,23 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
         vals = vals.to(torch.float64)
         words = words[:, :lp]
         exact = torch.full((vals.shape[0], lp), -math.inf, dtype=torch.float64)
-        exact[:, :q] = torch.einsum("rd,rqd->rq", x64, c64[words[:, :q]]) - half_sq[words[:, :q]]
+        exact[:, :q] = exact_scores(x64.repeat_interleave(q, dim=0), words[:, :q].flatten()).view(-1, q)
         t = exact[:, :q].topk(m, dim=1).values[:, m - 1] - (coef_a * x64.norm(dim=1) + e_const)
         ok = (vals[:, lp] < t) & (beyond.to(torch.float64) < t)
         ok &= torch.isfinite(vals).all(dim=1) & torch.isfinite(t)
         pr, pc = ((vals[:, q:lp] >= t.unsqueeze(1)) & ok.unsqueeze(1)).nonzero(as_tuple=True)
         pc = pc + q
         pw = words[pr, pc]
-        exact[pr, pc] = (x64[pr] * c64[pw]).sum(dim=1) - half_sq[pw]
+        exact[pr, pc] = exact_scores(x64.index_select(0, pr), pw)
         by_word = words.sort(dim=1)  # rank by (exact score desc, word asc)
         order = exact.gather(1, by_word.indices).sort(dim=1, descending=True, stable=True).indices
         return by_word.values.gather(1, order[:, :m]), ok
 
-    if chunk_size is None:
-        chunk_size = max(1, SEARCH_BYTES // (2 * kp))
+    if chunk_size is None:  # 256..1024 rows, about 64 MB of scores: faster than larger chunks
+        chunk_size = min(1024, max(256, (SEARCH_BYTES // 2) // (2 * kp)))
     chunk_size = min(chunk_size, n)
     out = torch.empty((n, m), dtype=torch.int64)
-    buf = torch.empty((chunk_size, kp), dtype=torch.bfloat16)  # reused: no fresh pages
+    buf = _bf16_workspace(chunk_size * kp).view(-1)[: chunk_size * kp].view(chunk_size, kp)
     x_aug = torch.ones((chunk_size, d + 2), dtype=torch.bfloat16)
     left = []
     for start in range(0, n, chunk_size):
@@ -290,7 +352,7 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
             left.append(start + bad[~ok2])
     left_rows = torch.cat(left) if left else torch.empty(0, dtype=torch.int64)
     if left_rows.numel():
-        out[left_rows] = _nearest_words_exact64(x[left_rows], c64, half_sq, m)
+        out[left_rows] = _nearest_words_exact64(x[left_rows], codebook.to(torch.float64), half_sq, m)
     return out
 
 
