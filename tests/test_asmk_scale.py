@@ -244,3 +244,13 @@ def test_bf16_and_faiss_assign_the_same_words_on_clustered_data():
     x = codebook[rng.integers(0, 4096, 3000)] + 0.3 * rng.normal(size=(3000, 32)).astype(np.float32)
     xt, ct = torch.from_numpy(x), torch.from_numpy(codebook)
     assert torch.equal(nearest_words(xt, ct, 1, backend="bf16"), nearest_words(xt, ct, 1, backend="faiss"))
+
+
+def test_group_max_equals_amax():
+    import lit.asmk.functional as functional
+
+    gen = torch.Generator().manual_seed(8)
+    for width in (128, 96, 8, 5):
+        v = torch.randn(7, 11, width, generator=gen).to(torch.bfloat16)
+        v[0, 0, -1] = 50.0  # a maximum in the last column
+        assert torch.equal(functional._group_max(v), v.amax(dim=2))

@@ -252,6 +252,19 @@ def _bf16_prepared(codebook: Tensor) -> _Bf16Codebook:
     return prep
 
 
+def _group_max(v: Tensor) -> Tensor:
+    """``v.amax(dim=2)`` of a bfloat16 ``(R, G, W)`` tensor, the same values, faster.
+
+    torch reduces bfloat16 along the last dimension slowly (about 2.5x the float32 time);
+    halving the width with elementwise maxima first, while it is even and above 8, is
+    faster and exact (a maximum is a maximum in any order)."""
+    w = v.shape[2]
+    while w % 2 == 0 and w > 8:
+        w //= 2
+        v = torch.maximum(v[..., :w], v[..., w : 2 * w])
+    return v.amax(dim=2)
+
+
 def _bf16_group(k: int) -> int:
     """Centroids per group: at most 128, and at least ``2 (L + 1)`` groups."""
     return min(_BF16_GROUP, k // (2 * (_BF16_CANDIDATES + 1)))
@@ -336,7 +349,7 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
         r = xb.shape[0]
         x_aug[:r, :d] = xb
         s = torch.matmul(x_aug[:r], c_aug_t, out=buf[:r])
-        gvals, gidx = s.view(r, n_groups, g).amax(dim=2).topk(lc + 1, dim=1)
+        gvals, gidx = _group_max(s.view(r, n_groups, g)).topk(lc + 1, dim=1)
         rows = (torch.arange(r).unsqueeze(1) * n_groups + gidx[:, :lc]).flatten()
         cand = s.view(r * n_groups, g).index_select(0, rows).view(r, lc * g)
         vals, pos = cand.topk(lc + 1, dim=1)
