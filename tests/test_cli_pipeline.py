@@ -82,7 +82,8 @@ def test_help_states_the_policies(capsys):
     assert "12 x sqrt" in _main(capsys, "index", "--help")[1]
     text = _main(capsys, "search", "--help")[1]
     assert "score" in text and "multiple assignment" in text and "--exclude-self" in text
-    assert "calibrated" in _main(capsys, "match", "--help")[1]
+    text = _main(capsys, "match", "--help")[1]
+    assert "calibrated" in text and "background test" in text and "--margin" in text
 
 
 def test_search_prints_topk_excludes_self_and_one_name_convention(setup, tmp_path):
