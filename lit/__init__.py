@@ -31,16 +31,19 @@ def load_model(source: "str | _os.PathLike | None" = None, device="cpu", progres
     return _load(source, device=device, progress=progress)
 
 
-def match(feats_a, feats_b, threshold: float = 0.9, ratio: float | None = None) -> Matches:
+def match(feats_a, feats_b, threshold: float = 0.9, ratio: float | None = None, *, background=None,
+          margin: float | None = None) -> Matches:
     """Match two sets of super-features (see :func:`lit.matching.match`).
 
     ``threshold`` is a minimum cosine similarity (above 1 raises ``ValueError``, below 0
     warns) and ``ratio`` a bound in ``(0, 1]`` on the ratio test (``<= 0`` raises, above 1
-    warns: it tests nothing).
+    warns: it tests nothing). ``background`` (descriptors of unrelated photos) and
+    ``margin`` add the background test of a model's match rule; a model's own rule is
+    ``lit.pipeline.match_rule(model)`` (``model.match`` uses it).
     """
     from .matching import match as _match
 
-    return _match(feats_a, feats_b, threshold=threshold, ratio=ratio)
+    return _match(feats_a, feats_b, threshold=threshold, ratio=ratio, background=background, margin=margin)
 
 
 __all__ = [

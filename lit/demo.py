@@ -152,11 +152,12 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
                                    "strongest super-features")
     out1 = viz.save_figure(fig, os.path.join(out_dir, "demo_attention.png"))
     fa, fb = all_feats[sc[0]], all_feats[sc[1]]
-    thr = pipeline.match_threshold(model)  # the model's own (registry), 0.9 for FIRe
-    m = match(fa, fb, threshold=thr)
+    rule = pipeline.match_rule(model)  # the model's own (registry): FIRe's 0.9, lit-effl0's background test
+    thr = rule.threshold
+    m = match(fa, fb, threshold=thr, background=rule.background, margin=rule.margin)
     if len(m) == 0:
-        print(f"no match between the two Sacre-Coeur photos at the model's threshold {thr:g}: the figure shows "
-              "those at 0.5")
+        print(f"no match between the two Sacre-Coeur photos under the model's rule ({rule.describe()}): the "
+              "figure shows the reciprocal neighbours at cosine >= 0.5")
         thr = 0.5
         m = match(fa, fb, threshold=thr)
     fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
@@ -168,7 +169,7 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
                              relevant=list(relevant[:8]), topk=8, titles=[f"#{h.rank} {_strip(h.name)}" for h in hits],
                              query_title=f"query: {_strip(res.query)}")
     out3 = viz.save_figure(fig, os.path.join(out_dir, "demo_retrieval.png"))
-    print(f"{len(m)} match{'' if len(m) == 1 else 'es'} between the two Sacre-Coeur photos (threshold {thr})")
+    print(f"{len(m)} match{'' if len(m) == 1 else 'es'} between the two Sacre-Coeur photos ({rule.describe() if thr is rule.threshold else 'cosine >= 0.5'})")
     print(f"figures: {out1}, {out2}, {out3}")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     if tmp is not None:

@@ -34,7 +34,13 @@ class PretrainedCfg:
         tags: free-form labels.
         match_threshold: the model's cosine threshold for a super-feature match (``lit match``,
             ``model.match``): FIRe's 0.9 for FIRe's descriptors; a model trained by lit has
-            its own, calibrated on its training photos (see its model card).
+            its own, calibrated on its training photos (see its model card); ``None``: no
+            cosine floor (the background test decides).
+        match_background: file (in ``weights/``) of the model's background super-features
+            for the background test of its match rule (:func:`lit.matching.match_superfeatures`),
+            an ``.npz`` with ``descriptors`` (M x D); ``None``: no background test.
+        match_background_sha256: full sha256 of that file (checked on load).
+        match_margin: the background test's margin (calibrated with the background).
     """
 
     name: str
@@ -45,7 +51,10 @@ class PretrainedCfg:
     description: str = ""
     license: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
-    match_threshold: float = 0.9
+    match_threshold: float | None = 0.9
+    match_background: str | None = None
+    match_background_sha256: str | None = None
+    match_margin: float | None = None
 
 
 _FIRE_URL = "http://download.europe.naverlabs.com/ComputerVision/FIRe"
@@ -179,9 +188,46 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", pr
         cfg = model = None
     if model is not None:
         if cfg is not None:
-            model.match_threshold = float(cfg.match_threshold)
+            set_match_rule(model, cfg)
         return model
     raise ValueError(f"{src}: neither an existing checkpoint file nor a registered model name ({', '.join(list_models())})")
+
+
+def load_match_background(cfg: PretrainedCfg, dim: int) -> torch.Tensor:
+    """The background super-features of ``cfg``'s match rule (float32, M x ``dim``).
+
+    Raises:
+        ValueError: the file is missing, its sha256 differs from the registry's, or it is
+            not an ``.npz`` with a finite M x ``dim`` ``descriptors`` array.
+    """
+    import numpy as np
+
+    from ._download import file_sha256
+
+    path = WEIGHTS_DIR / cfg.match_background
+    if not path.is_file():
+        raise ValueError(f"{path}: the match background of {cfg.name!r} is missing")
+    if cfg.match_background_sha256 and file_sha256(path) != cfg.match_background_sha256:
+        raise ValueError(f"{path}: sha256 differs from the registry's for {cfg.name!r}'s match background")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            desc = np.asarray(z["descriptors"], dtype=np.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: not a match background file (npz with 'descriptors': {err})") from None
+    if desc.ndim != 2 or desc.shape[0] < 1 or desc.shape[1] != dim or not np.isfinite(desc).all():
+        raise ValueError(f"{path}: match background descriptors must be finite M x {dim}, got {desc.shape}")
+    return torch.from_numpy(desc)
+
+
+def set_match_rule(model, cfg: PretrainedCfg) -> None:
+    """Give ``model`` the match rule of its registry entry: ``match_threshold``,
+    ``match_margin`` and ``match_background`` (on the model's device)."""
+    model.match_threshold = None if cfg.match_threshold is None else float(cfg.match_threshold)
+    if cfg.match_background:
+        dim = int(model.cfg.reduction_dim or model.cfg.lit.dim)
+        bg = load_match_background(cfg, dim)
+        model.match_background = bg.to(model.device)
+        model.match_margin = float(cfg.match_margin)
 
 
 def _registered_file(path: Path) -> PretrainedCfg | None:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .types import LocalFeatures, Matches, SuperFeatures
 
-__all__ = ["SuperFeatureMatcher", "match", "match_superfeatures"]
+__all__ = ["SuperFeatureMatcher", "background_similarity", "match", "match_superfeatures"]
 
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
@@ -42,6 +42,49 @@ def _check_descriptors(x: Tensor, name: str) -> None:
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_background(background: Tensor | None, margin: float | None, dim: int) -> None:
+    if background is None:
+        if margin is not None:
+            raise ValueError("margin needs a background set of descriptors (background=...)")
+        return
+    _check_descriptors(background, "background")
+    if background.shape[0] == 0:
+        raise ValueError("background must hold at least one descriptor")
+    if background.shape[1] != dim:
+        raise ValueError(f"background descriptors have dimension {background.shape[1]}, the images' {dim}")
+    if margin is None:
+        raise ValueError("background needs a margin (a cosine difference, e.g. 0.05)")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a float or None, got {type(margin).__name__}")
+    if not -2 <= margin <= 2:  # also rejects NaN
+        raise ValueError(f"margin is a difference of cosine similarities (in -2..2), got {margin}")
+
+
+def background_similarity(desc: Tensor, background: Tensor, chunk: int = 4096) -> Tensor:
+    """Largest cosine similarity of each descriptor to a background set.
+
+    Args:
+        desc: descriptors (not necessarily normalised).
+        background: descriptors of unrelated photos (not necessarily normalised); moved
+            to ``desc``'s device.
+        chunk: background rows per matrix product (memory bound).
+
+    Returns:
+        ``max_m cos(desc_i, background_m)`` for each row ``i`` (``desc``'s float dtype).
+
+    Shape:
+        - desc: :math:`(N, D)`; background: :math:`(M, D)`, at least one row.
+        - Output: :math:`(N,)`.
+    """
+    dtype = torch.float64 if desc.dtype == torch.float64 else torch.float32
+    a = F.normalize(desc.to(dtype), p=2.0, dim=1, eps=1e-12)
+    best = torch.full((a.shape[0],), -math.inf, dtype=dtype, device=a.device)
+    for s in range(0, background.shape[0], chunk):
+        b = F.normalize(background[s:s + chunk].to(device=a.device, dtype=dtype), p=2.0, dim=1, eps=1e-12)
+        best = torch.maximum(best, (a @ b.T).amax(dim=1))
+    return best
 
 
 def _check_options(threshold: float | None, ratio: float | None) -> None:
@@ -103,6 +146,8 @@ def match_superfeatures(
     *,
     threshold: float | None = 0.9,
     ratio: float | None = None,
+    background: Tensor | None = None,
+    margin: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Match two descriptor sets by reciprocal nearest neighbours under cosine similarity.
 
@@ -123,7 +168,15 @@ def match_superfeatures(
        to ``a``). A second neighbour at the same distance as the first gives a ratio of 1,
        so exact ties are rejected by any ``ratio < 1``. When the other set has a single
        vector there is no second neighbour and that direction passes.
-    5. Matches are sorted by decreasing similarity; equal similarities keep increasing
+    5. With ``background`` (descriptors of photos unrelated to both images) and ``margin``,
+       a **background test**: the pair is kept only if ``S[i, j]`` exceeds by at least
+       ``margin`` the best similarity that either descriptor has to the background,
+       ``S[i, j] - max(bg(a_i), bg(b_j)) >= margin`` with ``bg(x) = max_m cos(x, bg_m)``
+       (:func:`background_similarity`). A match must then be more similar than anything
+       in unrelated photos: super-features that look alike in every photo (sky, foliage,
+       the same template) are dropped, distinctive ones are kept at a lower cosine. This is
+       the rule of a model with a calibrated background (``lit-effl0``, see its card).
+    6. Matches are sorted by decreasing similarity; equal similarities keep increasing
        ``idx_a`` order.
 
     Args:
@@ -131,6 +184,8 @@ def match_superfeatures(
         desc_b: descriptors of image b, same dimension ``D``.
         threshold: minimum cosine similarity of a match, or ``None`` for none.
         ratio: maximum ratio ``d1 / d2`` of the ratio test, or ``None`` to skip it.
+        background: descriptors of unrelated photos for the background test, or ``None``.
+        margin: the background test's margin (needed with ``background``, e.g. 0.05).
 
     Returns:
         ``(idx_a, idx_b, sim)``: int64 row indices into ``desc_a`` and ``desc_b`` and the
@@ -140,11 +195,13 @@ def match_superfeatures(
         TypeError: non-tensor inputs or non-real dtypes, or option of the wrong type.
         ValueError: inputs not 2-D, different dimensions ``D``, NaN/inf values,
             ``ratio <= 0``, a NaN threshold or one above 1 (a warning for a ratio above 1
-            or a negative threshold, which test nothing).
+            or a negative threshold, which test nothing), a background without margin (or
+            the reverse), of another dimension, or a margin outside -2..2.
 
     Shape:
         - desc_a: :math:`(N_a, D)`.
         - desc_b: :math:`(N_b, D)`.
+        - background: :math:`(M, D)`.
         - Output: three tensors of shape :math:`(M,)`, ``M <= min(N_a, N_b)``.
 
     Example::
@@ -162,6 +219,7 @@ def match_superfeatures(
             f"desc_b is {tuple(desc_b.shape)}"
         )
     _check_options(threshold, ratio)
+    _check_background(background, margin, desc_a.shape[1])
 
     dtype = torch.float64 if torch.float64 in (desc_a.dtype, desc_b.dtype) else torch.float32
     device = desc_a.device
@@ -186,6 +244,9 @@ def match_superfeatures(
     if ratio is not None:
         keep &= _ratio_pass(sim, 1, ratio)
         keep &= _ratio_pass(sim, 0, ratio)[nn_ab]
+    if background is not None:
+        bg_a, bg_b = background_similarity(a, background), background_similarity(b, background)
+        keep &= best - torch.maximum(bg_a, bg_b[nn_ab]) >= margin
 
     idx_a, idx_b, best = idx_a[keep], nn_ab[keep], best[keep]
     order = torch.sort(best.detach(), descending=True, stable=True).indices
@@ -227,6 +288,8 @@ def match(
     feats_b: LocalFeatures | SuperFeatures | Tensor | np.ndarray,
     threshold: float | None = 0.9,
     ratio: float | None = None,
+    background: Tensor | np.ndarray | None = None,
+    margin: float | None = None,
 ) -> Matches:
     """Match the super-features of two images (public API, SPEC section 8).
 
@@ -240,6 +303,8 @@ def match(
         feats_b: features of image b.
         threshold: minimum cosine similarity (default 0.9), or ``None``.
         ratio: optional ratio-test bound on ``d1 / d2`` (see :func:`match_superfeatures`).
+        background, margin: optional background test (see :func:`match_superfeatures`);
+            a model's own rule is :func:`lit.pipeline.match_rule`.
 
     Returns:
         :class:`~lit.types.Matches` sorted by decreasing similarity; ``Matches.score`` is
@@ -260,7 +325,10 @@ def match(
     """
     desc_a, scales_a = _unpack(feats_a, "feats_a")
     desc_b, scales_b = _unpack(feats_b, "feats_b")
-    idx_a, idx_b, sim = match_superfeatures(desc_a, desc_b, threshold=threshold, ratio=ratio)
+    if isinstance(background, np.ndarray):
+        background = torch.from_numpy(np.ascontiguousarray(background))
+    idx_a, idx_b, sim = match_superfeatures(desc_a, desc_b, threshold=threshold, ratio=ratio,
+                                            background=background, margin=margin)
     return Matches(
         indices_a=idx_a,
         indices_b=idx_b,

@@ -12,7 +12,8 @@ once:
   settings) that made the index,
 - :func:`search`: ranked results under one name convention, optionally without the query
   itself, and :func:`write_json`, :func:`write_csv`, :func:`write_pairs`,
-- :func:`match_threshold` / :func:`match_images`: a model's own match threshold.
+- :func:`match_rule` / :func:`match_images`: a model's own match rule (threshold and
+  background test).
 
 Index file: what :meth:`lit.asmk.ASMK.save` writes (codebook, parameters, inverted file)
 plus a group ``/pipeline`` written by :func:`save_index`:
@@ -60,8 +61,8 @@ PIPELINE_FORMAT = "lit-index-pipeline"
 PIPELINE_VERSION = 1
 
 #: the codebook has ``CODEBOOK_WORDS_PER_SQRT * sqrt(n)`` words for ``n`` training descriptors
-#: (benchmarks/pipeline_defaults.py: the middle of the best sizes on the held-out multi-view
-#: scenes; FIRe's 65,536 words are reached at about 30M descriptors, and its 20k SfM-120k
+#: (benchmarks/pipeline_defaults.py: inside the flat top of the mAP-vs-size curve on the
+#: held-out multi-view scenes and on the training scenes; FIRe's 65,536 words are reached at about 30M descriptors, and its 20k SfM-120k
 #: images x 1000 features give 54k)
 CODEBOOK_WORDS_PER_SQRT = 12
 MAX_CODEBOOK_SIZE = 65536
@@ -87,10 +88,10 @@ def codebook_size(n_descriptors: int, max_size: int = MAX_CODEBOOK_SIZE) -> int:
     (so that k-means has at least two descriptors per word), but at least ``min(n, 8)``
     (ASMK's query multiple assignment needs 5 words). Chosen by
     measurement (``benchmarks/pipeline_defaults.py``): on the 20 held-out multi-view photos
-    (5,120 descriptors of lit-effl0) the best sizes are 512-1536 words (about 5 descriptors per
-    word; 768 best, 14 k-means seeds pooled), FIRe's ratio (~300 per word) gives 16 words there
-    and 20 mAP less; a square-root rule meets FIRe's 65,536 words near its own scale (54k
-    words for 20M descriptors).
+    (5,120 descriptors of lit-effl0) the sizes 512-1536 words are within the noise of each
+    other (30 k-means seeds each: 50.3-52.1 mAP, 1024 best; the default 859 gives 51.1),
+    FIRe's ratio (~300 per word) gives 16 words there and 20 mAP less; a square-root rule
+    meets FIRe's 65,536 words near its own scale (54k words for 20M descriptors).
 
     Raises:
         ValueError: ``n_descriptors < 1``.
@@ -558,26 +559,77 @@ def plot_results(results: Sequence[QueryResult], out: str | os.PathLike, db_root
 
 
 # ---------------------------------------------------------------------------- matching
-def match_threshold(model) -> float:
+@dataclass(frozen=True)
+class MatchRule:
+    """How a model decides that two super-features match (:func:`lit.matching.match`).
+
+    Args:
+        threshold: minimum cosine similarity (``None``: none).
+        margin: margin of the background test (``None``: no background test).
+        background: background super-features of the test, :math:`(M, D)`, or ``None``.
+    """
+
+    threshold: float | None = 0.9
+    margin: float | None = None
+    background: torch.Tensor | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """One line for the command line: what a match is under this rule."""
+        parts = [] if self.threshold is None else [f"cosine >= {self.threshold:g}"]
+        if self.background is not None:
+            parts.append(f"cosine >= best background cosine + {self.margin:g} "
+                         f"({len(self.background)} background super-features)")
+        return " and ".join(parts) or "reciprocal nearest neighbours"
+
+
+def match_rule(model, threshold: float | None | str = "model", margin: float | None | str = "model") -> MatchRule:
+    """The match rule of ``model``, with ``threshold`` / ``margin`` replacing its own when
+    not ``"model"``.
+
+    A registered model carries its rule (``lit.load_model`` sets it from the registry entry,
+    like timm's pretrained cfg): FIRe's cosine >= 0.9; lit-effl0's background test (a match
+    must beat by a calibrated margin the best similarity of either super-feature to the
+    super-features of unrelated photos, weights/README.md). ``margin=None`` drops the
+    background test (the plain reciprocal-neighbour rule at ``threshold``).
+    """
+    thr = getattr(model, "match_threshold", 0.9) if isinstance(threshold, str) and threshold == "model" else threshold
+    bg = getattr(model, "match_background", None)
+    mg = getattr(model, "match_margin", None) if isinstance(margin, str) and margin == "model" else margin
+    for name, value in (("threshold", threshold), ("margin", margin)):
+        if isinstance(value, str) and value != "model":
+            raise ValueError(f"{name} must be a float, None or 'model', got {value!r}")
+    if mg is None:
+        bg = None
+    elif bg is None:
+        raise ValueError("this model has no match background: a margin needs one (margin=None)")
+    return MatchRule(threshold=None if thr is None else float(thr), margin=None if mg is None else float(mg),
+                     background=bg)
+
+
+def match_threshold(model) -> float | None:
     """The cosine threshold of a super-feature match for ``model``: its registry entry's
-    calibrated value (``lit-effl0``: see weights/README.md), 0.9 (FIRe's) otherwise."""
-    return float(getattr(model, "match_threshold", 0.9))
+    value, 0.9 (FIRe's) otherwise (see :func:`match_rule` for the whole rule)."""
+    thr = getattr(model, "match_threshold", 0.9)
+    return None if thr is None else float(thr)
 
 
-def match_images(model, image_a, image_b, *, threshold: float | None = None, ratio: float | None = None,
-                 scales=None, features_num=None, image_size=None):
-    """Load, extract and match two images with the model's threshold unless one is given.
+def match_images(model, image_a, image_b, *, threshold: float | None | str = "model", ratio: float | None = None,
+                 margin: float | None | str = "model", scales=None, features_num=None, image_size=None):
+    """Load, extract and match two images with the model's rule (:func:`match_rule`) unless
+    ``threshold`` / ``margin`` are given.
 
     Returns:
-        ``(image_a, image_b, feats_a, feats_b, matches, threshold)``; images as loaded
-        (3 x H x W tensors), features as :meth:`model.extract` gives them.
+        ``(image_a, image_b, feats_a, feats_b, matches, rule)``; images as loaded
+        (3 x H x W tensors), features as :meth:`model.extract` gives them, the
+        :class:`MatchRule` used.
     """
     from ._image import load_image
     from .matching import match
 
-    thr = match_threshold(model) if threshold is None else threshold
+    rule = match_rule(model, threshold, margin)
     size = model.cfg.runtime.image_size if image_size is None else image_size
     img_a, img_b = load_image(image_a, size), load_image(image_b, size)
     fa = model.extract(img_a, scales=scales, features_num=features_num)
     fb = model.extract(img_b, scales=scales, features_num=features_num)
-    return img_a, img_b, fa, fb, match(fa, fb, threshold=thr, ratio=ratio), thr
+    m = match(fa, fb, threshold=rule.threshold, ratio=ratio, background=rule.background, margin=rule.margin)
+    return img_a, img_b, fa, fb, m, rule

@@ -115,9 +115,9 @@ def test_match_and_plots(tmp_path, ckpt):
 
 
 def test_default_model_matches_sacre_coeur_on_the_building(tmp_path):
-    """The shipped lit-effl0 (the default model) at its own calibrated threshold (no
-    --threshold): the day and night Sacre-Coeur photos share super-features, and they lie on
-    the building. Boxes drawn by hand around the building (basilica and towers, no sky, no
+    """The shipped lit-effl0 (the default model) under its own calibrated rule (no
+    --threshold / --margin: the background test): the day and night Sacre-Coeur photos
+    share super-features, and they lie on the building. Boxes drawn by hand around the building (basilica and towers, no sky, no
     square) in the 512-px images the model sees."""
     a = os.path.join(PHOTOS, "sacre_coeur", "sacre_coeur1.jpg")  # 512 x 366 at runtime size
     b = os.path.join(PHOTOS, "sacre_coeur", "sacre_coeur2.jpg")  # 384 x 512
@@ -126,8 +126,8 @@ def test_default_model_matches_sacre_coeur_on_the_building(tmp_path):
     m = json.loads(out.read_text())
     from lit.hub import REGISTRY
 
-    thr = REGISTRY["lit-effl0"].match_threshold
-    assert m["threshold"] == thr and m["matches"] >= 1 and min(m["similarity"]) >= thr
+    cfg = REGISTRY["lit-effl0"]
+    assert m["threshold"] == cfg.match_threshold and m["margin"] == cfg.match_margin and m["matches"] >= 1
     for (xa, ya), (xb, yb) in zip(m["positions_a"], m["positions_b"]):
         assert 60 <= xa <= 430 and 30 <= ya <= 320, (xa, ya)
         assert 30 <= xb <= 384 and 80 <= yb <= 370, (xb, yb)

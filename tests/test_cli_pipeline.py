@@ -82,7 +82,8 @@ def test_help_states_the_policies(capsys):
     assert "12 x sqrt" in _main(capsys, "index", "--help")[1]
     text = _main(capsys, "search", "--help")[1]
     assert "score" in text and "multiple assignment" in text and "--exclude-self" in text
-    assert "calibrated" in _main(capsys, "match", "--help")[1]
+    text = _main(capsys, "match", "--help")[1]
+    assert "calibrated" in text and "background test" in text and "--margin" in text
 
 
 def test_search_prints_topk_excludes_self_and_one_name_convention(setup, tmp_path):
@@ -150,13 +151,67 @@ def test_search_plot_one_figure_per_query_from_the_stored_root(setup, tmp_path):
 def test_match_default_threshold_is_the_models(setup, tmp_path):
     a, b = setup["photos"] / "a" / "1.jpg", setup["photos"] / "a" / "2.jpg"
     proc = run("match", a, b, "--model", setup["models"][0], "--device", "cpu", "--json", tmp_path / "m.json")
-    assert "cosine >= 0.9 (the model's)" in proc.stdout and "score" in proc.stdout
-    assert json.loads((tmp_path / "m.json").read_text())["threshold"] == 0.9
+    assert "cosine >= 0.9 (the model's rule)" in proc.stdout and "score" in proc.stdout
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["threshold"] == 0.9 and m["margin"] is None
     proc = run("match", a, b, "--model", setup["models"][0], "--device", "cpu", "--threshold", "0.2",
                "--json", tmp_path / "m.json")
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["threshold"] == 0.2 and all(s >= 0.2 for s in m["similarity"])
     assert abs(m["score"] - sum(m["similarity"])) < 1e-4
+    bad = run("match", a, b, "--model", setup["models"][0], "--device", "cpu", "--margin", "0.1", ok=False)
+    assert bad.returncode == 2 and "no match background" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("match", a, b, "--model", setup["models"][0], "--device", "cpu", "--threshold", "high", ok=False)
+    assert bad.returncode == 2 and "--threshold must be a number or none" in bad.stderr
+
+
+def test_match_default_rule_with_a_background_comes_from_the_registry(setup, tmp_path):
+    """A registered model with a match background (like lit-effl0): `lit match` without
+    options applies its background test; the matches equal a numpy computation of the rule."""
+    import hashlib
+
+    ckpt = setup["models"][0]
+    model = lit.load_model(ckpt)
+    size = model.cfg.runtime.image_size
+    bg = model.extract(lit.load_image(setup["photos"] / "b" / "1.jpg", size)).descriptors.numpy()
+    np.savez(tmp_path / "bg.npz", descriptors=bg.astype(np.float16))
+    a, b = setup["photos"] / "a" / "1.jpg", setup["photos"] / "a" / "2.jpg"
+    # the rule in numpy: reciprocal nearest neighbours whose cosine beats by the margin the
+    # best cosine of either super-feature to the background (float16 as stored)
+    fa = model.extract(lit.load_image(a, size)).descriptors.double().numpy()
+    fb = model.extract(lit.load_image(b, size)).descriptors.double().numpy()
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    ua, ub, ug = unit(fa), unit(fb), unit(bg.astype(np.float16).astype(np.float64))
+    s = ua @ ub.T
+    nab, nba = s.argmax(1), s.argmax(0)
+    recip = [i for i in range(len(ua)) if nba[nab[i]] == i]
+    best_a, best_b = (ua @ ug.T).max(1), (ub @ ug.T).max(1)
+    excess = {i: s[i, nab[i]] - max(best_a[i], best_b[nab[i]]) for i in recip}
+    ordered = sorted(excess.values())
+    assert len(ordered) >= 2
+    k = len(ordered) // 2
+    margin = float((ordered[k - 1] + ordered[k]) / 2)  # between two pairs: half of them pass
+    expected = sorted(i for i in recip if excess[i] >= margin)
+    assert 0 < len(expected) < len(recip)
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    reg = tmp_path / "models.json"
+    reg.write_text(json.dumps([{"name": "tiny-bg", "url": "", "filename": ckpt.name, "local": str(ckpt),
+                                "sha256": sha(ckpt), "match_threshold": None, "match_background": str(tmp_path / "bg.npz"),
+                                "match_background_sha256": sha(tmp_path / "bg.npz"), "match_margin": margin}]))
+    env = {**os.environ, "LIT_REGISTRY": str(reg)}
+    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", "tiny-bg", "--device", "cpu",
+                           "--json", tmp_path / "m.json"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"best background cosine + {margin:g}" in proc.stdout and "(the model's rule)" in proc.stdout
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["threshold"] is None and m["margin"] == margin
+    assert sorted(m["indices_a"]) == expected
+    # --margin none: the plain reciprocal-neighbour rule (no floor: every reciprocal pair)
+    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", "tiny-bg", "--device", "cpu",
+                           "--margin", "none", "--json", tmp_path / "m2.json"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "m2.json").read_text())["matches"] == len(recip)
 
 
 def test_plot_attention_options_are_honoured_or_refused(setup, tmp_path, capsys, monkeypatch):

@@ -166,31 +166,62 @@ def test_scene_of():
     assert pipeline.scene_of("a/b/c.jpg") == "a" and pipeline.scene_of("c.jpg") is None
 
 
-def test_registry_threshold_is_the_models(tiny_model, tmp_path):
+def test_registry_rule_is_the_models(tiny_model, tmp_path):
     import lit
     from lit.hub import REGISTRY, WEIGHTS_DIR
 
-    assert pipeline.match_threshold(tiny_model) == 0.9  # not registered: FIRe's
-    assert REGISTRY["fire"].match_threshold == 0.9
-    cal = REGISTRY["lit-effl0"].match_threshold
-    assert 0.5 <= cal < 0.9
-    assert lit.load_model("lit-effl0").match_threshold == cal
-    assert lit.load_model(WEIGHTS_DIR / "lit-effl0.pt").match_threshold == cal  # same file by path
+    rule = pipeline.match_rule(tiny_model)  # not registered: FIRe's 0.9, no background
+    assert rule.threshold == 0.9 and rule.margin is None and rule.background is None
+    assert pipeline.match_threshold(tiny_model) == 0.9
+    assert REGISTRY["fire"].match_threshold == 0.9 and REGISTRY["fire"].match_background is None
+    cfg = REGISTRY["lit-effl0"]
+    assert cfg.match_threshold is None and 0 < cfg.match_margin < 0.3
+    with np.load(WEIGHTS_DIR / cfg.match_background, allow_pickle=False) as z:
+        bank = torch.from_numpy(z["descriptors"].astype(np.float32))
+        names = [str(n) for n in z["names"]]
+    # the background holds no held-out scene and no scene of the bundled photos
+    from lit.bench.multiview import LIT_EFFL0_HELD_OUT
+
+    scenes = {n.split("/")[0] for n in names}
+    assert not scenes & set(LIT_EFFL0_HELD_OUT)
+    assert not {s for s in scenes if any(a in s for a in ("sacre_coeur", "charlottenburg", "warsaw", "street"))}
+    for model in (lit.load_model("lit-effl0"), lit.load_model(WEIGHTS_DIR / "lit-effl0.pt")):  # by name, by path
+        rule = pipeline.match_rule(model)
+        assert rule.threshold is None and rule.margin == cfg.match_margin
+        assert torch.equal(rule.background, bank)
+        assert "background" in rule.describe() and f"+ {cfg.match_margin:g}" in rule.describe()
+        plain = pipeline.match_rule(model, threshold=0.9, margin=None)
+        assert plain.background is None and plain.threshold == 0.9
     shutil.copy(WEIGHTS_DIR / "lit-effl0.pt", tmp_path / "renamed.pt")
-    assert lit.load_model(tmp_path / "renamed.pt").match_threshold == 0.9  # unknown file
+    assert pipeline.match_rule(lit.load_model(tmp_path / "renamed.pt")).background is None  # unknown file
+    with pytest.raises(ValueError, match="no match background"):
+        pipeline.match_rule(tiny_model, margin=0.1)
 
 
-def test_model_match_uses_its_threshold(tiny_model):
+def test_model_match_uses_its_rule(tiny_model, monkeypatch):
     import lit
 
     img_a, img_b = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)), torch.rand(3, 64, 64)
-    tiny_model.match_threshold = 0.3
+    monkeypatch.setattr(tiny_model, "match_threshold", 0.3, raising=False)
     fa, fb, m = tiny_model.match(img_a, img_b)
     expected = lit.match(fa, fb, threshold=0.3)
     assert torch.equal(m.indices_a, expected.indices_a) and len(m) == len(expected)
     assert bool((m.similarity >= 0.3).all())
     with pytest.raises(ValueError):
         tiny_model.match(img_a, img_b, threshold="fire")
+    # a background rule: the features of a third image are the background
+    bg = tiny_model.extract(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(5))).descriptors
+    monkeypatch.setattr(tiny_model, "match_threshold", None, raising=False)
+    monkeypatch.setattr(tiny_model, "match_background", bg, raising=False)
+    monkeypatch.setattr(tiny_model, "match_margin", -0.05, raising=False)
+    fa, fb, m = tiny_model.match(img_a, img_b)
+    expected = lit.match(fa, fb, threshold=None, background=bg, margin=-0.05)
+    assert torch.equal(m.indices_a, expected.indices_a) and torch.equal(m.indices_b, expected.indices_b)
+    # image a as its own background: each of its super-features has cosine 1 to it, so no
+    # pair beats the background by a margin of 0.001
+    monkeypatch.setattr(tiny_model, "match_background", fa.descriptors, raising=False)
+    monkeypatch.setattr(tiny_model, "match_margin", 0.001, raising=False)
+    assert len(lit.match(fa, fb, threshold=None)) > 0 and len(tiny_model.match(img_a, img_b)[2]) == 0
 
 
 def test_quantisation_error_against_a_loop():
@@ -208,3 +239,11 @@ def test_small_sets_keep_the_best_of_several_kmeans_runs():
     best = pipeline.train_codebook(x, 20, seed=1, restarts=3)
     errs = [pipeline.quantisation_error(x, ASMK.train(x, size=20, seed=3 + r).codebook) for r in range(3)]
     assert pipeline.quantisation_error(x, best) == pytest.approx(min(errs), rel=1e-6)
+
+
+def test_codebook_is_deterministic_for_a_seed():
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(600, 8)).astype(np.float32))
+    a = pipeline.train_codebook(x, 30, seed=2)
+    b = pipeline.train_codebook(x, 30, seed=2)
+    assert a.shape == (30, 8) and torch.equal(a, b)  # same seed, same codebook (the CLI's --seed)
+    assert not torch.equal(a, pipeline.train_codebook(x, 30, seed=3))

@@ -413,24 +413,27 @@ class SuperFeatureModel(nn.Module):
                 total = total + (strengths.unsqueeze(-1) * desc).sum(dim=1)
         return F.normalize(total, dim=-1)
 
-    #: cosine threshold of a super-feature match for this model: FIRe's 0.9 unless the model
-    #: comes from the registry (``lit.load_model`` sets the entry's calibrated value)
-    match_threshold: float = 0.9
+    #: the match rule of this model (:func:`lit.pipeline.match_rule`): FIRe's cosine >= 0.9
+    #: unless the model comes from the registry (``lit.load_model`` sets the entry's
+    #: calibrated threshold, and for lit-effl0 a background set and margin)
+    match_threshold: float | None = 0.9
+    match_background: Tensor | None = None
+    match_margin: float | None = None
 
     def match(
         self, image_a: ImageLike, image_b: ImageLike, threshold: float | None | str = "model",
-        ratio: float | None = None, **extract_kwargs,
+        ratio: float | None = None, margin: float | None | str = "model", **extract_kwargs,
     ) -> tuple[LocalFeatures, LocalFeatures, Matches]:
         """Extract both images and match their super-features (:func:`lit.match`).
 
-        ``threshold="model"`` (default) uses :attr:`match_threshold`; ``None`` keeps every
-        reciprocal pair."""
+        ``threshold="model"`` and ``margin="model"`` (defaults) use the model's rule
+        (:func:`lit.pipeline.match_rule`); ``threshold=None`` sets no cosine floor,
+        ``margin=None`` drops the background test."""
         from ..matching import match
+        from ..pipeline import match_rule
 
-        if isinstance(threshold, str):
-            if threshold != "model":
-                raise ValueError(f"threshold must be a float, None or 'model', got {threshold!r}")
-            threshold = self.match_threshold
+        rule = match_rule(self, threshold, margin)
         fa = self.extract(image_a, **extract_kwargs)
         fb = self.extract(image_b, **extract_kwargs)
-        return fa, fb, match(fa, fb, threshold=threshold, ratio=ratio)
+        return fa, fb, match(fa, fb, threshold=rule.threshold, ratio=ratio, background=rule.background,
+                             margin=rule.margin)
