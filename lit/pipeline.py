@@ -279,8 +279,12 @@ def build_index(
 
     log = log or (lambda m: print(m, file=sys.stderr))
     features = os.fspath(features)
+    # the database's descriptors are held only to train the codebook on them; otherwise
+    # they are streamed into the index in chunks (bounded memory)
+    on_database = codebook is None and train_features is None
     with open_features(features) as store:  # one feature file or a set of shards
-        desc, ids = store.all_descriptors()
+        desc, ids = store.all_descriptors() if on_database else (None, None)
+        n_descriptors = store.num_features
         names = tuple(store.names)
         fp = store.fingerprint
         root = _feature_root(store)
@@ -316,10 +320,17 @@ def build_index(
         codebook = train_codebook(train, k, seed=seed, restarts=runs, device=device)
         cb_desc = len(train)
     index = ASMK(codebook, binary=binary, use_idf=use_idf, device=device)
-    index.add(desc, ids)
+    if desc is not None:
+        index.add(desc, ids)
+        del desc, ids
+    else:
+        from .shards import add_collection
+
+        with open_features(features) as store:
+            add_collection(index, store)
     info = IndexInfo(names=names, image_root=root, fingerprint=fp or None, features=os.path.abspath(features),
                      codebook_source=source, codebook_size=index.num_words, codebook_descriptors=cb_desc,
-                     descriptors=len(desc))
+                     descriptors=n_descriptors)
     return index, info
 
 

@@ -190,7 +190,8 @@ class FeatureCollection:
                 j = int(np.searchsorted(offsets, offsets[i] + max_rows, side="right")) - 1
                 j = min(max(j, i + 1), b - a)
                 r0, r1 = int(offsets[i]), int(offsets[j])
-                desc = store.h5["descriptors"][r0:r1].astype(np.float32, copy=False)
+                desc = store._check(store.h5["descriptors"][r0:r1].astype(np.float32, copy=False),
+                                    f"images {a + i}..{a + j - 1}")  # finite, within range
                 ids = np.repeat(np.arange(a + i, a + j, dtype=np.int64), np.diff(offsets[i : j + 1]))
                 yield desc, ids
                 i = j

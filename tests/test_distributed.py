@@ -188,3 +188,46 @@ def test_torchrun_extract_index_search_equals_single_process(tmp_path, photos, t
             _lit("search", sh / "i.h5", "--query-features", sh / "f.h5", "--topk", "5", "--json", sh / "r1.json",
                  "--device", "cpu")
             assert json.loads((sh / "r1.json").read_text()) == expect
+
+
+def test_single_index_streams_the_database_when_the_codebook_comes_from_elsewhere(tmp_path, monkeypatch):
+    """lit index with --codebook/--train-features adds the database in chunks (bounded
+    memory), with the same index as adding everything at once."""
+    import lit.shards as shards
+    from lit import pipeline
+
+    names = [f"img{i}.jpg" for i in range(13)]
+    _fake_store(tmp_path / "db.h5", names, seed=1)
+    codebook = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
+    chunks = []
+    real = shards.FeatureCollection.iter_descriptors
+
+    def spy(self, lo=0, hi=None, max_rows=shards.STREAM_ROWS):
+        for desc, ids in real(self, lo, hi, max_rows=10):
+            chunks.append(len(desc))
+            yield desc, ids
+
+    monkeypatch.setattr(shards.FeatureCollection, "iter_descriptors", spy)
+    monkeypatch.setattr(shards.FeatureCollection, "all_descriptors", lambda self: pytest.fail("loaded everything"))
+    index, info = pipeline.build_index(tmp_path / "db.h5", codebook=codebook, codebook_source="given", log=lambda m: None)
+    assert len(chunks) > 3 and max(chunks) <= 10 + 6  # chunks of whole images, about 10 rows each
+    monkeypatch.undo()
+    with FeatureStore(tmp_path / "db.h5") as st:
+        desc, ids = st.all_descriptors()
+    whole = ASMK(codebook)
+    whole.add(desc, ids)
+    assert info.descriptors == len(desc) and info.names == tuple(names)
+    a, b = index.search(desc, ids, topk=5), whole.search(desc, ids, topk=5)
+    assert torch.equal(a.ranks, b.ranks) and torch.equal(a.scores, b.scores)
+
+
+def test_streamed_descriptors_are_checked(tmp_path):
+    import h5py
+
+    from lit.features import FeatureFileError
+
+    _fake_store(tmp_path / "db.h5", [f"img{i}.jpg" for i in range(5)])
+    with h5py.File(tmp_path / "db.h5", "a") as h:
+        h["descriptors"][4] = np.float32(3e38)  # overwritten bytes: finite but absurd
+    with FeatureCollection(tmp_path / "db.h5") as coll, pytest.raises(FeatureFileError, match="damaged feature file"):
+        list(coll.iter_descriptors())
