@@ -133,3 +133,44 @@ def test_soft_target_training_lowers_loss_and_reaches_held_out_classes():
     with pytest.raises(ValueError, match="no mass on the training classes"):
         train_head(x[:1], F.one_hot(torch.tensor([0]), c).float(), torch.zeros(0, cfg.out_dim), trained_classes,
                    cfg, keys=keys)
+
+
+def test_hierarchy_training_set_never_targets_held_out_classes(graph):
+    from lit.text.training import (
+        ConceptEmbeddings,
+        HierarchyData,
+        SynsetEmbeddings,
+        hierarchy_training_set,
+        train_hierarchy_head,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    d = 8
+    classes = ["n00000003", "n00000004", "n00000005"]  # terrier, hound, cat
+    concepts = ConceptEmbeddings(F.normalize(torch.randn(3, d, generator=g), dim=-1), torch.tensor([0, 1, 2]),
+                                 ["definition"] * 3, F.normalize(torch.randn(3, d, generator=g), dim=-1))
+    syn_wnids = ["n00000002", "n00000002", "n00000006", "n00000006", "n00000001"]  # dog x2, toy terrier x2, animal
+    syn_kinds = ["lemma", "definition", "lemma", "definition", "lemma"]
+    synsets = SynsetEmbeddings(F.normalize(torch.randn(5, d, generator=g), dim=-1), syn_wnids, syn_kinds)
+    ts = hierarchy_training_set(concepts, synsets, [1, 2], graph, classes, HierarchyData(max_hops=3))
+    dense = ts.targets.to_dense()
+    # rows: the 2 trained glosses, dog's lemma -> hound, dog's gloss -> dog's own key (columns 3 + sorted
+    # synsets: animal, dog, toy terrier), toy terrier's gloss -> its own key (its lemma, whose only class
+    # is the held-out terrier, is left out), animal's lemma -> hound + cat
+    assert dense.shape == (6, 3 + 3)
+    assert dense[:, 0].abs().sum() == 0
+    torch.testing.assert_close(dense[:2, :3], torch.tensor([[0.0, 1, 0], [0, 0, 1]]))
+    torch.testing.assert_close(ts.embeddings[2:], synsets.embeddings[[0, 1, 3, 4]])
+    torch.testing.assert_close(dense[2:], torch.tensor([[0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0],
+                                                        [0, 0, 0, 0, 0, 1], [0, 0.5, 0.5, 0, 0, 0]]))
+    torch.testing.assert_close(ts.weights, torch.tensor([1.0, 1, 1, 1, 1, 1]))
+    assert ts.candidates.tolist() == [1, 2, 3, 4, 5]
+    torch.testing.assert_close(ts.keys[:3], concepts.keys)
+    cfg = HeadConfig(kind="keyed", in_dim=d, epochs=2, batch_size=4, negatives=2, key_metric=True)
+    head, _ = train_hierarchy_head(ts, cfg, num_classes=3)
+    assert head.keys.shape == (3, d)
+    big = TextHead(cfg, ts.keys)
+    big.load_state_dict({**{k: v for k, v in head.state_dict().items() if k != "keys"}, "keys": big.keys})
+    x = torch.randn(4, d, generator=g)
+    torch.testing.assert_close(head.logits(x), big.logits(x)[:, :3])
+    torch.testing.assert_close(head.logits(x, torch.tensor([2, 0])), head.logits(x)[:, [2, 0]])
