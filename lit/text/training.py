@@ -117,6 +117,7 @@ class HierarchyData:
         own_keys: also pair each synset's gloss with its own key (the mean embedding of its
             lemmas) against the other synsets' keys: text-to-name pairs, no 1k class involved.
         own_weight: weight of those pairs.
+        gloss_weight: weight of the 1k classes' own glosses (one-hot targets).
     """
 
     kinds: tuple[str, ...] = ("lemma",)
@@ -125,6 +126,7 @@ class HierarchyData:
     max_targets: int = 1000
     own_keys: bool = True
     own_weight: float = 1.0
+    gloss_weight: float = 1.0
 
 
 def synset_keys(synsets: SynsetEmbeddings) -> tuple[list[str], torch.Tensor]:
@@ -172,7 +174,7 @@ def hierarchy_training_set(concepts: ConceptEmbeddings, synsets: SynsetEmbedding
     rows += list(range(len(x1)))
     cols += y1.tolist()
     vals += [1.0] * len(x1)
-    ws += [1.0] * len(x1)
+    ws += [data.gloss_weight] * len(x1)
     n = len(x1)
     keep = []
     for i, (wnid, kind) in enumerate(zip(synsets.wnids, synsets.kinds, strict=True)):
@@ -211,7 +213,7 @@ def train_hierarchy_head(train: TrainingSet, cfg: HeadConfig, num_classes: int =
 
 
 #: The 21k data of the shipped recipe.
-HIERARCHY = HierarchyData(kinds=("lemma",), hop_decay=0.5, max_hops=1, own_keys=False)
+HIERARCHY = HierarchyData(kinds=("lemma",), hop_decay=0.5, max_hops=1, own_keys=False, gloss_weight=3.0)
 
 
 def imagenet_wnids(num_classes: int = 1000) -> list[str]:
