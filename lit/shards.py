@@ -219,29 +219,6 @@ def open_features(path: str | os.PathLike) -> FeatureCollection:
     return FeatureCollection(path)
 
 
-def merge_features(path: str | os.PathLike, out: str | os.PathLike) -> int:
-    """Write the images of a collection (e.g. a shard set) into one feature file, in order.
-
-    Resumable like extraction: images already in ``out`` are skipped. Returns the number of
-    images written."""
-    from .features import FeatureStore
-
-    with FeatureCollection(path) as coll:
-        half = coll.stores[0].h5["descriptors"].dtype == np.float16
-        with FeatureStore(out, "a", descriptor_dim=coll.descriptor_dim, fingerprint=coll.fingerprint, half=half) as dst:
-            known = set(dst.names) | set(dst.failed)
-            done = 0
-            for store in coll.stores:
-                for j, name in enumerate(store.names):
-                    if name not in known:
-                        dst.append(name, store[j])
-                        done += 1
-                for name, err in store.failed.items():
-                    if name not in known:
-                        dst.add_failure(name, err)
-    return done
-
-
 # ----------------------------------------------------------------------------- building
 
 

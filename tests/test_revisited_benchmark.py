@@ -113,3 +113,33 @@ def test_benchmark_reports_missing_images(tiny_world):
                            "--model", str(ckpt), "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "missing" in proc.stderr and "land0_0.jpg" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sharded_r1m_over_torchrun_gives_the_single_process_rankings(tiny_world, tmp_path):
+    """2 gloo processes share the distractors: each extracts and indexes its block of R1M and
+    ranks its id range; rank 0 merges. Same rankings (and so the same mAP) as one process."""
+    import os
+
+    root, ckpt = tiny_world
+    common = ["--dataset", "tinyox", "--data-root", root, "--model", ckpt, "--device", "cpu", "--codebook-size", "16",
+              "--workers", "0", "--quiet", "--sfm-root", root, "--codebook-images", "6", "--distractors", "r1m"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}  # same CPU rounding in both runs
+
+    def run(prefix, name):
+        cmd = [*prefix, "-m", "lit", "evaluate", *map(str, common), "--json", tmp_path / f"{name}.json",
+               "--save-ranks", tmp_path / f"{name}.npy"]
+        proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads((tmp_path / f"{name}.json").read_text()), np.load(tmp_path / f"{name}.npy")
+
+    single, single_ranks = run([sys.executable], "single")
+    sharded, sharded_ranks = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+                                 "sharded")
+    cache = root / "lit-cache"
+    assert len(list(cache.glob("r1m-index-*.00000-of-00002.h5"))) == 1  # one cached part per rank
+    assert len(list(cache.glob("r1m-*.00001-of-00002.h5"))) == 2  # rank 1's features and index part
+    assert single["distractors"] == sharded["distractors"] == 4 and sharded["processes"] == 2
+    assert single_ranks.shape == (3, 12 + 4)
+    assert np.array_equal(single_ranks, sharded_ranks)
+    assert sharded["results"] == single["results"]

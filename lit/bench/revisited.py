@@ -8,6 +8,14 @@ Codebook (in order of preference): ``--codebook FILE`` (``.npy`` K x d, or an in
 with ``--sfm-root``, k-means on super-features of ``--codebook-images`` (FIRe: 20,000)
 random SfM-120k training images at scale 1 (the FIRe protocol); otherwise k-means on the
 database's own descriptors (a warning says it is not the paper's protocol).
+
+With ``--distractors r1m`` the million distractors can be spread over processes:
+``torchrun --nproc_per_node N -m lit evaluate ... --distractors r1m`` (or with
+``--nnodes``/a rendezvous across machines sharing the cache folder). Rank 0 extracts the
+dataset and trains the codebook; rank ``r`` extracts the ``r``-th block of R1M into its own
+resumable shard, indexes it (cached per rank), and ranks its id range for every query;
+rank 0 merges the lists (:func:`lit.shards.merge_results`) and evaluates. The rankings
+and scores are those of one index holding every image (``--save-ranks`` writes them).
 """
 
 from __future__ import annotations
@@ -43,18 +51,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", default=None, help="write results and timings here")
+    p.add_argument("--save-ranks", default=None, help="write the rankings (.npy, queries x database, revisitop ids) here")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from lit.distributed import env_from_environ, process_group, rank_device
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    env = env_from_environ()
+    if env is not None:
+        if args.distractors != "r1m":
+            if not env.is_main:  # only the R1M distractors are sharded; rank 0 does the rest alone
+                print(f"rank {env.rank}/{env.world_size}: nothing to do without --distractors r1m", file=sys.stderr)
+                return 0
+            env = None
+        else:
+            device = rank_device(device, env)
+    if env is None:
+        return _run(args, device, None)
+    with process_group(device, env):
+        return _run(args, device, env)
+
+
+def _run(args, device: str, env) -> int:
     import lit
     from lit.asmk import ASMK
     from lit.data import RevisitedDataset
     from lit.evaluate import format_table
     from lit.features import FeatureStore, extract_to_file, model_fingerprint
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    main_rank = env is None or env.is_main
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     ds = RevisitedDataset(args.dataset, args.data_root)
@@ -72,8 +100,8 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
-    def extract(items, name, scales_=scales):
-        out = cache / f"{name}-{fp}.h5"
+    def extract(items, name, scales_=scales, out=None):
+        out = out or cache / f"{name}-{fp}.h5"
         t = time.perf_counter()
         summary = extract_to_file(model, items, out, scales=scales_, features_num=features_num, image_size=image_size,
                                   num_workers=args.workers, progress=not args.quiet, amp=amp)
@@ -82,68 +110,42 @@ def main(argv=None) -> int:
         timings[f"extract_{name}_s"] = time.perf_counter() - t
         return out
 
-    db_file = extract(ds.images, f"{args.dataset}-db")
-    q_file = extract([(p, ds.query_bbox(i)) for i, p in enumerate(ds.queries)], f"{args.dataset}-queries")
+    # the dataset and the codebook: rank 0 (the other ranks of a sharded R1M run wait)
+    db_file = cache / f"{args.dataset}-db-{fp}.h5"
+    q_file = cache / f"{args.dataset}-queries-{fp}.h5"
+    codebook, codebook_source = None, args.codebook
+    if main_rank:
+        extract(ds.images, f"{args.dataset}-db")
+        extract([(p, ds.query_bbox(i)) for i, p in enumerate(ds.queries)], f"{args.dataset}-queries")
+        t = time.perf_counter()
+        codebook, codebook_source = _codebook(args, cache, fp, db_file, extract, device, log)
+        timings["codebook_s"] = time.perf_counter() - t
+    if env is not None:
+        import torch.distributed as dist
 
-    # codebook
-    t = time.perf_counter()
-    if args.codebook:
-        from lit.pipeline import load_codebook
+        box = [codebook_source]
+        dist.broadcast_object_list(box, src=0)
+        codebook_source = box[0]
+        if not main_rank:
+            from lit.pipeline import load_codebook
 
-        codebook = load_codebook(args.codebook)[0]
-        codebook_source = args.codebook
-    else:
-        cb_file = cache / f"codebook-{fp}-{args.codebook_size}-{args.seed}-{'sfm' if args.sfm_root else args.dataset}.npy"
-        if cb_file.is_file():
-            codebook = np.load(cb_file, allow_pickle=False)
-        else:
-            if args.sfm_root:
-                from lit.data import SfM120k
-
-                train = SfM120k(args.sfm_root).train
-                rng = np.random.default_rng(args.seed)
-                pick = rng.choice(len(train.images), size=min(args.codebook_images, len(train.images)), replace=False)
-                sfm_file = extract([train.images[i] for i in sorted(pick)], "sfm120k-codebook", scales_=(1.0,))
-                with FeatureStore(sfm_file) as st:
-                    train_desc = st.all_descriptors()[0]
-            else:
-                log("warning: no --codebook or --sfm-root: the codebook is trained on the database itself "
-                    "(not the paper's protocol, which uses 20k SfM-120k images)")
-                with FeatureStore(db_file) as st:
-                    train_desc = st.all_descriptors()[0]
-            size = min(args.codebook_size, len(train_desc))
-            codebook = ASMK.train(train_desc, size=size, iterations=args.kmeans_iterations, seed=args.seed, device=device).codebook.cpu().numpy()
-            np.save(cb_file, codebook)
-        codebook_source = str(cb_file)
-    timings["codebook_s"] = time.perf_counter() - t
+            codebook = load_codebook(codebook_source)[0]
 
     # index: distractors first (cached), then the dataset's images
     t = time.perf_counter()
     n_distractors = 0
+    lo = count = 0  # this rank's ids: lo..lo+count-1 (sharded R1M: rank r holds the r-th block)
     if args.distractors == "r1m":
-        from lit.data import r1m_image_list
-
-        r1m_index = cache / f"r1m-index-{fp}-{codebook.shape[0]}.h5"
-        if r1m_index.is_file():
-            index = ASMK.load(r1m_index, device=device)
-        else:
-            r1m_file = extract([str(p) for p in r1m_image_list(args.data_root)], "r1m")
-            index = ASMK(codebook, device=device)
-            with FeatureStore(r1m_file) as st:
-                for start in range(0, len(st), 20000):  # bounded memory
-                    stop = min(len(st), start + 20000)
-                    a, b = (int(v) for v in st.h5["offsets"][[start, stop]])
-                    ids = np.repeat(np.arange(start, stop), np.diff(st.h5["offsets"][start:stop + 1]))
-                    index.add(st.h5["descriptors"][a:b].astype(np.float32), ids)
-            index.save(r1m_index)
-        n_distractors = index.n_images
+        index, lo, count, n_distractors = _r1m_index(args, cache, fp, codebook, extract, device, env)
     else:
         index = ASMK(codebook, device=device)
-    with FeatureStore(db_file) as st:
-        if len(st) != ds.n_images:
-            raise RuntimeError(f"{db_file}: {len(st)} images extracted out of {ds.n_images}")
-        desc, ids = st.all_descriptors()
-    index.add(desc, ids + n_distractors)
+    last = env is None or env.rank == env.world_size - 1
+    if last:  # the dataset's images go to the last part, after every distractor
+        with FeatureStore(db_file) as st:
+            if len(st) != ds.n_images:
+                raise RuntimeError(f"{db_file}: {len(st)} images extracted out of {ds.n_images}")
+            desc, ids = st.all_descriptors()
+        index.add(desc, ids + n_distractors)
     index.flush()  # the CSR merge (a sort of every entry) is indexing time, not search time
     _synchronize(device)
     timings["index_s"] = time.perf_counter() - t
@@ -152,7 +154,13 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     with FeatureStore(q_file) as st:
         qdesc, qids = st.all_descriptors()
-    ranks, _ = index.search(qdesc, qids)
+    if env is None:
+        ranks, _ = index.search(qdesc, qids)
+    else:  # every rank ranks its id range; rank 0 merges the lists (same ranks and scores)
+        hi = n_distractors + ds.n_images if last else lo + count
+        ranks = _merged_search(index, qdesc, qids, (lo, hi), env, n_distractors + ds.n_images)
+        if not main_rank:
+            return 0
     ranks = np.asarray(ranks.cpu() if hasattr(ranks, "cpu") else ranks)
     # dataset images first (0..n-1), distractors after (n..), as revisitop expects
     is_db = ranks >= n_distractors
@@ -161,13 +169,15 @@ def main(argv=None) -> int:
     timings["search_ms_per_query"] = 1000 * timings["search_s"] / ds.n_queries
     res = ds.evaluate(ranks.T)
     timings["total_s"] = time.perf_counter() - t_all
+    if args.save_ranks:
+        np.save(args.save_ranks, ranks)
 
     name = args.dataset + ("+1M" if n_distractors else "")
     print(format_table({name: res}, k=10, title=f"{args.model} | ASMK binary, {codebook.shape[0]} words | {len(scales)} scales, {features_num} features"))
     out = {
         "dataset": name, "model": str(args.model), "device": device, "scales": list(scales), "features_num": features_num,
         "image_size": image_size, "amp": str(amp) if amp is not None else None, "codebook": codebook_source, "codebook_size": int(codebook.shape[0]),
-        "distractors": n_distractors, "timings": timings,
+        "distractors": n_distractors, "processes": 1 if env is None else env.world_size, "timings": timings,
         "results": {p: {"map": 100 * r["map"], "mp@k": [100 * v for v in r["mp@k"]]} for p, r in res.items()},
     }
     if args.json:
@@ -175,6 +185,113 @@ def main(argv=None) -> int:
             json.dump(out, f, indent=1)
     print(json.dumps({"dataset": name, "timings": timings}), file=sys.stderr)
     return 0
+
+
+def _codebook(args, cache: Path, fp: str, db_file: Path, extract, device: str, log):
+    """The codebook and where it came from: ``--codebook``, else a cached or new k-means."""
+    from lit.asmk import ASMK
+    from lit.features import FeatureStore
+
+    if args.codebook:
+        from lit.pipeline import load_codebook
+
+        return load_codebook(args.codebook)[0], args.codebook
+    cb_file = cache / f"codebook-{fp}-{args.codebook_size}-{args.seed}-{'sfm' if args.sfm_root else args.dataset}.npy"
+    if cb_file.is_file():
+        return np.load(cb_file, allow_pickle=False), str(cb_file)
+    if args.sfm_root:
+        from lit.data import SfM120k
+
+        train = SfM120k(args.sfm_root).train
+        rng = np.random.default_rng(args.seed)
+        pick = rng.choice(len(train.images), size=min(args.codebook_images, len(train.images)), replace=False)
+        sfm_file = extract([train.images[i] for i in sorted(pick)], "sfm120k-codebook", scales_=(1.0,))
+        with FeatureStore(sfm_file) as st:
+            train_desc = st.all_descriptors()[0]
+    else:
+        log("warning: no --codebook or --sfm-root: the codebook is trained on the database itself "
+            "(not the paper's protocol, which uses 20k SfM-120k images)")
+        with FeatureStore(db_file) as st:
+            train_desc = st.all_descriptors()[0]
+    size = min(args.codebook_size, len(train_desc))
+    codebook = ASMK.train(train_desc, size=size, iterations=args.kmeans_iterations, seed=args.seed, device=device).codebook.cpu().numpy()
+    np.save(cb_file, codebook)
+    return codebook, str(cb_file)
+
+
+def _r1m_index(args, cache: Path, fp: str, codebook, extract, device: str, env):
+    """The R1M distractor index (ids ``0..n-1``, cached) or, under ``torchrun``, this rank's
+    part of it: ``(index, its first id, its image count, n)``.
+
+    Rank ``r`` extracts the ``r``-th block of the image list into its own resumable shard
+    and indexes it; ids are positions among the stored images of all ranks (failed images
+    leave no gap), as in one process."""
+    from lit.asmk import ASMK
+    from lit.data import r1m_image_list
+    from lit.features import FeatureStore
+    from lit.shards import part_attrs, shard_path, split_range
+
+    k = int(np.asarray(codebook).shape[0])
+    base = cache / f"r1m-index-{fp}-{k}.h5"
+    paths = [str(p) for p in r1m_image_list(args.data_root)]
+    rank, world = (0, 1) if env is None else (env.rank, env.world_size)
+    path = base if env is None else Path(shard_path(base, rank, world))
+    if path.is_file():
+        index = ASMK.load(path, device=device)
+        count = index.n_images if env is None else int(_h5_attr(path, "shard.hi")) - int(_h5_attr(path, "shard.lo"))
+        features = None
+    else:
+        b0, b1 = split_range(len(paths), rank, world)
+        feat_base = cache / f"r1m-{fp}.h5"
+        features = extract(paths[b0:b1], "r1m", out=feat_base if env is None else Path(shard_path(feat_base, rank, world)))
+        with FeatureStore(features) as st:
+            count = len(st)
+        index = None
+    counts = [count]
+    if env is not None:
+        import torch.distributed as dist
+
+        counts = [None] * world
+        dist.all_gather_object(counts, count)
+    lo, n = sum(counts[:rank]), sum(counts)
+    if index is None:
+        index = ASMK(codebook, device=device)
+        with FeatureStore(features) as st:
+            offsets = st.h5["offsets"]
+            for start in range(0, len(st), 20000):  # bounded memory
+                stop = min(len(st), start + 20000)
+                a, b = (int(v) for v in offsets[[start, stop]])
+                ids = lo + np.repeat(np.arange(start, stop), np.diff(offsets[start:stop + 1]))
+                index.add(st.h5["descriptors"][a:b].astype(np.float32), ids)
+        index.save(path, attrs=None if env is None else part_attrs(rank, world, lo, lo + count))
+    return index, lo, count, n
+
+
+def _h5_attr(path: Path, key: str):
+    import h5py
+
+    with h5py.File(path, "r") as h:
+        return h.attrs[key]
+
+
+def _merged_search(index, qdesc, qids, columns: tuple[int, int], env, n_total: int):
+    """Full rankings of a sharded index: each rank ranks ``columns``; rank 0 gets the merge
+    (``None`` on the others)."""
+    import torch.distributed as dist
+
+    from lit.shards import merge_results
+
+    part = index.search(qdesc, qids, columns=columns)
+    gathered = [None] * env.world_size if env.is_main else None
+    dist.gather_object((part.ranks.cpu(), part.scores.cpu()), gathered, dst=0)
+    if not env.is_main:
+        return None
+    from lit.asmk.index import SearchResult
+
+    merged = merge_results([SearchResult(r, s) for r, s in gathered], None)
+    if merged.ranks.shape[1] != n_total:
+        raise RuntimeError(f"merged rankings hold {merged.ranks.shape[1]} images, expected {n_total}")
+    return merged.ranks
 
 
 def _synchronize(device) -> None:
