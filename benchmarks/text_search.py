@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import lit
-from lit.text.head import TextHead, recall_at_k
+from lit.text.head import HeadConfig, TextHead, recall_at_k
 from lit.text.minilm import load_minilm
 from lit.text.model import load_text_model
 from lit.text.training import (
@@ -138,9 +138,9 @@ def part_a(concepts, synsets, graph, splits: int = 5, seeds=(0, 1)) -> dict:
     from lit.text.training import imagenet_wnids, train_recipe_head
 
     wnids = imagenet_wnids()
-    free_head = TextHead(RECIPE, concepts.keys)
+    free_head = TextHead(HeadConfig(), concepts.keys)
     g = torch.Generator().manual_seed(0)
-    rows, gloss_rows, paired = [], [], {"head_better": 0, "free_better": 0, "same_rank": 0}
+    rows, gloss_rows, alone_rows, paired = [], [], [], {"head_better": 0, "free_better": 0, "same_rank": 0}
     pooled = {"trained_head": [], "training_free": []}
     t0 = time.perf_counter()
     for r in range(splits):
@@ -164,6 +164,8 @@ def part_a(concepts, synsets, graph, splits: int = 5, seeds=(0, 1)) -> dict:
                 rec = {"split": r, "seed": seed, **recall_at_k(lg, qy), "short_map": _map_over_classes(head.logits(sx), st),
                        "loss_first_last": [round(hist[0]["loss"], 3), round(hist[-1]["loss"], 3)]}
                 gloss_rows.append({**recall_at_k(gl.logits(qx), qy), "short_map": _map_over_classes(gl.logits(sx), st)})
+                alone_rows.append({**recall_at_k(head.trained_logits(qx), qy),
+                                   "short_map": _map_over_classes(head.trained_logits(sx), st)})
             if seed == seeds[0]:
                 a, b = _ranks(lg, qy), _ranks(free_lg, qy)
                 paired["head_better"] += int((a < b).sum())
@@ -184,6 +186,7 @@ def part_a(concepts, synsets, graph, splits: int = 5, seeds=(0, 1)) -> dict:
     return {"splits": splits, "seeds": list(seeds), "queries_per_split": len(qy), "classes": 1000,
             "trained_classes_per_split": 800, "short_queries_per_split": [x["short_queries"] for x in rows[::len(seeds)]],
             "trained_head": summary(rows, None), "training_free": summary(rows[::len(seeds)], "training_free"),
+            "trained_map_alone_free_weight_0": summary(alone_rows, None),
             "gloss_only_head_session6": summary(gloss_rows, None),
             "random": {k: _stats([x["random"][k] for x in rows[::len(seeds)]]) for k in ("r@1", "r@5")},
             "paired_ranks_all_1000_held_out_glosses_seed0": {**paired, **boot},

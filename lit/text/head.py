@@ -33,6 +33,11 @@ class HeadConfig:
         seed: initialisation, batches and negatives.
         key_metric: ``keyed`` only: also learn a map of the class keys, ``(I + N) k_c`` (zero
             at start), besides the one of the query.
+        free_weight: ``keyed`` only: weight ``w`` of the training-free (ConSE-style) map in the
+            head's class distribution, ``p ∝ p_trained^(1 - w) p_free^w`` (a product of experts;
+            0: the trained map alone). Applied at inference only (:meth:`TextHead.logits`),
+            training fits the trained map (:meth:`TextHead.trained_logits`).
+        free_temperature: temperature of the training-free map's cosine similarities.
     """
 
     kind: str = "keyed"
@@ -47,6 +52,8 @@ class HeadConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     key_metric: bool = False
+    free_weight: float = 0.0
+    free_temperature: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +102,10 @@ class TextHead(nn.Module):
                 self.net = nn.Sequential(nn.Linear(cfg.in_dim, cfg.out_dim))
         else:
             raise ValueError(f"unknown text head kind {cfg.kind!r} (keyed or linear)")
+        if not 0.0 <= cfg.free_weight <= 1.0:
+            raise ValueError(f"free_weight must lie in [0, 1], got {cfg.free_weight}")
+        if cfg.free_weight > 0 and cfg.kind != "keyed":
+            raise ValueError("free_weight (mixing in the training-free map) needs a keyed head (its class keys)")
         self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature)).log())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,10 +125,27 @@ class TextHead(nn.Module):
             return F.normalize(table + self.key_map(table), dim=-1)
         return table
 
-    def logits(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits over all classes, ``(B, C)``, or over ``columns`` only, ``(B, K)``."""
+    def trained_logits(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the trained map over all classes, ``(B, C)``, or over ``columns`` only, ``(B, K)``."""
         table = self.table(columns)
         return self(x) @ table.T / self.log_temperature.exp()
+
+    def free_logits(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the training-free map: ``cos(x, k_c) / free_temperature`` with the unmapped class keys."""
+        keys = self.keys if columns is None else self.keys[columns]
+        return F.normalize(x, dim=-1) @ keys.T / self.cfg.free_temperature
+
+    def logits(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's class logits, ``(B, C)`` (or ``(B, K)`` over ``columns``).
+
+        With ``free_weight`` ``w > 0``: ``(1 - w) log_softmax(trained) + w log_softmax(free)``
+        (log-probabilities of the product of experts, up to a per-row constant); else
+        :meth:`trained_logits`.
+        """
+        w = self.cfg.free_weight
+        if w == 0:
+            return self.trained_logits(x, columns)
+        return (1 - w) * self.trained_logits(x, columns).log_softmax(-1) + w * self.free_logits(x, columns).log_softmax(-1)
 
     def class_weights(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=-1)
@@ -232,10 +260,10 @@ def train_head(text_emb: torch.Tensor, labels: torch.Tensor, prototypes: torch.T
             if soft:
                 t = labels.index_select(0, idx).to_dense()
                 cand = torch.unique(torch.cat([classes[t[:, classes].sum(0) > 0], neg]))
-                loss = soft_info_nce_loss(head.logits(text_emb[idx], cand), t[:, cand],
+                loss = soft_info_nce_loss(head.trained_logits(text_emb[idx], cand), t[:, cand],
                                           torch.arange(len(cand), device=dev), None if weights is None else weights[idx])
             else:
-                loss = info_nce_loss(head.logits(text_emb[idx]), labels[idx], neg)
+                loss = info_nce_loss(head.trained_logits(text_emb[idx]), labels[idx], neg)
             opt.zero_grad()
             loss.backward()
             opt.step()
