@@ -118,7 +118,7 @@ def _short_queries(synsets, graph, wnids, held_syn):
         if k == "lemma" and w in tg and w not in first and tg[w][1] <= 1:
             first[w] = i
     keys = sorted(first)
-    return synsets.embeddings[[first[w] for w in keys]].float(), [tg[w][0] for w in keys]
+    return synsets.embeddings[[first[w] for w in keys]].float(), [tg[w][0] for w in keys], [first[w] for w in keys]
 
 
 def _map_over_classes(scores: torch.Tensor, targets: list[list[int]]) -> float:
@@ -131,8 +131,12 @@ def _map_over_classes(scores: torch.Tensor, targets: list[list[int]]) -> float:
     return float(np.mean(aps))
 
 
-def part_a(concepts, synsets, graph, splits: int = 5, seeds=(0, 1)) -> dict:
-    """Held-out concepts over ``splits`` class splits (every 5th class, 5 offsets) and ``seeds`` seeds."""
+def part_a(concepts, synsets, graph, concept_tokens, synset_tokens, splits: int = 5, seeds=(0, 1)) -> dict:
+    """Held-out concepts over ``splits`` class splits (every 5th class, 5 offsets) and ``seeds`` seeds.
+
+    ``concept_tokens``, ``synset_tokens``: WordPiece tokens of each concept / synset text (the
+    head's mixture with the training-free map depends on them).
+    """
     import zlib
 
     from lit.text.training import imagenet_wnids, train_recipe_head
@@ -147,11 +151,14 @@ def part_a(concepts, synsets, graph, splits: int = 5, seeds=(0, 1)) -> dict:
         held = [c for c in range(1000) if c % 5 == r]
         train = [c for c in range(1000) if c % 5 != r]
         qx, qy = concepts.select(held)
+        qn = concept_tokens[torch.tensor([int(y) % 5 == r and k == "definition"
+                                          for y, k in zip(concepts.labels.tolist(), concepts.kinds, strict=True)])]
         held_syn = {w for w in set(synsets.wnids) if zlib.crc32(w.encode()) % 5 == r}
         keep = [i for i, w in enumerate(synsets.wnids) if w not in held_syn]
         train_syn = type(synsets)(synsets.embeddings[keep], [synsets.wnids[i] for i in keep],
                                   [synsets.kinds[i] for i in keep])
-        sx, st = _short_queries(synsets, graph, wnids, held_syn)
+        sx, st, si = _short_queries(synsets, graph, wnids, held_syn)
+        sn = synset_tokens[si]
         with torch.no_grad():
             free_lg = free_head.logits(qx)
             free = {**recall_at_k(free_lg, qy), "short_map": _map_over_classes(free_head.logits(sx), st)}
@@ -160,8 +167,9 @@ def part_a(concepts, synsets, graph, splits: int = 5, seeds=(0, 1)) -> dict:
             head, hist = train_recipe_head(concepts, train_syn, graph, train, replace(RECIPE, seed=seed))
             gl, _ = train_concept_head(concepts, train, replace(GLOSS_RECIPE, seed=seed))
             with torch.no_grad():
-                lg = head.logits(qx)
-                rec = {"split": r, "seed": seed, **recall_at_k(lg, qy), "short_map": _map_over_classes(head.logits(sx), st),
+                lg = head.logits(qx, tokens=qn)
+                rec = {"split": r, "seed": seed, **recall_at_k(lg, qy),
+                       "short_map": _map_over_classes(head.logits(sx, tokens=sn), st),
                        "loss_first_last": [round(hist[0]["loss"], 3), round(hist[-1]["loss"], 3)]}
                 gloss_rows.append({**recall_at_k(gl.logits(qx), qy), "short_map": _map_over_classes(gl.logits(sx), st)})
                 alone_rows.append({**recall_at_k(head.trained_logits(qx), qy),
@@ -347,7 +355,14 @@ def main(argv=None) -> int:
     with torch.no_grad():
         if "a" in parts:
             with torch.enable_grad():
-                out["a_heldout_concepts"] = part_a(concepts, synsets, graph, seeds=tuple(range(args.seeds)))
+                from lit.text.concepts import concept_texts
+                from lit.text.hierarchy import synset_texts
+
+                ctok = encoder.token_counts(list(concept_texts(range(1000)).texts))
+                stok = encoder.token_counts(synset_texts(imagenet_wnids())[0])
+                if len(ctok) != len(concepts.labels) or len(stok) != len(synsets.wnids):
+                    raise SystemExit("the embedding caches do not match the concept texts: delete them and rerun")
+                out["a_heldout_concepts"] = part_a(concepts, synsets, graph, ctok, stok, seeds=tuple(range(args.seeds)))
         if "b" in parts:
             with torch.enable_grad():
                 extra = {f"trained_head_seed{s}": train_recipe_head(concepts, synsets, graph, range(1000),

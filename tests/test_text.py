@@ -121,6 +121,17 @@ def test_free_weight_is_the_normalised_product_of_the_two_maps(tmp_path):
 
     save_head(tmp_path / "h.pt", head, tower="effl0")
     assert load_head(tmp_path / "h.pt")[1].free_weight == w
+    # a token gate: the mixture for queries of >= 4 tokens, the trained map for the others
+    gated = TextHead(HeadConfig(**{**cfg.to_dict(), "free_min_tokens": 4}), keys)
+    gated.load_state_dict(head.state_dict())
+    tokens = torch.tensor([1, 4, 3, 9, 5])
+    with torch.no_grad():
+        got = gated.class_weights(x, tokens).double().numpy()
+    long = tokens.numpy() >= 4
+    np.testing.assert_allclose(got[long], want[long], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got[~long], softmax(cos_t / 0.07)[~long], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="token counts"):
+        gated.logits(x)
     with pytest.raises(ValueError, match="free_weight"):
         TextHead(HeadConfig(kind="keyed", in_dim=d, free_weight=1.5), keys)
     with pytest.raises(ValueError, match="keyed"):
@@ -130,14 +141,17 @@ def test_free_weight_is_the_normalised_product_of_the_two_maps(tmp_path):
 def test_shipped_head_mixes_in_the_training_free_map(text_model):
     from lit.text.training import RECIPE
 
-    assert text_model.head.cfg.free_weight == RECIPE.free_weight > 0
-    m, _ = text_model.encoder.embed(["a church at night", "a small domestic cat"])
     head = text_model.head
+    assert (head.cfg.free_weight, head.cfg.free_min_tokens) == (RECIPE.free_weight, RECIPE.free_min_tokens) == (0.4, 6)
+    # a short query gets the trained map alone, a definition (>= 6 tokens) the mixture
+    texts = ["a church at night", "a place of worship with a tall spire and bells rung on sundays"]
+    assert text_model.encoder.token_counts(texts).tolist() == [4, 14]
+    m, _ = text_model.encoder.embed(texts)
     with torch.no_grad():
-        want = ((1 - RECIPE.free_weight) * head.trained_logits(m).log_softmax(1)
-                + RECIPE.free_weight * torch.log_softmax(F.normalize(m, dim=-1) @ head.keys.T / 0.05, dim=1))
-        torch.testing.assert_close(text_model.encode(["a church at night", "a small domestic cat"])[0],
-                                   F.normalize(torch.sqrt(torch.softmax(want, 1)), dim=-1))
+        mixed = ((1 - RECIPE.free_weight) * head.trained_logits(m).log_softmax(1)
+                 + RECIPE.free_weight * torch.log_softmax(F.normalize(m, dim=-1) @ head.keys.T / 0.05, dim=1))
+        want = torch.cat([head.trained_logits(m[:1]), mixed[1:]])
+        torch.testing.assert_close(text_model.encode(texts)[0], F.normalize(torch.sqrt(torch.softmax(want, 1)), dim=-1))
 
 
 def test_empty_and_whitespace_queries_raise():

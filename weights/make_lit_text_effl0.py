@@ -15,8 +15,9 @@ all-MiniLM-L6-v2 sentence embeddings of
 
 against 255 random other classes per step (InfoNCE, soft targets), on a keyed head whose class
 keys are the embeddings of the class names, with a learned map of the query and of the keys.
-The head's class distribution is ``p_trained^0.6 p_free^0.4`` with the training-free (ConSE-style)
-map of the same keys (``free_weight`` 0.4 in the head's config, applied at inference).
+For queries of 6 WordPiece tokens or more, the head's class distribution is ``p_trained^0.6 p_free^0.4``
+with the training-free (ConSE-style) map of the same keys (``free_weight`` 0.4, ``free_min_tokens`` 6
+in the head's config, applied at inference); shorter queries get the trained map alone.
 Writes the head, its sha256 into ``weights/text_registry.json`` and the training log
 ``lit-text-effl0.metrics.jsonl``.
 """

@@ -38,6 +38,10 @@ class HeadConfig:
             0: the trained map alone). Applied at inference only (:meth:`TextHead.logits`),
             training fits the trained map (:meth:`TextHead.trained_logits`).
         free_temperature: temperature of the training-free map's cosine similarities.
+        free_min_tokens: the mixture applies only to queries of at least this many WordPiece
+            tokens (special tokens not counted; 0: to every query): the trained map was fitted
+            mostly to short names, the training-free map is the better expert on long
+            definitional texts.
     """
 
     kind: str = "keyed"
@@ -54,6 +58,7 @@ class HeadConfig:
     key_metric: bool = False
     free_weight: float = 0.0
     free_temperature: float = 0.05
+    free_min_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,20 +140,33 @@ class TextHead(nn.Module):
         keys = self.keys if columns is None else self.keys[columns]
         return F.normalize(x, dim=-1) @ keys.T / self.cfg.free_temperature
 
-    def logits(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, columns: torch.Tensor | None = None,
+               tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The head's class logits, ``(B, C)`` (or ``(B, K)`` over ``columns``).
 
         With ``free_weight`` ``w > 0``: ``(1 - w) log_softmax(trained) + w log_softmax(free)``
-        (log-probabilities of the product of experts, up to a per-row constant); else
-        :meth:`trained_logits`.
+        (log-probabilities of the product of experts, up to a per-row constant) for the
+        queries with at least ``free_min_tokens`` tokens, :meth:`trained_logits` for the others.
+
+        Args:
+            tokens: WordPiece tokens of each query (special tokens not counted), ``(B,)``;
+                needed when ``free_min_tokens > 0``.
         """
-        w = self.cfg.free_weight
+        w, n0 = self.cfg.free_weight, self.cfg.free_min_tokens
         if w == 0:
             return self.trained_logits(x, columns)
-        return (1 - w) * self.trained_logits(x, columns).log_softmax(-1) + w * self.free_logits(x, columns).log_softmax(-1)
+        if n0 > 0 and tokens is None:
+            raise ValueError(f"this text head mixes in the training-free map for queries of >= {n0} tokens: "
+                             "give the queries' token counts (tokens=)")
+        mixed = (1 - w) * self.trained_logits(x, columns).log_softmax(-1) + w * self.free_logits(x, columns).log_softmax(-1)
+        if n0 == 0:
+            return mixed
+        long = torch.as_tensor(tokens, device=x.device).reshape(-1, 1) >= n0
+        return torch.where(long, mixed, self.trained_logits(x, columns))
 
-    def class_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=-1)
+    def class_weights(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Class distribution of each query, ``(B, C)`` (``tokens``: see :meth:`logits`)."""
+        return torch.softmax(self.logits(x, tokens=tokens), dim=-1)
 
 
 def info_nce_loss(logits: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
