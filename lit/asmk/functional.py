@@ -243,7 +243,8 @@ def _bf16_prepared(codebook: Tensor) -> _Bf16Codebook:
         c_aug_t=c_aug.t().contiguous(),
         half_sq=half_sq,
         coef_a=(3 * u + 6 * u * u + 2 * gamma) * float(c64.norm(dim=1).max()),
-        e_const=(u + 6 * u * u + 2 * gamma) * float(half_sq.max()) + 1e-30,  # + subnormals
+        # + 1e-20: subnormal inputs and products may be flushed to zero (at most 130 x 1.2e-38 x 1e8)
+        e_const=(u + 6 * u * u + 2 * gamma) * float(half_sq.max()) + 1e-20,
         max_abs=float(codebook.abs().max()),
         key=key,
     )
