@@ -85,6 +85,75 @@ def test_short_training_lowers_loss_and_raises_heldout_r1():
     assert before < 0.6 and hist[-1]["held"] > before + 0.25
 
 
+def test_free_weight_is_the_normalised_product_of_the_two_maps(tmp_path):
+    # p = normalise(p_trained^(1 - w) * p_free^w), recomputed in float64 numpy from the parameters
+    g = torch.Generator().manual_seed(3)
+    c, d, w = 12, 16, 0.4
+    keys = torch.randn(c, d, generator=g)
+    cfg = HeadConfig(kind="keyed", in_dim=d, key_metric=True, free_weight=w, temperature=0.07)
+    head = TextHead(cfg, keys)
+    with torch.no_grad():
+        head.metric.weight.copy_(0.3 * torch.randn(d, d, generator=g))
+        head.key_map.weight.copy_(0.3 * torch.randn(d, d, generator=g))
+    x = torch.randn(5, d, generator=g)
+    xn, kn = x.double().numpy(), keys.double().numpy()
+    kn = kn / np.linalg.norm(kn, axis=1, keepdims=True)
+    q = xn + xn @ head.metric.weight.detach().double().numpy().T
+    t = kn + kn @ head.key_map.weight.detach().double().numpy().T
+    cos_t = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (t / np.linalg.norm(t, axis=1, keepdims=True)).T
+    cos_f = (xn / np.linalg.norm(xn, axis=1, keepdims=True)) @ kn.T
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    mix = softmax(cos_t / 0.07) ** (1 - w) * softmax(cos_f / 0.05) ** w
+    want = mix / mix.sum(1, keepdims=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(head.class_weights(x).double().numpy(), want, rtol=1e-5, atol=1e-7)
+        # the ends: w = 0 is the trained map alone, w = 1 the training-free map alone
+        for end, z in ((0.0, cos_t / 0.07), (1.0, cos_f / 0.05)):
+            h = TextHead(HeadConfig(**{**cfg.to_dict(), "free_weight": end}), keys)
+            h.load_state_dict(head.state_dict())
+            np.testing.assert_allclose(h.class_weights(x).double().numpy(), softmax(z), rtol=1e-5, atol=1e-7)
+    # the weight travels in the head file's config
+    from lit.text.model import load_head, save_head
+
+    save_head(tmp_path / "h.pt", head, tower="effl0")
+    assert load_head(tmp_path / "h.pt")[1].free_weight == w
+    # a token gate: the mixture for queries of >= 4 tokens, the trained map for the others
+    gated = TextHead(HeadConfig(**{**cfg.to_dict(), "free_min_tokens": 4}), keys)
+    gated.load_state_dict(head.state_dict())
+    tokens = torch.tensor([1, 4, 3, 9, 5])
+    with torch.no_grad():
+        got = gated.class_weights(x, tokens).double().numpy()
+    long = tokens.numpy() >= 4
+    np.testing.assert_allclose(got[long], want[long], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got[~long], softmax(cos_t / 0.07)[~long], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="token counts"):
+        gated.logits(x)
+    with pytest.raises(ValueError, match="free_weight"):
+        TextHead(HeadConfig(kind="keyed", in_dim=d, free_weight=1.5), keys)
+    with pytest.raises(ValueError, match="keyed"):
+        TextHead(HeadConfig(kind="linear", in_dim=d, out_dim=8, free_weight=0.2), prototypes=torch.randn(c, 8))
+
+
+def test_shipped_head_mixes_in_the_training_free_map(text_model):
+    from lit.text.training import RECIPE
+
+    head = text_model.head
+    assert (head.cfg.free_weight, head.cfg.free_min_tokens) == (RECIPE.free_weight, RECIPE.free_min_tokens) == (0.4, 6)
+    # a short query gets the trained map alone, a definition (>= 6 tokens) the mixture
+    texts = ["a church at night", "a place of worship with a tall spire and bells rung on sundays"]
+    assert text_model.encoder.token_counts(texts).tolist() == [4, 14]
+    m, _ = text_model.encoder.embed(texts)
+    with torch.no_grad():
+        mixed = ((1 - RECIPE.free_weight) * head.trained_logits(m).log_softmax(1)
+                 + RECIPE.free_weight * torch.log_softmax(F.normalize(m, dim=-1) @ head.keys.T / 0.05, dim=1))
+        want = torch.cat([head.trained_logits(m[:1]), mixed[1:]])
+        torch.testing.assert_close(text_model.encode(texts)[0], F.normalize(torch.sqrt(torch.softmax(want, 1)), dim=-1))
+
+
 def test_empty_and_whitespace_queries_raise():
     for bad in ([""], ["   \t\n"], []):
         with pytest.raises(ValueError, match="empty|no text query"):

@@ -1,8 +1,10 @@
 """Search photos by text: one joint image-text space (issue 20).
 
 A frozen ImageNet image tower (EfficientNet-Lite) gives each photo a class posterior; a text
-tower (all-MiniLM-L6-v2 and a small head trained by lit on class names and WordNet glosses,
-positive and random negative pairs, InfoNCE) gives each text query a class distribution; the
+tower (all-MiniLM-L6-v2 and a small head trained by lit on the WordNet glosses of the classes
+and the lemmas of the ImageNet-21k synsets with soft targets from WordNet's hypernyms,
+positive and random negative pairs, InfoNCE; for queries of 6 tokens or more multiplied with
+the training-free class-name map) gives each text query a class distribution; the
 joint space holds their square roots, and a photo's score for a query is their dot product.
 
 .. code-block:: python

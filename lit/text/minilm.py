@@ -173,6 +173,10 @@ class MiniLM(nn.Module):
             mask[i, : len(seq)] = 1
         return Tokens(ids, mask, truncated)
 
+    def token_counts(self, texts: list[str]) -> torch.Tensor:
+        """WordPiece tokens of each text as the model sees it (after truncation, special tokens not counted), ``(B,)``."""
+        return self.tokenize(list(texts)).attention_mask.sum(1) - 2
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean-pooled, L2-normalised sentence embeddings.
 

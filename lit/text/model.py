@@ -132,7 +132,8 @@ class TextModel:
         """
         m, truncated = self.encoder.embed(texts)
         if self.head is not None:
-            q = torch.sqrt(self.head.class_weights(m))
+            tokens = self.encoder.token_counts(texts) if self.head.cfg.free_min_tokens > 0 else None
+            q = torch.sqrt(self.head.class_weights(m, tokens))
         else:  # ConSE: softmax over class-name similarities
             q = torch.sqrt(torch.softmax(m @ self.class_keys.to(m).T / 0.05, dim=-1))
         return F.normalize(q, dim=-1), truncated
