@@ -149,6 +149,7 @@ def nearest_words(
 
 
 _BF16_U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+_BF16_U_OUT = _BF16_U / (1 - _BF16_U)  # |fl(a) - a| <= this x |fl(a)|: output rounding
 _BF16_GROUP = 128  # centroids per group of the candidate selection
 _BF16_CANDIDATES = 16  # first-pass candidates per descriptor (at least 3 m)
 _BF16_SECOND = 256  # second-pass candidates, for the descriptors the first cannot settle
@@ -209,7 +210,7 @@ def _bf16_workspace(numel: int) -> Tensor:
 class _Bf16Codebook:
     c_aug_t: Tensor  # (D + 2, Kp) bfloat16: centroids, -|c|^2/2 as hi + lo, padding
     half_sq: Tensor  # (K,) float64 |c|^2 / 2
-    coef_a: float  # E = coef_a |x| + e_const
+    coef_a: float  # E0 = coef_a |x| + e_const (input rounding, norm split, float32 sums)
     e_const: float
     max_abs: float  # largest |coordinate|
     key: tuple
@@ -242,9 +243,9 @@ def _bf16_prepared(codebook: Tensor) -> _Bf16Codebook:
     prep = _Bf16Codebook(
         c_aug_t=c_aug.t().contiguous(),
         half_sq=half_sq,
-        coef_a=(3 * u + 6 * u * u + 2 * gamma) * float(c64.norm(dim=1).max()),
+        coef_a=(2 * u + u * u + 2 * gamma * (1 + 3 * u)) * float(c64.norm(dim=1).max()),
         # + 1e-20: subnormal inputs and products may be flushed to zero (at most 130 x 1.2e-38 x 1e8)
-        e_const=(u + 6 * u * u + 2 * gamma) * float(half_sq.max()) + 1e-20,
+        e_const=(2 * u * u + 2 * gamma * (1 + 3 * u)) * float(half_sq.max()) + 1e-20,
         max_abs=float(codebook.abs().max()),
         key=key,
     )
@@ -288,16 +289,18 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
     1. ``S~ = bf16(x).bf16(c_j) + h_j + l_j`` in one bfloat16 GEMM (float32 accumulation,
        bfloat16 output), ``h_j + l_j`` being ``-|c_j|^2 / 2`` split into two bfloat16
        numbers (exact to 2^-16 of it).
-    2. A bound ``E`` on ``|S~_j - s_j|`` for every centroid of a row, from the rounding of
-       the inputs (2u), of the output (u) and of the float32 sums (gamma_(D+2)), with
-       u = 2^-8: ``E = (3u + 6u^2 + 2 gamma) |x| max|c| + (u + 6u^2 + 2 gamma) max|c|^2/2``.
+    2. A bound on ``|S~_j - s_j|`` for every centroid of a row: ``u' |S~_j| + E0`` with
+       ``E0 = (2u + u^2 + 2 gamma') |x| max|c| + (2u^2 + 2 gamma') max|c|^2/2`` (input
+       rounding 2u, the norm split, float32 sums gamma' ~ gamma_(D+2)), and ``u' |S~_j|``
+       the rounding of the bfloat16 output, with u = 2^-8 and u' = u / (1 - u). So
+       ``s_j <= up(S~_j) = S~_j + u' |S~_j| + E0``, increasing in ``S~_j``.
     3. Candidates: the best ``L`` approximate scores (``L`` = 16), taken from the best
        ``L`` groups of (at most) 128 centroids by group maximum (which hold them). The ``m``
        best are scored exactly (float64, from the float32 inputs); the worst of those,
        ``S_m``, is at most the true ``m``-th best score, so a centroid can be a winner only
-       if ``S~_j >= t = S_m - E``.
-    4. The row is settled when the ``(L + 1)``-th approximate score and the best group
-       left out are both below ``t``; the other candidates at or above ``t`` are scored
+       if ``up(S~_j) >= S_m``.
+    4. The row is settled when ``up`` of the ``(L + 1)``-th approximate score and of the
+       best group left out are both below ``S_m``; the other candidates that may reach it are scored
        exactly too, and all are ranked by (distance, index), as a stable sort of exact
        distances would.
 
@@ -327,10 +330,16 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
         words = words[:, :lp]
         exact = torch.full((vals.shape[0], lp), -math.inf, dtype=torch.float64)
         exact[:, :q] = exact_scores(x64.repeat_interleave(q, dim=0), words[:, :q].flatten()).view(-1, q)
-        t = exact[:, :q].topk(m, dim=1).values[:, m - 1] - (coef_a * x64.norm(dim=1) + e_const)
-        ok = (vals[:, lp] < t) & (beyond.to(torch.float64) < t)
-        ok &= torch.isfinite(vals).all(dim=1) & torch.isfinite(t)
-        pr, pc = ((vals[:, q:lp] >= t.unsqueeze(1)) & ok.unsqueeze(1)).nonzero(as_tuple=True)
+        s_m = exact[:, :q].topk(m, dim=1).values[:, m - 1]  # <= the true m-th best score
+        e0 = (coef_a * x64.norm(dim=1) + e_const).unsqueeze(1)
+
+        def upper(v: Tensor) -> Tensor:  # the largest exact score an approximate v allows
+            return v + _BF16_U_OUT * v.abs() + e0
+
+        beyond = beyond.to(torch.float64).unsqueeze(1)
+        ok = (upper(vals[:, lp : lp + 1]) < s_m.unsqueeze(1)).squeeze(1) & (upper(beyond) < s_m.unsqueeze(1)).squeeze(1)
+        ok &= torch.isfinite(vals).all(dim=1) & torch.isfinite(s_m)
+        pr, pc = ((upper(vals[:, q:lp]) >= s_m.unsqueeze(1)) & ok.unsqueeze(1)).nonzero(as_tuple=True)
         pc = pc + q
         pw = words[pr, pc]
         exact[pr, pc] = exact_scores(x64.index_select(0, pr), pw)
