@@ -196,7 +196,7 @@ _workspace = threading.local()
 def _bf16_workspace(numel: int) -> Tensor:
     """A bfloat16 buffer of at least ``numel`` elements, kept per thread between calls.
 
-    The approximate scores of a chunk (up to :data:`SEARCH_BYTES`) are written into it:
+    The approximate scores of a chunk (about 64 MB) are written into it:
     a fresh buffer of that size comes from new pages on every call (``mmap``), and their
     first touch costs about as much as the GEMM that fills them (a query is one call)."""
     buf = getattr(_workspace, "buf", None)
@@ -325,12 +325,11 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
         # vals/words: the best approximate scores of each row, decreasing, one more than
         # the candidates; beyond: a bound on the approximate score of every other centroid
         lp = vals.shape[1] - 1
-        q = m
         vals = vals.to(torch.float64)
         words = words[:, :lp]
         exact = torch.full((vals.shape[0], lp), -math.inf, dtype=torch.float64)
-        exact[:, :q] = exact_scores(x64.repeat_interleave(q, dim=0), words[:, :q].flatten()).view(-1, q)
-        s_m = exact[:, :q].topk(m, dim=1).values[:, m - 1]  # <= the true m-th best score
+        exact[:, :m] = exact_scores(x64.repeat_interleave(m, dim=0), words[:, :m].flatten()).view(-1, m)
+        s_m = exact[:, :m].min(dim=1).values  # the worst of m real words: <= the true m-th best
         e0 = (coef_a * x64.norm(dim=1) + e_const).unsqueeze(1)
 
         def upper(v: Tensor) -> Tensor:  # the largest exact score an approximate v allows
@@ -339,8 +338,8 @@ def _nearest_words_bf16(x: Tensor, codebook: Tensor, m: int, chunk_size: int | N
         beyond = beyond.to(torch.float64).unsqueeze(1)
         ok = (upper(vals[:, lp : lp + 1]) < s_m.unsqueeze(1)).squeeze(1) & (upper(beyond) < s_m.unsqueeze(1)).squeeze(1)
         ok &= torch.isfinite(vals).all(dim=1) & torch.isfinite(s_m)
-        pr, pc = ((upper(vals[:, q:lp]) >= s_m.unsqueeze(1)) & ok.unsqueeze(1)).nonzero(as_tuple=True)
-        pc = pc + q
+        pr, pc = ((upper(vals[:, m:lp]) >= s_m.unsqueeze(1)) & ok.unsqueeze(1)).nonzero(as_tuple=True)
+        pc = pc + m
         pw = words[pr, pc]
         exact[pr, pc] = exact_scores(x64.index_select(0, pr), pw)
         by_word = words.sort(dim=1)  # rank by (exact score desc, word asc)
