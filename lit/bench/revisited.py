@@ -229,7 +229,7 @@ def _r1m_index(args, cache: Path, fp: str, codebook, extract, device: str, env):
     from lit.asmk import ASMK
     from lit.data import r1m_image_list
     from lit.features import FeatureStore
-    from lit.shards import part_attrs, shard_path, split_range
+    from lit.shards import FeatureCollection, part_attrs, shard_path, split_range
 
     k = int(np.asarray(codebook).shape[0])
     base = cache / f"r1m-index-{fp}-{k}.h5"
@@ -256,13 +256,9 @@ def _r1m_index(args, cache: Path, fp: str, codebook, extract, device: str, env):
     lo, n = sum(counts[:rank]), sum(counts)
     if index is None:
         index = ASMK(codebook, device=device)
-        with FeatureStore(features) as st:
-            offsets = st.h5["offsets"]
-            for start in range(0, len(st), 20000):  # bounded memory
-                stop = min(len(st), start + 20000)
-                a, b = (int(v) for v in offsets[[start, stop]])
-                ids = lo + np.repeat(np.arange(start, stop), np.diff(offsets[start:stop + 1]))
-                index.add(st.h5["descriptors"][a:b].astype(np.float32), ids)
+        with FeatureCollection(features) as coll:  # chunks of whole images, checked (bounded memory)
+            for desc, ids in coll.iter_descriptors():
+                index.add(desc, ids + lo)
         index.save(path, attrs=None if env is None else part_attrs(rank, world, lo, lo + count))
     return index, lo, count, n
 
