@@ -19,12 +19,11 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
+from ._fileio import file_sha256
+from .errors import DownloadError
+
 __all__ = ["DownloadError", "cache_dir", "cleanup_new_dirs", "download_url", "file_sha256"]
 
-
-class DownloadError(OSError):
-    """A download failed (network, HTTP or interrupted transfer); one line that names
-    the URL and says how to get the file another way."""
 
 _CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -42,15 +41,6 @@ def cache_dir() -> Path:
     import torch.hub
 
     return Path(torch.hub.get_dir()) / "lit"
-
-
-def file_sha256(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
-    """Full sha256 of a file, as 64 lowercase hex digits."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):

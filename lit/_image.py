@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageReadError, ImageTooLargeError, ImageTooSmallError  # noqa: F401  (re-exported)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -23,18 +25,6 @@ DEFAULT_MAX_PIXELS = 180_000_000
 
 
 _REDUCE_PIXELS = 64_000_000  # above this, resize_max box-reduces before Lanczos
-
-
-class ImageReadError(ValueError):
-    """An image file could not be read; the message names the file and the problem."""
-
-
-class ImageTooLargeError(ImageReadError):
-    """An image has more pixels than the decoding limit (``max_pixels``)."""
-
-
-class ImageTooSmallError(ImageReadError):
-    """An image is smaller than one feature-map cell of the model at every scale."""
 
 
 def display_name(name: str | bytes | os.PathLike) -> str:

@@ -23,11 +23,9 @@ import os
 import pickle
 from typing import Any, BinaryIO
 
+from .errors import UnsafePickleError
+
 __all__ = ["UnsafePickleError", "restricted_load", "restricted_loads"]
-
-
-class UnsafePickleError(ValueError):
-    """A pickle refers to a global that the restricted unpickler does not allow."""
 
 
 # Codecs that ``_codecs.encode`` may be asked for: Python 3 pickles at protocol < 3 store

@@ -64,6 +64,7 @@ from ._image import (
     encode_name,
     load_image,
 )
+from .errors import FeatureFileError
 from .types import LocalFeatures
 
 FORMAT = "lit-features"
@@ -102,10 +103,6 @@ def model_fingerprint(model, scales: Sequence[float], features_num: int, image_s
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-class FeatureFileError(ValueError):
-    """A feature file is unreadable, of another format, or made by another model."""
 
 
 def _open_h5(path: str, mode: str) -> h5py.File:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from .config import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig
 
 LIT_FORMAT = "lit"
@@ -26,10 +27,6 @@ LIT_FORMAT_VERSION = 1
 _FIRE_TO_TIMM = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 _TIMM_TO_FIRE = {v: k for k, v in _FIRE_TO_TIMM.items()}
 _BACKBONE_PREFIX = "backbone.net."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read or does not fit the model."""
 
 
 def _path_to_str(*parts: str) -> str:
