@@ -27,7 +27,8 @@ import argparse
 import json
 import sys
 
-from lit.metric import DEFAULT_KS, add_evaluate_global_arguments, evaluate_from_args
+from lit.cli import evaluate_global
+from lit.metric import DEFAULT_KS
 
 #: Published SOP Recall@k (%), keyed by method, then k.
 REFERENCES: dict[str, dict[int, float]] = {
@@ -52,9 +53,9 @@ def format_table(recall: dict[int, float], name: str = "this model") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_evaluate_global_arguments(parser)
+    evaluate_global.add_arguments(parser)
     args = parser.parse_args(argv)
-    result = evaluate_from_args(args)
+    result = evaluate_global.evaluate(args)
     recall = {int(k): v for k, v in result["recall"].items()}
     label = "this model" if args.checkpoint else f"{result['model']['backbone']} ImageNet GeM"
     print(f"Stanford Online Products ({result['dataset']['split']}): {result['dataset']['images']} images, "

@@ -56,6 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import FingerprintError, PipelineError, UsageError
+
 PIPELINE_GROUP = "pipeline"
 PIPELINE_FORMAT = "lit-index-pipeline"
 PIPELINE_VERSION = 1
@@ -72,12 +74,45 @@ SMALL_CODEBOOK_DESCRIPTORS = 100_000
 SMALL_SET_RESTARTS = 4
 
 
-class PipelineError(ValueError):
-    """A user error of the pipeline (mismatched files, missing names...): one clear line."""
+# ---------------------------------------------------------------------------- inputs
+def gather_images(inputs: Sequence[str], list_file: str | None = None) -> tuple[list[str], str | None]:
+    """Image paths from folders, files and a list file, and the root of their names.
 
+    Folders are searched recursively for images (:func:`lit._image.list_images`); lines of
+    the list file (blank and ``#`` lines skipped) are paths relative to its folder. The root
+    is :func:`lit.features.common_root` of the folder and file arguments and the listed
+    files: one folder gives that folder.
 
-class FingerprintError(PipelineError):
-    """Queries, codebook or index come from different models or extraction settings."""
+    Raises:
+        UsageError: an argument that does not exist, a missing list file, or no image at all.
+    """
+    from ._image import display_name, list_images
+    from .features import common_root
+
+    paths: list[str] = []
+    anchors: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            paths.extend(list_images(item))
+            anchors.append(item)
+        elif os.path.exists(item):
+            paths.append(item)
+            anchors.append(item)
+        else:
+            raise UsageError(f"{display_name(item)}: no such file or directory")
+    if list_file:
+        if not os.path.isfile(list_file):
+            raise UsageError(f"{list_file}: no such list file")
+        base = os.path.dirname(list_file)
+        with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # names need not be UTF-8
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    paths.append(line if os.path.isabs(line) else os.path.join(base, line))
+                    anchors.append(paths[-1])
+    if not paths:
+        raise UsageError("no images given (folders are searched for .jpg/.png/... files)")
+    return paths, common_root(anchors)
 
 
 # ---------------------------------------------------------------------------- codebook

@@ -267,9 +267,10 @@ def test_metric_training_step_on_the_fake_device_matches_cpu(tmp_path):
 
 
 def _cli(monkeypatch, state, *args):
+    import lit._device
     import lit.cli
 
-    monkeypatch.setattr(lit.cli, "resolve_device", lambda name: str(state.device))
+    monkeypatch.setattr(lit._device, "resolve_device", lambda name, **kw: state.device)
     return lit.cli.main([str(a) for a in args])
 
 
@@ -413,15 +414,17 @@ def test_revisited_counts_the_csr_merge_as_index_time(tiny_world, tmp_path, monk
 # ---------------------------------------------------------------------- defect 3: resolve_device
 def test_resolve_device_refuses_a_gpu_index_beyond_the_machine(monkeypatch):
     import lit.cli
-    from lit.cli import UserError, resolve_device
+    from lit._device import resolve_device
+    from lit.errors import UsageError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert resolve_device("cuda") == "cuda" and resolve_device("cuda:0") == "cuda:0"
-    with pytest.raises(UserError, match=r"cuda:7: this machine has 1 CUDA device \(cuda:0\.\.cuda:0\)"):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_device("cuda") == torch.device("cuda") and resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(UsageError, match=r"cuda:7: this machine has 1 CUDA device \(cuda:0\.\.cuda:0\)"):
         resolve_device("cuda:7")
     for bad in ("cuda:x", "cuda:", "gpu", "cuda:-1"):
-        with pytest.raises(UserError, match="auto, cpu or cuda"):
+        with pytest.raises(UsageError, match="auto, cpu or cuda"):
             resolve_device(bad)
     assert lit.cli.main(["match", "a.jpg", "b.jpg", "--device", "cuda:3"]) == 2
 

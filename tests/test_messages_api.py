@@ -95,7 +95,7 @@ def test_own_photos_config_starts_from_an_installed_model(tmp_path):
 def test_load_model_without_argument_is_the_default_model():
     model = lit.load_model()
     assert model.cfg.to_dict() == lit.load_model(lit.DEFAULT_MODEL).cfg.to_dict()
-    from lit.cli import DEFAULT_MODEL
+    from lit import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == lit.DEFAULT_MODEL
 
@@ -186,7 +186,7 @@ def test_train_warns_once_caps_workers_and_flushes_lines(tmp_path):
     assert "each epoch trains 5 tuples" in proc.stderr  # 8 queries, 5 per step
     assert any("validation on 4 images" in line and "saturates at 100" in line for line in err)
     assert "UserWarning" not in proc.stderr and "worker processes" not in proc.stderr
-    assert proc.stdout.startswith(f"--resume: no checkpoint in {out}, starting a fresh run")
+    assert f"--resume: no checkpoint in {out}, starting a fresh run" in err  # notes go to stderr, as warnings
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [0, 1] and history[1]["tuples"] == 5
     with pytest.raises(ValueError, match="less than one optimiser step"):
@@ -207,9 +207,9 @@ def test_metrics_plot_axes_for_one_epoch(tmp_path):
 
 
 def test_stdout_is_line_buffered_when_redirected(tmp_path):
-    script = ("import argparse, sys\nfrom lit.train import run_train\n"
-              "args = argparse.Namespace(config=sys.argv[1], out=sys.argv[2], resume=False, overwrite=False, device='cpu', overrides=[])\n"
-              "try:\n    run_train(args)\nexcept ValueError:\n    pass\nprint(sys.stdout.line_buffering)\n")
+    script = ("import sys\nfrom lit.cli import main\n"
+              "try:\n    main(['train', '--config', sys.argv[1], '--out', sys.argv[2], '--device', 'cpu'])\n"
+              "except (ValueError, SystemExit):\n    pass\nprint(sys.stdout.line_buffering)\n")
     proc = subprocess.run([sys.executable, "-c", script, os.path.join(REPO, "configs", "own_photos.yaml"), str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip().splitlines()[-1] == "True", proc.stderr

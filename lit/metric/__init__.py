@@ -38,22 +38,17 @@ from .pooling import GeM, gem
 from .train import (
     Embeddings,
     TrainConfig,
-    add_evaluate_global_arguments,
-    add_train_global_arguments,
     build_loss,
-    evaluate_from_args,
     evaluate_global,
     extract_embeddings,
-    run_evaluate_global,
-    run_train_global,
     train_global,
 )
 
 __all__ = [
     "DEFAULT_KS", "ClassBalancedBatchSampler", "Embeddings", "GeM", "GlobalConfig", "GlobalModel",
     "ImageFolderClasses", "KNNResult", "LabelledImages", "SOPList", "StanfordOnlineProducts",
-    "TrainConfig", "add_evaluate_global_arguments", "add_train_global_arguments", "build_loss",
-    "clip_ks", "eval_transform", "evaluate_from_args", "evaluate_global", "extract_embeddings",
+    "TrainConfig", "build_loss",
+    "clip_ks", "eval_transform", "evaluate_global", "extract_embeddings",
     "faiss_available", "gem", "knn", "open_dataset", "read_sop_list", "recall_at_ks",
-    "run_evaluate_global", "run_train_global", "topk_stable", "train_global", "train_transform",
+    "topk_stable", "train_global", "train_transform",
 ]

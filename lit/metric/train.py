@@ -1,5 +1,5 @@
-"""Training and evaluation of :class:`lit.metric.GlobalModel`, and the ``lit train-global`` /
-``lit evaluate-global`` commands.
+"""Training and evaluation of :class:`lit.metric.GlobalModel` (``lit train-global`` /
+``lit evaluate-global`` call them).
 
 Training draws class-balanced batches (``P`` classes x ``K`` images,
 :class:`~lit.metric.data.ClassBalancedBatchSampler`), embeds them and minimises one of the
@@ -11,14 +11,11 @@ dependencies few, and each of its losses and miners is tested against a naive lo
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -30,12 +27,10 @@ from ..models.backbone import freeze_batchnorm
 from .data import (
     SMALL_CLASSES,
     ClassBalancedBatchSampler,
-    StanfordOnlineProducts,
     eval_transform,
     open_dataset,
-    train_transform,
 )
-from .knn import BACKENDS, DEFAULT_KS, recall_at_ks
+from .knn import DEFAULT_KS, recall_at_ks
 from .model import GlobalModel, parameter_groups
 
 LOSSES = ("triplet", "contrastive", "margin")
@@ -297,170 +292,38 @@ def _finite_mean(total: Tensor, steps: int, epoch: int) -> float:
     return mean
 
 
-# ---------------------------------------------------------------------- command line
-def _dim(text: str) -> int | None:
-    if text.lower() in ("none", "0"):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--dim must be a positive integer or 'none', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--dim must be a positive integer or 'none', got {text!r}")
-    return value
-
-
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--ks must be comma-separated integers, got {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"--ks must be positive, got {text!r}")
-    return ks
-
-
-def _log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _format_recall(recall: dict[int, float]) -> str:
-    return "  ".join(f"R@{k} {100 * v:.2f}" for k, v in sorted(recall.items()))
-
-
-def add_train_global_arguments(parser: argparse.ArgumentParser) -> None:
-    """train a global-descriptor model (timm CNN, GeM, linear head) by metric learning"""
-    parser.add_argument("--root", required=True, help="dataset folder: Stanford Online Products (Ebay_train.txt) or one sub-folder per class")
-    parser.add_argument("--dataset", choices=("auto", "sop", "folder"), default="auto", help="dataset format (default auto: sop when ROOT/Ebay_train.txt exists)")
-    parser.add_argument("--out", required=True, help="output checkpoint (.pt); the configuration and history go to the same name with .yaml")
-    parser.add_argument("--backbone", default="resnet50", help="timm model name (default resnet50; efficientnet_lite0 with --pretrained uses the packaged weights)")
-    parser.add_argument("--out-index", type=int, default=-1, help="feature stage to pool (default -1: the last)")
-    parser.add_argument("--dim", type=_dim, default=512, help="descriptor dimension, or 'none' for no head (default 512)")
-    parser.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    parser.add_argument("--image-size", type=int, default=224, help="training crop and evaluation size (default 224)")
-    parser.add_argument("--loss", choices=LOSSES, default="triplet", help="default triplet")
-    parser.add_argument("--mining", choices=MINING, default="semihard", help="triplet mining (default semihard)")
-    parser.add_argument("--margin", type=float, default=None, help="triplet/contrastive margin or margin-loss alpha (default: the loss's own)")
-    parser.add_argument("--beta", type=float, default=1.2, help="initial margin-loss boundary (default 1.2)")
-    parser.add_argument("--classes-per-batch", "-P", type=int, default=32, help="P (default 32)")
-    parser.add_argument("--samples-per-class", "-K", type=int, default=4, help="K (default 4)")
-    parser.add_argument("--small-classes", choices=SMALL_CLASSES, default="replace", help="classes with fewer than K images (default replace)")
-    parser.add_argument("--epochs", type=int, default=20, help="default 20")
-    parser.add_argument("--batches-per-epoch", type=int, default=None, help="default: classes // P")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    parser.add_argument("--head-lr-scale", type=float, default=1.0, help="learning-rate factor of GeM and head (default 1)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
-    parser.add_argument("--freeze-bn", action="store_true", help="freeze batch-norm statistics")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, sampling and augmentation (default 0)")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    parser.add_argument("--eval", action="store_true", help="report Recall@k after training (SOP: the test split; folders: --eval-root)")
-    parser.add_argument("--eval-root", default=None, help="evaluation folder (folder per class) for --eval")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-
-
-def run_train_global(args: argparse.Namespace) -> int:
-    """Run ``lit train-global``; returns the exit status."""
-    import yaml
-
-    device = _device(args.device)
-    torch.manual_seed(args.seed)
-    model = GlobalModel(args.backbone, args.dim, args.pretrained, out_index=args.out_index, image_size=args.image_size)
-    dataset = open_dataset(args.root, args.dataset, "train", train_transform(args.image_size))
-    cfg = TrainConfig(
-        loss=args.loss, mining=args.mining, margin=args.margin, beta=args.beta,
-        classes_per_batch=args.classes_per_batch, samples_per_class=args.samples_per_class,
-        small_classes=args.small_classes, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch,
-        lr=args.lr, head_lr_scale=args.head_lr_scale, weight_decay=args.weight_decay,
-        freeze_bn=args.freeze_bn, amp=args.amp, seed=args.seed, num_workers=args.workers,
-    )
-    eval_set = None
-    if args.eval:
-        kind = "sop" if isinstance(dataset, StanfordOnlineProducts) else "folder"
-        if kind == "folder" and not args.eval_root:
-            raise ValueError("--eval on a folder-per-class dataset needs --eval-root")
-        eval_set = open_dataset(args.eval_root or args.root, kind, "test", eval_transform(args.image_size))
-    log = None if args.quiet else _log
-    if log:
-        log(f"training {args.backbone} (dim {model.out_dim}) on {len(dataset)} images of {dataset.num_classes} classes, device {device}")
-    history = train_global(model, dataset, cfg, device=device, log=log)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    report: dict[str, Any] = {
-        "model": model.cfg.to_dict(), "train": asdict(cfg), "dataset": {"root": os.path.abspath(args.root), "images": len(dataset), "classes": dataset.num_classes},
-        "history": history,
-    }
-    model.save(args.out, meta={"train": asdict(cfg), "history": history})
-    if eval_set is not None:
-        recall = evaluate_global(model, eval_set, DEFAULT_KS, batch_size=args.batch_size, num_workers=args.workers, device=device)
-        report["recall"] = {str(k): float(v) for k, v in recall.items()}
-        print(f"{len(eval_set)} evaluation images: {_format_recall(recall)}")
-    with open(os.path.splitext(args.out)[0] + ".yaml", "w") as f:
-        yaml.safe_dump(json.loads(json.dumps(report)), f, sort_keys=False)
-    print(f"wrote {args.out} (final loss {history[-1]['loss']:.4f})")
-    return 0
-
-
-def add_evaluate_global_arguments(parser: argparse.ArgumentParser) -> None:
-    """Recall@k of a global-descriptor model on SOP or a folder-per-class dataset"""
-    parser.add_argument("--root", required=True, help="dataset folder: Stanford Online Products (Ebay_test.txt) or one sub-folder per class")
-    parser.add_argument("--dataset", choices=("auto", "sop", "folder"), default="auto", help="dataset format (default auto)")
-    parser.add_argument("--split", choices=("train", "test"), default="test", help="SOP split (default test)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint from `lit train-global`; without it, an ImageNet GeM baseline (--backbone, no head)")
-    parser.add_argument("--backbone", default="efficientnet_lite0", help="backbone without --checkpoint (default efficientnet_lite0, packaged ImageNet weights)")
-    parser.add_argument("--no-pretrained", action="store_true", help="without --checkpoint: random initialisation instead of ImageNet weights")
-    parser.add_argument("--image-size", type=int, default=None, help="evaluation centre-crop size (default: the model's)")
-    parser.add_argument("--ks", type=_ks, default=DEFAULT_KS, help="comma-separated k (default 1,10,100,1000; clipped to the database size)")
-    parser.add_argument("--batch-size", type=int, default=64, help="default 64")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="kNN backend (default torch; faiss needs faiss-cpu)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="queries per similarity block (default: automatic)")
-    parser.add_argument("--json", default=None, help="write the results as JSON")
-
-
-def evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the model and data of ``add_evaluate_global_arguments`` and compute Recall@k.
+def evaluate_dataset(root: str, *, kind: str = "auto", split: str = "test", checkpoint: str | None = None,
+                     backbone: str = "efficientnet_lite0", pretrained: bool = True, image_size: int | None = None,
+                     ks: Sequence[int] = DEFAULT_KS, batch_size: int = 64, workers: int = 0, device: str = "auto",
+                     backend: str = "torch", chunk_size: int | None = None) -> dict[str, Any]:
+    """Load a model (a ``lit train-global`` checkpoint, else an ImageNet GeM baseline of
+    ``backbone`` without head) and a dataset, and compute Recall@k.
 
     Returns:
         A JSON-ready dict: ``recall`` (``{k: fraction}`` with string keys), ``images``,
         ``classes``, ``model`` (config), ``checkpoint``, ``seconds`` (``extract``, ``knn``).
     """
-    device = _device(args.device)
-    if args.checkpoint:
-        model = GlobalModel.load(args.checkpoint, device=device)
+    device = _device(device)
+    if checkpoint:
+        model = GlobalModel.load(checkpoint, device=device)
     else:
-        model = GlobalModel(args.backbone, dim=None, pretrained=not args.no_pretrained).to(device)
-    size = args.image_size or model.cfg.image_size
-    dataset = open_dataset(args.root, args.dataset, args.split, eval_transform(size))
+        model = GlobalModel(backbone, dim=None, pretrained=pretrained).to(device)
+    size = image_size or model.cfg.image_size
+    dataset = open_dataset(root, kind, split, eval_transform(size))
     t0 = time.perf_counter()
-    emb = extract_embeddings(model, dataset, batch_size=args.batch_size, num_workers=args.workers, device=device)
+    emb = extract_embeddings(model, dataset, batch_size=batch_size, num_workers=workers, device=device)
     t1 = time.perf_counter()
-    recall = recall_at_ks(emb.embeddings, emb.labels, args.ks, chunk_size=args.chunk_size, device=device, backend=args.backend)
+    recall = recall_at_ks(emb.embeddings, emb.labels, ks, chunk_size=chunk_size, device=device, backend=backend)
     t2 = time.perf_counter()
     return {
-        "dataset": {"root": os.path.abspath(args.root), "split": args.split, "images": len(dataset), "classes": dataset.num_classes},
-        "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
-        "model": model.cfg.to_dict(), "image_size": size, "device": str(device), "backend": args.backend,
+        "dataset": {"root": os.path.abspath(root), "split": split, "images": len(dataset), "classes": dataset.num_classes},
+        "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+        "model": model.cfg.to_dict(), "image_size": size, "device": str(device), "backend": backend,
         "recall": {str(k): v for k, v in recall.items()},
         "seconds": {"extract": t1 - t0, "knn": t2 - t1},
     }
 
 
-def run_evaluate_global(args: argparse.Namespace) -> int:
-    """Run ``lit evaluate-global``; returns the exit status."""
-    result = evaluate_from_args(args)
-    recall = {int(k): v for k, v in result["recall"].items()}
-    print(f"{result['dataset']['images']} images, {result['dataset']['classes']} classes: {_format_recall(recall)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
-
-
 __all__ = [
-    "Embeddings", "TrainConfig", "add_evaluate_global_arguments", "add_train_global_arguments",
-    "build_loss", "evaluate_from_args", "evaluate_global", "extract_embeddings",
-    "run_evaluate_global", "run_train_global", "train_global",
+    "Embeddings", "TrainConfig", "build_loss", "evaluate_dataset", "evaluate_global", "extract_embeddings", "train_global",
 ]

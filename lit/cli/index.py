@@ -1,0 +1,87 @@
+"""``lit index``: a k-means codebook and an ASMK index of a feature file (or a sharded one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ._common import add_device_argument, device
+
+NAME = "index"
+HELP = "train a codebook and build an ASMK index from a feature file"
+DESCRIPTION = """Train a k-means codebook and build an ASMK index (binary, alpha 3, FIRe's options).
+
+Codebook size: 12 x sqrt(number of training descriptors) words, at most 65536 (FIRe's size,
+reached at about 30M descriptors; FIRe's 20k SfM-120k images x 1000 give 54k) and at most half the
+descriptors; chosen on real held-out photos (benchmarks/pipeline_defaults.py). With fewer than
+100,000 descriptors a warning says that the codebook is noisy, and k-means runs 4 times (the
+codebook of least quantisation error is kept); --train-features learns it on another feature
+file of the same model (e.g. a larger set of similar photos).
+
+The index file is self-contained: image names, image root, codebook, parameters and the
+fingerprint of the model and extraction settings are stored in it."""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("features", help="HDF5 feature file of the database (from `lit extract`)")
+    p.add_argument("--out", required=True, help="output index file (HDF5; holds the names, image root, codebook, "
+                   "parameters and the model fingerprint)")
+    p.add_argument("--codebook", help="use this codebook (.npy K x d, or an index file) instead of training one")
+    p.add_argument("--codebook-size", type=int, default=None,
+                   help="k-means words (default: 12 x sqrt(descriptors), at most 65536: see above)")
+    p.add_argument("--train-features", help="learn the codebook on this feature file (same model) instead of the database")
+    p.add_argument("--image-root", help="folder the database image names are relative to (stored for `lit search --plot`; "
+                   "default: the one the feature file records)")
+    p.add_argument("--real", action="store_true", help="real-valued aggregated vectors instead of binary")
+    p.add_argument("--idf", action="store_true", help="weight words by idf (off in FIRe)")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--force", action="store_true", help="go on when --train-features/--codebook come from another model")
+    p.add_argument("--shards", type=int, default=1,
+                   help="build a sharded index of this many parts, OUT.RRRRR-of-NNNNN.h5 (under torchrun: one part per rank)")
+    add_device_argument(p)
+
+
+def run(args) -> int:
+    from .. import pipeline
+    from ..distributed import env_from_environ
+    from ..text.store import write_index_embeddings
+
+    dev = device(args)
+    if args.shards > 1 or env_from_environ() is not None:  # a sharded index (lit.distributed)
+        return _run_sharded(args, dev)
+    codebook = cb_fp = None
+    if args.codebook:
+        codebook, cb_fp = pipeline.load_codebook(args.codebook)
+    index, info = pipeline.build_index(
+        args.features, codebook=codebook, codebook_source=args.codebook, codebook_fingerprint=cb_fp,
+        size=args.codebook_size, train_features=args.train_features, image_root=args.image_root, seed=args.seed,
+        binary=not args.real, use_idf=args.idf, device=dev, force=args.force,
+    )
+    pipeline.save_index(index, info, args.out)
+    root = f", image root {info.image_root}" if info.image_root else " (image root unknown: give --db-root to `lit search --plot`)"
+    print(f"indexed {len(info.names)} images ({info.descriptors} descriptors, {info.codebook_size} words) into {args.out}{root}")
+    if os.path.isfile(args.features):  # a shard set has no single file to copy embeddings from
+        print(write_index_embeddings(args.features, args.out), file=sys.stderr)
+    return 0
+
+
+def _run_sharded(args, dev: str) -> int:
+    from .. import pipeline
+    from ..distributed import build_index, is_main_process
+    from ..shards import open_features
+
+    codebook = pipeline.load_codebook(args.codebook)[0] if args.codebook else None
+    res = build_index(args.features, args.out, parts=args.shards, codebook=codebook, codebook_size=args.codebook_size,
+                      train_features=args.train_features, seed=args.seed, device=dev, binary=not args.real,
+                      use_idf=args.idf, log=lambda m: print(m, file=sys.stderr))
+    if is_main_process():
+        with open_features(args.features) as fc:
+            root, fingerprint = pipeline._feature_root(fc), fc.fingerprint
+        with open(args.out + ".names.json", "w") as f:  # the parts' names, image root and fingerprint
+            json.dump({"features": os.path.abspath(args.features), "names": res["names"], "sharded": True,
+                       "image_root": args.image_root and os.path.abspath(args.image_root) or root,
+                       "fingerprint": fingerprint}, f)
+        print(f"indexed {len(res['names'])} images ({res['descriptors']} descriptors) into {res['stats']['parts']} parts "
+              f"{args.out} (.RRRRR-of-NNNNN.h5): {json.dumps(res['stats'])}")
+    return 0

@@ -1,0 +1,73 @@
+"""``lit match``: the super-feature matches of two images under the model's match rule."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ._common import add_model_arguments, check_figure_path, load_model, none_or_float, parse_scales
+
+NAME = "match"
+HELP = "match the super-features of two images"
+DESCRIPTION = """Match the super-features of two images: reciprocal nearest neighbours by cosine
+similarity that pass the model's match rule (default: the model's own, calibrated on its
+training photos; --threshold / --margin replace its parts):
+  fire: cosine >= 0.9 (FIRe's).
+  lit-effl0: the background test: a pair is kept when its cosine beats by at least 0.1 the
+    best cosine of either super-feature to 7424 super-features of unrelated photos shipped
+    with the model (weights/lit-effl0.background.npz); no cosine floor. On its 10 held-out
+    scenes it matches 6 of 10 same-scene pairs and 6.7 % of different-scene pairs
+    (weights/README.md).
+score: the sum of the cosine similarities of the matches (0 when there is none), so about
+the number of matches times their mean similarity; more matches mean more evidence that the
+photos show the same place."""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("--threshold", default=None,
+                   help="minimum cosine similarity, or none (default: the model's: 0.9 for fire, none for lit-effl0)")
+    p.add_argument("--margin", default=None,
+                   help="background test margin, or none to drop the test (default: the model's: 0.1 for lit-effl0; "
+                        "fire has no background)")
+    p.add_argument("--ratio", type=float, default=None, help="also apply a ratio test d1/d2 <= RATIO")
+    p.add_argument("--plot", help="write a figure of the matches (.png/.pdf/.svg)")
+    p.add_argument("--json", help="write the matches as JSON")
+    add_model_arguments(p)
+
+
+def run(args) -> int:
+    from .. import pipeline, viz
+    from ..errors import UsageError
+
+    model = load_model(args)
+    if args.plot:
+        check_figure_path(args.plot)
+    try:
+        img_a, img_b, fa, fb, m, rule = pipeline.match_images(
+            model, args.image_a, args.image_b,
+            threshold="model" if args.threshold is None else none_or_float(args.threshold, "--threshold"),
+            margin="model" if args.margin is None else none_or_float(args.margin, "--margin"), ratio=args.ratio,
+            scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size)
+    except ValueError as err:
+        if "match background" not in str(err):
+            raise
+        raise UsageError(f"--margin: {err}") from None
+    thr = rule.threshold
+    source = " (the model's rule)" if args.threshold is None and args.margin is None else ""
+    print(f"{len(m)} match{'' if len(m) == 1 else 'es'} ({rule.describe()}{source}"
+          f"{', ratio ' + str(args.ratio) if args.ratio else ''}), "
+          f"score {m.score:.4g} (sum of the matches' cosine similarities)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matches": len(m), "rule": rule.describe(), "threshold": thr, "margin": rule.margin, "score": m.score,
+                       "indices_a": m.indices_a.tolist(), "indices_b": m.indices_b.tolist(),
+                       "similarity": m.similarity.tolist(), "positions_a": fa.positions[m.indices_a].tolist(),
+                       "positions_b": fb.positions[m.indices_b].tolist()}, f)
+    if args.plot:
+        fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
+                               threshold=thr, title=f"{os.path.basename(args.image_a)} - {os.path.basename(args.image_b)}")
+        viz.save_figure(fig, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
