@@ -56,6 +56,16 @@ import torch.nn.functional as F  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+def _script(name: str):
+    """Another script of this folder, loaded from its file (no sys.path change)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class NotRun(Exception):
     """A check that cannot run here (the message says why)."""
 
@@ -211,8 +221,7 @@ class Checker:
         return min(shares) >= 0.95 and max(errs) <= 5e-2, {"kept_share_min": min(shares), "max_relative_descriptor_error": max(errs)}
 
     def compile(self):
-        sys.path.insert(0, str(HERE))
-        from extract_speed import CompileWatch
+        CompileWatch = _script("extract_speed").CompileWatch
 
         # lit's modules at toy size: the same code as FIRe's, compiled in seconds, not minutes
         model = make_model(tiny_model_config(True)).to(self.device)
@@ -505,9 +514,7 @@ class Checker:
         if self.on_gpu and time.perf_counter() - self.t0 > self.budget:
             fig["bf16_compile"] = f"not run: past the {self.budget:.0f} s budget before compiling (--budget)"
         elif self.on_gpu:
-            sys.path.insert(0, str(HERE))
-            from extract_speed import CompileWatch
-
+            CompileWatch = _script("extract_speed").CompileWatch
             watch = CompileWatch(model)
             fig[f"bf16_compile_batch{batch}_images_per_s"] = timed(lambda warm: (fast(warm), watch.mark_warm() if warm else None), n)
             fig["compile"] = watch.report()

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     for label, size in sizes:
         maps = []
         for seed in range(args.seeds):
-            idx, info = build_index(feats, size=size, seed=seed, log=lambda m: None)
+            idx, info = build_index(feats, size=size, seed=seed)
             out = search(idx, info, qfeats, qnames, topk=None, exclude_self=True)
             maps.append(mean_ap(results_to_dict(out, None, None)["queries"]))
         k = codebook_size(n_desc) if size is None else size

@@ -1,4 +1,4 @@
-"""Revisited Oxford/Paris benchmark: see ``lit/bench/revisited.py`` (also ``lit evaluate``).
+"""Revisited Oxford/Paris benchmark: ``lit evaluate`` (the options of ``lit evaluate --help``).
 
     python benchmarks/revisited.py --dataset roxford5k --data-root data/ --model fire \
         --sfm-root data/ --device cuda --json roxford.json
@@ -6,7 +6,7 @@
 
 import sys
 
-from lit.bench.revisited import main
+from lit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

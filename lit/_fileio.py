@@ -15,9 +15,11 @@ import contextlib
 import glob
 import hashlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from typing import IO
+
+from .errors import NotFoundError, UsageError
 
 __all__ = ["atomic_path", "atomic_write", "file_sha256", "fsync_folder"]
 
@@ -56,8 +58,24 @@ def _fsync_file(path: str) -> None:
 
 
 def _stale_temporaries(target: str) -> list[str]:
+    """Temporary files of ``target`` left by writers that are no longer running (on this host)."""
     folder, name = os.path.split(target)
-    return glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.tmp-*"))
+    stale = []
+    for path in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.tmp-*")):
+        pid = path.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.append(path)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -65,8 +83,10 @@ def atomic_path(target: str | os.PathLike, *, keep_mode: bool = True) -> Iterato
     """A temporary path beside ``target`` that becomes ``target`` when the block succeeds.
 
     For writers that need a file name (h5py, ``torch.save``, matplotlib): write the whole
-    file to the yielded path inside the ``with`` block. On success it is ``fsync``'d and
-    renamed over ``target``; on any exception it is removed and ``target`` is untouched.
+    file to the yielded path (which does not exist yet) inside the ``with`` block. On success
+    it is ``fsync``'d and renamed over ``target``; on any exception it is removed and
+    ``target`` is untouched. Temporary files of writers that died (``kill -9``) are removed
+    by the next write of the same target.
 
     Args:
         target: the file to create or replace (its folder must exist).
@@ -81,20 +101,17 @@ def atomic_path(target: str | os.PathLike, *, keep_mode: bool = True) -> Iterato
     for stale in _stale_temporaries(target):  # left by a writer killed earlier
         with contextlib.suppress(OSError):
             os.remove(stale)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.tmp-", dir=folder)
-    os.close(fd)
+    if not os.path.isdir(folder):
+        raise NotFoundError(f"{target}: the folder {folder} does not exist")
+    # a fresh name that does not exist yet: writers create it in their own mode (h5py "a"
+    # refuses an empty file that is not HDF5)
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     try:
         yield tmp
         _fsync_file(tmp)
-        try:
-            mode = os.stat(target).st_mode & 0o7777 if keep_mode else None
-        except FileNotFoundError:
-            mode = None
-        if mode is None:  # mkstemp makes 0600; a plain new file is 0666 minus the umask
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        if keep_mode:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(tmp, os.stat(target).st_mode & 0o7777)
         os.replace(tmp, target)
         fsync_folder(folder)
     except BaseException:
@@ -108,7 +125,7 @@ def atomic_write(target: str | os.PathLike, mode: str = "w", **open_kwargs) -> I
     """``open(target, mode)`` whose content replaces ``target`` only when the block succeeds
     (see :func:`atomic_path`); ``mode`` is ``"w"``, ``"wb"`` or ``"wt"``."""
     if mode not in ("w", "wb", "wt"):
-        raise ValueError(f"atomic_write writes whole files: mode must be 'w', 'wt' or 'wb', got {mode!r}")
+        raise UsageError(f"atomic_write writes whole files: mode must be 'w', 'wt' or 'wb', got {mode!r}")
     with atomic_path(target) as tmp:
         with open(tmp, mode, **open_kwargs) as f:
             yield f

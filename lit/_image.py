@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageReadError, ImageTooLargeError, ImageTooSmallError  # noqa: F401  (re-exported)
+from .errors import ImageReadError, ImageTooLargeError, ImageTooSmallError, UsageError  # noqa: F401  (re-exported)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -203,7 +203,7 @@ def load_image(
     if bbox is not None:
         x1, y1, x2, y2 = (float(v) for v in bbox)
         if not (x2 > x1 and y2 > y1):
-            raise ValueError(f"invalid bounding box {tuple(bbox)}: need x2 > x1 and y2 > y1")
+            raise UsageError(f"invalid bounding box {tuple(bbox)}: need x2 > x1 and y2 > y1")
         img = img.crop((round(x1), round(y1), round(x2), round(y2)))
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # keep 16-bit precision through the resize by going through float
@@ -220,7 +220,7 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
     so that extraction can report them)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
-        raise ValueError(f"{folder}: not a directory")
+        raise UsageError(f"{folder}: not a directory")
     out = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()

@@ -80,7 +80,8 @@ def _save(t: torch.Tensor, path: Path, Image) -> None:
 def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None = None) -> int:
     from lit import load_image, match, viz
     from lit.evaluate import compute_ap
-    from lit.features import FeatureStore, extract_to_file
+    from lit.features import FeatureStore
+    from lit.pipeline import extract_to_file
 
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
@@ -119,9 +120,9 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     t_extract = time.perf_counter() - t
     with FeatureStore(feature_file) as store:
         all_feats = [store[i] for i in range(len(store))]
-        n_desc = int(store.h5.attrs["num_features"])
+        n_desc = store.num_features
     t = time.perf_counter()
-    index, info = pipeline.build_index(feature_file, image_root=work / "images", seed=0, log=lambda m: None)
+    index, info = pipeline.build_index(feature_file, image_root=work / "images", seed=0)
     t_index = time.perf_counter() - t
 
     queries = [i for i, (_, _, real) in enumerate(items) if real]

@@ -1,25 +1,14 @@
-"""Sharded extraction, indexing and search with torch.distributed (``torchrun``).
+"""Process groups, collectives and each process's share of the work, for ``torchrun``.
 
-The same commands as on one process; ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK`` (also across nodes with ``--nnodes`` and a rendezvous endpoint), and lit
-splits the work by rank:
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (also across nodes with
+``--nnodes`` and a rendezvous endpoint); lit's commands run the same way on one process or
+many, and split the work by rank (the policies live in :mod:`lit.pipeline`):
 
-- ``torchrun --nproc_per_node N -m lit extract IMAGES --out feats.h5``: rank ``r`` extracts
-  the ``r``-th contiguous block of the image list into its own resumable shard
-  ``feats.RRRRR-of-NNNNN.h5`` (:func:`lit.shards.shard_path`); rerunning with the same
-  ``N`` resumes every shard. No collective is needed (each rank prints its own line), so
-  ranks never wait for each other. Every reader accepts the shard set as one collection
-  (:class:`lit.shards.FeatureCollection`).
-- ``torchrun --nproc_per_node N -m lit index feats.h5 --out index.h5``: rank 0 trains the
-  codebook (once, exactly as a single process would), broadcasts it (gloo on CPU, NCCL on
-  GPU), and rank ``r`` builds part ``r`` of a sharded index, the images of the ``r``-th id
-  range, into ``index.RRRRR-of-NNNNN.h5``. ``lit index --shards N`` builds the same parts
-  in one process.
-- ``torchrun --nproc_per_node N -m lit search index.h5 ...``: rank ``r`` searches part
-  ``r``; the per-part top-k lists are gathered and merged on every rank
-  (:func:`lit.shards.merge_results`) and rank 0 writes the results. Without ``torchrun``
-  the parts are searched in turn. Either way the ranks and scores equal those of one
-  index holding every image.
+- rank ``r`` of ``N`` takes the ``r``-th contiguous block of a list (:func:`split_range`) and
+  writes its own file ``NAME.RRRRR-of-NNNNN.h5`` (:func:`shard_path`); :func:`find_shards`
+  finds such a set again (by its base name, a folder or a glob), in rank order;
+- :func:`process_group` opens a gloo (CPU) or NCCL (GPU) group when one is needed;
+  :func:`broadcast_tensor` and ``torch.distributed``'s own collectives move data.
 
 All ranks must see the same files (a shared file system across nodes).
 """
@@ -27,17 +16,81 @@ All ranks must see the same files (a shared file system across nodes).
 from __future__ import annotations
 
 import datetime
+import glob
 import os
-from collections.abc import Sequence
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .shards import ShardedIndex, find_shards, merge_results, shard_path, split_range
+from .errors import NotFoundError, UsageError
+
+__all__ = [
+    "DistEnv", "broadcast_tensor", "env_from_environ", "find_shards", "is_main_process", "process_group",
+    "shard_path", "split_range",
+]
+
+_SHARD_RE = re.compile(r"^(?P<stem>.*)\.(?P<rank>\d{5})-of-(?P<world>\d{5})(?P<ext>\.[^.]+)$")
+
+
+def shard_path(path: str | os.PathLike, rank: int, world_size: int) -> str:
+    """Name of shard ``rank`` of ``world_size``: ``feats.h5`` -> ``feats.00001-of-00004.h5``."""
+    path = os.fspath(path)
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.{rank:05d}-of-{world_size:05d}{ext or '.h5'}"
+
+
+def split_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous block ``[lo, hi)`` of ``n`` items for ``rank``; sizes differ by at most 1."""
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank must be in 0..{world_size - 1}, got {rank}")
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def find_shards(path: str | os.PathLike) -> list[str]:
+    """Files of a collection: an existing file, a folder of ``.h5`` files, a glob, or the base
+    name of a shard set (``feats.h5`` when only ``feats.*-of-*.h5`` exist).
+
+    Shards named ``*.RRRRR-of-WWWWW.h5`` are ordered by rank and must be complete (every
+    rank of one world size); other files are ordered by name.
+
+    Raises:
+        FileNotFoundError: nothing matches.
+        ValueError: an incomplete or mixed shard set.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(glob.escape(path), "*.h5")))
+        what = f"{path}: no .h5 files in this folder"
+    elif any(c in path for c in "*?["):
+        files = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        what = f"{path}: no file matches this pattern"
+    else:
+        stem, ext = os.path.splitext(path)
+        files = sorted(glob.glob(f"{glob.escape(stem)}.[0-9]*-of-[0-9]*{ext or '.h5'}"))
+        what = f"{path}: no such file, and no shards {os.path.basename(shard_path(path, 0, 2)).replace('00000-of-00002', 'RRRRR-of-WWWWW')}"
+    if not files:
+        raise NotFoundError(what)
+    matches = [_SHARD_RE.match(os.path.basename(f)) for f in files]
+    if all(matches):
+        keys = {(m["stem"], m["ext"], int(m["world"])) for m in matches}
+        if len(keys) > 1:
+            raise UsageError(f"{path}: files of several shard sets ({', '.join(sorted({k[0] + k[1] for k in keys}))} "
+                             f"or several world sizes): name one set")
+        world = next(iter(keys))[2]
+        ranks = sorted(int(m["rank"]) for m in matches)
+        if ranks != list(range(world)):
+            missing = sorted(set(range(world)) - set(ranks))
+            raise UsageError(f"{path}: incomplete shard set of {world}: missing rank(s) {missing}")
+        files = [f for _, f in sorted((int(m["rank"]), f) for m, f in zip(matches, files, strict=True))]
+    return files
+
 
 
 @dataclass(frozen=True)
@@ -62,11 +115,11 @@ def env_from_environ(environ: dict[str, str] | None = None) -> DistEnv | None:
         rank = int(environ.get("RANK", "0"))
         local = int(environ.get("LOCAL_RANK", str(rank)))
     except ValueError as err:
-        raise ValueError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {err}") from None
+        raise UsageError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {err}") from None
     if world <= 1:
         return None
     if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} is outside 0..WORLD_SIZE-1={world - 1}")
+        raise UsageError(f"RANK={rank} is outside 0..WORLD_SIZE-1={world - 1}")
     return DistEnv(rank, world, local)
 
 
@@ -74,14 +127,6 @@ def is_main_process() -> bool:
     """True outside ``torchrun`` and on rank 0."""
     env = env_from_environ()
     return env is None or env.is_main
-
-
-def rank_device(device: str, env: DistEnv | None = None) -> str:
-    """``"cuda"`` becomes this rank's GPU (``cuda:LOCAL_RANK``) under ``torchrun``."""
-    env = env_from_environ() if env is None else env
-    if env is not None and device == "cuda":
-        return f"cuda:{env.local_rank % max(1, torch.cuda.device_count())}"
-    return device
 
 
 @contextmanager
@@ -105,28 +150,7 @@ def process_group(device: str | torch.device, env: DistEnv | None = None):
             dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------- extraction
-
-
-def sharded_extraction(paths: Sequence[Any], out: str, env: DistEnv | None = None):
-    """This rank's share of an extraction: ``(paths, out, report)``.
-
-    Outside ``torchrun``: everything, ``out`` itself, and ``report(summary)`` returns
-    ``summary.report()``. Under ``torchrun``: the rank's contiguous block of ``paths``,
-    its shard file, and a report prefixed with the rank and the shard."""
-    env = env_from_environ() if env is None else env
-    if env is None:
-        return list(paths), out, lambda summary: summary.report()
-    lo, hi = split_range(len(paths), env.rank, env.world_size)
-    shard = shard_path(out, env.rank, env.world_size)
-
-    def report(summary) -> str:
-        return f"rank {env.rank}/{env.world_size} ({shard}): " + summary.report()
-
-    return list(paths)[lo:hi], shard, report
-
-
-# ----------------------------------------------------------------------------- codebook
+# ----------------------------------------------------------------------------- collectives
 
 
 def broadcast_tensor(tensor: torch.Tensor | None, device: str | torch.device, src: int = 0) -> torch.Tensor:
@@ -140,118 +164,3 @@ def broadcast_tensor(tensor: torch.Tensor | None, device: str | torch.device, sr
         torch.empty(tuple(shape.tolist()), dtype=torch.float32, device=device)
     dist.broadcast(out, src)
     return out
-
-
-def build_index(
-    features: str,
-    out: str,
-    *,
-    parts: int = 1,
-    codebook: np.ndarray | None = None,
-    codebook_size: int | None = None,
-    train_features: str | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    log=print,
-    **params: Any,
-) -> dict[str, Any]:
-    """Build an index of a feature collection, sharded in ``parts`` (one process) or one
-    part per rank (``torchrun``); the codebook is trained once, on rank 0, by
-    :func:`lit.pipeline.train_codebook` (``codebook_size=None``: :func:`lit.pipeline.codebook_size`).
-
-    With ``parts == 1`` outside ``torchrun`` it writes one index file ``out``; otherwise
-    ``shard_path(out, r, parts)`` for every part. Descriptors are streamed into the index
-    (bounded memory); codebook training holds the training descriptors, as a single
-    process does. Returns a summary dict (on rank 0; ``{}`` on the others).
-    """
-    from . import pipeline  # the one codebook policy (size, restarts), as for a single index
-    from .asmk import ASMK
-    from .shards import FeatureCollection, build_part
-
-    env = env_from_environ()
-    with FeatureCollection(features) as coll:
-        if len(coll) == 0:
-            raise ValueError(f"{features}: no images in this feature collection")
-        with process_group(device, env):
-            main = env is None or env.is_main
-            if codebook is None and main:
-                if train_features:
-                    with FeatureCollection(train_features) as tc:
-                        train = tc.all_descriptors()[0]
-                else:
-                    train = coll.all_descriptors()[0]
-                size = pipeline.codebook_size(len(train)) if codebook_size is None else min(codebook_size, len(train))
-                warning = pipeline.small_set_warning(len(train), len(coll))
-                if warning:
-                    log(warning)
-                log(f"training a codebook of {size} words on {len(train)} descriptors")
-                codebook = pipeline.train_codebook(train, size, seed=seed, device=device)
-                del train
-            cb = None if codebook is None else torch.as_tensor(np.asarray(codebook) if not isinstance(codebook, torch.Tensor) else codebook)
-            if env is not None:
-                cb = broadcast_tensor(cb, device).to(device)
-            if env is None:
-                ranks = range(parts)
-                world = parts
-            else:
-                ranks, world = [env.rank], env.world_size
-            stats = []
-            for r in ranks:
-                if world == 1:
-                    index = ASMK(cb, device=device, **params)
-                    from .shards import add_collection
-
-                    add_collection(index, coll)
-                    index.save(out)
-                else:
-                    index = build_part(cb, coll, out, r, world, device=device, **params)
-                stats.append(index.stats())
-                del index
-            if env is not None:
-                gathered: list[Any] = [None] * env.world_size
-                dist.all_gather_object(gathered, stats)
-                stats = [s for g in gathered for s in g]
-            if not main:
-                return {}
-            total = {"images": sum(s["images"] for s in stats), "vectors": sum(s["vectors"] for s in stats),
-                     "bytes": sum(s["bytes"] for s in stats), "parts": world, "words": stats[0]["words"]}
-            return {"names": coll.names, "descriptors": coll.num_features, "stats": total}
-
-
-# ----------------------------------------------------------------------------- search
-
-
-class RankPartIndex:
-    """Part ``rank`` of a sharded index, searched by every rank of a ``torchrun`` job; the
-    per-part top-k lists are gathered and merged, so every rank gets the full result."""
-
-    def __init__(self, sharded: ShardedIndex, env: DistEnv) -> None:
-        if len(sharded.files) != env.world_size:
-            raise ValueError(f"{sharded.files[0]}...: a sharded index of {len(sharded.files)} parts needs "
-                             f"--nproc_per_node {len(sharded.files)} (got {env.world_size} processes)")
-        self.sharded, self.env = sharded, env
-        sharded.keep, sharded.home = False, env.rank
-        self.params = sharded.params
-        self.n_images = sharded.n_images
-
-    def search(self, qdescriptors, qimage_ids, topk: int | None = None, *, words=None):
-        x, words = self.sharded.prepare(qdescriptors, words)
-        mine = self.sharded.part_search(self.env.rank, x, qimage_ids, topk, words)
-        with process_group(self.sharded.device, self.env):
-            gathered: list[Any] = [None] * self.env.world_size
-            dist.all_gather_object(gathered, (mine.ranks.cpu(), mine.scores.cpu()))
-        from .asmk.index import SearchResult
-
-        return merge_results([SearchResult(r, s) for r, s in gathered], topk)
-
-
-def open_index(path: str, device: str = "cpu"):
-    """An index for searching: one file (:class:`lit.asmk.ASMK`), a sharded index searched
-    part by part (:class:`lit.shards.ShardedIndex`), or, under ``torchrun``, this rank's part
-    of it (:class:`RankPartIndex`)."""
-    from .shards import open_index as open_any
-
-    env = env_from_environ()
-    if env is None or os.path.isfile(path):
-        return open_any(path, device=device)
-    return RankPartIndex(ShardedIndex(find_shards(path), device=device, keep=False), env)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError", "DownloadError", "FeatureFileError", "FingerprintError", "ImageReadError",
-    "ImageTooLargeError", "ImageTooSmallError", "IndexFileError", "LitError", "MissingDependencyError",
+    "ImageTooLargeError", "ImageTooSmallError", "IndexFileError", "LitError", "MissingDependencyError", "NotFoundError",
     "PipelineError", "UnsafePickleError", "UsageError",
 ]
 
@@ -27,6 +27,10 @@ class LitError(Exception):
 
 class UsageError(LitError, ValueError):
     """A bad argument or option value (out of range, wrong kind, contradictory)."""
+
+
+class NotFoundError(LitError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
 
 
 class MissingDependencyError(LitError, ImportError):

@@ -15,6 +15,8 @@ dataset                shape / dtype               content
 ``positions``          (M, 2) float32              attention centroid (x, y) in the resized image
 ``failed``             (f,) utf-8 str              "name<TAB>error" of images that could not be read
 ``failed_raw``         (f,) vlen uint8             the exact bytes of each failed name
+``global/<tower>/``    ``embeddings`` (n, D) f32,  global embedding of each image by an image
+                       ``valid`` (n,) uint8        tower (text search); valid 0: none stored
 =====================  ==========================  ==========================================
 
 Attributes: ``num_images`` and ``num_features`` (the committed counts: rows past them are
@@ -32,10 +34,16 @@ valid UTF-8 (``caf\\xe9.jpg`` on a Latin-1 disk) are kept byte for byte in
 CSV.
 
 **Resuming.** Datasets grow by doubling and the file is flushed after every image, so a
-run killed at any moment (even ``kill -9``) loses at most the image in flight. A rerun
-skips every image already in the file and retries the ones recorded as failed (a file
-fixed since is then extracted and leaves the failure list); ``retry_failed=False``
-(``--no-retry``) skips them too. The same image given twice is stored once.
+run killed at any moment (even ``kill -9``) loses at most the image in flight.
+
+**Shard sets.** ``torchrun ... lit extract`` writes one file per rank
+(``feats.00000-of-00004.h5`` ..., :func:`lit.distributed.shard_path`); a
+:class:`FeatureCollection` reads a file, a shard set (its base name, a folder or a glob) as
+one collection, in rank order.
+
+**Owner.** This module is the only reader and writer of feature files (the pipeline,
+text search and the benchmarks go through :class:`FeatureStore` and
+:class:`FeatureCollection`). Extraction into a file is :func:`lit.pipeline.extract_to_file`.
 
 **Reading** checks the descriptors: a file whose values are not finite or beyond
 :data:`MAX_DESCRIPTOR_ABS` (a damaged or overwritten file) raises
@@ -44,33 +52,27 @@ fixed since is then extracted and leaves the failure list); ``retry_failed=False
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import sys
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
 import torch
 
-from ._image import (
-    DEFAULT_MAX_PIXELS,
-    ImageReadError,
-    decode_name,
-    display_name,
-    encode_name,
-    load_image,
-)
-from .errors import FeatureFileError
+from ._image import decode_name, display_name, encode_name
+from .distributed import find_shards
+from .errors import FeatureFileError, UsageError
 from .types import LocalFeatures
 
 FORMAT = "lit-features"
 VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _RAW = h5py.vlen_dtype(np.uint8)
+#: group of the global embeddings (text search), one sub-group per image tower
+GLOBAL_GROUP = "global"
+#: Descriptors per chunk when streaming a collection (:meth:`FeatureCollection.iter_descriptors`).
+STREAM_ROWS = 1 << 20
 
 #: Largest absolute descriptor value accepted when reading a feature file. Real
 #: descriptors (PCA-whitened super-features) stay within a few hundred; a damaged file
@@ -79,30 +81,9 @@ _RAW = h5py.vlen_dtype(np.uint8)
 MAX_DESCRIPTOR_ABS = 1e4
 
 __all__ = [
-    "ExtractionSummary", "FeatureFileError", "FeatureStore", "MAX_DESCRIPTOR_ABS", "MergeSummary",
-    "common_root", "display_name", "extract_to_file", "feature_file_info", "image_names",
-    "merge_feature_files", "model_fingerprint",
+    "FeatureCollection", "FeatureFileError", "FeatureStore", "GLOBAL_GROUP", "MAX_DESCRIPTOR_ABS", "STREAM_ROWS",
+    "feature_file_info", "open_features",
 ]
-
-
-def model_fingerprint(model, scales: Sequence[float], features_num: int, image_size: int | None,
-                      amp: torch.dtype | None = None, half: bool = False) -> str:
-    """sha256 over the model's weights, its config and the extraction settings.
-
-    The precision is part of the settings: ``amp`` (the autocast dtype of the fast path)
-    and ``half`` (float16 storage) change the features, so a file written with other
-    values is not resumed. The float32 defaults leave the digest as it was before they
-    were added (existing files still resume).
-    """
-    h = hashlib.sha256()
-    h.update(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
-    h.update(json.dumps({"scales": list(map(float, scales)), "features_num": int(features_num), "image_size": image_size}).encode())
-    if amp is not None or half:
-        h.update(json.dumps({"amp": str(amp), "half": bool(half)}).encode())
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _open_h5(path: str, mode: str) -> h5py.File:
@@ -154,7 +135,7 @@ class FeatureStore:
         self.path = os.fspath(path)
         shown = display_name(self.path)
         if mode not in ("r", "a"):
-            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+            raise UsageError(f"mode must be 'r' or 'a', got {mode!r}")
         if mode == "r" and not os.path.isfile(self.path):
             raise FeatureFileError(f"{shown}: no such feature file")
         self.h5 = _open_h5(self.path, mode)
@@ -164,7 +145,7 @@ class FeatureStore:
                 raise FeatureFileError(f"{shown}: not a lit feature file (no 'format' attribute)")
             if descriptor_dim is None:
                 self.h5.close()
-                raise ValueError("descriptor_dim is needed to create a feature file")
+                raise UsageError("descriptor_dim is needed to create a feature file")
             self._create(int(descriptor_dim), fingerprint or "", half, root, settings)
         fmt, ver = self.h5.attrs.get("format"), int(self.h5.attrs.get("version", -1))
         if fmt != FORMAT or ver != VERSION:
@@ -227,12 +208,18 @@ class FeatureStore:
         return str(self.h5.attrs["fingerprint"])
 
     @property
+    def descriptor_dim(self) -> int:
+        return int(self.h5.attrs["descriptor_dim"])
+
+    @property
     def root(self) -> str | None:
         """The absolute folder the names are relative to (``None`` in older files)."""
-        value = self.h5.attrs.get("root")
-        if value is None:
-            return None
-        return value if isinstance(value, str) else decode_name(_raw_bytes(value))
+        for key in ("root", "image_root"):  # image_root: files of an early lit
+            value = self.h5.attrs.get(key)
+            if value is not None and len(value):
+                path = value if isinstance(value, str) else decode_name(_raw_bytes(value))
+                return os.path.abspath(path)
+        return None
 
     @property
     def settings(self) -> dict:
@@ -243,6 +230,11 @@ class FeatureStore:
     @property
     def half(self) -> bool:
         return self.h5["descriptors"].dtype == np.float16
+
+    @property
+    def display_names(self) -> list[str]:
+        """Printable names (:func:`lit.display_name` of :attr:`names`)."""
+        return [display_name(n) for n in self.names]
 
     def _display_names(self) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in self.h5["names"][: len(self)]]
@@ -326,6 +318,65 @@ class FeatureStore:
         ids = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
         return self._check(self.h5["descriptors"][:m].astype(np.float32), "descriptors"), ids
 
+    # ------------------------------------------------------------------ global embeddings
+    @property
+    def towers(self) -> list[str]:
+        """Image towers whose global embeddings the file holds (text search)."""
+        return sorted(self.h5[GLOBAL_GROUP]) if GLOBAL_GROUP in self.h5 else []
+
+    def embeddings(self, tower: str | None = None) -> tuple[str, np.ndarray, np.ndarray]:
+        """``(tower, embeddings (n, D) float32, valid (n,) bool)``, row i for image i.
+
+        Args:
+            tower: which tower's embeddings (default: the only, or first, one stored).
+
+        Raises:
+            FeatureFileError: the file has none (of that tower).
+        """
+        towers = self.towers
+        if not towers or (tower is not None and tower not in towers):
+            what = f"{tower} embeddings" if tower else "global image embeddings"
+            raise FeatureFileError(f"{display_name(self.path)}: no {what} for text search (extracted with --text-model "
+                                   "none, or by a lit older than text search): `lit text embed` adds them")
+        tower = tower or towers[0]
+        g = self.h5[f"{GLOBAL_GROUP}/{tower}"]
+        n = len(self)
+        emb = np.zeros((n, g["embeddings"].shape[1]), np.float32)
+        valid = np.zeros(n, bool)
+        m = min(n, g["embeddings"].shape[0], g["valid"].shape[0])
+        emb[:m] = g["embeddings"][:m]
+        valid[:m] = g["valid"][:m].astype(bool)
+        return tower, emb, valid
+
+    def write_embeddings(self, rows: Sequence[int], tower: str, embeddings) -> None:
+        """Store the global embeddings ``(len(rows), D)`` of ``tower`` for images ``rows`` and flush.
+
+        Rows may run ahead of the committed images (extraction writes an image's embedding
+        just before committing its features).
+        """
+        emb = np.asarray(embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor) else embeddings, np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(rows):
+            raise UsageError(f"embeddings must be ({len(rows)}, D), got {emb.shape}")
+        if not len(rows):
+            return
+        g = self.h5.require_group(f"{GLOBAL_GROUP}/{tower}")
+        dim = emb.shape[1]
+        if "embeddings" not in g:
+            g.create_dataset("embeddings", (0, dim), maxshape=(None, dim), dtype=np.float32, chunks=(256, dim))
+            g.create_dataset("valid", (0,), maxshape=(None,), dtype=np.uint8, chunks=(1024,))
+        e, v = g["embeddings"], g["valid"]
+        if e.shape[1] != dim:
+            raise FeatureFileError(f"{display_name(self.path)}: {tower} embeddings are {e.shape[1]}-d, got {dim}")
+        top = max(rows) + 1
+        if e.shape[0] < top:
+            n = max(top, 2 * e.shape[0])
+            e.resize(n, axis=0)
+            v.resize(n, axis=0)
+        for row, value in zip(rows, emb, strict=True):
+            e[row] = value
+            v[row] = 1
+        self.h5.flush()
+
     # ------------------------------------------------------------------ writing
     def _ensure(self, name: str, rows: int) -> None:
         ds = self.h5[name]
@@ -337,7 +388,7 @@ class FeatureStore:
         h, n, m = self.h5, len(self), int(self.h5.attrs["num_features"])
         k = len(feats)
         if feats.descriptors.shape[1:] != (h.attrs["descriptor_dim"],):
-            raise ValueError(f"descriptor dim {tuple(feats.descriptors.shape[1:])} != file's {h.attrs['descriptor_dim']}")
+            raise UsageError(f"descriptor dim {tuple(feats.descriptors.shape[1:])} != file's {h.attrs['descriptor_dim']}")
         for ds in ("descriptors", "strengths", "scales", "superfeature_ids", "positions"):
             self._ensure(ds, m + k)
         self._ensure("names", n + 1)
@@ -403,272 +454,158 @@ class FeatureStore:
         self.close()
 
 
-# ---------------------------------------------------------------------- names
-def common_root(inputs: Sequence[str | os.PathLike]) -> str:
-    """The default root of stored names: the deepest folder holding every input.
 
-    A folder counts as itself, a file as its folder: one folder gives that folder, one
-    file its folder, several inputs their common folder. Absolute path.
-    """
-    if not inputs:
-        raise ValueError("no inputs")
-    dirs = []
-    for item in inputs:
-        path = os.path.abspath(os.fspath(item))
-        dirs.append(path if os.path.isdir(path) else os.path.dirname(path))
-    return os.path.commonpath(dirs)
+# ---------------------------------------------------------------------- collections
+class FeatureCollection:
+    """Several feature files read as one (``lit.features.FeatureStore`` each).
 
-
-def image_names(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> list[str]:
-    """Stored names of ``paths``: relative to ``root``, with ``/`` separators.
-
-    Raises:
-        ValueError: a path lies outside ``root`` (the message names it).
-    """
-    root = os.path.abspath(os.fspath(root))
-    out = []
-    for p in paths:
-        rel = os.path.relpath(os.path.abspath(os.fspath(p)), root)
-        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
-            raise ValueError(f"{display_name(p)} is not under the root folder {display_name(root)} (--root)")
-        out.append(rel.replace(os.sep, "/"))
-    return out
-
-
-# ---------------------------------------------------------------------- extraction
-@dataclass
-class ExtractionSummary:
-    """What :func:`extract_to_file` did.
-
-    Attributes:
-        done: images extracted by this run.
-        skipped: images already in the file (not extracted again).
-        failed: ``name -> error`` of this run's images that could not be extracted.
-        retried: earlier failures tried again by this run.
-        skipped_failed: earlier failures not retried (``retry_failed=False``).
-        duplicates: inputs given more than once (stored once).
-        seconds: wall time.
-    """
-
-    done: int = 0
-    skipped: int = 0
-    failed: dict[str, str] | None = None
-    seconds: float = 0.0
-    retried: int = 0
-    skipped_failed: int = 0
-    duplicates: int = 0
-    total: int = 0
-
-    @property
-    def status(self) -> int:
-        """Exit status of ``lit extract``: 0 every image is in the file, 3 some could not
-        be extracted (named on stderr and recorded in the file), 4 none could be."""
-        bad = len(self.failed or {}) + self.skipped_failed
-        if bad == 0:
-            return 0
-        return 4 if self.done + self.skipped == 0 else 3
-
-    def report(self) -> str:
-        failed = self.failed or {}
-        parts = [f"extracted {self.done} images", f"skipped {self.skipped} already done", f"{len(failed)} failed"]
-        if self.retried:
-            parts.append(f"{self.retried} earlier failures retried")
-        if self.skipped_failed:
-            parts.append(f"{self.skipped_failed} earlier failures not retried (--no-retry)")
-        if self.duplicates:
-            parts.append(f"{self.duplicates} duplicate inputs stored once")
-        lines = [", ".join(parts) + f", in {self.seconds:.1f} s"]
-        lines += [f"  failed: {display_name(err)}" for err in failed.values()]
-        return "\n".join(lines)
-
-
-class _ImageList(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[str, str, tuple | None]], image_size: int | None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.items, self.image_size, self.max_pixels = items, image_size, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        name, path, bbox = self.items[i]
-        try:
-            return name, load_image(path, self.image_size, bbox=bbox, max_pixels=self.max_pixels), None
-        except (ImageReadError, ValueError, OSError, MemoryError) as err:
-            msg = display_name(str(err))
-            return name, None, msg if display_name(path) in msg else f"{display_name(path)}: {msg}"
-
-
-def _cap_workers(num_workers: int) -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(int(num_workers), cpus))
-
-
-def extract_to_file(
-    model,
-    images: Iterable[str | os.PathLike | tuple],
-    out: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    scales: Sequence[float] | None = None,
-    features_num: int | None = None,
-    image_size: int | None = -1,
-    num_workers: int = 0,
-    progress: bool = True,
-    half: bool = False,
-    batch_size: int = 1,
-    amp: torch.dtype | None = None,
-    retry_failed: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    default_root: str | os.PathLike | None = None,
-    embedder=None,
-) -> ExtractionSummary:
-    """Extract super-features of many images into a feature file, resumably.
+    Image ``i`` of the collection is image ``i - start[s]`` of shard ``s``; all shards
+    must have the same fingerprint (model and extraction settings) and dimension.
 
     Args:
-        model: a :class:`~lit.models.SuperFeatureModel`.
-        images: paths, or ``(path, bbox)`` pairs (bbox ``(x1, y1, x2, y2)`` crops first).
-        out: the HDF5 file (created, or appended to when it exists; missing folders are
-            created).
-        root: image names are stored relative to it (an existing file keeps its own root,
-            and another one given here is refused).
-        default_root: the root of a new file when ``root`` is not given (default:
-            :func:`common_root` of the images); an existing file keeps its own.
-        scales, features_num: default the model's.
-        image_size: longer side (``-1``: the model's default; ``None``: keep).
-        num_workers: image decoding processes (capped by the CPUs this process may use).
-        progress: tqdm progress bar on stderr.
-        half: store descriptors as float16.
-        batch_size: consecutive images of equal size are extracted together, up to this
-            many at a time (each image is still committed to the file on its own).
-        amp: autocast dtype for the fast path (``torch.bfloat16``); ``None``: float32.
-        retry_failed: try the images recorded as failed by earlier runs again.
-        max_pixels: refuse images that decode to more pixels ("too large").
-        embedder: an image tower (:func:`lit.text.search.image_embedder`) whose global
-            embedding of each image is stored too, for text search (``None``: none).
-
-    Returns:
-        An :class:`ExtractionSummary` (``.status`` is the exit status of ``lit extract``);
-        unreadable, too large and too small files are reported on stderr (one line each,
-        ``skipped: NAME: problem``), recorded in the file and skipped.
+        path: a feature file, a folder, a glob, or the base name of a shard set
+            (:func:`find_shards`).
     """
-    from tqdm import tqdm
 
-    from .models.model import check_scales
-
-    rt = model.cfg.runtime
-    scales = check_scales(rt.scales if scales is None else scales)
-    features_num = rt.features_num if features_num is None else int(features_num)
-    image_size = rt.image_size if image_size == -1 else image_size
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fp = model_fingerprint(model, scales, features_num, image_size, amp=amp, half=half)
-    dim = model.cfg.reduction_dim or model.cfg.lit.dim
-    entries = [(entry if isinstance(entry, tuple) else (entry, None)) for entry in images]
-    paths = [os.fspath(p) for p, _ in entries]
-    out = os.fspath(out)
-    folder = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise FeatureFileError(f"{display_name(out)}: cannot create the folder {display_name(folder)} ({err.strerror})") from None
-    start = time.perf_counter()
-    summary = ExtractionSummary(failed={})
-    settings = {"scales": list(scales), "features_num": features_num, "image_size": image_size}
-    with FeatureStore(out, "a", descriptor_dim=dim, fingerprint=fp, half=half,
-                      root=root if root is not None else default_root if default_root is not None
-                      else (common_root(paths) if paths else None),
-                      settings=settings) as store:
-        stored_root = store.root
-        if root is not None and stored_root is not None and os.path.abspath(os.fspath(root)) != stored_root:
-            raise FeatureFileError(
-                f"{display_name(out)} holds names relative to {display_name(stored_root)}, not "
-                f"{display_name(os.path.abspath(os.fspath(root)))}: pass --root {display_name(stored_root)} or use another file"
-            )
-        given = root if root is not None else default_root
-        base = stored_root if stored_root is not None else (os.fspath(given) if given is not None else common_root(paths) if paths else ".")
-        names = image_names(paths, base) if paths else []
-        items, seen = [], set()
-        for name, path, (_, bbox) in zip(names, paths, entries, strict=True):
-            key = (name, tuple(bbox) if bbox is not None else None)
-            if key in seen:
-                summary.duplicates += 1
-                continue
-            seen.add(key)
-            items.append((name, path, key[1]))
-        summary.total = len(items)
-        known, failed_before = set(store.names), store.failed
-        todo = []
-        for it in items:
-            if it[0] in known:
-                summary.skipped += 1
-            elif it[0] in failed_before and not retry_failed:
-                summary.skipped_failed += 1
-            else:
-                summary.retried += it[0] in failed_before
-                todo.append(it)
-        loader = torch.utils.data.DataLoader(
-            _ImageList(todo, image_size, max_pixels), batch_size=None, shuffle=False,
-            num_workers=_cap_workers(num_workers),
-        )  # not pin_memory: pinning single images before torch.stack is wasted; the batch is pinned
-        pin = str(model.device).startswith("cuda")
-        bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr, desc="extract")
-        path_of = {it[0]: it[1] for it in todo}
-        pending: list[tuple[str, torch.Tensor]] = []  # equal-size images waiting for a batch
-        extracted: list[str] = []
-
-        def fail(name: str, error: str) -> None:
-            store.add_failure(name, error)
-            summary.failed[name] = error
-            bar.write(f"skipped: {error}", file=sys.stderr)
-
-        def flush() -> None:
-            if not pending:
-                return
-            batch = torch.stack([t for _, t in pending])
-            batch = (batch.pin_memory() if pin else batch).to(model.device, non_blocking=True)
-            try:
-                outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
-            except ImageReadError as err:  # too small: the whole batch has this size
-                for n, _ in pending:
-                    fail(n, f"{display_name(path_of[n])}: {err}")
-                bar.update(len(pending))
-                pending.clear()
-                return
-            if embedder is not None:  # rows written before the features commit them
-                from .text.search import store_embeddings
-
-                store_embeddings(store, embedder, list(range(len(store), len(store) + len(pending))), [t for _, t in pending])
-            for (n, _), feats in zip(pending, outs, strict=True):
-                store.append(n, feats)
-                extracted.append(n)
-            summary.done += len(pending)
-            bar.update(len(pending))
-            pending.clear()
-
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.files = find_shards(path)
+        self.stores = []
         try:
-            for name, tensor, error in loader:
-                if error is not None:
-                    flush()  # keep the file in input order
-                    fail(name, error)
-                    bar.update(1)
-                    continue
-                if pending and pending[0][1].shape != tensor.shape:
-                    flush()
-                pending.append((name, tensor))
-                if len(pending) >= batch_size:
-                    flush()
-            flush()
-        finally:
-            store.clear_failures(extracted)
-            bar.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+            for f in self.files:
+                self.stores.append(FeatureStore(f))
+        except BaseException:
+            self.close()
+            raise
+        prints = {s.fingerprint for s in self.stores}
+        if len(prints) > 1:
+            self.close()
+            raise FeatureFileError(f"{display_name(self.path)}: shards made by different models or extraction settings "
+                                   "(fingerprints differ)")
+        dims = {s.descriptor_dim for s in self.stores}
+        if len(dims) > 1:
+            self.close()
+            raise FeatureFileError(f"{display_name(self.path)}: shards of different descriptor dimensions {sorted(dims)}")
+        self.descriptor_dim = dims.pop()
+        self.fingerprint = prints.pop()
+        sizes = [len(s) for s in self.stores]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def names(self) -> list[str]:
+        return [n for s in self.stores for n in s.names]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for s in self.stores:
+            out.update(s.failed)
+        return out
+
+    @property
+    def num_features(self) -> int:
+        return sum(s.num_features for s in self.stores)
+
+    @property
+    def root(self) -> str | None:
+        """The folder the names are relative to (the first shard's; shards of one run share it)."""
+        return self.stores[0].root
+
+    @property
+    def settings(self) -> dict:
+        return self.stores[0].settings
+
+    def embeddings(self, tower: str | None = None) -> tuple[str, np.ndarray, np.ndarray]:
+        """:meth:`FeatureStore.embeddings` of every shard, in image order."""
+        tower = tower or (self.stores[0].towers or [None])[0]
+        parts = [s.embeddings(tower) for s in self.stores]
+        return tower, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+    def _locate(self, i: int) -> tuple[FeatureStore, int]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"image index {i} out of range for {n} images")
+        i %= n
+        s = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.stores[s], i - int(self.starts[s])
+
+    def __getitem__(self, key: int | str):
+        if isinstance(key, str):
+            for s in self.stores:
+                if key in s.names:
+                    return s[key]
+            raise KeyError(f"{display_name(key)!r} is not in {display_name(self.path)}")
+        store, j = self._locate(int(key))
+        return store[j]
+
+    def count_features(self, lo: int = 0, hi: int | None = None) -> int:
+        """Descriptors of images ``lo..hi-1`` (from the offsets, nothing else read)."""
+        hi = len(self) if hi is None else hi
+        total = 0
+        for s, store in enumerate(self.stores):
+            a, b = max(lo, int(self.starts[s])), min(hi, int(self.starts[s + 1]))
+            if a < b:
+                base = int(self.starts[s])
+                offsets = store.h5["offsets"][a - base : b - base + 1]
+                total += int(offsets[-1] - offsets[0])
+        return total
+
+    def iter_descriptors(self, lo: int = 0, hi: int | None = None, max_rows: int = STREAM_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Descriptors of images ``lo..hi-1`` in chunks of whole images of about ``max_rows``.
+
+        Yields:
+            ``(descriptors, image_ids)``: float32 :math:`(M, d)` and int64 :math:`(M,)`
+            global image ids, in image order.
+        """
+        hi = len(self) if hi is None else hi
+        for s, store in enumerate(self.stores):
+            a, b = max(lo, int(self.starts[s])), min(hi, int(self.starts[s + 1]))
+            if a >= b:
+                continue
+            base = int(self.starts[s])
+            offsets = store.h5["offsets"][a - base : b - base + 1].astype(np.int64)
+            i = 0
+            while i < b - a:
+                # whole images, at least one, about max_rows descriptors
+                j = int(np.searchsorted(offsets, offsets[i] + max_rows, side="right")) - 1
+                j = min(max(j, i + 1), b - a)
+                r0, r1 = int(offsets[i]), int(offsets[j])
+                desc = store._check(store.h5["descriptors"][r0:r1].astype(np.float32, copy=False),
+                                    f"images {a + i}..{a + j - 1}")  # finite, within range
+                ids = np.repeat(np.arange(a + i, a + j, dtype=np.int64), np.diff(offsets[i : j + 1]))
+                yield desc, ids
+                i = j
+
+    def all_descriptors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every descriptor and its global image id (holds them all: prefer
+        :meth:`iter_descriptors` for large collections)."""
+        parts = list(self.iter_descriptors(max_rows=1 << 62))
+        if not parts:
+            return np.zeros((0, self.descriptor_dim), np.float32), np.zeros(0, np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def close(self) -> None:
+        for s in self.stores:
+            s.close()
+
+    def __enter__(self) -> FeatureCollection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-# ---------------------------------------------------------------------- inspection and merging
+def open_features(path: str | os.PathLike) -> FeatureCollection:
+    """A feature file or a set of shards as one :class:`FeatureCollection`."""
+    return FeatureCollection(path)
+
+
+
+
+# ---------------------------------------------------------------------- inspection
 def feature_file_info(path: str | os.PathLike) -> dict:
     """What a feature file holds: counts, model fingerprint, settings, root and failures.
 
@@ -694,93 +631,3 @@ def feature_file_info(path: str | os.PathLike) -> dict:
             "failed": {display_name(k): display_name(v) for k, v in store.failed.items()},
             "size_bytes": os.path.getsize(store.path),
         }
-
-
-@dataclass
-class MergeSummary:
-    """What :func:`merge_feature_files` did."""
-
-    images: int = 0
-    duplicates: list[str] = field(default_factory=list)
-    failed: int = 0
-    root: str | None = None
-
-
-def merge_feature_files(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> MergeSummary:
-    """Merge feature files of the same model and settings into a new one.
-
-    An input may also be a set of shards (``torchrun ... lit extract``): its base name, a
-    folder or a glob stands for its files, in rank order (:func:`lit.shards.find_shards`).
-
-    Names are re-based on the common folder of the inputs' roots (files without a
-    recorded root keep their names); an image present in several inputs is stored once
-    (the first one wins); failures are kept unless the image is present in some input.
-
-    Raises:
-        FeatureFileError: fewer than two inputs are readable feature files, fingerprints
-            (model or extraction settings) or descriptor dimensions differ, or ``out``
-            exists (without ``overwrite``) or is one of the inputs.
-    """
-    from .shards import find_shards  # a shard set (base name, folder or glob) counts as its files
-
-    inputs = [f for p in inputs for f in find_shards(p)]
-    out = os.fspath(out)
-    if len(inputs) < 1:
-        raise FeatureFileError("nothing to merge: give feature files")
-    if any(os.path.abspath(out) == os.path.abspath(p) for p in inputs):
-        raise FeatureFileError(f"{display_name(out)}: the output must not be one of the inputs")
-    if os.path.exists(out):
-        if not overwrite:
-            raise FeatureFileError(f"{display_name(out)}: already exists (pass --overwrite to replace it)")
-        os.remove(out)
-    stores = []
-    try:
-        for p in inputs:
-            stores.append(FeatureStore(p))
-        first = stores[0]
-        for st in stores[1:]:
-            if st.fingerprint != first.fingerprint:
-                raise FeatureFileError(
-                    f"{display_name(st.path)} was made by another model or with other extraction settings than "
-                    f"{display_name(first.path)} (fingerprint {st.fingerprint[:12]} vs {first.fingerprint[:12]}): "
-                    "features of different models cannot be searched together"
-                )
-            if st.h5.attrs["descriptor_dim"] != first.h5.attrs["descriptor_dim"]:
-                raise FeatureFileError(f"{display_name(st.path)}: descriptor dimension differs from {display_name(first.path)}")
-        roots = [st.root for st in stores]
-        root = os.path.commonpath(roots) if all(r is not None for r in roots) else None
-        summary = MergeSummary(root=display_name(root) if root is not None else None)
-        folder = os.path.dirname(os.path.abspath(out))
-        os.makedirs(folder, exist_ok=True)
-        with FeatureStore(out, "a", descriptor_dim=int(first.h5.attrs["descriptor_dim"]), fingerprint=first.fingerprint,
-                          half=all(st.half for st in stores), root=root, settings=first.settings or None) as dst:
-            have: set[str] = set()
-            failures: dict[str, str] = {}
-            for st in stores:
-                rebase = (lambda n, st=st: image_names([os.path.join(st.root, n)], root)[0]) if root is not None else (lambda n: n)
-                st.all_descriptors()  # validates the whole file first
-                for i, name in enumerate(st.names):
-                    new = rebase(name)
-                    if new in have:
-                        summary.duplicates.append(new)
-                        continue
-                    have.add(new)
-                    dst.append(new, st[i])
-                for name, err in st.failed.items():
-                    failures.setdefault(rebase(name), err)
-            failures = {k: v for k, v in failures.items() if k not in have}
-            if failures:
-                dst._write_failures(failures)
-            summary.images, summary.failed = len(dst), len(failures)
-    except BaseException:
-        for st in stores:
-            st.close()
-        if os.path.exists(out) and not any(os.path.abspath(out) == os.path.abspath(p) for p in inputs):
-            try:
-                os.remove(out)
-            except OSError:
-                pass
-        raise
-    for st in stores:
-        st.close()
-    return summary

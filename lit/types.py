@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .errors import UsageError
+
 
 def _make_checked(cls, iterable):
     """``NamedTuple._make`` that does not rely on ``len`` (overridden below to count
@@ -66,15 +68,15 @@ class LocalFeatures(_LocalFeaturesFields):
                 positions: Tensor | None = None) -> LocalFeatures:
         if not isinstance(descriptors, Tensor) or descriptors.dim() != 2:
             shape = tuple(descriptors.shape) if hasattr(descriptors, "shape") else type(descriptors).__name__
-            raise ValueError(f"LocalFeatures: descriptors must be a (K, D) tensor, got {shape}")
+            raise UsageError(f"LocalFeatures: descriptors must be a (K, D) tensor, got {shape}")
         k = descriptors.shape[0]
         for name, t in (("strengths", strengths), ("scales", scales), ("superfeature_ids", superfeature_ids)):
             if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != k:
                 shape = tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
-                raise ValueError(f"LocalFeatures: {name} must have shape ({k},) like the descriptors, got {shape}")
+                raise UsageError(f"LocalFeatures: {name} must have shape ({k},) like the descriptors, got {shape}")
         if positions is not None and (not isinstance(positions, Tensor) or tuple(positions.shape) != (k, 2)):
             shape = tuple(positions.shape) if hasattr(positions, "shape") else type(positions).__name__
-            raise ValueError(f"LocalFeatures: positions must have shape ({k}, 2) or be None, got {shape}")
+            raise UsageError(f"LocalFeatures: positions must have shape ({k}, 2) or be None, got {shape}")
         return super().__new__(cls, descriptors, strengths, scales, superfeature_ids, positions)
 
     def __len__(self) -> int:  # number of features, not number of fields

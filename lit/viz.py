@@ -38,6 +38,8 @@ from PIL import Image
 from torch import Tensor
 
 from ._image import open_image, pil_to_tensor
+from .errors import NotFoundError, UsageError
+from .pipeline import QueryResult, plot_paths, scene_of
 from .types import SuperFeatures
 
 __all__ = [
@@ -77,7 +79,7 @@ def _image_array(image) -> np.ndarray:
         if t.ndim == 2:
             t = t.unsqueeze(0)
         if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor must have shape (3, H, W), got {tuple(image.shape)}")
+            raise UsageError(f"image tensor must have shape (3, H, W), got {tuple(image.shape)}")
         t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
         arr = t.expand(3, -1, -1).permute(1, 2, 0).numpy()
     elif isinstance(image, np.ndarray):
@@ -85,7 +87,7 @@ def _image_array(image) -> np.ndarray:
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-            raise ValueError(f"image array must have shape (H, W, 3), got {image.shape}")
+            raise UsageError(f"image array must have shape (H, W, 3), got {image.shape}")
         arr = arr[:, :, :3]
         if arr.dtype == np.bool_:
             arr = arr.astype(np.float32)
@@ -102,7 +104,7 @@ def _image_array(image) -> np.ndarray:
             f"got {type(image).__name__}"
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"image is empty: {arr.shape[:2]}")
+        raise UsageError(f"image is empty: {arr.shape[:2]}")
     return np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0)
 
 
@@ -138,7 +140,7 @@ def _check_int(value, name: str, minimum: int) -> int:
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise UsageError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -176,13 +178,13 @@ def attention_centroids(attention: Tensor | np.ndarray, image_size: tuple[int, i
     """
     a = torch.as_tensor(attention).detach().to(torch.float64)
     if a.ndim < 2:
-        raise ValueError(f"attention must have shape (N, h, w), got {tuple(a.shape)}")
+        raise UsageError(f"attention must have shape (N, h, w), got {tuple(a.shape)}")
     if len(image_size) != 2 or min(image_size) <= 0:
-        raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size}")
+        raise UsageError(f"image_size must be (H, W) with positive sides, got {image_size}")
     if a.numel() and not bool(torch.isfinite(a).all()):
-        raise ValueError("attention contains NaN or infinite values")
+        raise UsageError("attention contains NaN or infinite values")
     if a.numel() and bool((a < 0).any()):
-        raise ValueError("attention weights must be non-negative")
+        raise UsageError("attention weights must be non-negative")
     H, W = (float(v) for v in image_size)
     h, w = a.shape[-2:]
     ys = (torch.arange(h, dtype=torch.float64) + 0.5) * (H / h)
@@ -253,11 +255,11 @@ def plot_attention(
     H, W = img.shape[:2]
     att = torch.as_tensor(superfeatures.attention).detach().cpu().float()
     if att.ndim != 3:
-        raise ValueError(f"attention must have shape (N, h, w), got {tuple(att.shape)}")
+        raise UsageError(f"attention must have shape (N, h, w), got {tuple(att.shape)}")
     n_total = att.shape[0]
     strengths = _as_numpy(superfeatures.strengths, "strengths").reshape(-1)
     if strengths.shape[0] != n_total:
-        raise ValueError(f"{strengths.shape[0]} strengths for {n_total} attention maps")
+        raise UsageError(f"{strengths.shape[0]} strengths for {n_total} attention maps")
     if indices is None:
         top = _check_int(top, "top", 1)
         chosen = np.argsort(-strengths, kind="stable")[:top].tolist()
@@ -265,12 +267,12 @@ def plot_attention(
         chosen = [_check_int(i, "indices[...]", 0) for i in indices]
         bad = [i for i in chosen if i >= n_total]
         if bad:
-            raise ValueError(f"indices {bad} out of range for {n_total} super-features")
+            raise UsageError(f"indices {bad} out of range for {n_total} super-features")
     if not chosen:
-        raise ValueError("nothing to plot: no super-features selected")
+        raise UsageError("nothing to plot: no super-features selected")
 
     if normalize not in ("shared", "each"):
-        raise ValueError(f"normalize must be 'shared' or 'each', got {normalize!r}")
+        raise UsageError(f"normalize must be 'shared' or 'each', got {normalize!r}")
     maps = att[chosen]  # (k, h, w)
     peaks = maps.flatten(1).amax(1)
     if normalize == "each":
@@ -391,9 +393,9 @@ def plot_matches(
     pb = pb.reshape(0, 2) if pb.size == 0 else pb
     for name, p in (("positions_a", pa), ("positions_b", pb)):
         if p.ndim != 2 or p.shape[1] != 2:
-            raise ValueError(f"{name} must have shape (M, 2), got {p.shape}")
+            raise UsageError(f"{name} must have shape (M, 2), got {p.shape}")
     if not (pa.shape[0] == pb.shape[0] == sim.shape[0]):
-        raise ValueError(
+        raise UsageError(
             f"lengths differ: {pa.shape[0]} positions_a, {pb.shape[0]} positions_b, "
             f"{sim.shape[0]} similarities"
         )
@@ -546,7 +548,7 @@ def plot_retrieval(
         titles = [str(t) for t in titles]
     for name, v in (("scores", scores), ("relevant", relevant), ("titles", titles)):
         if v is not None and len(v) != n_res:
-            raise ValueError(f"{name} has {len(v)} entries for {n_res} results")
+            raise UsageError(f"{name} has {len(v)} entries for {n_res} results")
 
     shown = min(topk, n_res)
     images = [_image_array(query)] + [_image_array(r) for r in results[:shown]]
@@ -622,11 +624,39 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> str:
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"{path}: unsupported extension {ext!r}; use .png, .pdf or .svg")
+        raise UsageError(f"{path}: unsupported extension {ext!r}; use .png, .pdf or .svg")
     if not dpi > 0:
-        raise ValueError(f"dpi must be > 0, got {dpi}")
+        raise UsageError(f"dpi must be > 0, got {dpi}")
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
     fig.savefig(path, dpi=dpi, format=ext[1:])
     return path
+
+
+def plot_search_results(results: Sequence[QueryResult], out: str | os.PathLike, db_root: str, query_root: str | None,
+                 topk: int = 8) -> list[str]:
+    """One retrieval figure per query (:func:`plot_retrieval`), titled with names
+    and scores; correct / incorrect marks when query and results sit in scene folders.
+
+    Raises:
+        PipelineError: an image to show does not exist (names the folder option to fix it).
+    """
+    written = []
+    for r, path in zip(results, plot_paths(out, len(results)), strict=True):
+        qpath = os.path.join(query_root, r.query) if query_root else r.query
+        if not os.path.isfile(qpath):
+            raise NotFoundError(f"{qpath}: query image not found for --plot (give its folder with --query-root)")
+        hits = r.hits[:topk]
+        dbp = [os.path.join(db_root, h.name) for h in hits]
+        missing = [p for p in dbp if not os.path.isfile(p)]
+        if missing:
+            raise NotFoundError(f"{missing[0]}: database image not found for --plot (give its folder with --db-root)")
+        qs = scene_of(r.query)
+        rel = None
+        if qs is not None and all(scene_of(h.name) is not None for h in hits):
+            rel = [scene_of(h.name) == qs for h in hits]
+        fig = plot_retrieval(qpath, dbp, scores=[h.score for h in hits], relevant=rel, topk=topk,
+                                 titles=[f"#{h.rank} {h.name}" for h in hits], query_title=f"query: {r.query}")
+        written.append(save_figure(fig, path))
+    return written

@@ -27,8 +27,9 @@ from lit._image import (
     encode_name,
     load_image,
 )
-from lit.features import FeatureFileError, FeatureStore, common_root, extract_to_file, image_names
+from lit.features import FeatureFileError, FeatureStore
 from lit.models import save_checkpoint
+from lit.pipeline import common_root, extract_to_file, image_names
 
 PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
 LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # how Python sees a Latin-1 name on a UTF-8 system

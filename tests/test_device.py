@@ -35,8 +35,9 @@ from PIL import Image
 
 import lit
 from lit.asmk import ASMK
-from lit.features import FeatureFileError, FeatureStore, extract_to_file, model_fingerprint
+from lit.features import FeatureFileError, FeatureStore
 from lit.models import save_checkpoint
+from lit.pipeline import extract_to_file, model_fingerprint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(REPO, "lit", "assets", "photos")

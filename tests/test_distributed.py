@@ -14,16 +14,12 @@ import torch
 from PIL import Image
 
 from lit.asmk import ASMK
-from lit.distributed import env_from_environ, sharded_extraction
-from lit.features import FeatureStore, merge_feature_files
+from lit.distributed import env_from_environ, find_shards, shard_path, split_range
+from lit.features import FeatureCollection, FeatureStore
 from lit.models import save_checkpoint
+from lit.pipeline import make_index, merge_feature_files, rank_share
 from lit.shards import (
-    FeatureCollection,
     ShardedIndex,
-    build_part,
-    find_shards,
-    shard_path,
-    split_range,
 )
 from lit.types import LocalFeatures
 
@@ -44,7 +40,7 @@ def test_torchrun_environment_and_shard_names():
     with pytest.raises(ValueError, match="RANK"):
         env_from_environ({"WORLD_SIZE": "2", "RANK": "5"})
     assert shard_path("out/feats.h5", 3, 4) == "out/feats.00003-of-00004.h5"
-    paths, out, _ = sharded_extraction(list(range(10)), "f.h5", env)
+    paths, out, _ = rank_share(list(range(10)), "f.h5", env)
     assert paths == [6, 7] and out == "f.00002-of-00004.h5"
 
 
@@ -113,9 +109,8 @@ def test_sharded_index_gives_exactly_the_single_index_results(tmp_path, binary, 
         single = ASMK(codebook, binary=binary, use_idf=use_idf)
         desc, ids = coll.all_descriptors()
         single.add(desc, ids)
-        out = str(tmp_path / "index.h5")
-        for p in range(4):
-            build_part(codebook, coll, out, p, 4, binary=binary, use_idf=use_idf)
+    out = str(tmp_path / "index.h5")
+    make_index(base, out, parts=4, codebook=codebook, codebook_source="given", binary=binary, use_idf=use_idf)
     for keep in (True, False):
         sharded = ShardedIndex(find_shards(out), keep=keep)
         for k in (1, 5, 40, None):
@@ -193,7 +188,7 @@ def test_torchrun_extract_index_search_equals_single_process(tmp_path, photos, t
 def test_single_index_streams_the_database_when_the_codebook_comes_from_elsewhere(tmp_path, monkeypatch):
     """lit index with --codebook/--train-features adds the database in chunks (bounded
     memory), with the same index as adding everything at once."""
-    import lit.shards as shards
+    import lit.features as shards
     from lit import pipeline
 
     names = [f"img{i}.jpg" for i in range(13)]
@@ -209,7 +204,7 @@ def test_single_index_streams_the_database_when_the_codebook_comes_from_elsewher
 
     monkeypatch.setattr(shards.FeatureCollection, "iter_descriptors", spy)
     monkeypatch.setattr(shards.FeatureCollection, "all_descriptors", lambda self: pytest.fail("loaded everything"))
-    index, info = pipeline.build_index(tmp_path / "db.h5", codebook=codebook, codebook_source="given", log=lambda m: None)
+    index, info = pipeline.build_index(tmp_path / "db.h5", codebook=codebook, codebook_source="given")
     assert len(chunks) > 3 and max(chunks) <= 10 + 6  # chunks of whole images, about 10 rows each
     monkeypatch.undo()
     with FeatureStore(tmp_path / "db.h5") as st:

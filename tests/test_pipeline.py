@@ -14,7 +14,9 @@ import torch
 
 from lit import pipeline
 from lit.asmk import ASMK
+from lit.errors import IndexFileError
 from lit.features import FeatureStore
+from lit.index_file import load_index, write_index
 from lit.types import LocalFeatures
 
 BAD_NAME = os.fsdecode(b"scene_b/caf\xe9.jpg")  # not valid UTF-8: a surrogate-escaped str
@@ -60,16 +62,16 @@ def test_small_set_warning_names_train_features():
 def test_index_file_is_self_contained(tmp_path):
     feats = tmp_path / "f.h5"
     _feature_file(feats)
-    index, info = pipeline.build_index(feats, size=8, image_root=tmp_path / "photos", log=lambda m: None)
+    index, info = pipeline.build_index(feats, size=8, image_root=tmp_path / "photos")
     info = dataclasses.replace(info, names=info.names[:3] + (BAD_NAME,))  # bytes that are not UTF-8 survive
     out = tmp_path / "i.h5"
-    pipeline.save_index(index, info, out)
+    write_index(out, index, info)
     # copy the index alone somewhere else, and remove the feature file
     other = tmp_path / "elsewhere"
     other.mkdir()
     shutil.copy(out, other / "i.h5")
     feats.unlink()
-    index2, info2 = pipeline.load_index(other / "i.h5")
+    index2, info2 = load_index(other / "i.h5")
     assert info2 == info
     assert info2.names[3] == BAD_NAME and os.fsencode(info2.names[3]) == b"scene_b/caf\xe9.jpg"
     assert info2.image_root == str(tmp_path / "photos") and info2.fingerprint == "fp-a"
@@ -79,42 +81,42 @@ def test_index_file_is_self_contained(tmp_path):
         assert "pipeline" in f and f["pipeline"].attrs["format"] == "lit-index-pipeline"
 
 
-def test_old_index_with_sidecar_still_loads_with_a_note(tmp_path, capsys):
+def test_old_index_with_sidecar_still_loads_with_a_note(tmp_path, caplog):
     index = ASMK(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32))
     index.add(np.ones((3, 8), np.float32), np.array([0, 1, 1]))
     index.save(tmp_path / "old.h5")
     (tmp_path / "old.h5.names.json").write_text(json.dumps({"features": "f.h5", "names": ["a.jpg", "b.jpg"]}))
-    _, info = pipeline.load_index(tmp_path / "old.h5")
+    with caplog.at_level("INFO", logger="lit"):
+        _, info = load_index(tmp_path / "old.h5")
     assert info.names == ("a.jpg", "b.jpg") and info.legacy and info.fingerprint is None
-    assert "older lit" in capsys.readouterr().err
+    assert "older lit" in caplog.text
     (tmp_path / "old.h5.names.json").unlink()
-    with pytest.raises(pipeline.PipelineError, match="no image names"):
-        pipeline.load_index(tmp_path / "old.h5")
+    with pytest.raises(IndexFileError, match="without image names"):
+        load_index(tmp_path / "old.h5")
 
 
-def test_fingerprint_check_refuses_or_warns():
+def test_fingerprint_check_refuses_or_warns(caplog):
     pipeline.check_fingerprint("abc", "abc", "queries", "index.h5")
     pipeline.check_fingerprint("abc", None, "queries", "index.h5")  # unknown: not checked
     with pytest.raises(pipeline.FingerprintError, match="another model.*--force"):
         pipeline.check_fingerprint("abc", "xyz", "queries", "index.h5")
-    seen = []
-    pipeline.check_fingerprint("abc", "xyz", "queries", "index.h5", force=True, warn=seen.append)
-    assert len(seen) == 1 and "warning" in seen[0]
+    with caplog.at_level("WARNING", logger="lit"):
+        pipeline.check_fingerprint("abc", "xyz", "queries", "index.h5", force=True)
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "going on (--force)" in caplog.text
 
 
 def test_train_features_of_another_model_are_refused(tmp_path):
     _feature_file(tmp_path / "a.h5", "fp-a")
     _feature_file(tmp_path / "b.h5", "fp-b", seed=1)
     with pytest.raises(pipeline.FingerprintError, match="training features"):
-        pipeline.build_index(tmp_path / "a.h5", size=8, train_features=tmp_path / "b.h5", log=lambda m: None)
-    index, info = pipeline.build_index(tmp_path / "a.h5", size=8, train_features=tmp_path / "b.h5", force=True,
-                                       log=lambda m: None)
+        pipeline.build_index(tmp_path / "a.h5", size=8, train_features=tmp_path / "b.h5")
+    index, info = pipeline.build_index(tmp_path / "a.h5", size=8, train_features=tmp_path / "b.h5", force=True)
     assert info.codebook_source.endswith("b.h5") and info.codebook_descriptors == 160
 
 
 def test_search_matches_the_index_and_excludes_self(tmp_path):
     feats = _feature_file(tmp_path / "f.h5")
-    index, info = pipeline.build_index(tmp_path / "f.h5", size=8, log=lambda m: None)
+    index, info = pipeline.build_index(tmp_path / "f.h5", size=8)
     res = pipeline.search(index, info, feats, list(info.names), topk=None)
     ranks, scores = index.search(torch.cat([f.descriptors for f in feats]),
                                  np.repeat(np.arange(4), 40), topk=None)
@@ -131,7 +133,7 @@ def test_search_matches_the_index_and_excludes_self(tmp_path):
 
 def test_exclude_self_by_real_path_when_roots_are_known(tmp_path):
     feats = _feature_file(tmp_path / "f.h5")
-    index, info = pipeline.build_index(tmp_path / "f.h5", size=8, image_root=tmp_path / "db", log=lambda m: None)
+    index, info = pipeline.build_index(tmp_path / "f.h5", size=8, image_root=tmp_path / "db")
     # the same image named from another root: db/scene_a/1.jpg == ./db/scene_a/1.jpg
     res = pipeline.search(index, info, feats[:1], ["db/scene_a/1.jpg"], topk=None, exclude_self=True,
                           query_root=str(tmp_path))
@@ -140,7 +142,7 @@ def test_exclude_self_by_real_path_when_roots_are_known(tmp_path):
 
 def test_outputs_share_one_name_convention_and_keep_bytes(tmp_path):
     feats = _feature_file(tmp_path / "f.h5")
-    index, info = pipeline.build_index(tmp_path / "f.h5", size=8, log=lambda m: None)
+    index, info = pipeline.build_index(tmp_path / "f.h5", size=8)
     info = dataclasses.replace(info, names=info.names[:3] + (BAD_NAME,))
     res = pipeline.search(index, info, feats[3:], [BAD_NAME], topk=3)
     pipeline.write_json(res, tmp_path / "r.json", "/db", "/q")

@@ -264,17 +264,15 @@ def test_open_clip_plumbing_with_random_weights(tmp_path):
     tok = model.tokenizer(["a church"])
     torch.testing.assert_close(q.embeddings[0], F.normalize(model.clip.encode_text(tok), dim=-1)[0])
     # and a whole round trip through the storage of an index
-    from lit.text.store import write_embedding
+    from lit.asmk import ASMK
+    from lit.index_file import IndexInfo, TextEmbeddings, write_index
 
-    feats = tmp_path / "f.h5"
-    with h5py.File(feats, "w") as h5:
-        h5.attrs.update({"format": "lit-features", "num_images": 2})
-        h5.create_dataset("names", data=np.array(["a.jpg", "b.jpg"], dtype=object), dtype=h5py.string_dtype())
-        for i, e in enumerate(model.image_tower.embed(photos)):
-            write_embedding(h5, i, model.tower_name, e)
+    db = ASMK(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    db.add(np.ones((2, 4), np.float32), np.array([0, 1]))
     index = tmp_path / "i.h5"
-    h5py.File(index, "w").close()
-    lit.text.write_index_embeddings(feats, index)
+    emb = model.image_tower.embed(photos).numpy()
+    write_index(index, db, IndexInfo(names=("a.jpg", "b.jpg")),
+                text=TextEmbeddings(model.tower_name, ["a.jpg", "b.jpg"], emb, np.ones(2, bool)))
     res, _ = lit.text.search_index_by_text(index, ["a church"], model, topk=2)
     expected = (q.embeddings[:1] @ image.T)[0]
     assert [h["name"] for h in res[0]["results"]] == [["a.jpg", "b.jpg"][i] for i in expected.argsort(descending=True)]

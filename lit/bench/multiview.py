@@ -31,15 +31,16 @@ given a PCA-whitening learned on the codebook photos.
 
 from __future__ import annotations
 
-import argparse
-import json
+import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiview"
 GEM_OUTPUT_STRIDE = {"gem-effl0": None, "gem-effl0-os16": 16}
@@ -69,7 +70,7 @@ def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tu
     if scenes:
         unknown = set(scenes) - set(names)
         if unknown:
-            raise ValueError(f"{root}: no scene folder(s) {sorted(unknown)}")
+            raise UsageError(f"{root}: no scene folder(s) {sorted(unknown)}")
         names = [n for n in names if n in scenes]
     paths, labels = [], []
     for i, n in enumerate(names):
@@ -105,7 +106,7 @@ def paired_comparison(ap_a, ap_b, groups, boot: int = 10000, seed: int = 0) -> d
     """
     a, b, groups = np.asarray(ap_a, float), np.asarray(ap_b, float), np.asarray(groups)
     if not (a.shape == b.shape == groups.shape):
-        raise ValueError(f"per-query APs and scenes differ in length: {a.shape}, {b.shape}, {groups.shape}")
+        raise UsageError(f"per-query APs and scenes differ in length: {a.shape}, {b.shape}, {groups.shape}")
     d = a - b
     scenes = np.unique(groups)
     sums = np.array([d[groups == g].sum() for g in scenes])
@@ -117,7 +118,7 @@ def paired_comparison(ap_a, ap_b, groups, boot: int = 10000, seed: int = 0) -> d
             "same": int((np.abs(d) <= 1e-9).sum()), "worse": int((d < -1e-9).sum()), "scenes": len(scenes)}
 
 
-def _superfeature_model(name: str, device: str):
+def superfeature_model(name: str, device: str):
     import lit
     from lit.models import ModelConfig, SuperFeatureModel, lit_effl0_config
 
@@ -158,7 +159,7 @@ def _not_copies(photos: list[str], evaluated: list[str], max_bits: int = NEAR_DU
         try:
             h = difference_hash(p)
         except ImageReadError as err:
-            print(f"codebook photo skipped: {err}", file=sys.stderr)
+            log.warning(f"codebook photo skipped: {err}")
             continue
         if all(hash_distance(h, e) > max_bits for e in hashes):
             keep.append(p)
@@ -178,10 +179,10 @@ def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str],
     if choice not in ("auto", "rest", "reference", "evaluated"):
         photos = list_images(choice)
         if not photos:
-            raise ValueError(f"{choice}: no photos for the codebook")
+            raise UsageError(f"{choice}: no photos for the codebook")
         overlap = set(map(os.path.realpath, photos)) & taken
         if overlap:
-            raise ValueError(f"{choice}: {len(overlap)} codebook photo(s) are evaluated too, e.g. {sorted(overlap)[0]}")
+            raise UsageError(f"{choice}: {len(overlap)} codebook photo(s) are evaluated too, e.g. {sorted(overlap)[0]}")
         return photos, choice
     if choice == "evaluated":
         return list(evaluated), "the evaluated photos"
@@ -190,7 +191,7 @@ def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str],
         if rest:
             return rest, f"the {len(rest)} photos of {root} that are not evaluated"
         if choice == "rest":
-            raise ValueError(f"{root}: every scene is evaluated, none is left for the codebook "
+            raise UsageError(f"{root}: every scene is evaluated, none is left for the codebook "
                              "(choose scenes, or --codebook reference / evaluated / a folder)")
     folders = reference_folders() if reference is None else [Path(f) for f in reference]
     found = sorted({os.path.realpath(p) for f in folders for p in list_images(f)} - taken)
@@ -199,7 +200,7 @@ def codebook_photos(choice: str, root: str | os.PathLike, evaluated: list[str],
         return photos, (f"{len(photos)} reference photos of {', '.join(map(str, folders))} "
                         f"(not evaluated, nor copies of evaluated ones)")
     if choice == "reference":
-        raise ValueError(f"no reference photos that are not evaluated in {', '.join(map(str, folders)) or '(none)'}")
+        raise UsageError(f"no reference photos that are not evaluated in {', '.join(map(str, folders)) or '(none)'}")
     return list(evaluated), "the evaluated photos (every scene of the root is evaluated, no reference photos)"
 
 
@@ -210,7 +211,7 @@ def extract_all(model, paths: list[str]) -> list:
     return [model.extract(load_image(p, model.cfg.runtime.image_size)) for p in paths]
 
 
-def _kmeans_init_on(model, paths, device, init: dict | None = None):
+def kmeans_init_on(model, paths, device, init: dict | None = None):
     """``init.lit=kmeans`` of the trainer (``init``: its ``init_lit_from_tokens`` options,
     default :data:`KMEANS_INIT`), on the backbone tokens of ``paths`` (scale 1)."""
     from lit._image import load_image
@@ -222,12 +223,12 @@ def _kmeans_init_on(model, paths, device, init: dict | None = None):
 
     tokens = backbone_tokens(model, load, range(len(paths)))
     if len(tokens) < model.cfg.lit.N:
-        raise ValueError(f"the {len(paths)} codebook photos give {len(tokens)} local features, fewer than the "
+        raise UsageError(f"the {len(paths)} codebook photos give {len(tokens)} local features, fewer than the "
                          f"{model.cfg.lit.N} templates to initialise: use more or larger photos")
     init_lit_from_tokens(model.lit, tokens, **(KMEANS_INIT if init is None else init))
 
 
-def _whiten_on(model, paths, device):
+def whiten_on(model, paths, device):
     from lit._image import load_image
 
     feats = []
@@ -274,84 +275,3 @@ def gem_scores(paths: list[str], device: str, image_size: int = 512, output_stri
             vecs.append(torch.nn.functional.normalize(gem(f, 3.0).flatten(1), dim=1)[0].cpu())
     v = torch.stack(vecs)
     return (v @ v.T).numpy()
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=str(DEFAULT_ROOT), help="folder with one sub-folder per scene")
-    p.add_argument("--scenes", default=None, help="comma-separated scene folders to use (default: all)")
-    p.add_argument("--exclude", default=None, help="comma-separated scene folders to leave out (e.g. training scenes)")
-    p.add_argument("--models", default=",".join(ALL), help=f"comma-separated: {', '.join(ALL)} or checkpoint paths")
-    p.add_argument("--codebook-size", type=int, default=None,
-                   help="codebook words (default: lit.pipeline.codebook_size, the policy of `lit index`)")
-    p.add_argument("--codebook", default="auto",
-                   help="photos the codebook is learned on: auto, rest, reference, evaluated or a folder (see above)")
-    p.add_argument("--seeds", type=int, default=5, help="k-means seeds averaged over (small sets are noisy)")
-    p.add_argument("--compare", default="lit-effl0", help="model compared query by query with every other one")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    import lit
-    from lit.features import extract_to_file  # noqa: F401  (keeps the import cost out of timings)
-
-    paths, labels, scenes = scene_images(args.root, args.scenes.split(",") if args.scenes else None)
-    if args.exclude:
-        keep = ~np.isin(np.array(scenes)[labels], args.exclude.split(","))
-        paths, labels = [p_ for p_, k in zip(paths, keep) if k], labels[keep]
-    print(f"{len(paths)} images of {len(set(labels.tolist()))} scenes from {args.root}", file=sys.stderr)
-    cb_paths, cb_what = codebook_photos(args.codebook, args.root, paths)
-    print(f"codebook (and whitening of untrained models) learned on {cb_what}", file=sys.stderr)
-    results = {}
-    for name in args.models.split(","):
-        if name == "lit-effl0" and "lit-effl0" not in lit.list_models():
-            print("lit-effl0 is not installed: skipped", file=sys.stderr)
-            continue
-        t = time.perf_counter()
-        if name in GEM_OUTPUT_STRIDE:
-            scores = gem_scores(paths, args.device, output_stride=GEM_OUTPUT_STRIDE[name])
-        else:
-            model = _superfeature_model(name, args.device)
-            if name == "effl0-kmeans":
-                _kmeans_init_on(model, cb_paths, args.device)
-            if name in UNTRAINED:
-                _whiten_on(model, cb_paths, args.device)
-            feats = extract_all(model, paths)
-            cb_feats = None if cb_paths == paths else extract_all(model, cb_paths)
-            scores = [asmk_scores(feats, args.codebook_size, seed=s, codebook_feats=cb_feats) for s in range(args.seeds)]
-        if isinstance(scores, list):  # several k-means codebooks: mean and spread
-            runs = [retrieval_metrics(s, labels) for s in scores]
-            res = {k: float(np.mean([r[k] for r in runs])) for k in ("map", "recall@1")}
-            res["ap"] = np.mean([r["ap"] for r in runs], axis=0).tolist()
-            res.update({"map_std": float(np.std([r["map"] for r in runs])), "queries": runs[0]["queries"], "codebook_seeds": len(runs)})
-        else:
-            res = retrieval_metrics(scores, labels)
-        res["seconds"] = time.perf_counter() - t
-        results[name] = res
-        spread = f" +- {res['map_std']:.1f}" if "map_std" in res else ""
-        print(f"{name}: mAP {res['map']:.1f}{spread}, R@1 {res['recall@1']:.1f} ({res['seconds']:.0f} s)", file=sys.stderr)
-    print(f"\n{'model':24s} {'mAP':>6s} {'(std)':>6s} {'R@1':>6s}")
-    for name, r in results.items():
-        std = f"{r['map_std']:6.1f}" if "map_std" in r else f"{'':6s}"
-        print(f"{name:24s} {r['map']:6.1f} {std} {r['recall@1']:6.1f}")
-    comparisons = {}
-    if args.compare in results:
-        with_pos = np.array([(labels == labels[q]).sum() > 1 for q in range(len(labels))])
-        for name in results:
-            if name != args.compare:
-                c = paired_comparison(results[args.compare]["ap"], results[name]["ap"], labels[with_pos])
-                comparisons[f"{args.compare} - {name}"] = c
-        print(f"\n{args.compare} against each model, per query (95 % interval: bootstrap over scenes):")
-        for key, c in comparisons.items():
-            print(f"  {key:40s} {c['map_difference']:+6.1f} mAP [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}], "
-                  f"better on {c['better']}, same on {c['same']}, worse on {c['worse']} queries")
-    out = {"root": str(args.root), "images": len(paths), "scenes": int(len(set(labels.tolist()))),
-           "codebook": cb_what, "codebook_images": len(cb_paths), "results": results, "comparisons": comparisons}
-    print(json.dumps(out))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

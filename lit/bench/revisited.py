@@ -1,6 +1,7 @@
 """Revisited Oxford / Paris end to end: images -> super-features -> ASMK -> the paper's table.
 
-Every stage is cached under ``--cache-dir`` (default ``<data-root>/lit-cache``), keyed by
+``lit evaluate`` and ``benchmarks/revisited.py`` run :func:`run_revisited` with a
+:class:`RevisitedConfig`. Every stage is cached under ``cache_dir`` (default ``<data-root>/lit-cache``), keyed by
 the model's fingerprint: feature files resume where they stopped, the codebook and the
 distractor index are computed once.
 
@@ -20,67 +21,91 @@ and scores are those of one index holding every image (``--save-ranks`` writes t
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lit evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="roxford5k or rparis6k (revisitop layout under --data-root)")
-    p.add_argument("--data-root", required=True, help="folder holding <dataset>/gnd_<dataset>.pkl and <dataset>/jpg/")
-    p.add_argument("--model", default="fire", help="registered name or checkpoint path (default: fire)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--distractors", choices=["r1m"], default=None, help="add the R1M distractors (revisitop1m under --data-root)")
-    p.add_argument("--codebook", default=None, help="codebook file (.npy K x d, or an ASMK index file)")
-    p.add_argument("--sfm-root", default=None, help="folder with retrieval-SfM-120k/ (for the codebook, FIRe protocol)")
-    p.add_argument("--codebook-size", type=int, default=65536, help="k-means words (default 65536)")
-    p.add_argument("--codebook-images", type=int, default=20000, help="SfM-120k training images for the codebook (default 20000)")
-    p.add_argument("--kmeans-iterations", type=int, default=20)
-    p.add_argument("--scales", default=None, help="comma-separated scales (default: the model's)")
-    p.add_argument("--features-num", type=int, default=None, help="super-features per image (default: the model's)")
-    p.add_argument("--image-size", type=int, default=None, help="longer image side (default: the model's, 1024)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for extraction (fast path)")
-    p.add_argument("--workers", type=int, default=4, help="image decoding processes")
-    p.add_argument("--cache-dir", default=None, help="where features, codebook and indexes are cached")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", default=None, help="write results and timings here")
-    p.add_argument("--save-ranks", default=None, help="write the rankings (.npy, queries x database, revisitop ids) here")
-    return p
+__all__ = ["RevisitedConfig", "run_revisited"]
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from lit.distributed import env_from_environ, process_group, rank_device
+@dataclass(frozen=True)
+class RevisitedConfig:
+    """Options of the revisited benchmark (``lit evaluate --help`` describes each).
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    Args:
+        dataset: ``roxford5k`` or ``rparis6k`` (revisitop layout under ``data_root``).
+        data_root: folder holding ``<dataset>/gnd_<dataset>.pkl`` and ``<dataset>/jpg/``.
+        model: registered name or checkpoint path.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        distractors: ``"r1m"`` adds the R1M distractors (revisitop1m under ``data_root``).
+        codebook: a codebook file (``.npy`` K x d, or an index file).
+        sfm_root: folder with retrieval-SfM-120k/ (codebook of the FIRe protocol).
+        codebook_size, codebook_images, kmeans_iterations: k-means words, SfM-120k images
+            and iterations of the codebook.
+        scales, features_num, image_size: extraction settings (``None``: the model's).
+        amp: bf16 autocast for extraction (fast path).
+        workers: image decoding processes.
+        cache_dir: where features, codebook and indexes are cached (default
+            ``<data_root>/lit-cache``).
+        seed: k-means seed.
+        progress: progress bars.
+        save_ranks: write the rankings (``.npy``, queries x database, revisitop ids) here.
+    """
+
+    dataset: str
+    data_root: str
+    model: str = "fire"
+    device: str = "auto"
+    distractors: str | None = None
+    codebook: str | None = None
+    sfm_root: str | None = None
+    codebook_size: int = 65536
+    codebook_images: int = 20000
+    kmeans_iterations: int = 20
+    scales: tuple[float, ...] | None = None
+    features_num: int | None = None
+    image_size: int | None = None
+    amp: bool = False
+    workers: int = 4
+    cache_dir: str | None = None
+    seed: int = 0
+    progress: bool = True
+    save_ranks: str | None = None
+
+
+def run_revisited(cfg: RevisitedConfig) -> dict | None:
+    """Run the benchmark; returns its results (``table``: the paper's table as text; ``None``
+    on the ranks of a ``torchrun`` job other than 0)."""
+    from lit._device import resolve_device
+    from lit.distributed import env_from_environ, process_group
+
+    device = str(resolve_device(cfg.device))
     env = env_from_environ()
     if env is not None:
-        if args.distractors != "r1m":
+        if cfg.distractors != "r1m":
             if not env.is_main:  # only the R1M distractors are sharded; rank 0 does the rest alone
-                print(f"rank {env.rank}/{env.world_size}: nothing to do without --distractors r1m", file=sys.stderr)
-                return 0
+                log.info(f"rank {env.rank}/{env.world_size}: nothing to do without --distractors r1m")
+                return None
             env = None
-        else:
-            device = rank_device(device, env)
     if env is None:
-        return _run(args, device, None)
+        return _run(cfg, device, None)
     with process_group(device, env):
-        return _run(args, device, env)
+        return _run(cfg, device, env)
 
 
-def _run(args, device: str, env) -> int:
+def _run(args: RevisitedConfig, device: str, env) -> dict | None:
     import lit
-    from lit.asmk import ASMK
     from lit.data import RevisitedDataset
+    from lit.errors import NotFoundError, PipelineError
     from lit.evaluate import format_table
-    from lit.features import FeatureStore, extract_to_file, model_fingerprint
+    from lit.features import FeatureStore, open_features
+    from lit.pipeline import extract_to_file, index_collection, model_fingerprint
 
     main_rank = env is None or env.is_main
     timings: dict[str, float] = {}
@@ -88,25 +113,24 @@ def _run(args, device: str, env) -> int:
     ds = RevisitedDataset(args.dataset, args.data_root)
     missing = ds.missing_images()
     if missing:
-        raise FileNotFoundError(f"{len(missing)} images of {args.dataset} are missing, e.g. {missing[0]}")
+        raise NotFoundError(f"{len(missing)} images of {args.dataset} are missing, e.g. {missing[0]}")
     model = lit.load_model(args.model, device=device)
     rt = model.cfg.runtime
-    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else rt.scales
+    scales = tuple(args.scales) if args.scales else rt.scales
     features_num = args.features_num or rt.features_num
     image_size = args.image_size or rt.image_size
     amp = torch.bfloat16 if args.amp else None
     fp = model_fingerprint(model, scales, features_num, image_size, amp=amp)[:16]  # bf16 features: other cache files
     cache = Path(args.cache_dir or Path(args.data_root) / "lit-cache")
     cache.mkdir(parents=True, exist_ok=True)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
     def extract(items, name, scales_=scales, out=None):
         out = out or cache / f"{name}-{fp}.h5"
         t = time.perf_counter()
         summary = extract_to_file(model, items, out, scales=scales_, features_num=features_num, image_size=image_size,
-                                  num_workers=args.workers, progress=not args.quiet, amp=amp)
+                                  num_workers=args.workers, progress=args.progress, amp=amp)
         if summary.failed:
-            log(summary.report())
+            log.warning(summary.report())
         timings[f"extract_{name}_s"] = time.perf_counter() - t
         return out
 
@@ -118,7 +142,7 @@ def _run(args, device: str, env) -> int:
         extract(ds.images, f"{args.dataset}-db")
         extract([(p, ds.query_bbox(i)) for i, p in enumerate(ds.queries)], f"{args.dataset}-queries")
         t = time.perf_counter()
-        codebook, codebook_source = _codebook(args, cache, fp, db_file, extract, device, log)
+        codebook, codebook_source = _codebook(args, cache, fp, db_file, extract, device)
         timings["codebook_s"] = time.perf_counter() - t
     if env is not None:
         import torch.distributed as dist
@@ -135,17 +159,15 @@ def _run(args, device: str, env) -> int:
     t = time.perf_counter()
     n_distractors = 0
     lo = count = 0  # this rank's ids: lo..lo+count-1 (sharded R1M: rank r holds the r-th block)
+    index = None
     if args.distractors == "r1m":
         index, lo, count, n_distractors = _r1m_index(args, cache, fp, codebook, extract, device, env)
-    else:
-        index = ASMK(codebook, device=device)
     last = env is None or env.rank == env.world_size - 1
     if last:  # the dataset's images go to the last part, after every distractor
-        with FeatureStore(db_file) as st:
-            if len(st) != ds.n_images:
-                raise RuntimeError(f"{db_file}: {len(st)} images extracted out of {ds.n_images}")
-            desc, ids = st.all_descriptors()
-        index.add(desc, ids + n_distractors)
+        with open_features(db_file) as coll:
+            if len(coll) != ds.n_images:
+                raise PipelineError(f"{db_file}: {len(coll)} images extracted out of {ds.n_images}")
+            index = index_collection(codebook, coll, id_offset=n_distractors, index=index, device=device)
     index.flush()  # the CSR merge (a sort of every entry) is indexing time, not search time
     _synchronize(device)
     timings["index_s"] = time.perf_counter() - t
@@ -160,7 +182,7 @@ def _run(args, device: str, env) -> int:
         hi = n_distractors + ds.n_images if last else lo + count
         ranks = _merged_search(index, qdesc, qids, (lo, hi), env, n_distractors + ds.n_images)
         if not main_rank:
-            return 0
+            return None
     ranks = np.asarray(ranks.cpu() if hasattr(ranks, "cpu") else ranks)
     # dataset images first (0..n-1), distractors after (n..), as revisitop expects
     is_db = ranks >= n_distractors
@@ -173,24 +195,22 @@ def _run(args, device: str, env) -> int:
         np.save(args.save_ranks, ranks)
 
     name = args.dataset + ("+1M" if n_distractors else "")
-    print(format_table({name: res}, k=10, title=f"{args.model} | ASMK binary, {codebook.shape[0]} words | {len(scales)} scales, {features_num} features"))
-    out = {
+    table = format_table({name: res}, k=10, title=f"{args.model} | ASMK binary, {codebook.shape[0]} words | "
+                                                   f"{len(scales)} scales, {features_num} features")
+    return {
         "dataset": name, "model": str(args.model), "device": device, "scales": list(scales), "features_num": features_num,
         "image_size": image_size, "amp": str(amp) if amp is not None else None, "codebook": codebook_source, "codebook_size": int(codebook.shape[0]),
         "distractors": n_distractors, "processes": 1 if env is None else env.world_size, "timings": timings,
         "results": {p: {"map": 100 * r["map"], "mp@k": [100 * v for v in r["mp@k"]]} for p, r in res.items()},
+        "table": table,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-    print(json.dumps({"dataset": name, "timings": timings}), file=sys.stderr)
-    return 0
 
 
-def _codebook(args, cache: Path, fp: str, db_file: Path, extract, device: str, log):
-    """The codebook and where it came from: ``--codebook``, else a cached or new k-means."""
-    from lit.asmk import ASMK
+def _codebook(args, cache: Path, fp: str, db_file: Path, extract, device: str):
+    """The codebook and where it came from: ``--codebook``, else a cached or new k-means
+    (:func:`lit.pipeline.train_codebook`, the codebook policy of ``lit index``)."""
     from lit.features import FeatureStore
+    from lit.pipeline import train_codebook
 
     if args.codebook:
         from lit.pipeline import load_codebook
@@ -209,12 +229,13 @@ def _codebook(args, cache: Path, fp: str, db_file: Path, extract, device: str, l
         with FeatureStore(sfm_file) as st:
             train_desc = st.all_descriptors()[0]
     else:
-        log("warning: no --codebook or --sfm-root: the codebook is trained on the database itself "
-            "(not the paper's protocol, which uses 20k SfM-120k images)")
+        log.warning("no --codebook or --sfm-root: the codebook is trained on the database itself "
+                    "(not the paper's protocol, which uses 20k SfM-120k images)")
         with FeatureStore(db_file) as st:
             train_desc = st.all_descriptors()[0]
     size = min(args.codebook_size, len(train_desc))
-    codebook = ASMK.train(train_desc, size=size, iterations=args.kmeans_iterations, seed=args.seed, device=device).codebook.cpu().numpy()
+    codebook = train_codebook(train_desc, size, seed=args.seed, device=device,
+                              iterations=args.kmeans_iterations).cpu().numpy()
     np.save(cb_file, codebook)
     return codebook, str(cb_file)
 
@@ -226,27 +247,27 @@ def _r1m_index(args, cache: Path, fp: str, codebook, extract, device: str, env):
     Rank ``r`` extracts the ``r``-th block of the image list into its own resumable shard
     and indexes it; ids are positions among the stored images of all ranks (failed images
     leave no gap), as in one process."""
-    from lit.asmk import ASMK
     from lit.data import r1m_image_list
-    from lit.features import FeatureStore
-    from lit.shards import FeatureCollection, part_attrs, shard_path, split_range
+    from lit.distributed import shard_path, split_range
+    from lit.features import open_features
+    from lit.index_file import IndexInfo, Part, load_index, write_index
+    from lit.pipeline import index_collection
 
     k = int(np.asarray(codebook).shape[0])
     base = cache / f"r1m-index-{fp}-{k}.h5"
     paths = [str(p) for p in r1m_image_list(args.data_root)]
     rank, world = (0, 1) if env is None else (env.rank, env.world_size)
     path = base if env is None else Path(shard_path(base, rank, world))
-    if path.is_file():
-        index = ASMK.load(path, device=device)
-        count = index.n_images if env is None else int(_h5_attr(path, "shard.hi")) - int(_h5_attr(path, "shard.lo"))
-        features = None
+    index = features = None
+    if path.is_file():  # cached: its names are this rank's images
+        index, info = load_index(path, device=device)
+        count = len(info.names)
     else:
         b0, b1 = split_range(len(paths), rank, world)
         feat_base = cache / f"r1m-{fp}.h5"
         features = extract(paths[b0:b1], "r1m", out=feat_base if env is None else Path(shard_path(feat_base, rank, world)))
-        with FeatureStore(features) as st:
-            count = len(st)
-        index = None
+        with open_features(features) as coll:
+            count = len(coll)
     counts = [count]
     if env is not None:
         import torch.distributed as dist
@@ -255,19 +276,12 @@ def _r1m_index(args, cache: Path, fp: str, codebook, extract, device: str, env):
         dist.all_gather_object(counts, count)
     lo, n = sum(counts[:rank]), sum(counts)
     if index is None:
-        index = ASMK(codebook, device=device)
-        with FeatureCollection(features) as coll:  # chunks of whole images, checked (bounded memory)
-            for desc, ids in coll.iter_descriptors():
-                index.add(desc, ids + lo)
-        index.save(path, attrs=None if env is None else part_attrs(rank, world, lo, lo + count))
+        with open_features(features) as coll:  # chunks of whole images, checked (bounded memory)
+            index = index_collection(codebook, coll, id_offset=lo, device=device)
+            info = IndexInfo(names=tuple(coll.names), fingerprint=coll.fingerprint, features=str(features),
+                             codebook_source="benchmark", codebook_size=k, descriptors=coll.num_features)
+        write_index(path, index, info, part=None if env is None else Part(rank, world, lo, lo + count))
     return index, lo, count, n
-
-
-def _h5_attr(path: Path, key: str):
-    import h5py
-
-    with h5py.File(path, "r") as h:
-        return h.attrs[key]
 
 
 def _merged_search(index, qdesc, qids, columns: tuple[int, int], env, n_total: int):
@@ -295,6 +309,3 @@ def _synchronize(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize(device)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -74,6 +74,8 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
+        if getattr(record, "lit_plain", False):  # a line of its own format, e.g. "skipped: NAME: problem"
+            return msg
         return self.prefix + msg if record.levelno >= logging.WARNING else msg
 
 

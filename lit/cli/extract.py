@@ -40,16 +40,14 @@ def run(args) -> int:
     import torch
 
     from .._image import DEFAULT_MAX_PIXELS, display_name
-    from ..distributed import sharded_extraction
     from ..errors import UsageError
-    from ..features import extract_to_file
-    from ..pipeline import gather_images
-    from ..text.search import default_image_embedder
+    from ..pipeline import extract_to_file, gather_images, rank_share
+    from ..text import default_image_embedder
 
     paths, root = gather_images(args.inputs, args.list)
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
-    paths, out, report = sharded_extraction(paths, args.out)  # torchrun: this rank's block and shard
+    paths, out, report = rank_share(paths, args.out)  # torchrun: this rank's block and shard
     model = load_model(args)
     embedder, note = default_image_embedder(args.text_model, model.device)
     if note:

@@ -38,7 +38,8 @@ def _print_info(info: dict, show_failed: int) -> None:
 def run(args) -> int:
     from .._image import display_name
     from ..errors import UsageError
-    from ..features import feature_file_info, merge_feature_files
+    from ..features import feature_file_info
+    from ..pipeline import merge_feature_files
 
     if args.action == "info":
         infos = [feature_file_info(p) for p in args.files]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from ._common import add_device_argument, device
@@ -44,44 +43,27 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from .. import pipeline
-    from ..distributed import env_from_environ
-    from ..text.store import write_index_embeddings
+    from ..distributed import is_main_process
 
-    dev = device(args)
-    if args.shards > 1 or env_from_environ() is not None:  # a sharded index (lit.distributed)
-        return _run_sharded(args, dev)
     codebook = cb_fp = None
     if args.codebook:
         codebook, cb_fp = pipeline.load_codebook(args.codebook)
-    index, info = pipeline.build_index(
-        args.features, codebook=codebook, codebook_source=args.codebook, codebook_fingerprint=cb_fp,
-        size=args.codebook_size, train_features=args.train_features, image_root=args.image_root, seed=args.seed,
-        binary=not args.real, use_idf=args.idf, device=dev, force=args.force,
+    summary = pipeline.make_index(
+        args.features, args.out, parts=args.shards, codebook=codebook, codebook_source=args.codebook,
+        codebook_fingerprint=cb_fp, size=args.codebook_size, train_features=args.train_features,
+        image_root=args.image_root, seed=args.seed, binary=not args.real, use_idf=args.idf, device=device(args),
+        force=args.force,
     )
-    pipeline.save_index(index, info, args.out)
+    if not is_main_process():
+        return 0
+    info = summary.info
     root = f", image root {info.image_root}" if info.image_root else " (image root unknown: give --db-root to `lit search --plot`)"
-    print(f"indexed {len(info.names)} images ({info.descriptors} descriptors, {info.codebook_size} words) into {args.out}{root}")
-    if os.path.isfile(args.features):  # a shard set has no single file to copy embeddings from
-        print(write_index_embeddings(args.features, args.out), file=sys.stderr)
-    return 0
-
-
-def _run_sharded(args, dev: str) -> int:
-    from .. import pipeline
-    from ..distributed import build_index, is_main_process
-    from ..shards import open_features
-
-    codebook = pipeline.load_codebook(args.codebook)[0] if args.codebook else None
-    res = build_index(args.features, args.out, parts=args.shards, codebook=codebook, codebook_size=args.codebook_size,
-                      train_features=args.train_features, seed=args.seed, device=dev, binary=not args.real,
-                      use_idf=args.idf, log=lambda m: print(m, file=sys.stderr))
-    if is_main_process():
-        with open_features(args.features) as fc:
-            root, fingerprint = pipeline._feature_root(fc), fc.fingerprint
-        with open(args.out + ".names.json", "w") as f:  # the parts' names, image root and fingerprint
-            json.dump({"features": os.path.abspath(args.features), "names": res["names"], "sharded": True,
-                       "image_root": args.image_root and os.path.abspath(args.image_root) or root,
-                       "fingerprint": fingerprint}, f)
-        print(f"indexed {len(res['names'])} images ({res['descriptors']} descriptors) into {res['stats']['parts']} parts "
-              f"{args.out} (.RRRRR-of-NNNNN.h5): {json.dumps(res['stats'])}")
+    if summary.parts == 1:
+        print(f"indexed {len(info.names)} images ({info.descriptors} descriptors, {info.codebook_size} words) "
+              f"into {args.out}{root}")
+    else:
+        print(f"indexed {len(info.names)} images ({info.descriptors} descriptors) into {summary.parts} parts "
+              f"{args.out} (.RRRRR-of-NNNNN.h5){root}: {json.dumps(summary.stats)}")
+    if summary.text_note:
+        print(summary.text_note, file=sys.stderr)
     return 0

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import add_model_arguments, check_figure_path, device, load_model, parse_scales
+from ._common import (
+    DEFAULT_MODEL,
+    add_model_arguments,
+    check_figure_path,
+    device,
+    load_model,
+    parse_scales,
+)
 
 NAME = "search"
 HELP = "search an ASMK index with query images or a query feature file"
@@ -49,8 +56,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from .. import pipeline
-    from ..distributed import is_main_process, open_index
+    from ..distributed import is_main_process
     from ..errors import UsageError
+    from ..index_file import read_info
 
     dev = device(args)
     if args.text or args.text_file:
@@ -63,61 +71,23 @@ def run(args) -> int:
             print(f"note: {note}", file=sys.stderr)
         results = [pipeline.QueryResult(r["query"], tuple(pipeline.Hit(h["rank"], h["name"], h["score"]) for h in r["results"]))
                    for r in found]
-        info = pipeline.read_index_info(args.index)
-        return _write_results(args, results, info.image_root if info else None, None, text=True)
-    if os.path.isfile(args.index):
-        index, info = pipeline.load_index(args.index, device=dev)
-    else:  # the parts of a sharded index (under torchrun: this rank's part)
-        index = open_index(args.index, device=dev)
-        info = pipeline.read_index_info(args.index)
-        if info is None:
-            raise UsageError(f"{args.index}: neither an index file nor a sharded index with its .names.json")
-    query_root = os.path.abspath(args.query_root) if args.query_root else None
+        return _write_results(args, results, read_info(args.index).image_root, None, text=True)
+    index, info = pipeline.open_index(args.index, device=dev)  # a file, a sharded index (torchrun: this rank's part)
     if args.query_features:
-        from ..shards import open_features
-
         if args.queries or args.list:
             raise UsageError("give query images or --query-features, not both")
-        with open_features(args.query_features) as qs:  # a feature file or a set of shards
-            pipeline.check_fingerprint(info.fingerprint, qs.fingerprint, f"the query features {args.query_features}",
-                                       args.index, args.force)
-            qnames = list(qs.names)
-            qfeats = [qs[i] for i in range(len(qs))]
-            if query_root is None:
-                query_root = pipeline._feature_root(qs)
-                if query_root is None and os.path.realpath(args.query_features) == os.path.realpath(info.features or ""):
-                    query_root = info.image_root  # the index's own feature file
+        queries = pipeline.queries_from_features(args.query_features, info, root=args.query_root, force=args.force,
+                                                 against=args.index)
     else:
-        from .._image import ImageReadError, load_image
-        from ..features import model_fingerprint
-
-        paths, root = pipeline.gather_images(args.queries, args.list)
-        if args.query_root:
-            root = args.query_root
-        if query_root is None:  # names relative to the one folder given, else as typed (relative to cwd)
-            query_root = os.path.abspath(root) if root is not None else os.getcwd()
-        model = load_model(args)
-        scales = parse_scales(args.scales) or model.cfg.runtime.scales
-        fnum = args.features_num or model.cfg.runtime.features_num
-        size = model.cfg.runtime.image_size if args.image_size is None else args.image_size
-        pipeline.check_fingerprint(info.fingerprint, model_fingerprint(model, scales, fnum, size),
-                                   f"queries extracted with --model {args.model or 'lit-effl0'}", args.index, args.force)
-        qnames, qfeats = [], []
-        for p in paths:
-            try:
-                img = load_image(p, size)
-            except ImageReadError as err:
-                print(f"skipped: {err}", file=sys.stderr)
-                continue
-            qnames.append(os.path.relpath(os.path.abspath(p), query_root) if root is not None else os.path.normpath(p))
-            qfeats.append(model.extract(img, scales=scales, features_num=fnum))
-    if not qfeats:
-        raise UsageError("no readable query images")
-    results = pipeline.search(index, info, qfeats, qnames, topk=args.topk, exclude_self=args.exclude_self,
-                              query_root=query_root)
+        queries = pipeline.queries_from_images(
+            load_model(args), args.queries, info, list_file=args.list, root=args.query_root,
+            scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size,
+            force=args.force, model_name=f"--model {args.model or DEFAULT_MODEL}", against=args.index)
+    results = pipeline.search(index, info, queries.features, queries.names, topk=args.topk,
+                              exclude_self=args.exclude_self, query_root=queries.root)
     if not is_main_process():  # torchrun: rank 0 writes the merged results
         return 0
-    return _write_results(args, results, info.image_root, query_root)
+    return _write_results(args, results, info.image_root, queries.root)
 
 
 def _write_results(args, results, db_root, query_root, text: bool = False) -> int:
@@ -137,10 +107,10 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
         if not db_root:
             raise UsageError(f"{args.index}: the index does not know its image folder: give --db-root for --plot "
                              "(or rebuild it with `lit index --image-root`)")
+        from .. import viz
+
         if text:  # a text query: a blank panel titled with the text
             import torch
-
-            from .. import viz
 
             for res, path in zip(results, pipeline.plot_paths(args.plot, len(results)), strict=True):
                 hits = res.hits[: args.plot_topk]
@@ -149,7 +119,7 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
                                          titles=[f"#{h.rank} {h.name}" for h in hits])
                 print(f"wrote {viz.save_figure(fig, path)}", file=sys.stderr)
         else:
-            for path in pipeline.plot_results(results, args.plot, db_root, query_root, topk=args.plot_topk):
+            for path in viz.plot_search_results(results, args.plot, db_root, query_root, topk=args.plot_topk):
                 print(f"wrote {path}", file=sys.stderr)
     if not (args.json or args.csv or args.pairs) or args.verbose:
         for res in results:

@@ -24,15 +24,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..text.model import load_text_model
-    from ..text.store import add_embeddings, write_index_embeddings
+    from ..text import add_embeddings, index_embeddings_from_features, load_text_model
 
     if args.text_command == "embed":
         model = load_text_model(args.text_model, args.device)
         n = add_embeddings(args.features, args.root, model, device=args.device, progress=not args.quiet)
         print(f"embedded {n} images of {args.features} ({model.tower_name})")
         if args.index:
-            print(write_index_embeddings(args.features, args.index))
+            print(index_embeddings_from_features(args.features, args.index))
         return 0
     if args.text_command == "encode":
         q = load_text_model(args.text_model).embed_texts(args.texts)

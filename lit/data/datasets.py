@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
 from .._download import download_url, file_sha256
+from ..errors import UsageError
 
 __all__ = ["DATASETS", "DatasetInfo", "RemoteFile", "download_dataset", "extract_archive", "list_datasets"]
 
@@ -159,15 +160,15 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
-        raise ValueError(f"{archive}: refusing unsafe member path {name!r} (absolute or with '..')")
+        raise UsageError(f"{archive}: refusing unsafe member path {name!r} (absolute or with '..')")
     if member.issym() or member.islnk():
         link = member.linkname.replace("\\", "/")
         base = posixpath.dirname(name) if member.issym() else ""
         resolved = posixpath.normpath(posixpath.join(base, link))
         if link.startswith("/") or resolved == ".." or resolved.startswith("../"):
-            raise ValueError(f"{archive}: refusing link {name!r} -> {member.linkname!r} pointing outside the archive")
+            raise UsageError(f"{archive}: refusing link {name!r} -> {member.linkname!r} pointing outside the archive")
     elif not (member.isfile() or member.isdir()):
-        raise ValueError(f"{archive}: refusing special member {name!r} (device, fifo, ...)")
+        raise UsageError(f"{archive}: refusing special member {name!r} (device, fifo, ...)")
 
 
 def extract_archive(archive: str | os.PathLike, dst: str | os.PathLike, flatten: bool = False,
@@ -254,7 +255,7 @@ def download_dataset(name: str | DatasetInfo, root: str | os.PathLike, progress:
     else:
         key = str(name).lower()
         if key not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
+            raise UsageError(f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
         info = DATASETS[key]
     root = Path(root)
     for dep in info.requires:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import NotFoundError
 from ..evaluate.revisited import classic_map, load_ground_truth, revisited_map
 
 __all__ = ["REVISITED_NAMES", "RevisitedDataset", "r1m_image_list"]
@@ -59,7 +60,7 @@ class RevisitedDataset:
         if not self.gnd_path.is_file():
             hint = (f"; download it with lit.data.download_dataset({name!r}, {str(self.root)!r})"
                     if name in REVISITED_NAMES else "")
-            raise FileNotFoundError(f"{self.gnd_path}: ground-truth file not found{hint}")
+            raise NotFoundError(f"{self.gnd_path}: ground-truth file not found{hint}")
         self.cfg: dict[str, Any] = load_ground_truth(self.gnd_path)
         #: True for classic Oxford5k/Paris6k ground truth (``ok``/``junk`` instead of easy/hard)
         self.classic = any("easy" not in g for g in self.cfg["gnd"])
@@ -163,9 +164,9 @@ def r1m_image_list(root: str | os.PathLike, list_file: str | os.PathLike | None 
             names = [line.strip() for line in f]
         return [image_dir / n for n in names if n]
     if list_file is not None:
-        raise FileNotFoundError(f"{lst}: image list not found")
+        raise NotFoundError(f"{lst}: image list not found")
     if not image_dir.is_dir():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{lst}: R1M image list not found (nor {image_dir}); download it with "
             f"lit.data.download_dataset('revisitop1m', {str(root)!r})")
     warnings.warn(f"{lst} not found: listing {image_dir} in sorted order instead of the official order",

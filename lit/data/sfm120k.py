@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._pickle import restricted_load
+from ..errors import NotFoundError, UsageError
 
 __all__ = ["SFM_NAMES", "SfM120k", "SfMSplit", "cid_to_path", "load_sfm_db"]
 
@@ -40,7 +41,7 @@ _SPLIT_KEYS = ("cids", "cluster", "qidxs", "pidxs")
 def cid_to_path(cid: str, ims_root: str | os.PathLike) -> Path:
     """Image file of an SfM-120k image id: ``ims_root/c[-2:]/c[-4:-2]/c[-6:-4]/c``."""
     if not isinstance(cid, str) or len(cid) < 6:
-        raise ValueError(f"invalid SfM image id {cid!r} (expected a string of at least 6 characters)")
+        raise UsageError(f"invalid SfM image id {cid!r} (expected a string of at least 6 characters)")
     return Path(ims_root) / cid[-2:] / cid[-4:-2] / cid[-6:-4] / cid
 
 
@@ -61,27 +62,27 @@ def load_sfm_db(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     path = os.fspath(path)
     db = restricted_load(path)
     if not isinstance(db, Mapping):
-        raise ValueError(f"{path}: expected a dict with 'train' and 'val' splits, got {type(db).__name__}")
+        raise UsageError(f"{path}: expected a dict with 'train' and 'val' splits, got {type(db).__name__}")
     if "train" not in db and "val" not in db:
-        raise ValueError(f"{path}: no 'train' or 'val' split (keys: {', '.join(map(str, db))})")
+        raise UsageError(f"{path}: no 'train' or 'val' split (keys: {', '.join(map(str, db))})")
     for split, content in db.items():
         if split not in ("train", "val"):
             continue
         if not isinstance(content, Mapping):
-            raise ValueError(f"{path}: split {split!r} must be a dict, got {type(content).__name__}")
+            raise UsageError(f"{path}: split {split!r} must be a dict, got {type(content).__name__}")
         missing = [k for k in _SPLIT_KEYS if k not in content]
         if missing:
-            raise ValueError(f"{path}: split {split!r} is missing key(s) {', '.join(missing)}")
+            raise UsageError(f"{path}: split {split!r} is missing key(s) {', '.join(missing)}")
         n = len(content["cids"])
         if len(content["cluster"]) != n:
-            raise ValueError(f"{path}: split {split!r} has {len(content['cluster'])} cluster ids for {n} images")
+            raise UsageError(f"{path}: split {split!r} has {len(content['cluster'])} cluster ids for {n} images")
         if len(content["qidxs"]) != len(content["pidxs"]):
-            raise ValueError(f"{path}: split {split!r} has {len(content['qidxs'])} qidxs but "
+            raise UsageError(f"{path}: split {split!r} has {len(content['qidxs'])} qidxs but "
                              f"{len(content['pidxs'])} pidxs")
         for key in ("qidxs", "pidxs"):
             idx = np.asarray(content[key]).reshape(-1)
             if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n):
-                raise ValueError(f"{path}: split {split!r} {key} must be integer indices in [0, {n})")
+                raise UsageError(f"{path}: split {split!r} {key} must be integer indices in [0, {n})")
     return dict(db)
 
 
@@ -133,7 +134,7 @@ class SfM120k:
         self.dir = self.root / name
         self.db_path = Path(db_path) if db_path is not None else self.dir / f"{name}.pkl"
         if not self.db_path.is_file():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"{self.db_path}: SfM database file not found; download it with "
                 f"lit.data.download_dataset({name.lower()!r}, {str(self.root)!r})")
         if ims_root is None:
@@ -153,7 +154,7 @@ class SfM120k:
         """The ``"train"`` or ``"val"`` split."""
         if name not in ("train", "val") or name not in self.db:
             have = [k for k in ("train", "val") if k in self.db]
-            raise ValueError(f"{self.db_path}: unknown split {name!r} (available: {', '.join(have)})")
+            raise UsageError(f"{self.db_path}: unknown split {name!r} (available: {', '.join(have)})")
         if name not in self._splits:
             d = self.db[name]
             cids = tuple(str(c) for c in d["cids"])
@@ -195,7 +196,7 @@ class SfM120k:
             "gnd": [{"bbx": None, "ok": [...], "easy": [...], "hard": [], "junk": [q]}]}``.
         """
         if positives not in ("pairs", "cluster"):
-            raise ValueError(f"positives must be 'pairs' or 'cluster', got {positives!r}")
+            raise UsageError(f"positives must be 'pairs' or 'cluster', got {positives!r}")
         val = self.val
         queries = list(dict.fromkeys(int(q) for q in val.qidxs))
         pos: dict[int, set[int]] = {q: set() for q in queries}

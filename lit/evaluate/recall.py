@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
+
 __all__ = ["recall_at_k"]
 
 
@@ -49,19 +51,19 @@ def recall_at_k(
     q_lab = _to_numpy(query_labels).reshape(-1)
     db_lab = _to_numpy(db_labels).reshape(-1)
     if nbrs.ndim != 2:
-        raise ValueError(f"neighbours must be a (queries x k) array, got shape {nbrs.shape}")
+        raise UsageError(f"neighbours must be a (queries x k) array, got shape {nbrs.shape}")
     if nbrs.size and not np.issubdtype(nbrs.dtype, np.integer):
         raise TypeError(f"neighbours must hold integer database indices, got dtype {nbrs.dtype}")
     n_q, n_cols = nbrs.shape
     if q_lab.shape[0] != n_q:
-        raise ValueError(f"{q_lab.shape[0]} query labels for {n_q} rows of neighbours")
+        raise UsageError(f"{q_lab.shape[0]} query labels for {n_q} rows of neighbours")
     if nbrs.size and (nbrs.min() < -1 or nbrs.max() >= db_lab.shape[0]):
-        raise ValueError(f"neighbour indices must lie in [0, {db_lab.shape[0]}) (or be -1 for none)")
+        raise UsageError(f"neighbour indices must lie in [0, {db_lab.shape[0]}) (or be -1 for none)")
     ks = [int(k) for k in ks]
     if any(k < 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+        raise UsageError(f"ks must be positive integers, got {tuple(ks)}")
     if n_q == 0:
-        raise ValueError("recall_at_k needs at least one query")
+        raise UsageError("recall_at_k needs at least one query")
     too_large = [k for k in ks if k > n_cols]
     if too_large:
         warnings.warn(

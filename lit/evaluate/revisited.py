@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._pickle import restricted_load
+from ..errors import UsageError
 
 __all__ = [
     "PROTOCOLS", "classic_map", "compute_ap", "format_table", "load_ground_truth",
@@ -69,36 +70,36 @@ def load_ground_truth(path: str | os.PathLike) -> dict:
 def validate_ground_truth(cfg: Any, source: str = "ground truth") -> None:
     """Check the structure of a ground-truth dict; raise ``ValueError`` naming ``source``."""
     if not isinstance(cfg, Mapping):
-        raise ValueError(f"{source}: expected a dict with keys imlist, qimlist, gnd; got {type(cfg).__name__}")
+        raise UsageError(f"{source}: expected a dict with keys imlist, qimlist, gnd; got {type(cfg).__name__}")
     missing = [k for k in ("imlist", "qimlist", "gnd") if k not in cfg]
     if missing:
-        raise ValueError(f"{source}: missing key(s) {', '.join(missing)} (have: {', '.join(map(str, cfg))})")
+        raise UsageError(f"{source}: missing key(s) {', '.join(missing)} (have: {', '.join(map(str, cfg))})")
     n_images, n_queries = len(cfg["imlist"]), len(cfg["qimlist"])
     gnd = cfg["gnd"]
     if not isinstance(gnd, Sequence) or len(gnd) != n_queries:
-        raise ValueError(f"{source}: 'gnd' must be a list with one entry per query ({n_queries}), got "
+        raise UsageError(f"{source}: 'gnd' must be a list with one entry per query ({n_queries}), got "
                          f"{len(gnd) if isinstance(gnd, Sequence) else type(gnd).__name__}")
     for i, entry in enumerate(gnd):
         if not isinstance(entry, Mapping):
-            raise ValueError(f"{source}: gnd[{i}] must be a dict, got {type(entry).__name__}")
+            raise UsageError(f"{source}: gnd[{i}] must be a dict, got {type(entry).__name__}")
         if "ok" in entry and "easy" not in entry:
             required = ("ok", "junk")
         else:
             required = ("easy", "hard", "junk")
         missing = [k for k in required if k not in entry]
         if missing:
-            raise ValueError(f"{source}: gnd[{i}] is missing key(s) {', '.join(missing)} "
+            raise UsageError(f"{source}: gnd[{i}] is missing key(s) {', '.join(missing)} "
                              f"(need bbx, easy, hard, junk; have {', '.join(map(str, entry))})")
         for key in required:
             idx = np.asarray(entry[key]).reshape(-1)
             if idx.size == 0:
                 continue
             if not np.issubdtype(idx.dtype, np.integer):
-                raise ValueError(f"{source}: gnd[{i}][{key!r}] must hold integer image indices, got {idx.dtype}")
+                raise UsageError(f"{source}: gnd[{i}][{key!r}] must hold integer image indices, got {idx.dtype}")
             if idx.min() < 0 or idx.max() >= n_images:
-                raise ValueError(f"{source}: gnd[{i}][{key!r}] has indices outside [0, {n_images})")
+                raise UsageError(f"{source}: gnd[{i}][{key!r}] has indices outside [0, {n_images})")
         if "bbx" in entry and entry["bbx"] is not None and np.asarray(entry["bbx"]).size != 4:
-            raise ValueError(f"{source}: gnd[{i}]['bbx'] must be [x1, y1, x2, y2]")
+            raise UsageError(f"{source}: gnd[{i}]['bbx'] must be [x1, y1, x2, y2]")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -122,13 +123,13 @@ def compute_ap(ranks: Sequence[int] | np.ndarray, npos: int) -> float:
     """
     r = np.sort(np.asarray(ranks, dtype=np.float64).reshape(-1))
     if npos <= 0:
-        raise ValueError(f"npos must be positive, got {npos}")
+        raise UsageError(f"npos must be positive, got {npos}")
     if r.size > npos:
-        raise ValueError(f"{r.size} positive ranks given for npos={npos}")
+        raise UsageError(f"{r.size} positive ranks given for npos={npos}")
     if r.size == 0:
         return 0.0
     if r[0] < 0:
-        raise ValueError("ranks must be non-negative")
+        raise UsageError("ranks must be non-negative")
     j = np.arange(r.size, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         p0 = np.where(r == 0, 1.0, j / np.where(r == 0, 1.0, r))
@@ -141,21 +142,21 @@ def _as_ranks(ranks: Any, n_queries: int) -> np.ndarray:
         ranks = ranks.detach().cpu().numpy()
     ranks = np.asarray(ranks)
     if ranks.ndim != 2:
-        raise ValueError(f"ranks must be a 2-D (database x queries) array, got shape {ranks.shape}")
+        raise UsageError(f"ranks must be a 2-D (database x queries) array, got shape {ranks.shape}")
     if not np.issubdtype(ranks.dtype, np.integer):
         raise TypeError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
     if ranks.shape[1] != n_queries:
         hint = " (did you pass it as queries x database? transpose it)" if ranks.shape[0] == n_queries else ""
-        raise ValueError(f"ranks has {ranks.shape[1]} columns but the ground truth has {n_queries} queries{hint}")
+        raise UsageError(f"ranks has {ranks.shape[1]} columns but the ground truth has {n_queries} queries{hint}")
     if ranks.size and ranks.min() < 0:
-        raise ValueError("ranks must hold non-negative database indices")
+        raise UsageError("ranks must hold non-negative database indices")
     return ranks
 
 
 def _as_kappas(kappas: Sequence[int]) -> list[int]:
     out = [int(k) for k in kappas]
     if any(k < 1 for k in out):
-        raise ValueError(f"kappas must be positive integers, got {tuple(kappas)}")
+        raise UsageError(f"kappas must be positive integers, got {tuple(kappas)}")
     return out
 
 
@@ -227,7 +228,7 @@ def revisited_map(ranks: Any, gnd: Sequence[Mapping], kappas: Sequence[int] = (1
         gnd = gnd["gnd"]
     for i, entry in enumerate(gnd):
         if not isinstance(entry, Mapping) or not all(k in entry for k in ("easy", "hard", "junk")):
-            raise ValueError(f"gnd[{i}] must be a dict with easy, hard and junk index lists "
+            raise UsageError(f"gnd[{i}] must be a dict with easy, hard and junk index lists "
                              "(use classic_map for ok/junk ground truth)")
     ranks = _as_ranks(ranks, len(gnd))
     kappas = _as_kappas(kappas)
@@ -263,13 +264,13 @@ def classic_map(ranks: Any, gnd: Sequence[Mapping], kappas: Sequence[int] = (1, 
     positives, ignored = [], []
     for i, entry in enumerate(gnd):
         if not isinstance(entry, Mapping):
-            raise ValueError(f"gnd[{i}] must be a dict, got {type(entry).__name__}")
+            raise UsageError(f"gnd[{i}] must be a dict, got {type(entry).__name__}")
         if "ok" in entry:
             positives.append(_indices(entry, ("ok",)))
         elif "easy" in entry and "hard" in entry:
             positives.append(_indices(entry, ("easy", "hard")))
         else:
-            raise ValueError(f"gnd[{i}] needs 'ok' (or 'easy' and 'hard') index lists")
+            raise UsageError(f"gnd[{i}] needs 'ok' (or 'easy' and 'hard') index lists")
         ignored.append(_indices(entry, ("junk",)))
     ranks = _as_ranks(ranks, len(gnd))
     return _score(ranks, positives, ignored, _as_kappas(kappas))

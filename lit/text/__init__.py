@@ -17,12 +17,17 @@ joint space holds their square roots, and a photo's score for a query is their d
 
 from .head import HeadConfig, TextHead, info_nce_loss, recall_at_k, train_head
 from .model import DEFAULT_TEXT_MODEL, TextModel, TextQueries, clean_queries, load_text_model
-from .search import rank_images, read_text_file, search_index_by_text
-from .store import add_embeddings, read_embeddings, read_index_embeddings, write_index_embeddings
+from .search import (
+    default_image_embedder,
+    image_embedder,
+    rank_images,
+    read_text_file,
+    search_index_by_text,
+)
+from .store import add_embeddings, index_embeddings_from_features
 
 __all__ = [
     "DEFAULT_TEXT_MODEL", "HeadConfig", "TextHead", "TextModel", "TextQueries", "add_embeddings",
-    "clean_queries", "info_nce_loss", "load_text_model", "rank_images", "read_embeddings",
-    "read_index_embeddings", "read_text_file", "recall_at_k", "search_index_by_text", "train_head",
-    "write_index_embeddings",
+    "clean_queries", "default_image_embedder", "image_embedder", "index_embeddings_from_features", "info_nce_loss",
+    "load_text_model", "rank_images", "read_text_file", "recall_at_k", "search_index_by_text", "train_head",
 ]

@@ -6,8 +6,9 @@ import os
 
 import torch
 
+from ..errors import NotFoundError, UsageError
+from ..index_file import read_text
 from .model import TextModel, load_text_model
-from .store import read_index_embeddings
 
 
 def read_text_file(path: str | os.PathLike) -> list[str]:
@@ -18,12 +19,12 @@ def read_text_file(path: str | os.PathLike) -> list[str]:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such query file")
+        raise NotFoundError(f"{path}: no such query file")
     with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     queries = [line for line in lines if line and not line.startswith("#")]
     if not queries:
-        raise ValueError(f"{path}: no text queries (one per line; blank and '#' lines are skipped)")
+        raise UsageError(f"{path}: no text queries (one per line; blank and '#' lines are skipped)")
     return queries
 
 
@@ -64,15 +65,15 @@ def search_index_by_text(index: str | os.PathLike, texts, model: TextModel | str
     Raises:
         ValueError: empty query, index without embeddings, or a model of another image tower.
     """
-    tower, names, emb, valid = read_index_embeddings(index)
+    tower, names, emb, valid, _ = read_text(index)
     model = model if isinstance(model, TextModel) or hasattr(model, "embed_texts") else load_text_model(model, device)
     if model.tower_name != tower:
-        raise ValueError(f"{index}: its image embeddings are {tower!r}, but the text model {model.name!r} uses "
+        raise UsageError(f"{index}: its image embeddings are {tower!r}, but the text model {model.name!r} uses "
                          f"{model.tower_name!r}: pick a text model of that tower, or re-embed")
     queries = model.embed_texts(texts)
     notes = list(queries.notes)
     if not valid.any():
-        raise ValueError(f"{index}: none of its images has a global embedding for text search")
+        raise UsageError(f"{index}: none of its images has a global embedding for text search")
     if not valid.all():
         notes.append(f"{int((~valid).sum())} of {len(valid)} indexed images have no global embedding and are never returned")
     dev = queries.embeddings.device
@@ -96,16 +97,6 @@ def image_embedder(text_model: str | None = None, device: str = "cpu"):
     if text_model == "none":
         return None
     return image_tower_of(text_model, device)
-
-
-def store_embeddings(store, embedder, rows: list[int], images: list[torch.Tensor]) -> None:
-    """Write the global embeddings of images ``rows`` of an open feature store (called by ``extract_to_file``)."""
-    from .store import write_embedding
-
-    embs = embedder.embed(images).cpu().numpy()
-    for row, e in zip(rows, embs, strict=True):
-        write_embedding(store.h5, row, embedder.name, e)
-    store.h5.flush()
 
 
 def default_image_embedder(text_model: str | None, device) -> tuple[object | None, str | None]:

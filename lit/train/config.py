@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import UsageError
 from ..models.config import ModelConfig
 
 
@@ -62,21 +63,21 @@ class ViewConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.night_probability <= 1:
-            raise ValueError(f"views.night_probability must be in [0, 1], got {self.night_probability}")
+            raise UsageError(f"views.night_probability must be in [0, 1], got {self.night_probability}")
         if not 0 < self.night_gamma[0] <= self.night_gamma[1]:
-            raise ValueError(f"views.night_gamma must satisfy 0 < low <= high, got {self.night_gamma}")
+            raise UsageError(f"views.night_gamma must satisfy 0 < low <= high, got {self.night_gamma}")
         if not 0 <= self.night_cast < 1 or self.night_noise < 0:
-            raise ValueError("views.night_cast must be in [0, 1) and views.night_noise >= 0")
+            raise UsageError("views.night_cast must be in [0, 1) and views.night_noise >= 0")
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"views.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+            raise UsageError(f"views.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
         if not 0 <= self.blur_probability <= 1:
-            raise ValueError(f"views.blur_probability must be in [0, 1], got {self.blur_probability}")
+            raise UsageError(f"views.blur_probability must be in [0, 1], got {self.blur_probability}")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"views.blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+            raise UsageError(f"views.blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
         for name in ("rotation", "perspective", "brightness", "contrast", "saturation", "hue"):
             if getattr(self, name) < 0:
-                raise ValueError(f"views.{name} must be >= 0, got {getattr(self, name)}")
+                raise UsageError(f"views.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -124,16 +125,16 @@ class DataConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "queries_per_epoch", "pool_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_negatives", "val_images", "val_views", "num_workers"):
             if getattr(self, name) < 0:
-                raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+                raise UsageError(f"data.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.scene_positives <= 1:
-            raise ValueError(f"data.scene_positives must be in [0, 1], got {self.scene_positives}")
+            raise UsageError(f"data.scene_positives must be in [0, 1], got {self.scene_positives}")
         if not 0 <= self.flip_probability <= 1:
-            raise ValueError(f"data.flip_probability must be in [0, 1], got {self.flip_probability}")
+            raise UsageError(f"data.flip_probability must be in [0, 1], got {self.flip_probability}")
         if not self.mining_scales:
-            raise ValueError("data.mining_scales must not be empty")
+            raise UsageError("data.mining_scales must not be empty")
 
 
 @dataclass(frozen=True)
@@ -180,13 +181,13 @@ class InitConfig:
 
     def __post_init__(self) -> None:
         if self.lit not in ("random", "kmeans"):
-            raise ValueError(f"init.lit must be 'random' or 'kmeans', got {self.lit!r}")
+            raise UsageError(f"init.lit must be 'random' or 'kmeans', got {self.lit!r}")
         if self.lit_sharpness <= 0:
-            raise ValueError(f"init.lit_sharpness must be positive, got {self.lit_sharpness}")
+            raise UsageError(f"init.lit_sharpness must be positive, got {self.lit_sharpness}")
         if self.lit_background < 0:
-            raise ValueError(f"init.lit_background must be >= 0, got {self.lit_background}")
+            raise UsageError(f"init.lit_background must be >= 0, got {self.lit_background}")
         if not 0 < self.lit_background_fraction < 1:
-            raise ValueError(f"init.lit_background_fraction must be in (0, 1), got {self.lit_background_fraction}")
+            raise UsageError(f"init.lit_background_fraction must be in (0, 1), got {self.lit_background_fraction}")
 
 
 @dataclass(frozen=True)
@@ -225,15 +226,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if any(not prefix for prefix in self.frozen):
-            raise ValueError("optim.frozen: empty name prefix (it would freeze everything)")
+            raise UsageError("optim.frozen: empty name prefix (it would freeze everything)")
         if self.backbone_lr is not None and self.backbone_lr <= 0:
-            raise ValueError("optim.backbone_lr must be > 0 (or null: the same as optim.lr)")
+            raise UsageError("optim.backbone_lr must be > 0 (or null: the same as optim.lr)")
         if self.freeze_backbone and self.backbone_trainable_from is not None:
-            raise ValueError("optim.freeze_backbone and optim.backbone_trainable_from exclude each other")
+            raise UsageError("optim.freeze_backbone and optim.backbone_trainable_from exclude each other")
         if self.epochs < 0 or self.tuples_per_step < 1:
-            raise ValueError("optim.epochs must be >= 0 and optim.tuples_per_step >= 1")
+            raise UsageError("optim.epochs must be >= 0 and optim.tuples_per_step >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.lr_gamma <= 0:
-            raise ValueError("optim.lr and optim.lr_gamma must be > 0, optim.weight_decay >= 0")
+            raise UsageError("optim.lr and optim.lr_gamma must be > 0, optim.weight_decay >= 0")
 
 
 @dataclass(frozen=True)
@@ -316,12 +317,12 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 def _build(klass: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(d).__name__}")
+        raise UsageError(f"{where or 'config'}: expected a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(klass)
     known = {f.name for f in dataclasses.fields(klass)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown key(s) {', '.join(repr(_join(where, k)) for k in unknown)} "
             f"(known in {where or 'the top level'}: {', '.join(sorted(known))})"
         )
@@ -329,7 +330,7 @@ def _build(klass: type, d: Any, where: str) -> Any:
     try:
         return klass(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where or 'config'}: {err}") from None
+        raise UsageError(f"{where or 'config'}: {err}") from None
 
 
 def _join(where: str, key: str) -> str:
@@ -346,7 +347,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             if type(None) in args:
                 return None
-            raise ValueError(f"{where}: must not be null")
+            raise UsageError(f"{where}: must not be null")
         inner = [a for a in args if a is not type(None)]
         errors = []
         for a in inner:
@@ -354,43 +355,43 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return _convert(a, value, where)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError("; ".join(errors))
+        raise UsageError("; ".join(errors))
     if tp is ModelConfig:
         try:
             return ModelConfig.from_dict(value)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: {err}") from None
+            raise UsageError(f"{where}: {err}") from None
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if origin is Literal:
         if value not in args:
-            raise ValueError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise UsageError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise UsageError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
+            raise UsageError(f"{where}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
+            raise UsageError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise UsageError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads "3e-5" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+            raise UsageError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise UsageError(f"{where}: expected a string, got {value!r}")
         return value
     raise TypeError(f"{where}: unsupported config type {tp!r}")  # pragma: no cover
 
@@ -403,7 +404,7 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
             node[p] = {}
         node = node[p]
         if not isinstance(node, dict):
-            raise ValueError(f"cannot set {key!r}: {p!r} is not a section")
+            raise UsageError(f"cannot set {key!r}: {p!r} is not a section")
     node[parts[-1]] = value
 
 
@@ -428,19 +429,19 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
         try:
             d = tomllib.loads(raw.decode("utf-8"))
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: invalid TOML ({err})") from None
+            raise UsageError(f"{path}: invalid TOML ({err})") from None
     else:
         import yaml
 
         try:
             d = yaml.safe_load(raw) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: invalid YAML ({err})") from None
+            raise UsageError(f"{path}: invalid YAML ({err})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: the top level must be a mapping, got {type(d).__name__}")
+        raise UsageError(f"{path}: the top level must be a mapping, got {type(d).__name__}")
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise UsageError(f"override {item!r} must look like key=value")
         key, text = item.split("=", 1)
         import yaml
 
@@ -448,7 +449,7 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
     try:
         return config_from_dict(d)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
 
 
 def check_config(cfg: TrainConfig) -> list[str]:
@@ -462,7 +463,7 @@ def check_config(cfg: TrainConfig) -> list[str]:
     """
     d, o = cfg.data, cfg.optim
     if d.queries_per_epoch < o.tuples_per_step:
-        raise ValueError(
+        raise UsageError(
             f"data.queries_per_epoch={d.queries_per_epoch} is less than one optimiser step "
             f"(optim.tuples_per_step={o.tuples_per_step}): raise it or lower optim.tuples_per_step"
         )

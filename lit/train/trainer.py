@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import UsageError
 from ..losses import attention_decorrelation_loss, superfeature_loss
 from ..models.backbone import freeze_backbone_before
 from ..models.checkpoint import (
@@ -94,7 +95,7 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
+            raise UsageError("device 'cuda' requested but CUDA is not available")
         device = f"cuda:{local_rank}"
     return torch.device(device)
 
@@ -108,7 +109,7 @@ def autocast_factory(device: torch.device, precision: str = "auto") -> Callable[
     autocast on any device (CPU autocast too, e.g. for benchmarks); ``"fp32"``: none.
     """
     if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+        raise UsageError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     use_bf16 = precision == "bf16" or (precision == "auto" and has_native_bf16(device))
     if not use_bf16:
         return nullcontext
@@ -158,9 +159,9 @@ def tuple_loss(
     if isinstance(images, TrainingTuple):
         images = images.images
     if len(images) < 2:
-        raise ValueError(f"a tuple needs at least a query and a positive, got {len(images)} images")
+        raise UsageError(f"a tuple needs at least a query and a positive, got {len(images)} images")
     if loss_cfg.space == "reduced" and not model.has_reduction:
-        raise ValueError("loss.space='reduced' needs a reduction layer: initialise it first")
+        raise UsageError("loss.space='reduced' needs a reduction layer: initialise it first")
     device = model.device
     attention_terms, sf_terms, matches = [], [], 0.0
     for s in scales:
@@ -198,7 +199,7 @@ def build_model(cfg: TrainConfig) -> SuperFeatureModel:
         model = load_model(cfg.init.checkpoint, device="cpu")
         if cfg.model is not None:
             if (cfg.model.backbone, cfg.model.lit) != (model.cfg.backbone, model.cfg.lit):
-                raise ValueError(
+                raise UsageError(
                     f"model config {cfg.model.backbone}, {cfg.model.lit} does not match the "
                     f"checkpoint {cfg.init.checkpoint} ({model.cfg.backbone}, {model.cfg.lit})"
                 )
@@ -272,7 +273,7 @@ def _freeze_by_prefix(model: torch.nn.Module, prefixes: Sequence[str]) -> None:
         hit = [name for name in params if name.startswith(prefix)]
         if not hit:
             lit_names = ", ".join(n for n in params if not n.startswith("backbone."))
-            raise ValueError(f"optim.frozen: no parameter starts with {prefix!r} (besides the backbone's: {lit_names})")
+            raise UsageError(f"optim.frozen: no parameter starts with {prefix!r} (besides the backbone's: {lit_names})")
         for name in hit:
             params[name].requires_grad_(False)
 
@@ -307,13 +308,13 @@ def build_data(cfg: TrainConfig) -> tuple[TupleDataset, ValidationSet | None]:
     """Training tuples and validation set described by ``cfg.data``."""
     d = cfg.data
     if not d.root:
-        raise ValueError("data.root is not set")
+        raise UsageError("data.root is not set")
     if d.source == "folder":
         db, vset = split_folder(d.root, d, cfg.seed)
         return TupleDataset(db, d, cfg.seed), vset
     db_file = d.db_file
     if not db_file:
-        raise ValueError("data.db_file (the cirtorch retrieval-SfM-120k.pkl) is needed for source 'sfm120k'")
+        raise UsageError("data.db_file (the cirtorch retrieval-SfM-120k.pkl) is needed for source 'sfm120k'")
     train = ImageDatabase.from_cirtorch(db_file, d.root, "train")
     try:
         val_db = ImageDatabase.from_cirtorch(db_file, d.root, "val")
@@ -461,7 +462,7 @@ class Trainer:
         _freeze_by_prefix(self.model, o.frozen)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
-            raise ValueError("nothing left to train: every parameter is frozen (optim.frozen, freeze_backbone)")
+            raise UsageError("nothing left to train: every parameter is frozen (optim.frozen, freeze_backbone)")
         backbone_ids = {id(p) for p in self.model.backbone.parameters()}
         groups = [{"params": [p for p in self.params if id(p) not in backbone_ids]}]
         trained_backbone = [p for p in self.params if id(p) in backbone_ids]
@@ -510,7 +511,7 @@ class Trainer:
         trained_reduction = bool(self.cfg.init.checkpoint) and self.model.has_reduction
         if mode == "never" or (mode == "auto" and trained_reduction):
             if not self.model.has_reduction:
-                raise ValueError("init.whitening='never' but the model has no reduction layer")
+                raise UsageError("init.whitening='never' but the model has no reduction layer")
             return
         indices = self._whitening_indices()
         n = len(indices)
@@ -518,7 +519,7 @@ class Trainer:
         feats = whitening_features(self.model, self.dataset.load, indices, self.training_scales, self.dist, self.autocast)
         dim = self.model.cfg.reduction_dim or min(128, self.model.cfg.lit.dim)
         if feats.shape[0] <= dim:
-            raise ValueError(
+            raise UsageError(
                 f"PCA-whitening to {dim} dimensions needs more than {dim} super-features; "
                 f"{n} images give {feats.shape[0]}: raise init.whitening_images"
             )
@@ -535,7 +536,7 @@ class Trainer:
         new = _flatten(config_to_dict(self.cfg))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
         if diff:
-            raise ValueError(
+            raise UsageError(
                 f"cannot resume in {self.out_dir}: the configuration differs from the checkpoint's "
                 f"in {', '.join(diff)} (use another output folder, or the same configuration)"
             )
@@ -576,7 +577,7 @@ class Trainer:
         per_step = self.cfg.optim.tuples_per_step
         steps = len(self.dataset) // per_step
         if steps == 0:
-            raise ValueError(f"{len(self.dataset)} tuples per epoch is less than tuples_per_step={per_step}")
+            raise UsageError(f"{len(self.dataset)} tuples per epoch is less than tuples_per_step={per_step}")
         indices = self._tuple_indices(steps)
         local_per_step = len(indices) // steps
         loader = torch.utils.data.DataLoader(

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .._image import list_images, load_image
+from ..errors import UsageError
 from .config import DataConfig, ViewConfig
 from .views import synthetic_view
 
@@ -97,14 +98,14 @@ class ImageDatabase:
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.clusters):
-            raise ValueError(f"{len(self.paths)} paths but {len(self.clusters)} cluster ids")
+            raise UsageError(f"{len(self.paths)} paths but {len(self.clusters)} cluster ids")
         if not self.paths:
-            raise ValueError("the image database is empty")
+            raise UsageError("the image database is empty")
         if self.pairs is not None:
             n = len(self.paths)
             for q, p in self.pairs:
                 if not (0 <= q < n and 0 <= p < n):
-                    raise ValueError(f"pair ({q}, {p}) out of range for {n} images")
+                    raise UsageError(f"pair ({q}, {p}) out of range for {n} images")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,11 +125,11 @@ class ImageDatabase:
 
         db = restricted_load(os.fspath(db_file))
         if not isinstance(db, dict) or split not in db:
-            raise ValueError(f"{db_file}: no {split!r} split (keys: {sorted(db)[:5] if isinstance(db, dict) else type(db).__name__})")
+            raise UsageError(f"{db_file}: no {split!r} split (keys: {sorted(db)[:5] if isinstance(db, dict) else type(db).__name__})")
         part = db[split]
         missing = {"cids", "cluster", "qidxs", "pidxs"} - set(part)
         if missing:
-            raise ValueError(f"{db_file}: split {split!r} lacks {sorted(missing)}")
+            raise UsageError(f"{db_file}: split {split!r} lacks {sorted(missing)}")
         root = os.fspath(root)
         paths = tuple(cirtorch_image_path(root, str(c)) for c in part["cids"])
         clusters = tuple(int(c) for c in part["cluster"])
@@ -148,7 +149,7 @@ class ImageDatabase:
         root = os.fspath(root)
         paths = list(list_images(root) if paths is None else paths)
         if not paths:
-            raise ValueError(f"{root}: no images found")
+            raise UsageError(f"{root}: no images found")
         return cls(tuple(paths), tuple(folder_scene_ids(root, paths)), None)
 
 
@@ -194,15 +195,15 @@ def mine_hard_negatives(
         - query_descriptors: :math:`(Q, d)`; pool_descriptors: :math:`(P, d)`.
     """
     if query_descriptors.dim() != 2 or pool_descriptors.dim() != 2:
-        raise ValueError("descriptors must be (Q, d) and (P, d)")
+        raise UsageError("descriptors must be (Q, d) and (P, d)")
     if query_descriptors.shape[1] != pool_descriptors.shape[1]:
-        raise ValueError(
+        raise UsageError(
             f"descriptor sizes differ: {query_descriptors.shape[1]} vs {pool_descriptors.shape[1]}"
         )
     qc = np.asarray(torch.as_tensor(np.asarray(query_clusters)).cpu(), dtype=np.int64)
     pc = np.asarray(torch.as_tensor(np.asarray(pool_clusters)).cpu(), dtype=np.int64)
     if len(qc) != query_descriptors.shape[0] or len(pc) != pool_descriptors.shape[0]:
-        raise ValueError("one cluster id per descriptor is needed")
+        raise UsageError("one cluster id per descriptor is needed")
     out: list[list[int]] = []
     if num_negatives <= 0:
         return [[] for _ in range(len(qc))]
@@ -412,7 +413,7 @@ class ValidationSet:
 
     def __post_init__(self) -> None:
         if not (len(self.queries) == len(self.positives) == len(self.junk)):
-            raise ValueError("queries, positives and junk must have the same length")
+            raise UsageError("queries, positives and junk must have the same length")
 
     def load_db(self, j: int) -> Tensor:
         return load_image(self.db_paths[j], self.image_size)
@@ -443,7 +444,7 @@ class ValidationSet:
         """Queries are the database's pair queries; positives: the other images of their
         cluster; the query image itself is junk."""
         if db.pairs is None:
-            raise ValueError("the database has no query pairs")
+            raise UsageError("the database has no query pairs")
         qidx = sorted({q for q, _ in db.pairs})[:max_queries]
         clusters = np.asarray(db.clusters)
         queries, positives, junk = [], [], []
@@ -464,7 +465,7 @@ def split_folder(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> tup
     root = os.fspath(root)
     paths = list_images(root)
     if not paths:
-        raise ValueError(f"{root}: no images found")
+        raise UsageError(f"{root}: no images found")
     scenes = folder_scene_ids(root, paths)
     n_val = min(cfg.val_images, len(paths) - 2) if cfg.val_views > 0 else 0
     order = np.random.default_rng(_seed(seed, 4)).permutation(len(paths))

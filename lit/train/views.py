@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
 from .config import ViewConfig
 
 
@@ -56,7 +57,7 @@ def sample_homography(
 
     cfg = cfg if cfg is not None else ViewConfig()
     if height < 2 or width < 2:
-        raise ValueError(f"image must be at least 2x2 pixels, got {height}x{width}")
+        raise UsageError(f"image must be at least 2x2 pixels, got {height}x{width}")
     w1, h1 = float(width - 1), float(height - 1)
     s = float(_uniform(generator, *cfg.scale))
     cw, ch = s * w1, s * h1
@@ -139,7 +140,7 @@ def synthetic_view(
         views = [synthetic_view(im, cfg, generator) for im in image]
         return SyntheticView(torch.stack([v.image for v in views]), torch.stack([v.homography for v in views]))
     if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"image must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+        raise UsageError(f"image must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
     h, w = image.shape[-2:]
     hom = sample_homography(h, w, cfg, generator)
     warped = warp_perspective(

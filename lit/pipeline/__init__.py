@@ -1,0 +1,79 @@
+"""The collection pipeline as library stages, each making one policy choice users rely on.
+
+Like hloc's stage modules, each function reads and writes files in documented formats; the
+command line, the demo, the search service and the benchmarks call these functions, so that
+every policy exists once:
+
+- :mod:`~lit.pipeline.extract`: which images, how they are named (relative to a root, with
+  ``/``), the model fingerprint, resumable extraction into a feature file
+  (:func:`extract_to_file`), this rank's share under ``torchrun``;
+- :mod:`~lit.pipeline.codebook`: how many visual words (:func:`codebook_size`), how many
+  k-means runs, where a given codebook comes from;
+- :mod:`~lit.pipeline.index`: building an index, single or sharded (:func:`build_index`,
+  :func:`make_index`), one way to fill it (:func:`index_collection`);
+- :mod:`~lit.pipeline.search`: queries and their names, the fingerprint check, search with
+  or without the query itself;
+- :mod:`~lit.pipeline.results`: JSON, CSV and pairs files;
+- :mod:`~lit.pipeline.merge`: several feature files as one;
+- :mod:`~lit.pipeline.match`: two images matched under the model's own rule.
+
+File formats have their own owners: :mod:`lit.features` (feature files) and
+:mod:`lit.index_file` (index files).
+"""
+
+from ..errors import FingerprintError, PipelineError
+from ..index_file import IndexInfo
+from .codebook import (
+    CODEBOOK_WORDS_PER_SQRT,
+    MAX_CODEBOOK_SIZE,
+    SMALL_CODEBOOK_DESCRIPTORS,
+    SMALL_SET_RESTARTS,
+    codebook_size,
+    kmeans_restarts,
+    load_codebook,
+    quantisation_error,
+    small_set_warning,
+    train_codebook,
+)
+from .extract import (
+    ExtractionSummary,
+    common_root,
+    extract_to_file,
+    gather_images,
+    image_names,
+    model_fingerprint,
+    rank_share,
+)
+from .index import (
+    CodebookChoice,
+    IndexSummary,
+    build_index,
+    choose_codebook,
+    index_collection,
+    make_index,
+)
+from .match import MatchRule, match_images, match_rule, match_threshold
+from .merge import MergeSummary, merge_feature_files
+from .results import plot_paths, results_to_dict, scene_of, write_csv, write_json, write_pairs
+from .search import (
+    Hit,
+    Queries,
+    QueryResult,
+    RankPartIndex,
+    check_fingerprint,
+    open_index,
+    queries_from_features,
+    queries_from_images,
+    search,
+)
+
+__all__ = [
+    "CODEBOOK_WORDS_PER_SQRT", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS", "SMALL_SET_RESTARTS",
+    "CodebookChoice", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
+    "PipelineError", "Queries", "QueryResult", "RankPartIndex", "build_index", "check_fingerprint", "choose_codebook",
+    "codebook_size", "common_root", "extract_to_file", "gather_images", "image_names", "index_collection",
+    "kmeans_restarts", "load_codebook", "make_index", "match_images", "match_rule", "match_threshold", "merge_feature_files",
+    "model_fingerprint", "open_index", "plot_paths", "quantisation_error", "queries_from_features",
+    "queries_from_images", "rank_share", "results_to_dict", "scene_of", "search", "small_set_warning",
+    "train_codebook", "write_csv", "write_json", "write_pairs",
+]

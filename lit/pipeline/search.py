@@ -1,0 +1,244 @@
+"""Search: queries under one name convention, checked against the index's model, ranked.
+
+- :func:`check_fingerprint`: queries and codebooks must come from the model and extraction
+  settings that made the index;
+- :func:`open_index`: an index file, a sharded index searched part by part, or, under
+  ``torchrun``, this rank's part with the lists of every rank merged (:class:`RankPartIndex`);
+- :func:`queries_from_features` / :func:`queries_from_images`: query features and their names
+  (relative to a query root, with ``/``, like stored names);
+- :func:`search`: ranked results, optionally without the query itself.
+
+Score (``score`` in every output): the ASMK similarity of the query to a database image
+(see :mod:`lit.asmk`): over the visual words they share, the sum of the selective kernel
+``max(0, 1 - 2 hamming / d) ** 3`` (binary), divided by the square roots of the number of
+words of each image. Only the order of the scores of one query matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._image import ImageReadError, display_name, load_image
+from ..asmk import SearchResult
+from ..distributed import DistEnv, env_from_environ, process_group
+from ..errors import FingerprintError, UsageError
+from ..features import open_features
+from ..index_file import IndexInfo, load_index
+from ..shards import ShardedIndex, merge_results
+from ..types import LocalFeatures
+from .extract import gather_images, image_names, model_fingerprint
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Hit", "Queries", "QueryResult", "RankPartIndex", "check_fingerprint", "open_index", "queries_from_features",
+    "queries_from_images", "search",
+]
+
+
+def check_fingerprint(expected: str | None, actual: str | None, what: str, against: str, force: bool = False) -> None:
+    """Refuse ``what`` (queries, a codebook) made by another model than ``against``.
+
+    Fingerprints cover the model's weights and config and the extraction settings (scales,
+    super-features per image, image size), see :func:`model_fingerprint`. Unknown
+    fingerprints (``None`` or empty) are not checked. With ``force`` a mismatch is a logged
+    warning instead of an error.
+
+    Raises:
+        FingerprintError: the fingerprints differ and ``force`` is false.
+    """
+    if not expected or not actual or expected == actual:
+        return
+    msg = (f"{what} come from another model or other extraction settings than {against} "
+           f"(fingerprint {actual[:12]} vs {expected[:12]})")
+    if not force:
+        raise FingerprintError(msg + ": use the same --model, --scales, --features-num and --image-size, or --force")
+    log.warning(f"{msg}; going on (--force)")
+
+
+# ---------------------------------------------------------------------------- indexes
+class RankPartIndex:
+    """Part ``rank`` of a sharded index, searched by every rank of a ``torchrun`` job; the
+    per-part top-k lists are gathered and merged, so every rank gets the full result."""
+
+    def __init__(self, sharded: ShardedIndex, env: DistEnv) -> None:
+        if len(sharded.files) != env.world_size:
+            raise UsageError(f"{display_name(sharded.files[0])}...: a sharded index of {len(sharded.files)} parts needs "
+                             f"--nproc_per_node {len(sharded.files)} (got {env.world_size} processes)")
+        self.sharded, self.env = sharded, env
+        sharded.keep, sharded.home = False, env.rank
+        self.params = sharded.params
+        self.n_images = sharded.n_images
+
+    def search(self, qdescriptors, qimage_ids, topk: int | None = None, *, words=None) -> SearchResult:
+        import torch.distributed as dist
+
+        x, words = self.sharded.prepare(qdescriptors, words)
+        mine = self.sharded.part_search(self.env.rank, x, qimage_ids, topk, words)
+        with process_group(self.sharded.device, self.env):
+            gathered: list[Any] = [None] * self.env.world_size
+            dist.all_gather_object(gathered, (mine.ranks.cpu(), mine.scores.cpu()))
+        return merge_results([SearchResult(r, s) for r, s in gathered], topk)
+
+
+def open_index(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """An index for searching, and its :class:`IndexInfo`: one file, a sharded index searched
+    part by part, or under ``torchrun`` this rank's part of it (:class:`RankPartIndex`)."""
+    path = os.fspath(path)
+    env = env_from_environ()
+    if env is None or os.path.isfile(path):
+        return load_index(path, device)
+    sharded, info = load_index(path, device, keep_parts=False)
+    return RankPartIndex(sharded, env), info
+
+
+# ---------------------------------------------------------------------------- queries
+@dataclass(frozen=True)
+class Queries:
+    """Query features, their names (relative to ``root``) and that root."""
+
+    features: list[LocalFeatures]
+    names: list[str]
+    root: str | None
+
+
+def queries_from_features(path: str | os.PathLike, info: IndexInfo, *, root: str | os.PathLike | None = None,
+                          force: bool = False, against: str = "the index") -> Queries:
+    """Every image of a feature file (or shard set) as a query.
+
+    The query root is ``root`` when given, else the one the file records, else (a file of
+    an early lit) the index's image root when it is the index's own feature file.
+
+    Raises:
+        FingerprintError: the file comes from another model than the index (without ``force``).
+    """
+    path = os.fspath(path)
+    with open_features(path) as qs:
+        check_fingerprint(info.fingerprint, qs.fingerprint, f"the query features {display_name(path)}", against, force)
+        names = list(qs.names)
+        feats = [qs[i] for i in range(len(qs))]
+        query_root = os.path.abspath(os.fspath(root)) if root is not None else qs.root
+    if query_root is None and os.path.realpath(path) == os.path.realpath(info.features or ""):
+        query_root = info.image_root  # the index's own feature file
+    return Queries(feats, names, query_root)
+
+
+def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_file: str | None = None,
+                        root: str | os.PathLike | None = None, scales=None, features_num: int | None = None,
+                        image_size: int | None = None, force: bool = False, model_name: str = "the model",
+                        against: str = "the index") -> Queries:
+    """Extract query images (files, folders, a list file) with ``model``.
+
+    Names are relative to ``root`` when given, else to the deepest folder holding every
+    input (:func:`gather_images`), with ``/`` like stored names. Unreadable images are
+    skipped with a logged line.
+
+    Raises:
+        FingerprintError: the model and settings differ from the index's (without ``force``).
+        UsageError: no readable query image.
+    """
+    paths, common = gather_images(inputs, list_file)
+    query_root = os.path.abspath(os.fspath(root)) if root is not None else common
+    rt = model.cfg.runtime
+    scales = tuple(scales) if scales else rt.scales
+    features_num = features_num or rt.features_num
+    size = rt.image_size if image_size is None else image_size
+    check_fingerprint(info.fingerprint, model_fingerprint(model, scales, features_num, size),
+                      f"queries extracted with {model_name}", against, force)
+    names, feats = [], []
+    for path, name in zip(paths, image_names(paths, query_root), strict=True):
+        try:
+            img = load_image(path, size)
+        except ImageReadError as err:
+            log.warning(f"skipped: {err}", extra={"lit_plain": True})
+            continue
+        names.append(name)
+        feats.append(model.extract(img, scales=scales, features_num=features_num))
+    if not feats:
+        raise UsageError("no readable query images")
+    return Queries(feats, names, query_root)
+
+
+# ---------------------------------------------------------------------------- search
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Results of one query: ``query`` is its name (relative to the query root)."""
+
+    query: str
+    hits: tuple[Hit, ...]
+
+
+def _same_image(qname: str, query_root: str | None, db_names: Sequence[str], db_root: str | None) -> set[int]:
+    """Database ids that are the query itself: same real path when both roots are known,
+    else (query root unknown) the same name."""
+    if db_root and query_root:
+        key = os.path.realpath(os.path.join(query_root, qname))
+        return {i for i, n in enumerate(db_names) if os.path.realpath(os.path.join(db_root, n)) == key}
+    return {i for i, n in enumerate(db_names) if n == qname}
+
+
+def search(
+    index,
+    info: IndexInfo,
+    queries: Sequence[LocalFeatures],
+    query_names: Sequence[str],
+    *,
+    topk: int | None = 10,
+    exclude_self: bool = False,
+    query_root: str | None = None,
+) -> list[QueryResult]:
+    """Rank the database for each query.
+
+    Args:
+        index: an :class:`lit.asmk.ASMK` (e.g. from :func:`open_index`).
+        info: its :class:`IndexInfo` (names).
+        queries: :class:`lit.types.LocalFeatures` of each query (any device).
+        query_names: name of each query, relative to ``query_root``.
+        topk: results per query (``None``: all database images).
+        exclude_self: leave out the database image that is the query itself (same real
+            path when both roots are known, else the same name).
+        query_root: folder the query names are relative to.
+
+    Returns:
+        One :class:`QueryResult` per query, hits best first, ranks from 1.
+    """
+    if len(queries) != len(query_names):
+        raise UsageError(f"{len(queries)} queries for {len(query_names)} names")
+    if topk is not None and (not isinstance(topk, int) or topk < 1):
+        raise UsageError(f"topk must be a positive int or None, got {topk!r}")
+    if not queries:
+        return []
+    n_db = index.n_images
+    qdesc = torch.cat([q.descriptors.detach().cpu().float() for q in queries]).numpy()
+    qids = np.concatenate([np.full(len(q), i, dtype=np.int64) for i, q in enumerate(queries)])
+    want = n_db if topk is None or exclude_self else min(n_db, topk)
+    ranks, scores = index.search(qdesc, qids, topk=want)
+    ranks, scores = torch.as_tensor(ranks).cpu().numpy(), torch.as_tensor(scores).cpu().numpy()
+    present = sorted(set(qids.tolist()))  # queries without descriptors have no row
+    row_of = {q: r for r, q in enumerate(present)}
+    out = []
+    for qi, qname in enumerate(query_names):
+        hits = []
+        if qi in row_of:
+            itself = _same_image(qname, query_root, info.names, info.image_root) if exclude_self else set()
+            for i, s in zip(ranks[row_of[qi]].tolist(), scores[row_of[qi]].tolist(), strict=True):
+                if i in itself:
+                    continue
+                hits.append(Hit(len(hits) + 1, info.names[i], float(s)))
+        out.append(QueryResult(qname, tuple(hits if topk is None else hits[:topk])))
+    return out
+
