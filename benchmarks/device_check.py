@@ -446,7 +446,7 @@ class Checker:
 
         from PIL import Image
 
-        from lit.bench import revisited
+        from lit.cli import main as lit_main
         from lit.models import save_checkpoint
 
         root = self.work / "revisited"
@@ -470,7 +470,7 @@ class Checker:
         maps = {}
         for dev in dict.fromkeys(["cpu", self.device]):
             out = self.work / f"revisited_{dev.replace(':', '_')}.json"
-            rc, _, err = _quiet_call(revisited.main, ["--dataset", "tinyox", "--data-root", str(root), "--model", str(ckpt),
+            rc, _, err = _quiet_call(lit_main, ["evaluate", "--dataset", "tinyox", "--data-root", str(root), "--model", str(ckpt),
                                                       "--device", dev, "--codebook-size", "16", "--workers", "0", "--quiet",
                                                       "--cache-dir", str(self.work / f"revisited_cache_{dev.replace(':', '_')}"),
                                                       "--json", str(out)])

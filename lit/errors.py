@@ -22,7 +22,17 @@ __all__ = [
 
 class LitError(Exception):
     """A problem the user can fix; the message is one sentence that names the file or the
-    option and says what to do."""
+    value and says what to do.
+
+    Args:
+        cli: the same message in the command line's words (naming its options, e.g.
+            ``--overwrite`` where the library says ``overwrite=True``); the command line
+            prints it instead of the library's message.
+    """
+
+    def __init__(self, *args, cli: str | None = None) -> None:
+        super().__init__(*args)
+        self.cli = cli
 
 
 class UsageError(LitError, ValueError):

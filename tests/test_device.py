@@ -369,7 +369,7 @@ def tiny_world(tmp_path, tiny_model):
 
 
 def test_revisited_amp_reaches_extraction_and_has_its_own_cache(tiny_world, tmp_path, monkeypatch):
-    from lit.bench import revisited
+    from lit.cli import main
     from lit.models.model import SuperFeatureModel
 
     root, ckpt = tiny_world
@@ -383,10 +383,10 @@ def test_revisited_amp_reaches_extraction_and_has_its_own_cache(tiny_world, tmp_
     monkeypatch.setattr(SuperFeatureModel, "extract_batch", spy)
     common = ["--dataset", "tinyox", "--data-root", str(root), "--model", str(ckpt), "--device", "cpu",
               "--codebook-size", "8", "--workers", "0", "--quiet"]
-    assert revisited.main([*common, "--json", str(tmp_path / "fp32.json")]) == 0
+    assert main(["evaluate", *common, "--json", str(tmp_path / "fp32.json")]) == 0
     assert seen and set(seen) == {None}
     seen.clear()
-    assert revisited.main([*common, "--amp", "--json", str(tmp_path / "bf16.json")]) == 0
+    assert main(["evaluate", *common, "--amp", "--json", str(tmp_path / "bf16.json")]) == 0
     assert seen and set(seen) == {torch.bfloat16}
     assert len(list((root / "lit-cache").glob("tinyox-db-*.h5"))) == 2  # fp32 and bf16 features apart
     assert json.loads((tmp_path / "bf16.json").read_text())["amp"] == "torch.bfloat16"
@@ -394,7 +394,7 @@ def test_revisited_amp_reaches_extraction_and_has_its_own_cache(tiny_world, tmp_
 
 # ---------------------------------------------------------------------- defect 7: index timer
 def test_revisited_counts_the_csr_merge_as_index_time(tiny_world, tmp_path, monkeypatch):
-    from lit.bench import revisited
+    from lit.cli import main
 
     root, ckpt = tiny_world
     original = ASMK.flush
@@ -406,7 +406,7 @@ def test_revisited_counts_the_csr_merge_as_index_time(tiny_world, tmp_path, monk
 
     monkeypatch.setattr(ASMK, "flush", slow_flush)
     out = tmp_path / "r.json"
-    assert revisited.main(["--dataset", "tinyox", "--data-root", str(root), "--model", str(ckpt), "--device", "cpu",
+    assert main(["evaluate", "--dataset", "tinyox", "--data-root", str(root), "--model", str(ckpt), "--device", "cpu",
                            "--codebook-size", "8", "--workers", "0", "--quiet", "--json", str(out)]) == 0
     t = json.loads(out.read_text())["timings"]
     assert t["index_s"] >= 0.5 and t["search_s"] < 0.5, t

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LitError, *_TRANSITIONAL) as err:
         if os.environ.get("LIT_DEBUG"):
             raise
-        msg = str(err).strip().splitlines()
+        msg = (getattr(err, "cli", None) or str(err)).strip().splitlines()
         print(f"lit {args.command}: error: {msg[0] if msg else type(err).__name__}", file=sys.stderr)
         for line in msg[1:6]:
             print(f"  {line.strip()}", file=sys.stderr)

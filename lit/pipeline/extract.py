@@ -82,7 +82,8 @@ def image_names(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> 
     for p in paths:
         rel = os.path.relpath(os.path.abspath(os.fspath(p)), root)
         if rel == os.pardir or rel.startswith(os.pardir + os.sep):
-            raise UsageError(f"{display_name(p)} is not under the root folder {display_name(root)} (--root)")
+            msg = f"{display_name(p)} is not under the root folder {display_name(root)}"
+            raise UsageError(msg, cli=msg + " (--root)")
         out.append(rel.replace(os.sep, "/"))
     return out
 
@@ -286,8 +287,9 @@ def _names_root(store: FeatureStore, root, default_root, paths: Sequence[str]) -
     if root is not None and stored is not None and os.path.abspath(os.fspath(root)) != stored:
         raise FeatureFileError(
             f"{display_name(store.path)} holds names relative to {display_name(stored)}, not "
-            f"{display_name(os.path.abspath(os.fspath(root)))}: pass --root {display_name(stored)} or use another file"
-        )
+            f"{display_name(os.path.abspath(os.fspath(root)))}: give root={display_name(stored)!r} or use another file",
+            cli=f"{display_name(store.path)} holds names relative to {display_name(stored)}, not "
+                f"{display_name(os.path.abspath(os.fspath(root)))}: pass --root {display_name(stored)} or use another file")
     if stored is not None:
         return stored
     given = root if root is not None else default_root

@@ -49,7 +49,8 @@ def merge_feature_files(inputs: Sequence[str | os.PathLike], out: str | os.PathL
     if any(os.path.abspath(out) == os.path.abspath(p) for p in inputs):
         raise FeatureFileError(f"{display_name(out)}: the output must not be one of the inputs")
     if os.path.exists(out) and not overwrite:
-        raise FeatureFileError(f"{display_name(out)}: already exists (pass --overwrite to replace it)")
+        raise FeatureFileError(f"{display_name(out)}: already exists (overwrite=True replaces it)",
+                               cli=f"{display_name(out)}: already exists (pass --overwrite to replace it)")
     stores = []
     try:
         for p in inputs:

@@ -59,7 +59,9 @@ def check_fingerprint(expected: str | None, actual: str | None, what: str, again
     msg = (f"{what} come from another model or other extraction settings than {against} "
            f"(fingerprint {actual[:12]} vs {expected[:12]})")
     if not force:
-        raise FingerprintError(msg + ": use the same --model, --scales, --features-num and --image-size, or --force")
+        raise FingerprintError(msg + ": use the same model and extraction settings (scales, features_num, image_size), "
+                               "or force=True", cli=msg + ": use the same --model, --scales, --features-num and "
+                               "--image-size, or --force")
     log.warning(f"{msg}; going on (--force)")
 
 
