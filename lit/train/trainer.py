@@ -48,6 +48,7 @@ never from a global RNG stream.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -64,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._device import resolve_device
 from ..errors import UsageError
 from ..losses import attention_decorrelation_loss, superfeature_loss
 from ..models.backbone import freeze_backbone_before
@@ -83,23 +85,13 @@ from .tuples import ImageDatabase, TrainingTuple, TupleDataset, ValidationSet, _
 from .validation import validation_map
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch(\d{4,})\.pt$")
+_log = logging.getLogger(__name__)
+
 # keys of the resolved config that may change between a run and its resumption
 _RESUMABLE_CHANGES = ("optim.epochs", "data.num_workers", "validate_every", "keep_checkpoints")
 
 
 # ---------------------------------------------------------------------- small helpers
-def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: CUDA (this process's local GPU) when available, else CPU."""
-    device = str(device)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("device 'cuda' requested but CUDA is not available")
-        device = f"cuda:{local_rank}"
-    return torch.device(device)
-
-
 def autocast_factory(device: torch.device, precision: str = "auto") -> Callable[[], AbstractContextManager]:
     """A callable giving the autocast context for ``precision`` on ``device``.
 
@@ -401,7 +393,7 @@ class Trainer:
         validation: validation set (default: built from ``cfg.data``; ``None`` and
             ``cfg.data`` without a root: no validation).
         dist: process group context (default: from the ``torchrun`` environment).
-        log: where progress lines go (default ``print`` on the main process).
+        log: where progress lines go (default: this module's logger, on the main process).
 
     Example:
         >>> trainer = Trainer(load_config("configs/own_photos.yaml"), "runs/photos")  # doctest: +SKIP
@@ -423,13 +415,13 @@ class Trainer:
         self.cfg = cfg
         kind = "cuda" if str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist = dist or DistContext.from_env(kind)
-        self.device = resolve_device(device, self.dist.local_rank)
+        self.device = resolve_device(device, local_rank=self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.out_dir = Path(out_dir)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = log if log is not None else (print if self.dist.is_main else (lambda _msg: None))
+        self.log = log if log is not None else (_log.info if self.dist.is_main else (lambda _msg: None))
         self.autocast = autocast_factory(self.device, cfg.precision)
         if dataset is None:
             dataset, built_val = build_data(cfg)
