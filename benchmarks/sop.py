@@ -28,7 +28,7 @@ import json
 import sys
 
 from lit.cli import evaluate_global
-from lit.metric import DEFAULT_KS
+from lit.metric import DEFAULT_KS, evaluate_dataset
 
 #: Published SOP Recall@k (%), keyed by method, then k.
 REFERENCES: dict[str, dict[int, float]] = {
@@ -53,9 +53,12 @@ def format_table(recall: dict[int, float], name: str = "this model") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    evaluate_global.add_arguments(parser)
+    evaluate_global.add_arguments(parser)  # the options of `lit evaluate-global`
     args = parser.parse_args(argv)
-    result = evaluate_global.evaluate(args)
+    result = evaluate_dataset(args.root, kind=args.dataset, split=args.split, checkpoint=args.checkpoint,
+                              backbone=args.backbone, pretrained=not args.no_pretrained, image_size=args.image_size,
+                              ks=args.ks, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                              backend=args.backend, chunk_size=args.chunk_size)
     recall = {int(k): v for k, v in result["recall"].items()}
     label = "this model" if args.checkpoint else f"{result['model']['backbone']} ImageNet GeM"
     print(f"Stanford Online Products ({result['dataset']['split']}): {result['dataset']['images']} images, "

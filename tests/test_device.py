@@ -227,7 +227,7 @@ def test_trainer_epoch_on_the_fake_device_matches_cpu(tmp_path):
 
 
 def test_metric_training_step_on_the_fake_device_matches_cpu(tmp_path):
-    from test_metric import TINY, make_folder_dataset
+    from metric.shapes import TINY, make_folder_dataset
 
     from lit.metric import (
         GlobalModel,
@@ -434,7 +434,7 @@ def test_resolve_device_refuses_a_gpu_index_beyond_the_machine(monkeypatch):
 def test_evaluate_then_train_after_a_device_move(tmp_path):
     """On a GPU, extract_embeddings moved the model inside inference_mode: its parameters
     became inference tensors and training failed. The fake device copies on a move, as CUDA."""
-    from test_metric import TINY, make_folder_dataset
+    from metric.shapes import TINY, make_folder_dataset
 
     from lit.metric import (
         GlobalModel,
@@ -496,7 +496,7 @@ def test_resume_restores_cuda_rng_states_for_the_visible_gpus(monkeypatch, visib
 
 # ---------------------------------------------------------------------- defect 8: metric RNG
 def test_metric_training_leaves_other_generators_alone(tmp_path, monkeypatch):
-    from test_metric import TINY, make_folder_dataset
+    from metric.shapes import TINY, make_folder_dataset
 
     from lit.metric import (
         GlobalModel,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "train-global"
 HELP = "train a global-descriptor model (timm CNN, GeM, linear head) by metric learning"
@@ -21,29 +20,24 @@ def _dim(text: str) -> int | None:
     return value
 
 
-def _log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _format_recall(recall: dict[int, float]) -> str:
-    return "  ".join(f"R@{k} {100 * v:.2f}" for k, v in sorted(recall.items()))
+def _format_recall(recall: dict) -> str:
+    return "  ".join(f"R@{k} {100 * v:.2f}" for k, v in sorted(recall.items(), key=lambda kv: int(kv[0])))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..metric.data import SMALL_CLASSES
-    from ..metric.train import LOSSES, MINING
+    from ..metric.options import DATASET_KINDS, LOSSES, MINING, SMALL_CLASSES
 
     parser.add_argument("--root", required=True, help="dataset folder: Stanford Online Products (Ebay_train.txt) or one sub-folder per class")
-    parser.add_argument("--dataset", choices=("auto", "sop", "folder"), default="auto", help="dataset format (default auto: sop when ROOT/Ebay_train.txt exists)")
+    parser.add_argument("--dataset", choices=DATASET_KINDS, default="auto", help="dataset format (default auto: sop when ROOT/Ebay_train.txt exists)")
     parser.add_argument("--out", required=True, help="output checkpoint (.pt); the configuration and history go to the same name with .yaml")
     parser.add_argument("--backbone", default="resnet50", help="timm model name (default resnet50; efficientnet_lite0 with --pretrained uses the packaged weights)")
     parser.add_argument("--out-index", type=int, default=-1, help="feature stage to pool (default -1: the last)")
     parser.add_argument("--dim", type=_dim, default=512, help="descriptor dimension, or 'none' for no head (default 512)")
     parser.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
     parser.add_argument("--image-size", type=int, default=224, help="training crop and evaluation size (default 224)")
-    parser.add_argument("--loss", choices=LOSSES, default="triplet", help="default triplet")
+    parser.add_argument("--loss", choices=LOSSES, default="triplet", help="pytorch-metric-learning loss (default triplet)")
     parser.add_argument("--mining", choices=MINING, default="semihard", help="triplet mining (default semihard)")
-    parser.add_argument("--margin", type=float, default=None, help="triplet/contrastive margin or margin-loss alpha (default: the loss's own)")
+    parser.add_argument("--margin", type=float, default=None, help="triplet/contrastive margin or margin-loss alpha (default 0.1, 0.5, 0.2)")
     parser.add_argument("--beta", type=float, default=1.2, help="initial margin-loss boundary (default 1.2)")
     parser.add_argument("--classes-per-batch", "-P", type=int, default=32, help="P (default 32)")
     parser.add_argument("--samples-per-class", "-K", type=int, default=4, help="K (default 4)")
@@ -65,24 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import os
-    from dataclasses import asdict
-    from typing import Any
+    import logging
 
-    import torch
-    import yaml
+    from ..metric.train import TrainConfig, train_dataset
 
-    from .._device import resolve_device
-    from ..metric.data import StanfordOnlineProducts, eval_transform, open_dataset, train_transform
-    from ..metric.knn import DEFAULT_KS
-    from ..metric.model import GlobalModel
-    from ..metric.train import TrainConfig, evaluate_global, train_global
-
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    model = GlobalModel(args.backbone, args.dim, args.pretrained, out_index=args.out_index, image_size=args.image_size)
-    dataset = open_dataset(args.root, args.dataset, "train", train_transform(args.image_size))
     cfg = TrainConfig(
         loss=args.loss, mining=args.mining, margin=args.margin, beta=args.beta,
         classes_per_batch=args.classes_per_batch, samples_per_class=args.samples_per_class,
@@ -90,27 +70,19 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, head_lr_scale=args.head_lr_scale, weight_decay=args.weight_decay,
         freeze_bn=args.freeze_bn, amp=args.amp, seed=args.seed, num_workers=args.workers,
     )
-    eval_set = None
-    if args.eval:
-        kind = "sop" if isinstance(dataset, StanfordOnlineProducts) else "folder"
-        if kind == "folder" and not args.eval_root:
-            raise ValueError("--eval on a folder-per-class dataset needs --eval-root")
-        eval_set = open_dataset(args.eval_root or args.root, kind, "test", eval_transform(args.image_size))
-    log = None if args.quiet else _log
-    if log:
-        log(f"training {args.backbone} (dim {model.out_dim}) on {len(dataset)} images of {dataset.num_classes} classes, device {device}")
-    history = train_global(model, dataset, cfg, device=device, log=log)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    report: dict[str, Any] = {
-        "model": model.cfg.to_dict(), "train": asdict(cfg), "dataset": {"root": os.path.abspath(args.root), "images": len(dataset), "classes": dataset.num_classes},
-        "history": history,
-    }
-    model.save(args.out, meta={"train": asdict(cfg), "history": history})
-    if eval_set is not None:
-        recall = evaluate_global(model, eval_set, DEFAULT_KS, batch_size=args.batch_size, num_workers=args.workers, device=device)
-        report["recall"] = {str(k): float(v) for k, v in recall.items()}
-        print(f"{len(eval_set)} evaluation images: {_format_recall(recall)}")
-    with open(os.path.splitext(args.out)[0] + ".yaml", "w") as f:
-        yaml.safe_dump(json.loads(json.dumps(report)), f, sort_keys=False)
-    print(f"wrote {args.out} (final loss {history[-1]['loss']:.4f})")
+    progress = logging.getLogger("lit.metric")
+    level = progress.level
+    if args.quiet:
+        progress.setLevel(logging.WARNING)
+    try:
+        report = train_dataset(
+            args.root, args.out, cfg, kind=args.dataset, backbone=args.backbone, out_index=args.out_index,
+            dim=args.dim, pretrained=args.pretrained, image_size=args.image_size, evaluate=args.eval,
+            eval_root=args.eval_root, batch_size=args.batch_size, device=args.device,
+        )
+    finally:
+        progress.setLevel(level)
+    if "recall" in report:
+        print(f"{report['eval_images']} evaluation images: {_format_recall(report['recall'])}")
+    print(f"wrote {report['checkpoint']} (final loss {report['history'][-1]['loss']:.4f})")
     return 0

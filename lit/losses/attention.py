@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ._checks import check_ndim
 
 
@@ -29,7 +30,7 @@ def attention_decorrelation_loss(attention: Tensor) -> Tensor:
         A scalar tensor.
 
     Raises:
-        ValueError: on a wrong number of dimensions, or ``N < 2`` (no pair of maps).
+        UsageError: on a wrong number of dimensions, or ``N < 2`` (no pair of maps).
 
     Shape:
         - attention: :math:`(B, N, H, W)` or :math:`(N, H, W)`.
@@ -46,9 +47,9 @@ def attention_decorrelation_loss(attention: Tensor) -> Tensor:
         attention = attention.unsqueeze(0)
     b, n = attention.shape[:2]
     if n < 2:
-        raise ValueError(f"attention decorrelation needs at least 2 maps per image, got N={n}")
+        raise UsageError(f"attention decorrelation needs at least 2 maps per image, got N={n}")
     if b == 0:
-        raise ValueError("attention decorrelation needs at least one image, got B=0")
+        raise UsageError("attention decorrelation needs at least one image, got B=0")
     maps = F.normalize(attention.reshape(b, n, -1), p=2, dim=2)
     sim = torch.bmm(maps, maps.transpose(1, 2))  # (B, N, N)
     off_diagonal = sim.sum(dim=(1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(dim=1)

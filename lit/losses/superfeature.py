@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ._checks import check_ndim
 from .distance import safe_sqrt
 
@@ -51,7 +52,7 @@ def _check_pair(query: Tensor, positive: Tensor) -> None:
     check_ndim(query, (2,), "query", "(N, D)")
     check_ndim(positive, (2,), "positive", "(N, D)")
     if query.shape != positive.shape:
-        raise ValueError(
+        raise UsageError(
             f"query and positive must have the same shape (N, D), got {tuple(query.shape)} "
             f"and {tuple(positive.shape)}"
         )
@@ -132,7 +133,7 @@ def superfeature_loss(
         ``return_matches`` is true.
 
     Raises:
-        ValueError: on inconsistent shapes or out-of-range ``matches``.
+        UsageError: on inconsistent shapes or out-of-range ``matches``.
 
     Shape:
         - query, positive: :math:`(N, D)`.
@@ -143,7 +144,7 @@ def superfeature_loss(
     _check_pair(query, positive)
     check_ndim(negatives, (3,), "negatives", "(K, N, D)")
     if negatives.shape[1:] != query.shape:
-        raise ValueError(
+        raise UsageError(
             f"negatives must have shape (K, {query.shape[0]}, {query.shape[1]}), "
             f"got {tuple(negatives.shape)}"
         )
@@ -153,7 +154,7 @@ def superfeature_loss(
         check_ndim(matches, (1,), "matches", "(M,)")
         matches = matches.to(device=query.device, dtype=torch.long)
         if matches.numel() and (int(matches.min()) < 0 or int(matches.max()) >= query.shape[0]):
-            raise ValueError(f"matches must be template indices in 0..{query.shape[0] - 1}")
+            raise UsageError(f"matches must be template indices in 0..{query.shape[0] - 1}")
 
     q = F.normalize(query, p=2, dim=-1)[matches]  # (M, D)
     p = F.normalize(positive, p=2, dim=-1)[matches]  # (M, D)

@@ -1,4 +1,5 @@
-"""Labelled image datasets for metric learning, a class-balanced batch sampler, transforms.
+"""Labelled image datasets for metric learning, the class-balanced P x K sampler (on
+pytorch-metric-learning's MPerClassSampler), transforms.
 
 Two on-disk formats:
 
@@ -23,14 +24,18 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from pytorch_metric_learning.samplers import MPerClassSampler
+from pytorch_metric_learning.utils import common_functions as pml_common
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
+from .._checks import check_choice, check_int
 from .._image import list_images, open_image, pil_to_tensor
+from ..errors import UsageError
+from .options import DATASET_KINDS, SMALL_CLASSES
 
 SOP_HEADER = ("image_id", "class_id", "super_class_id", "path")
 SOP_FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
-SMALL_CLASSES = ("replace", "skip")
 
 
 class SOPList(NamedTuple):
@@ -53,34 +58,34 @@ def read_sop_list(path: str | os.PathLike, root: str | os.PathLike | None = None
         The image ids, class ids, super-class ids and joined image paths, in file order.
 
     Raises:
-        ValueError: missing file, wrong header, or a malformed row (the message gives the
+        UsageError: missing file, wrong header, or a malformed row (the message gives the
             line number).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such SOP list file")
+        raise UsageError(f"{path}: no such SOP list file")
     root = os.path.dirname(path) if root is None else os.fspath(root)
     image_ids, class_ids, super_ids, paths = [], [], [], []
     with open(path, encoding="utf-8") as f:
         header = f.readline().split()
         if tuple(header) != SOP_HEADER:
-            raise ValueError(f"{path}: line 1 must be the header {' '.join(SOP_HEADER)!r}, got {' '.join(header)!r}")
+            raise UsageError(f"{path}: line 1 must be the header {' '.join(SOP_HEADER)!r}, got {' '.join(header)!r}")
         for lineno, line in enumerate(f, start=2):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 4:
-                raise ValueError(f"{path}:{lineno}: expected 4 columns ({' '.join(SOP_HEADER)}), got {len(parts)}")
+                raise UsageError(f"{path}:{lineno}: expected 4 columns ({' '.join(SOP_HEADER)}), got {len(parts)}")
             try:
                 iid, cid, sid = (int(v) for v in parts[:3])
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: image_id, class_id and super_class_id must be integers: {line.strip()!r}") from None
+                raise UsageError(f"{path}:{lineno}: image_id, class_id and super_class_id must be integers: {line.strip()!r}") from None
             image_ids.append(iid)
             class_ids.append(cid)
             super_ids.append(sid)
             paths.append(os.path.join(root, parts[3]))
     if not paths:
-        raise ValueError(f"{path}: no images listed")
+        raise UsageError(f"{path}: no images listed")
     as_tensor = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
     return SOPList(as_tensor(image_ids), as_tensor(class_ids), as_tensor(super_ids), paths)
 
@@ -107,7 +112,7 @@ class LabelledImages(Dataset):
     def __init__(self, paths: Sequence[str], labels: Sequence[int] | Tensor, transform: Callable | None = None) -> None:
         labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
         if len(paths) != labels.numel():
-            raise ValueError(f"{len(paths)} paths for {labels.numel()} labels")
+            raise UsageError(f"{len(paths)} paths for {labels.numel()} labels")
         self.paths = list(paths)
         self.labels = labels
         self.transform = transform
@@ -145,7 +150,7 @@ class StanfordOnlineProducts(LabelledImages):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None) -> None:
         if split not in SOP_FILES:
-            raise ValueError(f"split must be one of {tuple(SOP_FILES)}, got {split!r}")
+            raise UsageError(f"split must be one of {tuple(SOP_FILES)}, got {split!r}")
         root = os.fspath(root)
         lst = read_sop_list(os.path.join(root, SOP_FILES[split]), root)
         super().__init__(lst.paths, lst.class_ids, transform)
@@ -167,7 +172,7 @@ class ImageFolderClasses(LabelledImages):
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:
         root = os.fspath(root)
         if not os.path.isdir(root):
-            raise ValueError(f"{root}: not a directory")
+            raise UsageError(f"{root}: not a directory")
         paths: list[str] = []
         labels: list[int] = []
         classes: list[str] = []
@@ -182,7 +187,7 @@ class ImageFolderClasses(LabelledImages):
             labels.extend([len(classes)] * len(images))
             classes.append(name)
         if not paths:
-            raise ValueError(f"{root}: no class sub-folders with images (expected root/<class>/<image>)")
+            raise UsageError(f"{root}: no class sub-folders with images (expected root/<class>/<image>)")
         super().__init__(paths, labels, transform)
         self.classes = classes
 
@@ -196,43 +201,50 @@ def open_dataset(root: str | os.PathLike, kind: str = "auto", split: str = "trai
     root = os.fspath(root)
     if kind == "auto":
         kind = "sop" if os.path.isfile(os.path.join(root, SOP_FILES.get(split, ""))) else "folder"
+    check_choice(kind, "dataset kind", DATASET_KINDS)
     if kind == "sop":
         return StanfordOnlineProducts(root, split, transform)
-    if kind == "folder":
-        return ImageFolderClasses(root, transform)
-    raise ValueError(f"dataset kind must be auto, sop or folder, got {kind!r}")
+    return ImageFolderClasses(root, transform)
 
 
 # ---------------------------------------------------------------------- sampler
-class ClassBalancedBatchSampler(Sampler[list[int]]):
-    """Batches of ``P`` distinct classes times ``K`` images each (``P K`` indices).
+class ClassBalancedSampler(MPerClassSampler):
+    """Class-balanced ``P x K`` batches: pytorch-metric-learning's ``MPerClassSampler`` on the
+    classes that can give a positive pair, drawn from a seeded generator per epoch.
 
-    Each epoch shuffles the eligible classes and walks through them ``P`` at a time; by
-    default an epoch has ``floor(C / P)`` batches, so that every eligible class appears at
-    most once (the last ``C mod P`` classes of the shuffled order wait for a later epoch).
-    With ``batches_per_epoch`` larger than that, a new shuffle starts when fewer than ``P``
-    classes are left. Inside a batch, a class with at least ``K`` images gives ``K``
-    distinct ones drawn at random. A class with fewer than ``K`` images (but at least 2, so
-    it still has a positive pair; a single-image class is never eligible) is, with
-    ``small_classes="replace"``, filled up by drawing with replacement (each of its images
-    appears once before any repeats); with ``"skip"`` it is never sampled.
+    Use it with ``DataLoader(dataset, batch_size=P * K, sampler=sampler)``: each consecutive
+    run of ``P K`` indices is one batch of ``P`` distinct classes with ``K`` images each,
+    listed class by class. For every batch, PML shuffles the eligible classes and takes the
+    first ``P`` (so a class can be in several batches of an epoch, never twice in one), then
+    draws ``K`` of the class's images without replacement, or with replacement when it has
+    fewer than ``K``.
 
-    Batches list the ``K`` indices of the first class, then those of the second, and so
-    on. Epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e])``: the same seed and
-    epoch give the same batches. The epoch advances by one at each ``iter()``, or is set
-    with :meth:`set_epoch`.
+    Eligible classes: with ``small_classes="replace"``, every class of at least 2 images (a
+    single image has no positive); with ``"skip"``, only classes of at least ``K`` images.
+
+    Epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e])`` (PML draws from
+    ``pytorch_metric_learning.utils.common_functions.NUMPY_RANDOM``, which is set to that
+    generator while the epoch's list is built and restored afterwards): the same seed and
+    epoch give the same batches. The epoch advances by one at each ``iter()``, or is set with
+    :meth:`set_epoch`.
 
     Args:
         labels: class of each dataset item.
         classes_per_batch: ``P``.
         samples_per_class: ``K``.
-        batches_per_epoch: batches per ``iter()`` (default ``floor(C / P)``).
+        batches_per_epoch: batches per ``iter()`` (default ``floor(C / P)`` for ``C``
+            eligible classes).
         small_classes: ``"replace"`` or ``"skip"`` (see above).
         seed: base seed.
 
+    Attributes:
+        classes: the eligible classes, sorted.
+        batch_size: ``P K``.
+        batches_per_epoch: batches per ``iter()``; ``len(sampler)`` counts indices.
+
     Shape:
         - labels: :math:`(N,)`.
-        - Each batch: ``P * K`` dataset indices.
+        - Each batch: ``P K`` dataset indices.
     """
 
     def __init__(
@@ -250,27 +262,24 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         labels = np.asarray(labels).reshape(-1)
         if labels.size and not np.issubdtype(labels.dtype, np.integer):
             raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-        if small_classes not in SMALL_CLASSES:
-            raise ValueError(f"small_classes must be one of {SMALL_CLASSES}, got {small_classes!r}")
-        p, k = int(classes_per_batch), int(samples_per_class)
-        if p < 1 or k < 1:
-            raise ValueError(f"classes_per_batch and samples_per_class must be >= 1, got {p}, {k}")
-        order = np.argsort(labels, kind="stable")
-        classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-        members = {int(c): order[s:s + n] for c, s, n in zip(classes, starts, counts, strict=True)}
+        check_choice(small_classes, "small_classes", SMALL_CLASSES)
+        p = check_int(classes_per_batch, "classes_per_batch", minimum=1)
+        k = check_int(samples_per_class, "samples_per_class", minimum=1)
+        classes, counts = np.unique(labels, return_counts=True)
         min_count = k if small_classes == "skip" else min(k, 2)
-        self.members = {c: idx for c, idx in members.items() if len(idx) >= min_count}
-        self.classes = np.array(sorted(self.members), dtype=np.int64)
+        self.classes = classes[counts >= min_count].astype(np.int64)
         if len(self.classes) < p:
-            raise ValueError(
+            raise UsageError(
                 f"only {len(self.classes)} classes have enough images (>= {min_count}) for "
                 f"{p} classes per batch (small_classes={small_classes!r})"
             )
+        if batches_per_epoch is None:
+            batches_per_epoch = len(self.classes) // p
+        self.batches_per_epoch = check_int(batches_per_epoch, "batches_per_epoch", minimum=1)
+        self.items = np.flatnonzero(np.isin(labels, self.classes))  # dataset index of each position
+        super().__init__(labels[self.items], m=k, batch_size=p * k, length_before_new_iter=self.batches_per_epoch * p * k)
         self.classes_per_batch, self.samples_per_class = p, k
         self.small_classes = small_classes
-        self.batches_per_epoch = len(self.classes) // p if batches_per_epoch is None else int(batches_per_epoch)
-        if self.batches_per_epoch < 1:
-            raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
         self.seed = int(seed)
         self.epoch = 0
 
@@ -278,29 +287,17 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         """Draw the next ``iter()`` as epoch ``epoch``."""
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def _draw(self, rng: np.random.Generator, cls: int) -> np.ndarray:
-        idx = self.members[cls]
-        k = self.samples_per_class
-        if len(idx) >= k:
-            return rng.choice(idx, size=k, replace=False)
-        reps = [rng.permutation(idx) for _ in range(-(-k // len(idx)))]
-        return np.concatenate(reps)[:k]
-
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        p = self.classes_per_batch
-        queue = rng.permutation(self.classes)
-        pos = 0
-        for _ in range(self.batches_per_epoch):
-            if pos + p > len(queue):
-                queue, pos = rng.permutation(self.classes), 0
-            chosen = queue[pos:pos + p]
-            pos += p
-            yield [int(i) for c in chosen for i in self._draw(rng, int(c))]
+        self.labels = sorted(self.labels_to_indices)  # PML shuffles this list in place
+        before = pml_common.NUMPY_RANDOM
+        pml_common.NUMPY_RANDOM = rng
+        try:
+            positions = list(super().__iter__())
+        finally:
+            pml_common.NUMPY_RANDOM = before
+        return iter(self.items[positions].tolist())
 
 
 # ---------------------------------------------------------------------- transforms

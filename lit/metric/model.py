@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.checkpoint import CheckpointError, load_state_dict_checked, safe_load
+from .._fileio import atomic_path
+from ..errors import CheckpointError, UsageError
+from ..models.checkpoint import load_state_dict_checked, safe_load
 from ..models.config import IMAGENET_MEAN, IMAGENET_STD
 from .pooling import GeM
 
@@ -58,15 +60,15 @@ class GlobalConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
-            raise ValueError(f"backbone must be a timm model name, got {self.backbone!r}")
+            raise UsageError(f"backbone must be a timm model name, got {self.backbone!r}")
         if self.dim is not None and (not isinstance(self.dim, int) or self.dim < 1):
-            raise ValueError(f"dim must be a positive int or None, got {self.dim!r}")
+            raise UsageError(f"dim must be a positive int or None, got {self.dim!r}")
         if not self.gem_p > 0 or not self.gem_eps > 0:
-            raise ValueError(f"gem_p and gem_eps must be positive, got {self.gem_p}, {self.gem_eps}")
+            raise UsageError(f"gem_p and gem_eps must be positive, got {self.gem_p}, {self.gem_eps}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean and std need 3 values (std > 0), got {self.mean}, {self.std}")
+            raise UsageError(f"mean and std need 3 values (std > 0), got {self.mean}, {self.std}")
         if not isinstance(self.image_size, int) or self.image_size < 1:
-            raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
+            raise UsageError(f"image_size must be a positive int, got {self.image_size!r}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -78,13 +80,13 @@ class GlobalConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GlobalConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`~lit.errors.UsageError`."""
         if not isinstance(d, Mapping):
             raise TypeError(f"global model config must be a dict, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown keys in global model config: {sorted(unknown)} (known: {sorted(known)})")
+            raise UsageError(f"unknown keys in global model config: {sorted(unknown)} (known: {sorted(known)})")
         d = dict(d)
         for key in ("mean", "std"):
             if key in d:
@@ -102,7 +104,7 @@ def _create_backbone(cfg: GlobalConfig, pretrained: bool) -> nn.Module:
             cfg.backbone, pretrained=pretrained, features_only=True, out_indices=(cfg.out_index,)
         )
     except (RuntimeError, IndexError, ValueError) as err:  # unknown model, stage or no weights
-        raise ValueError(f"cannot build timm backbone {cfg.backbone!r} (stage {cfg.out_index}): {err}") from err
+        raise UsageError(f"cannot build timm backbone {cfg.backbone!r} (stage {cfg.out_index}): {err}") from err
 
 
 class GlobalModel(nn.Module):
@@ -183,7 +185,7 @@ class GlobalModel(nn.Module):
         if not isinstance(images, Tensor):
             raise TypeError(f"images must be a tensor, got {type(images).__name__}")
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+            raise UsageError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"images must be float in [0, 1], got {images.dtype}")
         pooled = self.forward_pooled(self.normalize(images))
@@ -199,7 +201,7 @@ class GlobalModel(nn.Module):
             shrinkage: eigenvalue power ``-shrinkage/2`` (1: full whitening, 0: PCA).
         """
         if self.cfg.dim is None:
-            raise ValueError("this model has no head (dim=None) to initialise")
+            raise UsageError("this model has no head (dim=None) to initialise")
         from ..models.whitening import pca_whitening
 
         weight, bias = pca_whitening(pooled.float(), dim=self.cfg.dim, shrinkage=shrinkage)
@@ -214,15 +216,13 @@ class GlobalModel(nn.Module):
         Everything but the tensors is builtins, so :meth:`load` reads it with
         ``torch.load(weights_only=True)``. The file is written atomically.
         """
-        path = os.fspath(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path + ".tmp"
-        torch.save(
-            {"format": FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
-             "state_dict": state, "meta": dict(meta or {})},
-            tmp,
-        )
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(
+                {"format": FORMAT, "version": FORMAT_VERSION, "config": self.cfg.to_dict(),
+                 "state_dict": state, "meta": dict(meta or {})},
+                tmp,
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> GlobalModel:

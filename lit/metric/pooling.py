@@ -10,12 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
+
 
 def _check_map(x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a tensor, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"x must be a (B, C, H, W) feature map, got shape {tuple(x.shape)}")
+        raise UsageError(f"x must be a (B, C, H, W) feature map, got shape {tuple(x.shape)}")
 
 
 def gem(x: Tensor, p: Tensor | float = 3.0, eps: float = 1e-6) -> Tensor:
@@ -63,7 +65,7 @@ class GeM(nn.Module):
     def __init__(self, p: float = 3.0, eps: float = 1e-6, trainable: bool = True) -> None:
         super().__init__()
         if not p > 0:
-            raise ValueError(f"GeM exponent p must be positive, got {p}")
+            raise UsageError(f"GeM exponent p must be positive, got {p}")
         value = torch.tensor(float(p))
         if trainable:
             self.p = nn.Parameter(value)

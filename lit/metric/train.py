@@ -1,40 +1,48 @@
 """Training and evaluation of :class:`lit.metric.GlobalModel` (``lit train-global`` /
-``lit evaluate-global`` call them).
+``lit evaluate-global`` call :func:`train_dataset` and :func:`evaluate_dataset`).
 
 Training draws class-balanced batches (``P`` classes x ``K`` images,
-:class:`~lit.metric.data.ClassBalancedBatchSampler`), embeds them and minimises one of the
-:mod:`lit.losses` batch losses: triplet (semi-hard, batch-hard or all triplets),
-contrastive (all pairs) or margin (distance-weighted sampling, learnable boundary).
-These come from :mod:`lit.losses` rather than pytorch-metric-learning: lit keeps its
-dependencies few, and each of its losses and miners is tested against a naive loop.
+:class:`~lit.metric.data.ClassBalancedSampler`, pytorch-metric-learning's
+``MPerClassSampler``), embeds them and minimises one of the pytorch-metric-learning losses
+that :func:`lit.metric.losses.metric_loss` builds: triplet (semi-hard, batch-hard or all
+triplets), contrastive (all pairs) or margin (distance-weighted sampling, learnable
+boundary). Progress goes to the ``lit.metric.train`` logger.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+import yaml
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..losses import MarginLoss, PairwiseContrastiveLoss, TripletMarginLoss
+from .._checks import check_choice
+from .._device import resolve_device
+from .._fileio import atomic_write
+from ..errors import UsageError
 from ..models.backbone import freeze_batchnorm
+from .accuracy import recall_at_ks
 from .data import (
-    SMALL_CLASSES,
-    ClassBalancedBatchSampler,
+    ClassBalancedSampler,
+    StanfordOnlineProducts,
     eval_transform,
     open_dataset,
+    train_transform,
 )
-from .knn import DEFAULT_KS, recall_at_ks
+from .losses import MetricLoss, metric_loss
 from .model import GlobalModel, parameter_groups
+from .options import DEFAULT_KS, LOSSES, MINING, SMALL_CLASSES
 
-LOSSES = ("triplet", "contrastive", "margin")
-MINING = ("semihard", "batch_hard", "all")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class TrainConfig:
         loss: ``"triplet"``, ``"contrastive"`` or ``"margin"``.
         mining: triplet mining, ``"semihard"``, ``"batch_hard"`` or ``"all"``.
         margin: triplet / contrastive margin, or the margin loss's ``alpha``; ``None`` for
-            the :mod:`lit.losses` default (0.1, 0.5, 0.2).
+            :data:`lit.metric.losses.DEFAULT_MARGINS` (0.1, 0.5, 0.2).
         beta: initial boundary of the margin loss.
         classes_per_batch: ``P``.
         samples_per_class: ``K`` (at least 2, so that every image has a positive).
@@ -59,7 +67,7 @@ class TrainConfig:
         freeze_bn: keep batch-norm statistics frozen (for small batches on a pretrained
             backbone).
         amp: bfloat16 autocast on CUDA.
-        seed: seeds the sampler, the augmentations and the margin loss's sampling.
+        seed: seeds the sampler, the augmentations and the losses' random draws.
         num_workers: data-loading processes.
     """
 
@@ -82,19 +90,16 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.mining not in MINING:
-            raise ValueError(f"mining must be one of {MINING}, got {self.mining!r}")
-        if self.small_classes not in SMALL_CLASSES:
-            raise ValueError(f"small_classes must be one of {SMALL_CLASSES}, got {self.small_classes!r}")
+        check_choice(self.loss, "loss", LOSSES)
+        check_choice(self.mining, "mining", MINING)
+        check_choice(self.small_classes, "small_classes", SMALL_CLASSES)
         if self.classes_per_batch < 2 or self.samples_per_class < 2:
-            raise ValueError(
+            raise UsageError(
                 f"need at least 2 classes and 2 images per class in a batch, got "
                 f"{self.classes_per_batch} x {self.samples_per_class}"
             )
         if self.epochs < 1 or not self.lr > 0:
-            raise ValueError(f"epochs must be >= 1 and lr > 0, got {self.epochs}, {self.lr}")
+            raise UsageError(f"epochs must be >= 1 and lr > 0, got {self.epochs}, {self.lr}")
 
 
 class Embeddings(NamedTuple):
@@ -109,24 +114,10 @@ class Embeddings(NamedTuple):
     labels: Tensor
 
 
-def _device(name: str | torch.device | None) -> torch.device:
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
-    return dev
-
-
-def build_loss(cfg: TrainConfig) -> nn.Module:
-    """The :mod:`lit.losses` module for ``cfg.loss``; it maps ``(embeddings, labels)`` to a scalar."""
-    margin = {} if cfg.margin is None else {"margin": cfg.margin}
-    if cfg.loss == "triplet":
-        return TripletMarginLoss(mining=cfg.mining, **margin)
-    if cfg.loss == "contrastive":
-        return PairwiseContrastiveLoss(**margin)
-    alpha = {} if cfg.margin is None else {"alpha": cfg.margin}
-    return MarginLoss(beta_init=cfg.beta, **alpha)
+def build_loss(cfg: TrainConfig) -> MetricLoss:
+    """The pytorch-metric-learning loss (and miner) of ``cfg``: ``(embeddings, labels) -> scalar``
+    (:func:`lit.metric.losses.metric_loss`)."""
+    return metric_loss(cfg.loss, cfg.mining, margin=cfg.margin, beta=cfg.beta)
 
 
 def extract_embeddings(
@@ -145,7 +136,7 @@ def extract_embeddings(
     copied to another device inside it would be inference tensors, and training the model
     afterwards would fail.
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     model.to(dev)
     was_training = model.training
     model.eval()
@@ -162,7 +153,7 @@ def extract_embeddings(
     finally:
         model.train(was_training)
     if not out:
-        raise ValueError("the dataset is empty")
+        raise UsageError("the dataset is empty")
     return Embeddings(torch.cat(out), torch.cat(labels))
 
 
@@ -188,23 +179,23 @@ def train_global(
     cfg: TrainConfig = TrainConfig(),
     *,
     device: str | torch.device | None = None,
-    log: Callable[[str], None] | None = None,
     log_every: int = 50,
     on_epoch_end: Callable[[int, GlobalModel], Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on a labelled dataset.
 
-    The random state of the sampler, the augmentations (run in the main process; with
-    workers, through the loader's seeded generator) and the margin loss's sampling comes
-    from ``cfg.seed``; the global torch random state is restored afterwards.
+    The random state of the sampler (``cfg.seed`` and the epoch), of the augmentations (run
+    in the main process; with workers, through the loader's seeded generator) and of the
+    losses' draws (the margin loss's miner) comes from ``cfg.seed``; the global torch random
+    state is restored afterwards. Progress lines (every ``log_every`` steps and per epoch)
+    go to this module's logger at level INFO.
 
     Args:
         model: the model (its initial weights are the caller's choice).
         dataset: yields ``(image, label)`` with images of equal size (use
             :func:`~lit.metric.data.train_transform`) and has a ``labels`` attribute.
         cfg: the schedule.
-        device: default CUDA when available.
-        log: called with progress lines.
+        device: ``"auto"`` (default: CUDA when available), ``"cpu"``, ``"cuda[:N]"``.
         log_every: steps between progress lines.
         on_epoch_end: called with ``(epoch, model)`` after each epoch.
 
@@ -218,13 +209,14 @@ def train_global(
     labels = getattr(dataset, "labels", None)
     if labels is None:
         raise TypeError("the dataset needs a `labels` attribute (one class id per item) for class-balanced sampling")
-    dev = _device(device)
-    sampler = ClassBalancedBatchSampler(
+    dev = resolve_device(device)
+    sampler = ClassBalancedSampler(
         labels, cfg.classes_per_batch, cfg.samples_per_class,
         batches_per_epoch=cfg.batches_per_epoch, small_classes=cfg.small_classes, seed=cfg.seed,
     )
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+    loader = DataLoader(dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
+    batches = sampler.batches_per_epoch
     model.to(dev)
     loss_fn = build_loss(cfg).to(dev)
     groups = list(parameter_groups(model, cfg.lr, cfg.head_lr_scale))
@@ -232,13 +224,12 @@ def train_global(
     if loss_params:
         groups.append({"params": loss_params, "lr": cfg.beta_lr or cfg.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.loss == "margin" else None
     history: list[dict[str, float]] = []
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(model)
-    # the CPU generator (augmentations, sampling) and, on CUDA, the training device's one are
-    # seeded here and restored afterwards; no other generator is touched
+    # the CPU generator (augmentations, the margin loss's draws) and, on CUDA, the training
+    # device's one are seeded here and restored afterwards; no other generator is touched
     forked = [dev] if dev.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=forked, device_type="cuda"):
@@ -254,26 +245,22 @@ def train_global(
                 for images, batch_labels in loader:
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda"):
                         emb = model(images.to(dev, non_blocking=True))
-                    batch_labels = batch_labels.to(dev, non_blocking=True)
-                    if generator is not None:
-                        loss = loss_fn(emb.float(), batch_labels, generator=generator)
-                    else:
-                        loss = loss_fn(emb.float(), batch_labels)
+                    loss = loss_fn(emb.float(), batch_labels.to(dev, non_blocking=True))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     total += loss.detach()
                     steps += 1
-                    if log is not None and steps % log_every == 0:
+                    if log_every and steps % log_every == 0 and log.isEnabledFor(logging.INFO):
                         mean = _finite_mean(total, steps, epoch)
-                        log(f"epoch {epoch + 1}/{cfg.epochs} step {steps}/{len(sampler)} loss {mean:.4f}")
+                        log.info("epoch %d/%d step %d/%d loss %.4f", epoch + 1, cfg.epochs, steps, batches, mean)
                 record = {"epoch": epoch + 1, "loss": _finite_mean(total, steps, epoch), "steps": steps,
                           "seconds": time.perf_counter() - start}
-                if cfg.loss == "margin":
+                if loss_fn.beta is not None:
                     record["beta"] = float(loss_fn.beta.detach().mean())
                 history.append(record)
-                if log is not None:
-                    log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} ({steps} steps, {record['seconds']:.1f} s)")
+                log.info("epoch %d/%d: loss %.4f (%d steps, %.1f s)", epoch + 1, cfg.epochs, record["loss"], steps,
+                         record["seconds"])
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, model)
                     model.train()
@@ -292,18 +279,75 @@ def _finite_mean(total: Tensor, steps: int, epoch: int) -> float:
     return mean
 
 
-def evaluate_dataset(root: str, *, kind: str = "auto", split: str = "test", checkpoint: str | None = None,
+def train_dataset(root: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig = TrainConfig(), *,
+                  kind: str = "auto", backbone: str = "resnet50", out_index: int = -1, dim: int | None = 512,
+                  pretrained: bool = False, image_size: int = 224, evaluate: bool = False,
+                  eval_root: str | os.PathLike | None = None, batch_size: int = 64,
+                  device: str | torch.device | None = "auto") -> dict[str, Any]:
+    """What ``lit train-global`` does: seed, build the model and the dataset, train, save.
+
+    Seeds torch with ``cfg.seed`` (the model's initialisation), trains on ``root``
+    (:func:`~lit.metric.data.open_dataset`, training split, :func:`train_transform`), writes
+    the checkpoint to ``out`` (:meth:`GlobalModel.save`) and a report beside it (same name,
+    ``.yaml``: model and training configuration, dataset, history, recall). With
+    ``evaluate``, computes Recall@k (:data:`DEFAULT_KS`) afterwards: on the SOP test split,
+    or, for a folder-per-class dataset, on the folder ``eval_root``.
+
+    Returns:
+        The report (a JSON-ready dict), plus ``checkpoint`` (the path written) and, with
+        ``evaluate``, ``eval_images``.
+
+    Raises:
+        UsageError: ``evaluate`` on a folder-per-class dataset without ``eval_root``, and
+            the errors of the dataset readers and of :class:`TrainConfig`.
+    """
+    device = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    model = GlobalModel(backbone, dim, pretrained, out_index=out_index, image_size=image_size)
+    dataset = open_dataset(root, kind, "train", train_transform(image_size))
+    eval_set = None
+    if evaluate:
+        eval_kind = "sop" if isinstance(dataset, StanfordOnlineProducts) else "folder"
+        if eval_kind == "folder" and not eval_root:
+            raise UsageError(f"{root}: evaluating a folder-per-class dataset needs a separate evaluation folder (eval_root)")
+        eval_set = open_dataset(eval_root or root, eval_kind, "test", eval_transform(image_size))
+    log.info("training %s (dim %d) on %d images of %d classes, device %s", backbone, model.out_dim, len(dataset),
+             dataset.num_classes, device)
+    history = train_global(model, dataset, cfg, device=device)
+    out = os.fspath(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    report: dict[str, Any] = {
+        "model": model.cfg.to_dict(), "train": asdict(cfg),
+        "dataset": {"root": os.path.abspath(root), "images": len(dataset), "classes": dataset.num_classes},
+        "history": history,
+    }
+    model.save(out, meta={"train": asdict(cfg), "history": history})
+    if eval_set is not None:
+        recall = evaluate_global(model, eval_set, DEFAULT_KS, batch_size=batch_size, num_workers=cfg.num_workers,
+                                 device=device)
+        report["recall"] = {str(k): float(v) for k, v in recall.items()}
+    with atomic_write(os.path.splitext(out)[0] + ".yaml") as f:
+        yaml.safe_dump(json.loads(json.dumps(report)), f, sort_keys=False)
+    report["checkpoint"] = out
+    if eval_set is not None:
+        report["eval_images"] = len(eval_set)
+    return report
+
+
+def evaluate_dataset(root: str | os.PathLike, *, kind: str = "auto", split: str = "test", checkpoint: str | None = None,
                      backbone: str = "efficientnet_lite0", pretrained: bool = True, image_size: int | None = None,
-                     ks: Sequence[int] = DEFAULT_KS, batch_size: int = 64, workers: int = 0, device: str = "auto",
-                     backend: str = "torch", chunk_size: int | None = None) -> dict[str, Any]:
+                     ks: Sequence[int] = DEFAULT_KS, batch_size: int = 64, workers: int = 0,
+                     device: str | torch.device | None = "auto", backend: str = "torch",
+                     chunk_size: int | None = None) -> dict[str, Any]:
     """Load a model (a ``lit train-global`` checkpoint, else an ImageNet GeM baseline of
     ``backbone`` without head) and a dataset, and compute Recall@k.
 
     Returns:
-        A JSON-ready dict: ``recall`` (``{k: fraction}`` with string keys), ``images``,
-        ``classes``, ``model`` (config), ``checkpoint``, ``seconds`` (``extract``, ``knn``).
+        A JSON-ready dict: ``recall`` (``{k: fraction}`` with string keys), ``dataset``
+        (``root``, ``split``, ``images``, ``classes``), ``model`` (config), ``checkpoint``,
+        ``image_size``, ``device``, ``backend``, ``seconds`` (``extract``, ``knn``).
     """
-    device = _device(device)
+    device = resolve_device(device)
     if checkpoint:
         model = GlobalModel.load(checkpoint, device=device)
     else:
@@ -325,5 +369,6 @@ def evaluate_dataset(root: str, *, kind: str = "auto", split: str = "test", chec
 
 
 __all__ = [
-    "Embeddings", "TrainConfig", "build_loss", "evaluate_dataset", "evaluate_global", "extract_embeddings", "train_global",
+    "Embeddings", "TrainConfig", "build_loss", "evaluate_dataset", "evaluate_global", "extract_embeddings",
+    "train_dataset", "train_global",
 ]

@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour search on global descriptors, and Recall@k.
+"""Exact k-nearest-neighbour search on global descriptors.
 
 Similarity is the dot product, i.e. the cosine for L2-normalised descriptors (as
 :class:`lit.metric.GlobalModel` produces); neighbours are sorted by decreasing similarity.
@@ -22,21 +22,25 @@ available) and ``"faiss"`` (``faiss.IndexFlatIP``, exact search, when the option
 the similarities with its own BLAS calls, so they may differ from torch's in the last bit;
 rows where faiss's list is ambiguous under the tie rule (a tie at the ``k``-th place, or a
 self-match faiss did not return) are recomputed with the torch backend.
+
+:class:`ExactKNN` is the same search as a pytorch-metric-learning ``knn_func``, the form
+``AccuracyCalculator`` takes (:mod:`lit.metric.accuracy` computes Recall@k with it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..evaluate import recall_at_k
+from .._checks import check_choice, check_int, check_matrix
+from .._device import resolve_device
+from ..errors import UsageError, missing_dependency
+from .options import BACKENDS
 
-DEFAULT_KS = (1, 10, 100, 1000)
-BACKENDS = ("torch", "faiss", "auto")
 _CHUNK_ELEMENTS = 1 << 25  # default chunk: about 32M similarities (128 MB float32)
 
 
@@ -59,26 +63,6 @@ def faiss_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _as_matrix(x: Any, name: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a tensor or a numpy array, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be (N, D), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x.detach()
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def topk_stable(similarities: Tensor, k: int) -> KNNResult:
@@ -187,7 +171,8 @@ def knn(
         k: neighbours per query; at most the database size (minus one with self-exclusion).
         exclude_self: in all-vs-all mode, never return a query as its own neighbour.
         chunk_size: queries per matrix product (default: about 32M similarities per chunk).
-        device: ``"cpu"``, ``"cuda"``...; default CUDA when available (torch backend).
+        device: ``"auto"`` (default, CUDA when available), ``"cpu"``, ``"cuda[:N]"``...
+            (torch backend; :func:`lit._device.resolve_device`).
         backend: ``"torch"``, ``"faiss"`` (needs the optional faiss package) or ``"auto"``
             (faiss when importable and the device is the CPU, else torch).
 
@@ -195,8 +180,9 @@ def knn(
         :class:`KNNResult` on the CPU, most similar first, ties lower index first.
 
     Raises:
-        ValueError: bad shapes, non-finite values, ``k`` out of range, unknown backend.
-        ImportError: ``backend="faiss"`` without faiss.
+        UsageError: bad shapes, non-finite values, ``k`` out of range, unknown backend.
+        TypeError: descriptors that are not floating-point arrays.
+        MissingDependencyError: ``backend="faiss"`` without faiss.
 
     Shape:
         - queries: :math:`(Q, D)`; database: :math:`(N, D)`.
@@ -208,40 +194,73 @@ def knn(
         [[2], [2], [1]]
     """
     same = database is None or database is queries
-    q = _as_matrix(queries, "queries")
-    db = q if same else _as_matrix(database, "database")
-    if db.shape[1] != q.shape[1]:
-        raise ValueError(f"queries have {q.shape[1]} dimensions but the database has {db.shape[1]}")
-    exclude = bool(exclude_self and same)
-    available = db.shape[0] - int(exclude)
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
-        raise ValueError(
+    q = check_matrix(queries, "queries")
+    db = q if same else check_matrix(database, "database", dim=q.shape[1], dim_of="the queries")
+    return _search(q, db, k, self_excluded=bool(exclude_self and same), chunk_size=chunk_size, device=device,
+                   backend=backend)
+
+
+def _search(q: Tensor, db: Tensor, k: int, *, self_excluded: bool, chunk_size: int | None,
+            device: str | torch.device | None, backend: str) -> KNNResult:
+    """:func:`knn` on checked matrices; with ``self_excluded``, query ``i`` is database item
+    ``i`` (the first ``Q`` database rows are the queries) and never its own neighbour."""
+    available = db.shape[0] - int(self_excluded)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
+        raise UsageError(
             f"k must be an integer in [1, {available}] (the database size"
-            f"{' minus the query itself' if exclude else ''}), got {k!r}"
+            f"{' minus the query itself' if self_excluded else ''}), got {k!r}"
         )
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    dev = _resolve_device(device)
+    check_choice(backend, "backend", BACKENDS)
+    dev = resolve_device(device)
     if backend == "auto":
         backend = "faiss" if dev.type == "cpu" and faiss_available() else "torch"
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ELEMENTS // max(1, db.shape[0]))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    self_index = torch.arange(q.shape[0]) if exclude else None
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+    self_index = torch.arange(q.shape[0]) if self_excluded else None
     if q.shape[0] == 0:
         return KNNResult(torch.empty(0, k, dtype=torch.int64), torch.empty(0, k))
     if backend == "faiss":
         if not faiss_available():
-            raise ImportError("backend='faiss' needs the faiss package: pip install faiss-cpu")
+            raise missing_dependency("the faiss kNN backend", "faiss-cpu")
         return _faiss_knn(q, db, int(k), self_index, chunk_size, dev)
     return _torch_knn(q, db, int(k), self_index, chunk_size, dev)
 
 
-def _labels(x: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x).reshape(-1)
+class ExactKNN:
+    """lit's exact kNN as a pytorch-metric-learning ``knn_func`` (what ``AccuracyCalculator``
+    and ``InferenceModel`` call).
+
+    Called as ``knn_func(query, k, reference, ref_includes_query)``. With
+    ``ref_includes_query`` the first ``len(query)`` references are the queries themselves
+    (PML's convention) and query ``i`` never gets reference ``i``, by index, as in
+    :func:`knn`'s all-vs-all mode. Unlike PML's ``FaissKNN`` (L2 distances, ties in faiss's
+    order), the neighbours are those of :func:`knn`: by dot product, ties lower index first.
+
+    Args:
+        device: where the similarities are computed (see :func:`knn`).
+        backend: ``"torch"``, ``"faiss"`` or ``"auto"`` (see :func:`knn`).
+        chunk_size: queries per matrix product (see :func:`knn`).
+
+    Returns:
+        ``(similarities, indices)``, each :math:`(Q, k)`, on the device of ``query``, most
+        similar first.
+    """
+
+    def __init__(self, *, device: str | torch.device | None = None, backend: str = "torch",
+                 chunk_size: int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.backend = check_choice(backend, "backend", BACKENDS)
+        self.chunk_size = chunk_size
+
+    def __call__(self, query: Tensor, k: int, reference: Tensor | None = None,
+                 ref_includes_query: bool = False) -> tuple[Tensor, Tensor]:
+        q = check_matrix(query, "query")
+        db = q if reference is None else check_matrix(reference, "reference", dim=q.shape[1], dim_of="the queries")
+        self_excluded = bool(ref_includes_query) or reference is None
+        res = _search(q, db, int(k), self_excluded=self_excluded, chunk_size=self.chunk_size, device=self.device,
+                      backend=self.backend)
+        return res.similarities.to(query.device), res.indices.to(query.device)
 
 
 def clip_ks(ks: Sequence[int], n: int) -> list[int]:
@@ -253,61 +272,10 @@ def clip_ks(ks: Sequence[int], n: int) -> list[int]:
     """
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+        raise UsageError(f"ks must be positive integers, got {tuple(ks)}")
     if n < 1:
-        raise ValueError("need at least one database item")
+        raise UsageError("need at least one database item")
     return sorted({min(k, n) for k in ks})
 
 
-def recall_at_ks(
-    embeddings: Tensor | np.ndarray,
-    labels: Tensor | np.ndarray | Sequence[int],
-    ks: Sequence[int] = DEFAULT_KS,
-    *,
-    query_embeddings: Tensor | np.ndarray | None = None,
-    query_labels: Tensor | np.ndarray | Sequence[int] | None = None,
-    chunk_size: int | None = None,
-    device: str | torch.device | None = None,
-    backend: str = "torch",
-) -> dict[int, float]:
-    """Recall@k of descriptors: share of queries with a same-label item among their k nearest.
-
-    Without ``query_embeddings`` every item queries all the others (itself excluded), the
-    Stanford Online Products / CUB / Cars protocol. Each ``k`` is clipped to the number of
-    candidates (:func:`clip_ks`), so the keys of the result are the ``k`` actually used.
-
-    Args:
-        embeddings: database descriptors (L2-normalised).
-        labels: their labels (integers, strings, ...).
-        ks: the k values (default 1, 10, 100, 1000).
-        query_embeddings: separate queries (their own label list in ``query_labels``).
-        query_labels: labels of ``query_embeddings``.
-        chunk_size, device, backend: see :func:`knn`.
-
-    Returns:
-        ``{k: recall}`` with recalls in ``[0, 1]``.
-
-    Shape:
-        - embeddings: :math:`(N, D)`; labels: :math:`(N,)`.
-        - query_embeddings: :math:`(Q, D)`; query_labels: :math:`(Q,)`.
-    """
-    db_labels = _labels(labels)
-    n = embeddings.shape[0]
-    if db_labels.size != n:
-        raise ValueError(f"{db_labels.size} labels for {n} embeddings")
-    if query_embeddings is None:
-        if query_labels is not None:
-            raise ValueError("query_labels given without query_embeddings")
-        queries, q_labels, candidates = embeddings, db_labels, n - 1
-    else:
-        if query_labels is None:
-            raise ValueError("query_embeddings need query_labels")
-        queries = query_embeddings
-        q_labels = _labels(query_labels)
-        if q_labels.size != queries.shape[0]:
-            raise ValueError(f"{q_labels.size} query labels for {queries.shape[0]} queries")
-        candidates = n
-    ks = clip_ks(ks, candidates)
-    database = None if query_embeddings is None else embeddings
-    res = knn(queries, database, ks[-1], exclude_self=True, chunk_size=chunk_size, device=device, backend=backend)
-    return recall_at_k(res.indices, q_labels, db_labels, ks)
+__all__ = ["ExactKNN", "KNNResult", "clip_ks", "faiss_available", "knn", "topk_stable"]
