@@ -17,7 +17,7 @@ background; lit-effl0's background holds only training scenes, so this matters o
 threshold for a model without background, 0.50..1.00 by 0.01) and, among the values at
 which at most ``--max-false`` of the different-scene pairs match, picks the one with the
 largest difference between the matched fractions of same-scene and different-scene pairs
-(Youden's J): that is how lit-effl0's registry values were chosen, on its training scenes
+(Youden's J): that is how lit-effl0's rule (in its weights file) was chosen, on its training scenes
 (``--scenes training``).
 """
 
@@ -37,14 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent / "lit" / "assets" / "photos"
 
 def background_rows(model) -> tuple[np.ndarray | None, list[str]]:
     """Photo id of each background row and the photos' names (``scene/file``), if the
-    model's background file records them."""
-    from lit.hub import REGISTRY, WEIGHTS_DIR
-
-    for cfg in REGISTRY.values():
-        if cfg.match_background and getattr(model, "match_background", None) is not None:
-            with np.load(WEIGHTS_DIR / cfg.match_background, allow_pickle=False) as z:
-                if len(z["descriptors"]) == len(model.match_background) and "image" in z:
-                    return z["image"], [str(n) for n in z["names"]]
+    model's weights file records them (its meta ``match_background``)."""
+    prov = getattr(model, "meta", {}).get("match_background")
+    bank = getattr(model, "match_background", None)
+    if prov and bank is not None and sum(prov["rows"]) == len(bank):
+        return np.repeat(np.arange(len(prov["photos"])), prov["rows"]), list(prov["photos"])
     return None, []
 
 

@@ -31,12 +31,13 @@ def demo_model(device: str = "cpu"):
         ``(model, trained)``.
     """
     import lit
+    from lit.errors import LitError
     from lit.models import SuperFeatureModel, lit_effl0_config
 
     if "lit-effl0" in lit.list_models():
         try:
             return lit.load_model("lit-effl0", device=device), True
-        except (ValueError, OSError) as err:
+        except LitError as err:
             print(f"lit-effl0 weights unusable ({err}); falling back to untrained LIT", file=sys.stderr)
     torch.manual_seed(0)
     model = SuperFeatureModel(lit_effl0_config(), pretrained_backbone=True).to(device).eval()
@@ -91,7 +92,7 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     work = Path(work_dir)
     model, trained = demo_model(device)
     if trained:
-        print("model: lit-effl0 (EfficientNet-Lite0 + LIT trained by lit, shipped in weights/)")
+        print("model: lit-effl0 (EfficientNet-Lite0 + LIT trained by lit, installed with lit)")
     else:
         print("model: ImageNet EfficientNet-Lite0 backbone + LIT with UNTRAINED (random) weights:")
         print("       the pipeline runs end to end, but the numbers below say little about the method.")
@@ -152,9 +153,9 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
                                    "strongest super-features")
     out1 = viz.save_figure(fig, os.path.join(out_dir, "demo_attention.png"))
     fa, fb = all_feats[sc[0]], all_feats[sc[1]]
-    rule = pipeline.match_rule(model)  # the model's own (registry): FIRe's 0.9, lit-effl0's background test
+    rule = model.match_rule()  # the model's own, saved with it: FIRe's 0.9, lit-effl0's background test
     thr = rule.threshold
-    m = match(fa, fb, threshold=thr, background=rule.background, margin=rule.margin)
+    m = rule.match(fa, fb)
     if len(m) == 0:
         print(f"no match between the two Sacre-Coeur photos under the model's rule ({rule.describe()}): the "
               "figure shows the reciprocal neighbours at cosine >= 0.5")
