@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..text.model import load_text_model
+    from ..text.factory import load_text_model
     from ..text.store import add_embeddings, write_index_embeddings
 
     if args.text_command == "embed":

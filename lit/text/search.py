@@ -6,7 +6,8 @@ import os
 
 import torch
 
-from .model import TextModel, load_text_model
+from .factory import load_text_model
+from .model import TextModel
 from .store import read_index_embeddings
 
 
@@ -91,7 +92,7 @@ def image_embedder(text_model: str | None = None, device: str = "cpu"):
 
     Returns ``None`` for ``"none"`` (no embeddings).
     """
-    from .model import image_tower_of
+    from .factory import image_tower_of
 
     if text_model == "none":
         return None

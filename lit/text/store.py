@@ -76,7 +76,7 @@ def add_embeddings(features: str | os.PathLike, root: str | os.PathLike | None, 
         The number of images embedded now.
     """
     from .._image import ImageReadError, load_image
-    from .model import load_text_model
+    from .factory import load_text_model
 
     model = text_model if text_model is not None and not isinstance(text_model, str) else load_text_model(text_model, device)
     tower = model.image_tower
