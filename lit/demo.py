@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "photos"
+from ._resources import asset_photos
+
 VIEWS_PER_PHOTO = 2
 
 
@@ -31,12 +32,13 @@ def demo_model(device: str = "cpu"):
         ``(model, trained)``.
     """
     import lit
+    from lit.errors import LitError
     from lit.models import SuperFeatureModel, lit_effl0_config
 
     if "lit-effl0" in lit.list_models():
         try:
             return lit.load_model("lit-effl0", device=device), True
-        except (ValueError, OSError) as err:
+        except LitError as err:
             print(f"lit-effl0 weights unusable ({err}); falling back to untrained LIT", file=sys.stderr)
     torch.manual_seed(0)
     model = SuperFeatureModel(lit_effl0_config(), pretrained_backbone=True).to(device).eval()
@@ -56,9 +58,10 @@ def make_photo_set(dst: Path, views: int = VIEWS_PER_PHOTO, seed: int = 0) -> li
 
     g = torch.Generator().manual_seed(seed)
     items = []
-    for scene in sorted(p.name for p in ASSETS.iterdir() if p.is_dir()):
+    assets = asset_photos()
+    for scene in sorted(p.name for p in assets.iterdir() if p.is_dir()):
         (dst / scene).mkdir(parents=True, exist_ok=True)
-        for photo in sorted((ASSETS / scene).iterdir()):
+        for photo in sorted((assets / scene).iterdir()):
             img = load_image(photo, 512)
             stem = photo.stem
             out = dst / scene / f"{stem}.png"
@@ -92,7 +95,7 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     work = Path(work_dir)
     model, trained = demo_model(device)
     if trained:
-        print("model: lit-effl0 (EfficientNet-Lite0 + LIT trained by lit, shipped in weights/)")
+        print("model: lit-effl0 (EfficientNet-Lite0 + LIT trained by lit, installed with lit)")
     else:
         print("model: ImageNet EfficientNet-Lite0 backbone + LIT with UNTRAINED (random) weights:")
         print("       the pipeline runs end to end, but the numbers below say little about the method.")
@@ -153,9 +156,9 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
                                    "strongest super-features")
     out1 = viz.save_figure(fig, os.path.join(out_dir, "demo_attention.png"))
     fa, fb = all_feats[sc[0]], all_feats[sc[1]]
-    rule = pipeline.match_rule(model)  # the model's own (registry): FIRe's 0.9, lit-effl0's background test
+    rule = model.match_rule()  # the model's own, saved with it: FIRe's 0.9, lit-effl0's background test
     thr = rule.threshold
-    m = match(fa, fb, threshold=thr, background=rule.background, margin=rule.margin)
+    m = rule.match(fa, fb)
     if len(m) == 0:
         print(f"no match between the two Sacre-Coeur photos under the model's rule ({rule.describe()}): the "
               "figure shows the reciprocal neighbours at cosine >= 0.5")

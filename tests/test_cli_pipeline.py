@@ -165,10 +165,11 @@ def test_match_default_threshold_is_the_models(setup, tmp_path):
     assert bad.returncode == 2 and "--threshold must be a number or none" in bad.stderr
 
 
-def test_match_default_rule_with_a_background_comes_from_the_registry(setup, tmp_path):
-    """A registered model with a match background (like lit-effl0): `lit match` without
-    options applies its background test; the matches equal a numpy computation of the rule."""
-    import hashlib
+def test_match_default_rule_with_a_background_comes_from_the_model_file(setup, tmp_path):
+    """A model whose weights file carries a match background (like lit-effl0): `lit match`
+    without options applies its background test; the matches equal a numpy computation of
+    the rule."""
+    from lit.matching import MatchRule
 
     ckpt = setup["models"][0]
     model = lit.load_model(ckpt)
@@ -193,13 +194,12 @@ def test_match_default_rule_with_a_background_comes_from_the_registry(setup, tmp
     margin = float((ordered[k - 1] + ordered[k]) / 2)  # between two pairs: half of them pass
     expected = sorted(i for i in recip if excess[i] >= margin)
     assert 0 < len(expected) < len(recip)
-    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-    reg = tmp_path / "models.json"
-    reg.write_text(json.dumps([{"name": "tiny-bg", "url": "", "filename": ckpt.name, "local": str(ckpt),
-                                "sha256": sha(ckpt), "match_threshold": None, "match_background": str(tmp_path / "bg.npz"),
-                                "match_background_sha256": sha(tmp_path / "bg.npz"), "match_margin": margin}]))
-    env = {**os.environ, "LIT_REGISTRY": str(reg)}
-    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", "tiny-bg", "--device", "cpu",
+    bank = torch.from_numpy(bg.astype(np.float16).astype(np.float32))
+    model.set_match_rule(MatchRule(threshold=None, margin=margin, background=bank))
+    tuned = tmp_path / "tiny-bg.safetensors"
+    save_checkpoint(model, tuned)
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", tuned, "--device", "cpu",
                            "--json", tmp_path / "m.json"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"best background cosine + {margin:g}" in proc.stdout and "(the model's rule)" in proc.stdout
@@ -207,7 +207,7 @@ def test_match_default_rule_with_a_background_comes_from_the_registry(setup, tmp
     assert m["threshold"] is None and m["margin"] == margin
     assert sorted(m["indices_a"]) == expected
     # --margin none: the plain reciprocal-neighbour rule (no floor: every reciprocal pair)
-    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", "tiny-bg", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", tuned, "--device", "cpu",
                            "--margin", "none", "--json", tmp_path / "m2.json"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr

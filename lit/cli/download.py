@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 NAME = "download"
-HELP = "download a registered model or a dataset (with sha256 checks)"
+HELP = "download a registered model (or other registered weights) or a dataset (with sha256 checks)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("name", help="model name (`lit models`) or dataset (roxford5k, rparis6k, revisitop1m, retrieval-sfm-120k)")
+    p.add_argument("name", help="registered name (`lit models`) or dataset (roxford5k, rparis6k, revisitop1m, retrieval-sfm-120k)")
     p.add_argument("--root", help="dataset folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -18,13 +18,13 @@ def run(args) -> int:
     from ..data import DATASETS, download_dataset
     from ..errors import UsageError
 
-    if args.name in hub.REGISTRY:
+    if args.name in hub.registry():
         with cleanup_new_dirs(cache_dir()):  # no empty folders left behind by a failure
             path = hub.resolve(args.name, progress=not args.quiet)
         print(path)
         return 0
     if args.name not in DATASETS:
-        raise UsageError(f"unknown name {args.name!r}: models {', '.join(hub.list_models())}; "
+        raise UsageError(f"unknown name {args.name!r}: registered {', '.join(hub.list_models(None))}; "
                          f"datasets {', '.join(sorted(DATASETS))}")
     if not args.root:
         raise UsageError("--root DIR is needed to download a dataset")

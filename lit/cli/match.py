@@ -11,11 +11,11 @@ NAME = "match"
 HELP = "match the super-features of two images"
 DESCRIPTION = """Match the super-features of two images: reciprocal nearest neighbours by cosine
 similarity that pass the model's match rule (default: the model's own, calibrated on its
-training photos; --threshold / --margin replace its parts):
-  fire: cosine >= 0.9 (FIRe's).
+training photos and saved in its weights file; --threshold / --margin replace its parts):
+  fire (and any FIRe checkpoint): cosine >= 0.9 (FIRe's).
   lit-effl0: the background test: a pair is kept when its cosine beats by at least 0.1 the
-    best cosine of either super-feature to 7424 super-features of unrelated photos shipped
-    with the model (weights/lit-effl0.background.npz); no cosine floor. On its 10 held-out
+    best cosine of either super-feature to 7424 super-features of unrelated photos stored
+    in the model's weights file; no cosine floor. On its 10 held-out
     scenes it matches 6 of 10 same-scene pairs and 6.7 % of different-scene pairs
     (weights/README.md).
 score: the sum of the cosine similarities of the matches (0 when there is none), so about
@@ -44,16 +44,16 @@ def run(args) -> int:
     model = load_model(args)
     if args.plot:
         check_figure_path(args.plot)
+    threshold = "model" if args.threshold is None else none_or_float(args.threshold, "--threshold")
+    margin = "model" if args.margin is None else none_or_float(args.margin, "--margin")
     try:
-        img_a, img_b, fa, fb, m, rule = pipeline.match_images(
-            model, args.image_a, args.image_b,
-            threshold="model" if args.threshold is None else none_or_float(args.threshold, "--threshold"),
-            margin="model" if args.margin is None else none_or_float(args.margin, "--margin"), ratio=args.ratio,
-            scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size)
-    except ValueError as err:
-        if "match background" not in str(err):
-            raise
-        raise UsageError(f"--margin: {err}") from None
+        model.match_rule(threshold, margin)
+    except UsageError as err:  # name the options that were given
+        given = [o for o, v in (("--threshold", args.threshold), ("--margin", args.margin)) if v is not None]
+        raise UsageError(f"{' / '.join(given)}: {err}" if given else str(err)) from None
+    img_a, img_b, fa, fb, m, rule = pipeline.match_images(
+        model, args.image_a, args.image_b, threshold=threshold, margin=margin, ratio=args.ratio,
+        scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size)
     thr = rule.threshold
     source = " (the model's rule)" if args.threshold is None and args.margin is None else ""
     print(f"{len(m)} match{'' if len(m) == 1 else 'es'} ({rule.describe()}{source}"

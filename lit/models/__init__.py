@@ -5,19 +5,28 @@ from .checkpoint import (
     config_from_fire_params,
     convert_fire_state_dict,
     model_from_checkpoint,
+    read_checkpoint,
     save_checkpoint,
     save_fire_checkpoint,
     to_fire_state_dict,
 )
-from .config import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig, lit_effl0_config
+from .config import (
+    BackboneConfig,
+    LITConfig,
+    MatchConfig,
+    ModelConfig,
+    RuntimeConfig,
+    lit_effl0_config,
+)
 from .lit_init import init_lit_from_tokens, principal_directions, spherical_kmeans
 from .lit_module import LIT
 from .model import SuperFeatureModel, attention_centroids, strength
 from .whitening import pca_whitening
 
 __all__ = [
-    "LIT", "BackboneConfig", "CheckpointError", "LITConfig", "ModelConfig", "RuntimeConfig",
+    "LIT", "BackboneConfig", "CheckpointError", "LITConfig", "MatchConfig", "ModelConfig", "RuntimeConfig",
     "SuperFeatureModel", "attention_centroids", "lit_effl0_config", "config_from_fire_params", "convert_fire_state_dict",
-    "init_lit_from_tokens", "model_from_checkpoint", "pca_whitening", "principal_directions", "save_checkpoint", "save_fire_checkpoint",
+    "init_lit_from_tokens", "model_from_checkpoint", "pca_whitening", "principal_directions", "read_checkpoint",
+    "save_checkpoint", "save_fire_checkpoint",
     "spherical_kmeans", "strength", "to_fire_state_dict",
 ]

@@ -1,15 +1,31 @@
 """Reading and writing checkpoints safely: official FIRe files and lit's own.
 
-Nothing is ever fully unpickled: every file goes through ``torch.load(weights_only=True)``
-with a small allow-list (``pathlib`` paths become strings; numpy scalars and dtypes).
+lit's weights files (this module owns their format):
+
+- ``.safetensors`` (what lit ships and shares): the state dict as tensors, and in the
+  header's metadata (strings) ``format`` = ``"lit"``, ``version``, ``config`` (JSON of
+  :meth:`ModelConfig.to_dict`, the match rule included) and ``meta`` (JSON). Tensors only:
+  nothing in the file is code.
+- ``.pt`` (``torch.save``; what the trainer writes, with its optimizer state): a dict
+  ``{"format": "lit", "version", "config", "state_dict", "meta"}``.
+
+Versions: 1 had no match rule (it loads with FIRe's, cosine >= 0.9); 2 holds it in
+``config["match"]`` and the background bank of the rule as the ``match_background`` tensor
+of the state dict. Official FIRe files (SPEC section 2) load with FIRe's rule.
+
+Nothing is ever fully unpickled: every ``.pt``/``.pth`` goes through
+``torch.load(weights_only=True)`` with a small allow-list (``pathlib`` paths become
+strings; numpy scalars and dtypes).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pickle
 import re
+import struct
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +37,9 @@ from ..errors import CheckpointError
 from .config import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig
 
 LIT_FORMAT = "lit"
-LIT_FORMAT_VERSION = 1
+#: 2: the match rule in the config and its background bank in the state dict
+LIT_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 # official FIRe backbone: nn.Sequential of torchvision ResNet children
 _FIRE_TO_TIMM = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
@@ -58,12 +76,14 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-1.6 to
 
 
 def _sniff(path: str) -> str:
-    """``"zip"`` (torch.save), ``"pickle"`` (a pickle stream: legacy torch file or plain
-    pickle), ``"text"`` or ``"other"``, from the first bytes."""
+    """``"zip"`` (torch.save), ``"safetensors"``, ``"pickle"`` (a pickle stream: legacy
+    torch file or plain pickle), ``"text"`` or ``"other"``, from the first bytes."""
     with open(path, "rb") as f:
         head = f.read(4096)
     if head.startswith(b"PK\x03\x04"):
         return "zip"
+    if is_safetensors_header(head, os.path.getsize(path)):
+        return "safetensors"
     if head[:1] == b"\x80":
         return "pickle"
     try:
@@ -117,6 +137,9 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; download or save it again")
     kind = _sniff(path)
+    if kind == "safetensors":
+        raise CheckpointError(f"{path}: a safetensors file, not a torch.save checkpoint: read it with "
+                              "lit.load_model / lit.models.model_from_checkpoint")
     if kind == "text":
         raise CheckpointError(
             f"{path}: a text file, not a PyTorch checkpoint; pass the .pt/.pth file written by torch.save "
@@ -155,6 +178,46 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise CheckpointError(
             f"{path}: a damaged or truncated PyTorch checkpoint ({detail}); download or save it again"
         ) from None
+
+
+def is_safetensors_header(head: bytes, size: int) -> bool:
+    """Whether ``head`` (the first bytes of a file of ``size`` bytes) starts a safetensors
+    file: an 8-byte little-endian header length (safetensors allows up to 100 MB), then a
+    JSON object. A truncated file still counts (its reader then says so)."""
+    if len(head) < 10 or size < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= 100_000_000 and head[8:9] == b"{"
+
+
+def read_safetensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file.
+
+    Raises:
+        CheckpointError: not a readable safetensors file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt", device=str(map_location)) as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (SafetensorError, OSError, ValueError) as err:
+        detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: a damaged or truncated safetensors file ({detail}); download or save it again") from None
+    return tensors, meta
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write ``tensors`` (contiguous CPU copies) and string ``metadata``, replacing ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    from .._fileio import atomic_path
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(sd, tmp, metadata=dict(metadata))
 
 
 # ---------------------------------------------------------------------- key conversion
@@ -274,19 +337,31 @@ def _abbrev(items: list[str], n: int = 12) -> str:
 
 # ---------------------------------------------------------------------- lit checkpoints
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any] | None = None, half: bool = False) -> None:
-    """Write a lit checkpoint: ``{"format", "version", "config", "state_dict", "meta"}``.
+    """Write a lit checkpoint (format version :data:`LIT_FORMAT_VERSION`): config (with the
+    match rule), state dict (with the rule's background bank) and ``meta``.
+
+    A path ending in ``.safetensors`` gives a safetensors file (config and meta as JSON in
+    its metadata; what lit ships); any other a ``torch.save`` dict
+    ``{"format", "version", "config", "state_dict", "meta"}``.
 
     Args:
+        meta: free-form JSON-able information (default: ``model.meta``, the loaded
+            checkpoint's).
         half: store floating tensors as float16 (weights for shipping); loading casts back.
     """
     sd = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(getattr(model, "meta", {}) if meta is None else meta)
+    if os.fspath(path).endswith(".safetensors"):
+        write_safetensors(path, sd, {"format": LIT_FORMAT, "version": str(LIT_FORMAT_VERSION),
+                                     "config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)})
+        return
     torch.save(
         {
             "format": LIT_FORMAT,
             "version": LIT_FORMAT_VERSION,
             "config": model.cfg.to_dict(),
             "state_dict": sd,
-            "meta": dict(meta or {}),
+            "meta": meta,
         },
         os.fspath(path),
     )
@@ -306,40 +381,72 @@ def save_fire_checkpoint(model: torch.nn.Module, path: str | os.PathLike, epoch:
     )
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Build a model from an official FIRe checkpoint or a lit checkpoint."""
-    from .model import SuperFeatureModel
+def _lit_parts(path: str, ckpt: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Config, float32 state dict and meta of a lit checkpoint (any readable version)."""
+    version = ckpt.get("version")
+    if version not in _READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: lit checkpoint version {version!r}, this lit reads versions "
+                              f"{', '.join(map(str, _READABLE_VERSIONS))}: update lit to read it")
+    try:
+        cfg = ModelConfig.from_dict(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: bad model config ({err})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    meta = ckpt.get("meta") or {}
+    return cfg, state, dict(meta) if isinstance(meta, Mapping) else {}
 
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """``(config, state_dict, meta)`` of an official FIRe checkpoint or a lit checkpoint
+    (``.safetensors`` or ``.pt``, any readable version), with lit's key names and float32
+    tensors; meta is ``{}`` for FIRe files.
+
+    Raises:
+        CheckpointError: unreadable, unsafe, or of another kind (see :func:`safe_load`).
+    """
     path = os.fspath(path)
+    if os.path.isfile(path) and _sniff(path) == "safetensors":
+        tensors, raw = read_safetensors(path)
+        if raw.get("format") != LIT_FORMAT:
+            raise CheckpointError(f"{path}: a safetensors file without lit's metadata (format {raw.get('format')!r}): "
+                                  "not a lit checkpoint")
+        try:
+            ckpt = {"version": int(raw.get("version", "0")), "config": json.loads(raw["config"]),
+                    "meta": json.loads(raw.get("meta", "{}")), "state_dict": tensors}
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{path}: bad lit metadata in the safetensors header ({err})") from None
+        return _lit_parts(path, ckpt)
     ckpt = safe_load(path)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("format") == LIT_FORMAT:
-        version = ckpt.get("version")
-        if version != LIT_FORMAT_VERSION:
-            raise CheckpointError(f"{path}: lit checkpoint version {version!r}, this lit reads {LIT_FORMAT_VERSION}")
-        try:
-            cfg = ModelConfig.from_dict(ckpt["config"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: bad model config ({err})") from None
-        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    elif "state_dict" in ckpt and ("net_params" in ckpt or any(k.startswith("features.") for k in ckpt["state_dict"])):
-        cfg = config_from_fire_params(ckpt.get("net_params"))
+        return _lit_parts(path, ckpt)
+    if "state_dict" in ckpt and ("net_params" in ckpt or any(k.startswith("features.") for k in ckpt["state_dict"])):
+        cfg = config_from_fire_params(ckpt.get("net_params"))  # FIRe's match rule: the default
         state = convert_fire_state_dict(ckpt["state_dict"])
         if cfg.reduction_dim is None and "dim_reduction.weight" in state:
             cfg = ModelConfig(cfg.backbone, cfg.lit, int(state["dim_reduction.weight"].shape[0]), cfg.runtime)
         if cfg.reduction_dim is not None and "dim_reduction.weight" not in state:
             cfg = ModelConfig(cfg.backbone, cfg.lit, None, cfg.runtime)
-    else:
-        raise CheckpointError(
-            f"{path}: neither a lit checkpoint nor an official FIRe checkpoint "
-            f"(top-level keys: {sorted(map(str, ckpt))[:10]})"
-        )
+        return cfg, state, {}
+    raise CheckpointError(
+        f"{path}: neither a lit checkpoint nor an official FIRe checkpoint "
+        f"(top-level keys: {sorted(map(str, ckpt))[:10]})"
+    )
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Build a model from an official FIRe checkpoint or a lit checkpoint (``.safetensors``
+    or ``.pt``), with its match rule (FIRe's cosine >= 0.9 for FIRe files and lit files of
+    version 1)."""
+    from .model import SuperFeatureModel
+
+    path = os.fspath(path)
+    cfg, state, meta = read_checkpoint(path)
     model = SuperFeatureModel(cfg)
     load_state_dict_checked(model, state, source=path)
+    model.meta = meta
     if model.dim_reduction is None:
-        import warnings
-
         warnings.warn(
             f"{path} has no dimensionality reduction layer (like fire_imagenet.pth): "
             "call model.init_reduction(features) before extract()",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from ..errors import UsageError
+from ..matching import FIRE_THRESHOLD
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,6 +67,41 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class MatchConfig:
+    """The model's match rule (:meth:`SuperFeatureModel.match_rule`), saved with its weights.
+
+    Args:
+        threshold: minimum cosine similarity of a match (FIRe's 0.9), ``None`` for none.
+        margin: margin of the background test, ``None`` for no background test.
+        background_size: rows ``M`` of the background bank: the super-features of
+            unrelated photos that a match must beat by ``margin``. The bank itself is the
+            model's ``match_background`` buffer :math:`(M, d)`, saved in the weights file,
+            so that a fine-tuned checkpoint keeps its rule. 0 (no bank) exactly when
+            ``margin`` is ``None``.
+    """
+
+    threshold: float | None = FIRE_THRESHOLD
+    margin: float | None = None
+    background_size: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "margin"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise UsageError(f"MatchConfig.{name} must be a finite number or None, got {value!r}")
+        if self.threshold is not None and self.threshold > 1:
+            raise UsageError(f"MatchConfig.threshold is a cosine similarity (at most 1), got {self.threshold}")
+        if self.margin is not None and not -2 <= self.margin <= 2:
+            raise UsageError(f"MatchConfig.margin is a difference of cosine similarities (in -2..2), got {self.margin}")
+        if isinstance(self.background_size, bool) or not isinstance(self.background_size, int) or self.background_size < 0:
+            raise UsageError(f"MatchConfig.background_size must be an int >= 0, got {self.background_size!r}")
+        if (self.margin is None) != (self.background_size == 0):
+            raise UsageError("MatchConfig: a margin needs a background bank and a bank needs a margin "
+                             f"(margin {self.margin}, background_size {self.background_size})")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model.
 
@@ -72,12 +111,19 @@ class ModelConfig:
         reduction_dim: output dimension of the 1x1 reduction (FIRe: 128); ``None`` for a
             model without reduction (e.g. the ImageNet pre-training checkpoint).
         runtime: extraction defaults.
+        match: the match rule (default FIRe's: cosine >= 0.9).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     lit: LITConfig = field(default_factory=LITConfig)
     reduction_dim: int | None = 128
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Dimension of the descriptors (``reduction_dim``, else the LIT's)."""
+        return int(self.reduction_dim or self.lit.dim)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of builtins (safe to store in a ``weights_only`` checkpoint)."""
@@ -88,16 +134,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``. A dict without
+        ``match`` (written before the match rule was part of the config: checkpoint format
+        version 1) gets FIRe's rule."""
         if not isinstance(d, dict):
             raise TypeError(f"model config must be a dict, got {type(d).__name__}")
         _check_keys(cls, d, "model config")
         backbone = d.get("backbone", {})
         lit = d.get("lit", {})
         runtime = dict(d.get("runtime", {}))
+        match = d.get("match") or {}
         _check_keys(BackboneConfig, backbone, "backbone config")
         _check_keys(LITConfig, lit, "lit config")
         _check_keys(RuntimeConfig, runtime, "runtime config")
+        _check_keys(MatchConfig, match, "match config")
         for key in ("mean", "std", "scales", "training_scales"):
             if key in runtime:
                 runtime[key] = tuple(float(v) for v in runtime[key])
@@ -106,6 +156,7 @@ class ModelConfig:
             lit=LITConfig(**lit),
             reduction_dim=d.get("reduction_dim", 128),
             runtime=RuntimeConfig(**runtime),
+            match=MatchConfig(**match),
         )
 
 

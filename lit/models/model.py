@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +15,14 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .._image import ImageTooSmallError, load_image
+from ..errors import UsageError
+from ..matching import MatchRule, match
 from ..types import LocalFeatures, Matches, SuperFeatures
 from .backbone import create_backbone, freeze_batchnorm
-from .config import ModelConfig
+from .config import MatchConfig, ModelConfig
 from .lit_module import LIT
+
+log = logging.getLogger(__name__)
 
 ImageLike = Tensor | Image.Image | str | os.PathLike
 
@@ -115,6 +121,13 @@ class SuperFeatureModel(nn.Module):
         - :meth:`forward_superfeatures`: normalised images :math:`(B, 3, H, W)` to
           super-features :math:`(B, N, D)` and attention :math:`(B, N, h, w)`.
         - :meth:`reduce`: :math:`(B, N, D)` to :math:`(B, N, d)` (``d = reduction_dim``).
+        - ``match_background``: the background bank of the match rule, :math:`(M, d)`
+          (``M = cfg.match.background_size``), a buffer saved with the weights; ``None``
+          without a background test.
+
+    Attributes:
+        meta: free-form information of the checkpoint the model was loaded from (recipe,
+            provenance of the background bank, ...); written back by ``save_checkpoint``.
     """
 
     def __init__(self, cfg: ModelConfig = ModelConfig(), pretrained_backbone: bool = False) -> None:
@@ -128,6 +141,9 @@ class SuperFeatureModel(nn.Module):
             self.dim_reduction = None
         self.register_buffer("mean", torch.tensor(cfg.runtime.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.runtime.std).view(1, 3, 1, 1), persistent=False)
+        m = cfg.match.background_size
+        self.register_buffer("match_background", torch.zeros(m, cfg.descriptor_dim) if m else None)
+        self.meta: dict = {}
         self.eval()
 
     # ------------------------------------------------------------------ modes
@@ -216,9 +232,12 @@ class SuperFeatureModel(nn.Module):
 
         dim = self.cfg.reduction_dim or dim or min(128, self.cfg.lit.dim)
         weight, bias = pca_whitening(features, dim=dim, shrinkage=shrinkage)
+        if self.match_background is not None:  # the bank lives in the space being replaced
+            log.warning("the reduction is initialised anew: the match rule's background bank (%d super-features "
+                        "of the old descriptor space) is dropped, the rule is FIRe's cosine >= %g",
+                        len(self.match_background), MatchConfig().threshold)
+            self.set_match_rule(MatchRule())
         if self.dim_reduction is None:
-            from dataclasses import replace
-
             self.dim_reduction = nn.Conv2d(self.cfg.lit.dim, dim, kernel_size=1).to(self.device)
             self.cfg = replace(self.cfg, reduction_dim=dim)
         with torch.no_grad():
@@ -413,12 +432,41 @@ class SuperFeatureModel(nn.Module):
                 total = total + (strengths.unsqueeze(-1) * desc).sum(dim=1)
         return F.normalize(total, dim=-1)
 
-    #: the match rule of this model (:func:`lit.pipeline.match_rule`): FIRe's cosine >= 0.9
-    #: unless the model comes from the registry (``lit.load_model`` sets the entry's
-    #: calibrated threshold, and for lit-effl0 a background set and margin)
-    match_threshold: float | None = 0.9
-    match_background: Tensor | None = None
-    match_margin: float | None = None
+    # ------------------------------------------------------------------ match rule
+    def match_rule(self, threshold: float | None | str = "model", margin: float | None | str = "model") -> MatchRule:
+        """The model's match rule (``cfg.match`` and its background bank), with ``threshold``
+        / ``margin`` replacing its parts when not ``"model"``.
+
+        FIRe's models have FIRe's cosine >= 0.9; a model trained by lit has the rule
+        calibrated on its training photos (lit-effl0: the background test, no cosine
+        floor; its model card). ``threshold=None`` sets no cosine floor; ``margin=None``
+        drops the background test.
+
+        Raises:
+            UsageError: a string other than ``"model"``, or a margin for a model without
+                background bank.
+        """
+        for name, value in (("threshold", threshold), ("margin", margin)):
+            if isinstance(value, str) and value != "model":
+                raise UsageError(f"{name} must be a number, None or 'model', got {value!r}")
+        own = self.cfg.match
+        thr = own.threshold if isinstance(threshold, str) else threshold
+        mg = own.margin if isinstance(margin, str) else margin
+        if mg is not None and self.match_background is None:
+            raise UsageError("this model has no match background: a margin needs one (margin=None)")
+        return MatchRule(threshold=None if thr is None else float(thr), margin=None if mg is None else float(mg),
+                         background=None if mg is None else self.match_background)
+
+    def set_match_rule(self, rule: MatchRule) -> None:
+        """Make ``rule`` the model's own: ``cfg.match`` and the background bank (stored in
+        the model's dtype and device; saved with the weights from now on)."""
+        bg = rule.background
+        self.cfg = replace(self.cfg, match=MatchConfig(rule.threshold, rule.margin, 0 if bg is None else int(bg.shape[0])))
+        if bg is not None:
+            if bg.ndim != 2 or bg.shape[1] != self.cfg.descriptor_dim:
+                raise UsageError(f"background bank must be M x {self.cfg.descriptor_dim}, got {tuple(bg.shape)}")
+            bg = bg.detach().to(self.device, torch.float32).clone()
+        self.match_background = bg
 
     def match(
         self, image_a: ImageLike, image_b: ImageLike, threshold: float | None | str = "model",
@@ -427,13 +475,9 @@ class SuperFeatureModel(nn.Module):
         """Extract both images and match their super-features (:func:`lit.match`).
 
         ``threshold="model"`` and ``margin="model"`` (defaults) use the model's rule
-        (:func:`lit.pipeline.match_rule`); ``threshold=None`` sets no cosine floor,
+        (:meth:`match_rule`); ``threshold=None`` sets no cosine floor,
         ``margin=None`` drops the background test."""
-        from ..matching import match
-        from ..pipeline import match_rule
-
-        rule = match_rule(self, threshold, margin)
+        rule = self.match_rule(threshold, margin)
         fa = self.extract(image_a, **extract_kwargs)
         fb = self.extract(image_b, **extract_kwargs)
-        return fa, fb, match(fa, fb, threshold=rule.threshold, ratio=ratio, background=rule.background,
-                             margin=rule.margin)
+        return fa, fb, match(fa, fb, ratio=ratio, **rule.kwargs())

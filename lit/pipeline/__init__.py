@@ -23,6 +23,7 @@ File formats have their own owners: :mod:`lit.features` (feature files) and
 
 from ..errors import FingerprintError, PipelineError
 from ..index_file import IndexInfo
+from ..matching import MatchRule
 from .codebook import (
     CODEBOOK_WORDS_PER_SQRT,
     MAX_CODEBOOK_SIZE,
@@ -52,7 +53,7 @@ from .index import (
     index_collection,
     make_index,
 )
-from .match import MatchRule, match_images, match_rule, match_threshold
+from .match import match_images
 from .merge import MergeSummary, merge_feature_files
 from .results import plot_paths, results_to_dict, scene_of, write_csv, write_json, write_pairs
 from .search import (
@@ -72,7 +73,7 @@ __all__ = [
     "CodebookChoice", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
     "PipelineError", "Queries", "QueryResult", "RankPartIndex", "build_index", "check_fingerprint", "choose_codebook",
     "codebook_size", "common_root", "extract_to_file", "gather_images", "image_names", "index_collection",
-    "kmeans_restarts", "load_codebook", "make_index", "match_images", "match_rule", "match_threshold", "merge_feature_files",
+    "kmeans_restarts", "load_codebook", "make_index", "match_images", "merge_feature_files",
     "model_fingerprint", "open_index", "plot_paths", "quantisation_error", "queries_from_features",
     "queries_from_images", "rank_share", "results_to_dict", "scene_of", "search", "small_set_warning",
     "train_codebook", "write_csv", "write_json", "write_pairs",

@@ -43,14 +43,20 @@ def model_fingerprint(model, scales: Sequence[float], features_num: int, image_s
     The precision is part of the settings: ``amp`` (the autocast dtype of the fast path)
     and ``half`` (float16 storage) change the features, so a file written with other
     values is not resumed. The float32 defaults leave the digest as it was before they
-    were added (existing files still resume).
+    were added (existing files still resume). The model's match rule (its config's
+    ``match`` and the background bank) changes no feature, so it is left out: a model
+    whose rule is recalibrated keeps its feature files and indexes.
     """
     h = hashlib.sha256()
-    h.update(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    cfg = model.cfg.to_dict()
+    cfg.pop("match", None)
+    h.update(json.dumps(cfg, sort_keys=True).encode())
     h.update(json.dumps({"scales": list(map(float, scales)), "features_num": int(features_num), "image_size": image_size}).encode())
     if amp is not None or half:
         h.update(json.dumps({"amp": str(amp), "half": bool(half)}).encode())
     for key, value in sorted(model.state_dict().items()):
+        if key == "match_background":
+            continue
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

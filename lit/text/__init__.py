@@ -7,6 +7,11 @@ positive and random negative pairs, InfoNCE; for queries of 6 tokens or more mul
 the training-free class-name map) gives each text query a class distribution; the
 joint space holds their square roots, and a photo's score for a query is their dot product.
 
+Modules: :mod:`~lit.text.base` (the interface every text model implements, query
+cleaning), :mod:`~lit.text.model` (MiniLM + head, and the head file),
+:mod:`~lit.text.clip` (open_clip towers), :mod:`~lit.text.factory` (models by name),
+:mod:`~lit.text.towers`, :mod:`~lit.text.minilm`, :mod:`~lit.text.head`.
+
 .. code-block:: python
 
     from lit.text import load_text_model, search_index_by_text
@@ -15,8 +20,10 @@ joint space holds their square roots, and a photo's score for a query is their d
     results, notes = search_index_by_text("i.h5", ["a church at night"], model, topk=10)
 """
 
+from .base import DEFAULT_TEXT_MODEL, BaseTextModel, TextQueries, clean_queries
+from .factory import image_tower_of, load_text_model
 from .head import HeadConfig, TextHead, info_nce_loss, recall_at_k, train_head
-from .model import DEFAULT_TEXT_MODEL, TextModel, TextQueries, clean_queries, load_text_model
+from .model import TextModel
 from .search import (
     default_image_embedder,
     image_embedder,
@@ -27,7 +34,8 @@ from .search import (
 from .store import add_embeddings, index_embeddings_from_features
 
 __all__ = [
-    "DEFAULT_TEXT_MODEL", "HeadConfig", "TextHead", "TextModel", "TextQueries", "add_embeddings",
-    "clean_queries", "default_image_embedder", "image_embedder", "index_embeddings_from_features", "info_nce_loss",
-    "load_text_model", "rank_images", "read_text_file", "recall_at_k", "search_index_by_text", "train_head",
+    "DEFAULT_TEXT_MODEL", "BaseTextModel", "HeadConfig", "TextHead", "TextModel", "TextQueries", "add_embeddings",
+    "clean_queries", "default_image_embedder", "image_embedder", "image_tower_of", "index_embeddings_from_features",
+    "info_nce_loss", "load_text_model", "rank_images", "read_text_file", "recall_at_k", "search_index_by_text",
+    "train_head",
 ]

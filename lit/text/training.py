@@ -1,6 +1,6 @@
 """The recipe of the shipped text head: concept texts -> MiniLM -> keyed head, InfoNCE.
 
-Used by ``weights/make_lit_text_effl0.py`` (the shipped head, all 1000 classes) and by
+Used by ``weights/recipes/make_lit_text_effl0.py`` (the shipped head, all 1000 classes) and by
 ``benchmarks/text_search.py`` (the same recipe on 800 classes, evaluated on the 200 others).
 
 Two recipes: :data:`GLOSS_RECIPE` (session 6: the glosses of the 1k classes only) and

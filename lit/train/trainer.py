@@ -526,7 +526,8 @@ class Trainer:
     def _check_resumable(self, ckpt: dict[str, Any]) -> None:
         old = _flatten(ckpt.get("train_config", {}))
         new = _flatten(config_to_dict(self.cfg))
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
+                      and not k.startswith("model.match."))  # the match rule (model config since format 2)
         if diff:
             raise UsageError(
                 f"cannot resume in {self.out_dir}: the configuration differs from the checkpoint's "

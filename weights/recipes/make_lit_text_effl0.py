@@ -1,6 +1,6 @@
-"""Train the shipped text head ``weights/lit-text-effl0.pt`` (CPU, about 6 minutes, most of it embedding texts).
+"""Train the shipped text head ``weights/lit-text-effl0.safetensors`` (CPU, about 6 minutes, most of it embedding texts).
 
-    PYTHONPATH=. python weights/make_lit_text_effl0.py [--cache concepts.pt] [--synset-cache synsets21k.pt]
+    python weights/recipes/make_lit_text_effl0.py [--cache concepts.pt] [--synset-cache synsets21k.pt]
 
 Needs WordNet 3.0's noun file (Debian ``wordnet-base``: ``/usr/share/wordnet/data.noun``).
 
@@ -18,7 +18,7 @@ keys are the embeddings of the class names, with a learned map of the query and 
 For queries of 6 WordPiece tokens or more, the head's class distribution is ``p_trained^0.6 p_free^0.4``
 with the training-free (ConSE-style) map of the same keys (``free_weight`` 0.4, ``free_min_tokens`` 6
 in the head's config, applied at inference); shorter queries get the trained map alone.
-Writes the head, its sha256 into ``weights/text_registry.json`` and the training log
+Writes the head, its sha256 into its entry of ``weights/registry.json`` and the training log
 ``lit-text-effl0.metrics.jsonl``.
 """
 
@@ -42,7 +42,7 @@ from lit.text.training import (
     train_recipe_head,
 )
 
-HERE = Path(__file__).resolve().parent
+WEIGHTS = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="cache of the 1k concept-text embeddings (reused when present)")
     ap.add_argument("--synset-cache", help="cache of the 21k synset-text embeddings (reused when present)")
     ap.add_argument("--wordnet", default=WORDNET_NOUNS, help="WordNet 3.0 data.noun")
-    ap.add_argument("--out", default=str(HERE / "lit-text-effl0.pt"))
+    ap.add_argument("--out", default=str(WEIGHTS / "lit-text-effl0.safetensors"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     encoder = load_minilm()
@@ -64,11 +64,12 @@ def main(argv=None) -> int:
     with open(Path(args.out).with_suffix(".metrics.jsonl"), "w") as f:
         for rec in history:
             f.write(json.dumps(rec) + "\n")
-    entry = {"name": "lit-text-effl0", "filename": Path(args.out).name, "sha256": sha,
-             "description": "all-MiniLM-L6-v2 + keyed head trained by lit on ImageNet class glosses and the "
-                            "ImageNet-21k lemmas (WordNet soft targets), joint space: sqrt class posterior of "
-                            "ImageNet EfficientNet-Lite0"}
-    (HERE / "text_registry.json").write_text(json.dumps([entry], indent=1) + "\n")
+    registry = WEIGHTS / "registry.json"
+    entries = json.loads(registry.read_text())
+    for entry in entries:
+        if entry["name"] == "lit-text-effl0":
+            entry.update(filename=Path(args.out).name, sha256=sha)
+    registry.write_text(json.dumps(entries, indent=1) + "\n")
     print(json.dumps({"out": args.out, "sha256": sha, "first": history[0], "last": history[-1]}))
     return 0
 

@@ -1,31 +1,28 @@
-"""Train and export ``lit-effl0`` (weights/lit-effl0.pt, fp16) reproducibly.
+"""Train and export ``lit-effl0`` (weights/lit-effl0.safetensors, fp16) reproducibly.
 
 1. Prepare the training folder: the multi-view scenes of ``--multiview`` (default
    ../shared/data/multiview) except the held-out ones, plus the two landmark-pair scenes
    of ``lit/assets/photos`` (sacre_coeur joins the multiview sacre_coeur scene).
 2. ``lit train --config configs/lit_effl0.yaml --out runs/lit-effl0``.
-3. Export the final model as float16 and print its sha256 for ``weights/registry.json``.
+3. Export the final model as float16 safetensors and print its sha256 for
+   ``weights/registry.json``. The match rule (the background test) is added to the file by
+   ``make_lit_effl0_background.py``, run after this.
 
-    python weights/make_lit_effl0.py [--epochs N] [--device cuda]
+    python weights/recipes/make_lit_effl0.py [--epochs N] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-# scenes never used for training: benchmarks/multiview.py --scenes <these> measures on them
-HELD_OUT = (
-    "terrace", "wxbs-wgabs-petrzin", "wxbs-wgalbs-bridge", "wxbs-wgalbs-kyiv_dolltheater",
-    "wxbs-wgalbs-kyiv_dolltheater2", "wxbs-wgalbs-stadium", "wxbs-wgalbs-zanky", "wxbs-wglbs-berlin",
-    "wxbs-wglbs-him", "wxbs-wglbs-silasveta2",
-)
+from lit.bench.multiview import LIT_EFFL0_HELD_OUT as HELD_OUT  # never used for training
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def prepare(multiview: Path, dst: Path) -> int:
@@ -72,13 +69,14 @@ def main(argv=None) -> int:
         if lit_main(cmd):
             return 1
     import lit
+    from lit._fileio import file_sha256
     from lit.models import save_checkpoint
 
     model = lit.load_model(os.path.join(args.out, "model.pt"))
-    dst = REPO / "weights" / "lit-effl0.pt"
+    dst = REPO / "weights" / "lit-effl0.safetensors"
     save_checkpoint(model, dst, half=True, meta={"name": "lit-effl0", "recipe": "configs/lit_effl0.yaml",
                                                   "held_out_scenes": list(HELD_OUT)})
-    digest = hashlib.sha256(dst.read_bytes()).hexdigest()
+    digest = file_sha256(dst)
     print(json.dumps({"file": str(dst), "bytes": dst.stat().st_size, "sha256": digest}))
     return 0
 

@@ -1,4 +1,4 @@
-"""Build ``weights/lit-effl0.background.npz``: the background set of lit-effl0's match rule.
+"""Give ``weights/lit-effl0.safetensors`` its match rule: the background test and its bank.
 
 ``lit match`` keeps a reciprocal super-feature pair only if it is more similar, by a
 calibrated margin, than either super-feature is to anything in unrelated photos (the
@@ -8,26 +8,29 @@ the held-out scenes (never seen) and the scenes of the bundled photos in
 ``lit/assets/photos`` (their pairs are matched by the demo and the README: a background
 holding the same place would reject their matches).
 
-The file (``numpy.savez``, read with ``allow_pickle=False``) holds ``descriptors``
-(M x 128 float16, as extracted, not normalised), ``image`` (M,) int32, row -> photo, and
-``names`` (photos, ``scene/file``), so that a calibration can leave a pair's own scenes out.
+The bank (M x 128, as extracted, not normalised; float16 like the weights) is stored in the
+model's own file, as its ``match_background`` tensor, with the rule in its config
+(``match``: no cosine floor, margin ``--margin``), so that the rule travels with the model;
+the file's meta ``match_background`` records the photos (``scene/file``) and the rows of
+each, in order, so that a calibration can leave a pair's own scenes out
+(``benchmarks/pair_matches.py``). The margin was calibrated with that script
+(``--calibrate --scenes training``, weights/README.md).
 
-    python weights/make_lit_effl0_background.py      # prints the sha256 for registry.json
-    python weights/make_lit_effl0_background.py --features all.h5   # from `lit extract` output
+    python weights/recipes/make_lit_effl0_background.py    # prints the sha256 for registry.json
+    python weights/recipes/make_lit_effl0_background.py --features all.h5   # from `lit extract` output
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "weights"))
-from make_lit_effl0 import HELD_OUT  # noqa: E402
+from lit.bench.multiview import LIT_EFFL0_HELD_OUT as HELD_OUT
+
+REPO = Path(__file__).resolve().parents[2]
 
 ASSET_SCENES = ("charlottenburg", "sacre_coeur", "street", "terrace", "warsaw", "zanky")
 
@@ -42,8 +45,9 @@ def background_scenes(multiview: Path) -> list[Path]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--multiview", default=str(REPO.parent / "shared" / "data" / "multiview"))
-    p.add_argument("--model", default="lit-effl0")
-    p.add_argument("--out", default=str(REPO / "weights" / "lit-effl0.background.npz"))
+    p.add_argument("--model", default=str(REPO / "weights" / "lit-effl0.safetensors"))
+    p.add_argument("--margin", type=float, default=0.1, help="the background test's margin (calibrated)")
+    p.add_argument("--out", default=None, help="where to write the model with its rule (default: --model itself)")
     p.add_argument("--features", help="a feature file of the multi-view photos made by `lit extract` with the model's "
                    "defaults (names relative to --multiview) instead of extracting them again")
     args = p.parse_args(argv)
@@ -75,10 +79,22 @@ def main(argv=None) -> int:
             desc.append(f.descriptors.float().cpu().numpy().astype(np.float16))
             image.append(np.full(len(f.descriptors), len(names), dtype=np.int32))
             names.append(f"{scene.name}/{img.name}")
-    np.savez(args.out, descriptors=np.concatenate(desc), image=np.concatenate(image), names=np.array(names))
-    sha = hashlib.sha256(Path(args.out).read_bytes()).hexdigest()
-    print(f"{args.out}: {sum(len(d) for d in desc)} super-features of {len(names)} photos "
-          f"({len({n.split('/')[0] for n in names})} scenes); sha256 {sha}")
+    from lit._fileio import file_sha256
+    from lit.matching import MatchRule
+    from lit.models import save_checkpoint
+
+    model = lit.load_model(args.model)
+    rows = [len(d) for d in desc]
+    model.set_match_rule(MatchRule(threshold=None, margin=args.margin,
+                                   background=torch.from_numpy(np.concatenate(desc).astype(np.float32))))
+    meta = dict(model.meta)
+    meta["match_background"] = {"photos": names, "rows": rows, "note": (
+        "super-features (default extraction) of these training photos of lit-effl0, rows in this order; "
+        "made by weights/recipes/make_lit_effl0_background.py")}
+    out = args.out or args.model
+    save_checkpoint(model, out, meta=meta, half=True)
+    print(f"{out}: background of {sum(rows)} super-features of {len(names)} photos "
+          f"({len({n.split('/')[0] for n in names})} scenes), margin {args.margin}; sha256 {file_sha256(out)}")
     return 0
 
 

@@ -176,3 +176,159 @@ def test_not_a_checkpoint(tmp_path):
         lit.load_model(other)
     with pytest.raises(ValueError, match="neither an existing checkpoint file nor a registered"):
         lit.load_model("no-such-model")
+
+
+# ---------------------------------------------------------------------- format version 2: the match rule
+def _with_background_rule(model, margin=0.1, rows=5):
+    from lit.matching import MatchRule
+
+    bank = torch.randn(rows, model.cfg.descriptor_dim, generator=torch.Generator().manual_seed(1))
+    model.set_match_rule(MatchRule(threshold=None, margin=margin, background=bank))
+    return bank
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_fine_tuned_checkpoint_keeps_its_match_rule(tmp_path, tiny_model, suffix):
+    bank = _with_background_rule(tiny_model, margin=0.07)
+    path = tmp_path / f"tuned{suffix}"
+    save_checkpoint(tiny_model, path, meta={"epoch": 2})
+    loaded = lit.load_model(path)
+    assert loaded.cfg == tiny_model.cfg and loaded.cfg.match.background_size == 5
+    rule = loaded.match_rule()
+    assert rule.threshold is None and rule.margin == 0.07 and torch.equal(rule.background, bank)
+    assert loaded.meta == {"epoch": 2}
+    plain = loaded.match_rule(threshold=0.9, margin=None)  # overrides: FIRe's plain rule
+    assert plain.threshold == 0.9 and plain.background is None
+
+
+def test_trainer_checkpoint_of_a_model_with_a_rule_keeps_it(tmp_path, tiny_model):
+    """What ``lit train`` writes (lit.train.trainer: ``save_checkpoint`` at the end, the same
+    config and state dict in each resumable checkpoint) carries the rule of the model it
+    fine-tunes, and a resumed model is rebuilt with it."""
+    from lit.models import ModelConfig, SuperFeatureModel
+    from lit.models.checkpoint import LIT_FORMAT, LIT_FORMAT_VERSION, load_state_dict_checked
+
+    bank = _with_background_rule(tiny_model)
+    resumable = {"format": LIT_FORMAT, "version": LIT_FORMAT_VERSION, "config": tiny_model.cfg.to_dict(),
+                 "state_dict": tiny_model.state_dict()}  # the layout of Trainer.checkpoint_state
+    rebuilt = SuperFeatureModel(ModelConfig.from_dict(resumable["config"]))
+    load_state_dict_checked(rebuilt, resumable["state_dict"])
+    assert torch.equal(rebuilt.match_rule().background, bank) and rebuilt.cfg.match == tiny_model.cfg.match
+
+
+def test_version_1_checkpoint_loads_with_fires_rule(tmp_path, tiny_model):
+    cfg = tiny_model.cfg.to_dict()
+    del cfg["match"]
+    path = tmp_path / "v1.pt"
+    torch.save({"format": "lit", "version": 1, "config": cfg, "state_dict": tiny_model.state_dict(), "meta": {}}, path)
+    loaded = lit.load_model(path)
+    rule = loaded.match_rule()
+    assert rule.threshold == 0.9 and rule.margin is None and rule.background is None
+    assert loaded.cfg == tiny_model.cfg
+
+
+def test_official_fire_checkpoint_has_fires_plain_rule(tmp_path, tiny_model):
+    rule = lit.load_model(_official(tmp_path, tiny_model)).match_rule()
+    assert (rule.threshold, rule.margin, rule.background) == (0.9, None, None)
+
+
+def test_newer_version_is_refused_saying_to_update(tmp_path, tiny_model):
+    path = tmp_path / "v9.pt"
+    torch.save({"format": "lit", "version": 9, "config": tiny_model.cfg.to_dict(), "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="version 9.*update lit"):
+        lit.load_model(path)
+
+
+def test_safetensors_file_holds_config_and_meta_and_only_tensors(tmp_path, tiny_model):
+    import json
+
+    from safetensors import safe_open
+
+    _with_background_rule(tiny_model)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(tiny_model, path, meta={"recipe": "x"}, half=True)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["format"] == "lit" and meta["version"] == "2" and json.loads(meta["meta"]) == {"recipe": "x"}
+    assert json.loads(meta["config"])["match"] == {"threshold": None, "margin": 0.1, "background_size": 5}
+    assert keys == set(tiny_model.state_dict()) and "match_background" in keys
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(CheckpointError, match="not a lit checkpoint"):
+        lit.load_model(other)
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        lit.load_model(truncated)
+    from lit.models.checkpoint import safe_load
+
+    with pytest.raises(CheckpointError, match="a safetensors file"):
+        safe_load(path)
+
+
+def test_lit_effl0_pt_and_safetensors_give_identical_features(tmp_path):
+    """The shipped safetensors file and a .pt written from it (float16, as shipped before)
+    give the same model: same weights, rule and features, bit for bit."""
+    model = lit.load_model("lit-effl0")
+    pt = tmp_path / "lit-effl0.pt"
+    save_checkpoint(model, pt, half=True)
+    other = lit.load_model(pt)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key]), key
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0))
+    a, b = model.extract(image), other.extract(image)
+    assert torch.equal(a.descriptors, b.descriptors) and torch.equal(a.strengths, b.strengths)
+    assert torch.equal(model.match_rule().background, other.match_rule().background)
+    assert model.meta["match_background"]["photos"] == other.meta["match_background"]["photos"]
+
+
+def test_shipped_lit_effl0_carries_its_calibrated_rule():
+    """lit-effl0's rule lives in its file: the background test (margin 0.1, no cosine floor)
+    against 7424 super-features of 29 training photos, none of a held-out scene or of a
+    scene of the bundled photos (provenance in the file's meta)."""
+    from lit.bench.multiview import LIT_EFFL0_HELD_OUT
+
+    model = lit.load_model("lit-effl0")
+    rule = model.match_rule()
+    assert rule.threshold is None and rule.margin == 0.1 and rule.background.shape == (7424, 128)
+    prov = model.meta["match_background"]
+    assert len(prov["photos"]) == 29 and sum(prov["rows"]) == 7424
+    scenes = {n.split("/")[0] for n in prov["photos"]}
+    assert not scenes & set(LIT_EFFL0_HELD_OUT)
+    assert not {s for s in scenes if any(a in s for a in ("sacre_coeur", "charlottenburg", "warsaw", "street"))}
+    assert model.meta["held_out_scenes"] == list(LIT_EFFL0_HELD_OUT)
+
+
+@pytest.mark.slow
+def test_lit_train_fine_tuned_from_lit_effl0_saves_its_rule(tmp_path):
+    """`lit train` with init.checkpoint lit-effl0: every checkpoint it writes (resumable
+    ones and the final model.pt) keeps lit-effl0's background test."""
+    import numpy as np
+    from PIL import Image
+
+    from lit.train import Trainer
+    from lit.train.config import config_from_dict
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        scene = tmp_path / "photos" / f"scene{i % 3}"
+        scene.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(scene / f"{i:02d}.png")
+    cfg = config_from_dict({
+        "init": {"checkpoint": "lit-effl0"},
+        "data": {"source": "folder", "root": str(tmp_path / "photos"), "image_size": 64, "queries_per_epoch": 5,
+                 "pool_size": 9, "num_negatives": 1, "val_images": 3, "val_views": 1},
+        "optim": {"epochs": 1, "lr": 1e-4}, "validate_every": 0, "seed": 0,
+    })
+    shipped = lit.load_model("lit-effl0").match_rule()
+    trainer = Trainer(cfg, tmp_path / "out", device="cpu", log=lambda _: None)
+    trainer.fit()
+    for path in (tmp_path / "out" / "model.pt", tmp_path / "out" / "checkpoint_epoch0001.pt"):
+        tuned = lit.load_model(path)
+        rule = tuned.match_rule()
+        assert (rule.threshold, rule.margin) == (shipped.threshold, shipped.margin) == (None, 0.1), path
+        assert torch.equal(rule.background, shipped.background), path
+    assert not torch.equal(tuned.lit.templates_init, lit.load_model("lit-effl0").lit.templates_init)  # it trained

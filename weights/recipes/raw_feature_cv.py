@@ -1,12 +1,12 @@
 """Scene CV of the backbone's raw local features, without any LIT (diagnostic of the model card).
 
-Same folds, codebook and scoring as ``weights/scene_cv.py --folds 3``: the dilated ImageNet
+Same folds, codebook and scoring as ``weights/recipes/scene_cv.py --folds 3``: the dilated ImageNet
 Lite0 map at the 4 runtime scales, 300 features per scale, PCA-whitened to 128 (shrinkage
 0.5) on the training fold, ASMK. Variants (comma-separated): ``raw_top`` / ``ln_top``: the
 300 of largest raw norm, as they are / LayerNorm'd as a LIT sees them; ``raw_rand`` /
 ``ln_rand``: 300 random ones; ``*_all``: every feature.
 
-    python weights/raw_feature_cv.py raw_top,ln_top,raw_rand,ln_rand
+    python weights/recipes/raw_feature_cv.py raw_top,ln_top,raw_rand,ln_rand
 """
 import json
 import sys
@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scene_cv import folds  # same folder: run as python weights/raw_feature_cv.py
+from scene_cv import folds  # same folder: run as python weights/recipes/raw_feature_cv.py
 
 from lit._image import load_image
 from lit.asmk import ASMK
 from lit.bench.multiview import retrieval_metrics, scene_images
 from lit.models import SuperFeatureModel, lit_effl0_config, pca_whitening
 
-data = Path(__file__).resolve().parent.parent / "runs" / "lit-effl0-data"  # make_lit_effl0.py --prepare-only
+data = Path(__file__).resolve().parents[2] / "runs" / "lit-effl0-data"  # make_lit_effl0.py --prepare-only
 model = SuperFeatureModel(lit_effl0_config(), pretrained_backbone=True).eval()
 SCALES = (1.414, 1.0, 0.707, 0.5)
 cache = {}

