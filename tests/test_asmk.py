@@ -10,17 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit.asmk import (
-    ASMK,
-    FORMAT_VERSION,
-    hamming_packed,
-    kmeans,
-    nearest_words,
-    pack_bits,
-    popcount64,
-    selective_kernel,
-    unpack_bits,
-)
+from lit.asmk import ASMK, FORMAT_VERSION, kmeans
 
 # ----------------------------------------------------------------------------- reference
 
@@ -139,58 +129,6 @@ def test_binary_dimension_multiple_of_64_and_chunking(monkeypatch):
     want = reference_scores(codebook, db_x, db_ids, q_x, q_ids, binary=True, alpha=3.0, tau=0.0,
                             use_idf=False, ma=1, qma=3)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-# ----------------------------------------------------------------------------- functional pieces
-
-
-def test_pack_bits_matches_numpy_packbits_and_unpacks():
-    bits = torch.rand(5, 21) > 0.5
-    packed = pack_bits(bits)
-    assert packed.shape == (5, 8) and packed.dtype == torch.uint8
-    np.testing.assert_array_equal(packed[:, :3].numpy(), np.packbits(bits.numpy(), axis=1))
-    assert torch.equal(unpack_bits(packed, 21), bits)
-
-
-def test_hamming_by_popcount_matches_counting_differing_bits():
-    a = torch.rand(50, 200) > 0.5
-    b = torch.rand(50, 200) > 0.5
-    got = hamming_packed(pack_bits(a), pack_bits(b))
-    assert torch.equal(got, (a != b).sum(1))
-    x = torch.tensor([0, -1, 1, -(2**63), 2**63 - 1, 0x0F0F], dtype=torch.int64)
-    assert popcount64(x).tolist() == [0, 64, 1, 1, 63, 8]
-
-
-def test_portable_bit_paths_match_the_numpy_ones(monkeypatch):
-    """The torch-only packing and SWAR popcount (used on GPU) agree with numpy's."""
-    import lit.asmk.functional as F
-
-    bits = torch.rand(40, 130) > 0.5
-    assert torch.equal(F._pack_bits_torch(bits), pack_bits(bits))
-    x = torch.randint(-(2**63), 2**63 - 1, (300, 3), dtype=torch.int64)
-    x[0] = torch.tensor([-1, -(2**63), 2**63 - 1])
-    want = F.popcount_rows(x)
-    want_sum = F.popcount_sum(list(x.t()))
-    monkeypatch.setattr(F, "_HAS_NP_BITCOUNT", False)
-    assert torch.equal(F.popcount_rows(x), want)
-    assert torch.equal(F.popcount_sum(list(x.t())), want_sum)
-    assert torch.equal(F.popcount64(x), torch.from_numpy(np.bitwise_count(x.numpy().view(np.uint64)).astype(np.int64)))
-    assert want[0] == 64 + 1 + 63
-    wide = torch.randint(-(2**63), 2**63 - 1, (20, 33), dtype=torch.int64)  # more than 15 words
-    assert torch.equal(F.popcount_rows(wide), F.popcount64(wide).sum(1))
-
-
-def test_selective_kernel_keeps_values_at_or_above_threshold():
-    s = torch.tensor([-0.5, 0.0, 0.2, 0.5, 1.0])
-    assert torch.allclose(selective_kernel(s, 3.0, 0.2), torch.tensor([0, 0, 0.008, 0.125, 1.0]))
-    assert torch.allclose(selective_kernel(s, 3.0, -1.0), s**3)
-
-
-def test_nearest_words_are_sorted_by_distance_across_chunks():
-    x, c = torch.randn(37, 6), torch.randn(9, 6)
-    got = nearest_words(x, c, 4, chunk_size=5)
-    want = torch.cdist(x, c).argsort(dim=1)[:, :4]
-    assert torch.equal(got, want)
 
 
 # ----------------------------------------------------------------------------- index behaviour

@@ -61,6 +61,7 @@ from torch import Tensor
 
 from . import functional as F
 from .codebook import kmeans
+from .quantize import Quantizer
 
 FORMAT_TYPE = "lit.asmk.ASMK"
 FORMAT_VERSION = 1
@@ -187,6 +188,8 @@ class ASMK:
             if getattr(self.params, name) > k:
                 raise ValueError(f"{name}={getattr(self.params, name)} exceeds the codebook size {k}")
         self.codebook = cb.to(device=self.device, dtype=torch.float32).contiguous()
+        #: The nearest-word search of this codebook (keeps its prepared forms).
+        self.quantizer = Quantizer(self.codebook)
         self._offsets = torch.zeros(k + 1, dtype=torch.int64, device=self.device)
         self._images = torch.zeros(0, dtype=torch.int32, device=self.device)
         self._vectors = self._internal(
@@ -321,7 +324,7 @@ class ASMK:
         m = self.params.multiple_assignment if m is None else m
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= self.num_words:
             raise ValueError(f"m must be an int in 1..{self.num_words}, got {m!r}")
-        return F.nearest_words(x, self.codebook, int(m))
+        return self.quantizer(x, int(m))
 
     # ------------------------------------------------------------------ database
 
@@ -365,7 +368,7 @@ class ASMK:
                 "(every image must be added in one call)"
             )
         if words is None:
-            words = F.nearest_words(x, self.codebook, self.params.multiple_assignment)
+            words = self.quantizer(x, self.params.multiple_assignment)
         entries = [
             self._bucketed(agg_words, agg_images, agg_vectors)
             for agg_images, agg_words, agg_vectors in self._aggregate(x, words, ids)
@@ -559,7 +562,7 @@ class ASMK:
         self.flush()
         idf = self._idf()
         if words is None:
-            words = F.nearest_words(x, self.codebook, self.params.query_multiple_assignment)
+            words = self.quantizer(x, self.params.query_multiple_assignment)
         binary = self.params.binary
         db_vectors, db_images, offsets = self._vectors, self._images, self._offsets
         inv_db = torch.zeros(width, dtype=torch.float32, device=self.device)
