@@ -421,7 +421,7 @@ def run_simulated(cfg, args, device):
         images = torch.arange(start, stop, device=device).repeat_interleave(per)
         keys = torch.unique(images * k + words)  # one entry per (image, word)
         vectors = torch.randint(0, 256, (keys.shape[0], 16), dtype=torch.uint8, device=device, generator=dgen)
-        index._add_entries(keys % k, keys // k, vectors)
+        index.ivf.add_entries(keys % k, keys // k, vectors)
     index.flush()
     _sync(device)
     t_build = time.perf_counter() - t0

@@ -301,7 +301,7 @@ class ShardedIndex:
             return self._parts[p]
         part = ASMK.load(self.files[p], device=self.device)
         if part.params.use_idf:  # the statistics of all parts together, as one index
-            part._idf_override = F.inverse_document_frequency(self._entries.to(self.device), self._n_images)
+            part._statistics.set_global_idf(F.inverse_document_frequency(self._entries.to(self.device), self._n_images))
         if self.keep or p == self.home:
             self._parts[p] = part
         return part
@@ -320,7 +320,7 @@ class ShardedIndex:
     def prepare(self, qdescriptors, words=None) -> tuple[Tensor, Tensor]:
         """Checked query descriptors and their words (quantised once for all parts)."""
         home = self._part(self.home)
-        x = home._check_descriptors(qdescriptors, "qdescriptors")
+        x = home._descriptors(qdescriptors, "qdescriptors")
         if words is None:
             words = home.quantize(x, home.params.query_multiple_assignment)
         return x, words

@@ -1,16 +1,17 @@
-"""ASMK index against a literal brute-force reference of SPEC section 3."""
+"""The ASMK index against a literal brute-force reference of SPEC section 3, and its
+behaviour as a facade: adding, searching, statistics, input checks."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from lit.asmk import ASMK, FORMAT_VERSION, kmeans
+from lit.asmk import ASMK
+from lit.errors import UsageError
 
 # ----------------------------------------------------------------------------- reference
 
@@ -71,16 +72,6 @@ def reference_scores(codebook, db_x, db_ids, q_x, q_ids, *, binary, alpha, tau, 
     return np.stack(out)
 
 
-def _data(seed=0, k=12, dim=12, n_db=(9, 14, 6, 11, 8), db_image_ids=(0, 1, 3, 4, 6), n_q=(10, 7, 12)):
-    rng = np.random.default_rng(seed)
-    codebook = rng.normal(size=(k, dim)).astype(np.float32)
-    db_x = rng.normal(size=(sum(n_db), dim)).astype(np.float32) * 1.3
-    db_ids = np.repeat(np.array(db_image_ids), n_db)
-    q_x = rng.normal(size=(sum(n_q), dim)).astype(np.float32) * 1.3
-    q_ids = np.repeat(np.array([7, 2, 5]), n_q)  # unsorted, non-contiguous query ids
-    return codebook, db_x, db_ids, q_x, q_ids
-
-
 KERNELS = [(3.0, 0.0), (1.0, -1.0), (2.5, 0.1)]
 ASSIGNMENTS = [(1, 1), (1, 3), (2, 4)]
 
@@ -89,10 +80,10 @@ ASSIGNMENTS = [(1, 1), (1, 3), (2, 4)]
     "binary,use_idf,assignment,kernel",
     list(itertools.product([True, False], [False, True], ASSIGNMENTS, KERNELS)),
 )
-def test_scores_match_brute_force_reference(binary, use_idf, assignment, kernel):
+def test_scores_match_brute_force_reference(random_data, binary, use_idf, assignment, kernel):
     ma, qma = assignment
     alpha, tau = kernel
-    codebook, db_x, db_ids, q_x, q_ids = _data()
+    codebook, db_x, db_ids, q_x, q_ids = random_data()
     index = ASMK(codebook, binary=binary, alpha=alpha, similarity_threshold=tau, use_idf=use_idf,
                  multiple_assignment=ma, query_multiple_assignment=qma)
     index.add(db_x, db_ids)
@@ -104,8 +95,8 @@ def test_scores_match_brute_force_reference(binary, use_idf, assignment, kernel)
     assert np.all(got[:, [2, 5]] == 0)  # ids never added score 0
 
 
-def test_idf_reference_with_many_words_is_not_trivial():
-    codebook, db_x, db_ids, q_x, q_ids = _data(seed=3, k=40)
+def test_idf_reference_with_many_words_is_not_trivial(random_data):
+    codebook, db_x, db_ids, q_x, q_ids = random_data(seed=3, k=40)
     index = ASMK(codebook, use_idf=True)
     index.add(db_x, db_ids)
     got = index.scores(q_x, q_ids).numpy()
@@ -115,14 +106,14 @@ def test_idf_reference_with_many_words_is_not_trivial():
     assert np.count_nonzero(got) > 5
 
 
-def test_binary_dimension_multiple_of_64_and_chunking(monkeypatch):
+def test_binary_dimension_multiple_of_64_and_chunking(random_data, monkeypatch):
     import lit.asmk.functional as F
-    import lit.asmk.index as I
+    import lit.asmk.scoring as scoring
 
     # tiny memory budgets force several image batches, residual chunks and pair chunks
     monkeypatch.setattr(F, "CHUNK_BYTES", 4 * 64 * 7)
-    monkeypatch.setattr(I, "_PAIR_BYTES", 2000)
-    codebook, db_x, db_ids, q_x, q_ids = _data(seed=1, dim=64, k=10)
+    monkeypatch.setattr(scoring, "_PAIR_BYTES", 2000)
+    codebook, db_x, db_ids, q_x, q_ids = random_data(seed=1, dim=64, k=10)
     index = ASMK(codebook, query_multiple_assignment=3)
     index.add(torch.from_numpy(db_x), torch.from_numpy(db_ids))
     got = index.scores(q_x, q_ids).numpy()
@@ -131,11 +122,11 @@ def test_binary_dimension_multiple_of_64_and_chunking(monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- index behaviour
+# ----------------------------------------------------------------------------- adding
 
 
-def test_incremental_add_equals_one_shot_add():
-    codebook, db_x, db_ids, q_x, q_ids = _data(seed=2)
+def test_incremental_add_equals_one_shot_add(random_data):
+    codebook, db_x, db_ids, q_x, q_ids = random_data(seed=2)
     one = ASMK(codebook, use_idf=True)
     one.add(db_x, db_ids)
     inc = ASMK(codebook, use_idf=True)
@@ -147,16 +138,41 @@ def test_incremental_add_equals_one_shot_add():
     torch.testing.assert_close(inc.scores(q_x, q_ids), one.scores(q_x, q_ids), rtol=1e-6, atol=1e-7)
 
 
-def test_adding_an_image_twice_is_rejected():
-    codebook, db_x, db_ids, _, _ = _data()
+def test_adding_an_image_twice_is_rejected(random_data):
+    codebook, db_x, db_ids, _, _ = random_data()
     index = ASMK(codebook)
     index.add(db_x[db_ids == 1], db_ids[db_ids == 1])
     with pytest.raises(ValueError, match="already in the index: 1"):
         index.add(db_x[db_ids <= 1], db_ids[db_ids <= 1])
 
 
-def test_search_ranks_by_decreasing_score_with_topk():
-    codebook, db_x, db_ids, q_x, q_ids = _data(seed=4)
+def test_a_refused_add_leaves_the_index_unchanged(random_data):
+    codebook, db_x, db_ids, q_x, q_ids = random_data()
+    index = ASMK(codebook)
+    index.add(db_x[db_ids == 1], db_ids[db_ids == 1])
+    before = (index.ivf.version, index.num_vectors, index.n_images)
+    with pytest.raises(UsageError, match="already in the index"):
+        index.add(db_x, db_ids)
+    with pytest.raises(UsageError, match="words must be in"):
+        index.add(db_x[db_ids == 3], db_ids[db_ids == 3], words=np.full(int((db_ids == 3).sum()), 99))
+    assert (index.ivf.version, index.num_vectors, index.n_images) == before
+
+
+def test_precomputed_words_give_the_same_scores(random_data):
+    codebook, db_x, db_ids, q_x, q_ids = random_data(seed=6)
+    a = ASMK(codebook, multiple_assignment=2)
+    a.add(db_x, db_ids)
+    b = ASMK(codebook, multiple_assignment=2)
+    b.add(db_x, db_ids, words=b.quantize(db_x))
+    qw = b.quantize(q_x, m=5)
+    assert torch.equal(a.scores(q_x, q_ids), b.scores(q_x, q_ids, words=qw))
+
+
+# ----------------------------------------------------------------------------- searching
+
+
+def test_search_ranks_by_decreasing_score_with_topk(random_data):
+    codebook, db_x, db_ids, q_x, q_ids = random_data(seed=4)
     index = ASMK(codebook, binary=False)
     index.add(db_x, db_ids)
     scores = index.scores(q_x, q_ids)
@@ -177,115 +193,52 @@ def test_empty_index_and_empty_query():
     assert index.scores(np.zeros((0, 4), np.float32), np.zeros(0, np.int64)).shape == (0, 2)
 
 
-def test_save_load_round_trip_gives_identical_scores_and_can_grow(tmp_path):
-    codebook, db_x, db_ids, q_x, q_ids = _data(seed=5)
-    for binary in (True, False):
-        index = ASMK(codebook, binary=binary, use_idf=True, alpha=2.0, similarity_threshold=0.1,
-                     multiple_assignment=2, query_multiple_assignment=3)
-        first = db_ids < 4
-        index.add(db_x[first], db_ids[first])
-        path = tmp_path / f"index_{binary}.h5"
-        index.save(path)
-        loaded = ASMK.load(path)
-        assert loaded.params == index.params
-        assert torch.equal(loaded.codebook, index.codebook)
-        assert torch.equal(loaded.scores(q_x, q_ids), index.scores(q_x, q_ids))
-        with h5py.File(path) as f:
-            assert f.attrs["type"] == "lit.asmk.ASMK" and f.attrs["version"] == FORMAT_VERSION
-        # an index saved once can be extended later
-        loaded.add(db_x[~first], db_ids[~first])
-        index.add(db_x[~first], db_ids[~first])
-        assert torch.equal(loaded.scores(q_x, q_ids), index.scores(q_x, q_ids))
-        state = loaded.state_dict()
-        assert torch.equal(ASMK.from_state(state).scores(q_x, q_ids), loaded.scores(q_x, q_ids))
+@pytest.mark.parametrize("binary", [True, False])
+def test_blocked_topk_search_equals_a_stable_sort_of_dense_scores(clustered, monkeypatch, binary):
+    import lit.asmk.scoring as scoring
+
+    codebook, x, ids, qx, qids = clustered()
+    index = ASMK(codebook, binary=binary)
+    index.add(x, ids)
+    dense = index.scores(qx, qids)
+    order = torch.sort(dense, dim=1, descending=True, stable=True).indices
+    monkeypatch.setattr(scoring, "_BLOCK_BYTES", 4 * 60 * 2)  # two query rows per block
+    for k in (1, 10, None):
+        ranks, values = index.search(qx, qids, topk=k)
+        kk = 60 if k is None else k
+        assert torch.equal(ranks, order[:, :kk])
+        assert torch.equal(values, torch.gather(dense, 1, order[:, :kk]))
 
 
-def _saved(tmp_path):
-    codebook, db_x, db_ids, _, _ = _data()
+def test_search_columns_rank_one_id_range(clustered):
+    codebook, x, ids, qx, qids = clustered(seed=1)
     index = ASMK(codebook)
-    index.add(db_x, db_ids)
-    path = tmp_path / "index.h5"
-    index.save(path)
-    return path
+    index.add(x, ids)
+    dense = index.scores(qx, qids)
+    ranks, values = index.search(qx, qids, topk=5, columns=(20, 45))
+    sub = dense[:, 20:45]
+    order = torch.sort(sub, dim=1, descending=True, stable=True).indices[:, :5]
+    assert torch.equal(ranks, order + 20) and torch.equal(values, torch.gather(sub, 1, order))
+    # a range past the largest id: the missing images score 0 and come in id order
+    wide = index.search(qx, qids, topk=80, columns=(50, 90))
+    assert wide.ranks.shape == (9, 40) and set(wide.ranks[0].tolist()) == set(range(50, 90))
 
 
-def test_load_truncated_file_raises_value_error(tmp_path):
-    path = _saved(tmp_path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"index\.h5.*(truncated|corrupt)"):
-        ASMK.load(path)
+def test_statistics_are_recomputed_after_the_index_grows(clustered):
+    """idf and image norms are cached against the inverted file's version: scores after an
+    add equal those of an index built with everything at once."""
+    codebook, x, ids, qx, qids = clustered(seed=4)
+    grown = ASMK(codebook, use_idf=True)
+    grown.add(x[ids < 30], ids[ids < 30])
+    first = grown.scores(qx, qids)
+    grown.add(x[ids >= 30], ids[ids >= 30])
+    whole = ASMK(codebook, use_idf=True)
+    whole.add(x, ids)
+    assert not torch.equal(grown.scores(qx, qids)[:, :30], first)  # idf and norms moved
+    assert torch.equal(grown.scores(qx, qids), whole.scores(qx, qids))
 
 
-def test_load_other_version_raises_value_error(tmp_path):
-    path = _saved(tmp_path)
-    with h5py.File(path, "a") as f:
-        f.attrs["version"] = FORMAT_VERSION + 1
-    with pytest.raises(ValueError, match=r"index\.h5.*version 2"):
-        ASMK.load(path)
-
-
-def test_load_non_hdf5_file_raises_value_error(tmp_path):
-    path = tmp_path / "index.h5"
-    path.write_bytes(b"\x80\x04 this is a pickle, not HDF5" * 20)
-    with pytest.raises(ValueError, match=r"index\.h5.*not an HDF5 file"):
-        ASMK.load(path)
-    other = tmp_path / "other.h5"
-    with h5py.File(other, "w") as f:
-        f.attrs["type"] = "something.else"
-    with pytest.raises(ValueError, match=r"other\.h5.*not an ASMK index"):
-        ASMK.load(other)
-    with pytest.raises(FileNotFoundError):
-        ASMK.load(tmp_path / "missing.h5")
-
-
-def test_input_validation():
-    codebook, db_x, db_ids, q_x, q_ids = _data()
-    index = ASMK(codebook)
-    with pytest.raises(ValueError, match=r"\(N, 12\)"):
-        index.add(db_x[:, :5], db_ids)
-    with pytest.raises(ValueError, match="one id per descriptor"):
-        index.add(db_x, db_ids[:-1])
-    with pytest.raises(TypeError, match="integers"):
-        index.add(db_x, db_ids.astype(np.float32))
-    with pytest.raises(TypeError, match="floating point"):
-        index.add(db_x.astype(np.int64), db_ids)
-    with pytest.raises(ValueError, match="0.."):
-        index.add(db_x, -db_ids - 1)
-    with pytest.raises(ValueError, match="NaN"):
-        index.add(np.full_like(db_x, np.nan), db_ids)
-    with pytest.raises(TypeError):
-        index.add("descriptors", db_ids)
-    huge = ASMK(codebook)  # finite values whose sum overflows float32 are accepted
-    huge.add(np.full((4, 12), 3e38, np.float32), np.array([0, 0, 1, 1]))
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        huge.add(np.full((2, 12), np.inf, np.float32), np.array([2, 2]))
-    with pytest.raises(ValueError, match=r"\(N, 12\)"):
-        index.scores(q_x[:, :3], q_ids)
-    with pytest.raises(ValueError, match="one id per descriptor"):
-        index.scores(q_x, q_ids[:3])
-    with pytest.raises(ValueError, match="topk"):
-        index.search(q_x, q_ids, topk=0)
-    with pytest.raises(ValueError, match="words must be"):
-        index.add(db_x, db_ids, words=np.zeros((len(db_x), 2), np.int64))
-    with pytest.raises(ValueError, match="codebook"):
-        ASMK(codebook[0])
-    with pytest.raises(ValueError, match="exceeds the codebook size"):
-        ASMK(codebook, query_multiple_assignment=13)
-    with pytest.raises(ValueError, match="alpha"):
-        ASMK(codebook, alpha=-1.0)
-    with pytest.raises(ValueError, match="integer alpha"):
-        ASMK(codebook, alpha=2.5, similarity_threshold=-0.5)
-
-
-def test_precomputed_words_give_the_same_scores():
-    codebook, db_x, db_ids, q_x, q_ids = _data(seed=6)
-    a = ASMK(codebook, multiple_assignment=2)
-    a.add(db_x, db_ids)
-    b = ASMK(codebook, multiple_assignment=2)
-    b.add(db_x, db_ids, words=b.quantize(db_x))
-    qw = b.quantize(q_x, m=5)
-    assert torch.equal(a.scores(q_x, q_ids), b.scores(q_x, q_ids, words=qw))
+# ----------------------------------------------------------------------------- statistics, checks
 
 
 def test_stats_bytes_binary_is_about_16_bytes_per_128d_vector():
@@ -301,30 +254,66 @@ def test_stats_bytes_binary_is_about_16_bytes_per_128d_vector():
     assert real.stats()["bytes_per_vector"] == 512
 
 
-# ----------------------------------------------------------------------------- k-means
+def test_input_validation(random_data):
+    codebook, db_x, db_ids, q_x, q_ids = random_data()
+    index = ASMK(codebook)
+    with pytest.raises(ValueError, match=r"\(N, 12\)"):
+        index.add(db_x[:, :5], db_ids)
+    with pytest.raises(ValueError, match="one id per row"):
+        index.add(db_x, db_ids[:-1])
+    with pytest.raises(TypeError, match="integers"):
+        index.add(db_x, db_ids.astype(np.float32))
+    with pytest.raises(TypeError, match="floating-point"):
+        index.add(db_x.astype(np.int64), db_ids)
+    with pytest.raises(ValueError, match="0.."):
+        index.add(db_x, -db_ids - 1)
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(np.full_like(db_x, np.nan), db_ids)
+    with pytest.raises(TypeError):
+        index.add("descriptors", db_ids)
+    huge = ASMK(codebook)  # finite values whose sum overflows float32 are accepted
+    huge.add(np.full((4, 12), 3e38, np.float32), np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        huge.add(np.full((2, 12), np.inf, np.float32), np.array([2, 2]))
+    with pytest.raises(ValueError, match=r"\(N, 12\)"):
+        index.scores(q_x[:, :3], q_ids)
+    with pytest.raises(ValueError, match="one id per row"):
+        index.scores(q_x, q_ids[:3])
+    with pytest.raises(ValueError, match="topk"):
+        index.search(q_x, q_ids, topk=0)
+    with pytest.raises(ValueError, match="words must be"):
+        index.add(db_x, db_ids, words=np.zeros((len(db_x), 2), np.int64))
+    with pytest.raises(ValueError, match="codebook"):
+        ASMK(codebook[0])
+    with pytest.raises(ValueError, match="exceeds the codebook size"):
+        ASMK(codebook, query_multiple_assignment=13)
+    with pytest.raises(ValueError, match="alpha"):
+        ASMK(codebook, alpha=-1.0)
+    with pytest.raises(ValueError, match="integer alpha"):
+        ASMK(codebook, alpha=2.5, similarity_threshold=-0.5)
 
 
-def test_kmeans_is_reproducible_for_a_seed():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(6, 5)) * 5
-    x = (centres[rng.integers(0, 6, 600)] + rng.normal(size=(600, 5))).astype(np.float32)
-    a = kmeans(x, 6, iterations=15, seed=3, backend="torch")
-    b = kmeans(torch.from_numpy(x), 6, iterations=15, seed=3, backend="torch")
-    c = kmeans(x, 6, iterations=15, seed=4, backend="torch")
-    assert a.shape == (6, 5) and torch.equal(a, b) and not torch.equal(a, c)
-    # the centroids found are the generating centres (up to order)
-    d = torch.cdist(a.double(), torch.from_numpy(centres))
-    assert float(d.min(dim=0).values.max()) < 0.5
-    index = ASMK.train(x, size=6, iterations=15, seed=3, backend="torch", binary=False)
-    assert torch.equal(index.codebook, a) and not index.params.binary
-    with pytest.raises(ValueError, match="k must be"):
-        kmeans(x[:5], 6, backend="torch")
+def test_user_errors_are_lit_errors(random_data):
+    """Bad values raise lit.errors.UsageError (a ValueError), checked after the conversion
+    to float32: a float64 value beyond its range is refused, not turned into infinity."""
+    codebook, db_x, db_ids, q_x, q_ids = random_data()
+    index = ASMK(codebook)
+    for call in (lambda: index.add(db_x[:, :5], db_ids), lambda: index.search(q_x, q_ids, topk=0),
+                 lambda: index.search(q_x, q_ids, columns=(5, 2)), lambda: index.quantize(q_x, m=13),
+                 lambda: ASMK(np.zeros((0, 12), np.float32)), lambda: ASMK(codebook, alpha=float("inf")),
+                 lambda: ASMK.train(db_x, size=1000)):
+        with pytest.raises(UsageError):
+            call()
+    with pytest.raises(UsageError, match="NaN or infinite"):
+        index.add(np.full((2, 12), 1e300), np.array([0, 0]))
+    with pytest.raises(TypeError, match="integer"):
+        ASMK(codebook, multiple_assignment=1.5)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_index_gives_the_cpu_scores():
-    codebook, db_x, db_ids, q_x, q_ids = _data(seed=7, dim=128, k=30)
+def test_cuda_index_gives_the_cpu_scores(random_data):
+    codebook, db_x, db_ids, q_x, q_ids = random_data(seed=7, dim=128, k=30)
     for binary in (True, False):
         cpu = ASMK(codebook, binary=binary, use_idf=True)
         gpu = ASMK(codebook, binary=binary, use_idf=True, device="cuda")
