@@ -20,7 +20,9 @@ descriptors per image, as several descriptors of an image share words):
 - index: 16 B (vector) + 4 B (image id) per entry, + 8 (K + 1) B of offsets, 4 K D B of
   codebook and 5 B per image (presence flag, cached norm): about 20 B x E per image,
   e.g. ~15 KB per image of 1000 descriptors at K = 65,536 (``stats()["bytes"]``); real
-  mode stores 4 D B per vector instead of 16.
+  mode stores 4 D B per vector instead of 16. The quantizer keeps, once used, a second
+  copy of the codebook (transposed, float32 kernel: 32 MB at K = 65,536) or its bfloat16
+  form (17 MB) and a 64 MB workspace per searching thread (CPU bfloat16 kernel).
 - build: an ``add`` batch holds its descriptors and about :data:`~lit.asmk.functional.CHUNK_BYTES`
   of residuals at a time; pending entries take 24 B each (vector, image id, int32 word);
   :meth:`ASMK.flush` writes the merged arrays one word range at a time and frees each
