@@ -217,6 +217,13 @@ class Quantizer:
         """Codebook size K."""
         return int(self.codebook.shape[0])
 
+    def __getstate__(self) -> dict:
+        # pickling and copying keep the codebook and the choice; the caches are remade on use
+        return {"codebook": self.codebook, "native_bf16": self.native_bf16}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["codebook"], native_bf16=state["native_bf16"])
+
     def auto_backend(self, device: torch.device | str, m: int) -> str:
         """The backend ``backend="auto"`` picks for ``m`` words per descriptor on ``device``."""
         return auto_backend(device, self.num_words, m, native_bf16=self.native_bf16)

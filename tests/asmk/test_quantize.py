@@ -211,6 +211,22 @@ def test_quantizer_keeps_one_workspace_per_thread():
     assert len({id(b) for b in buffers.values()} | {id(q._local.buf)}) == 4  # one each
 
 
+def test_a_quantizer_and_its_index_can_be_pickled_and_copied():
+    import copy
+    import pickle
+
+    codebook, x = _words_set(seed=13)
+    index = ASMK(codebook)
+    index.add(x, torch.arange(len(x)) // 7)
+    index.quantize(x)  # caches and a workspace exist now
+    index.quantizer._workspace(10)
+    for other in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
+        assert other.quantizer._bf16 is None and not hasattr(other.quantizer._local, "buf")
+        assert torch.equal(other.quantize(x), index.quantize(x))
+        assert torch.equal(other.scores(x[:30], torch.zeros(30, dtype=torch.int64)),
+                           index.scores(x[:30], torch.zeros(30, dtype=torch.int64)))
+
+
 def test_an_index_quantises_with_its_own_quantizer():
     codebook, x = _words_set(seed=12)
     index = ASMK(codebook, multiple_assignment=2)
