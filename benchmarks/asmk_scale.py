@@ -106,7 +106,7 @@ def run_size(n_img: int, args) -> dict:
             vectors = torch.randint(0, 256, (keys.shape[0], 16), dtype=torch.uint8, generator=gen)
             t_gen += time.perf_counter() - t0
             t0 = time.perf_counter()
-            index._add_entries(keys % k, keys // k, vectors)
+            index.ivf.add_entries(keys % k, keys // k, vectors)
             t_build += time.perf_counter() - t0
             del keys, vectors
             continue

@@ -61,7 +61,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lit.asmk import ASMK  # noqa: E402
-from lit.asmk import functional as F  # noqa: E402
 
 try:  # the asmk package (pip install asmk): compared in the same run when present
     import asmk as _asmk_pkg  # noqa: E402
@@ -316,7 +315,7 @@ def run_case(name, cfg, args, device):
         "faiss_bruteforce_s": round(t_faiss, 3) if flat is not None else None,
         "quantize_vs_faiss": round(t_quant / t_faiss, 3) if flat is not None and t_faiss else None,
         "assignments_identical_to_faiss": same_as_faiss if flat is not None else None,
-        "quantize_backend": F.auto_backend(device, index.num_words, index.params.query_multiple_assignment),
+        "quantize_backend": index.quantizer.auto_backend(device, index.params.query_multiple_assignment),
         "quantize_queries_s": round(t_qquant, 3),
         "query_descriptors_whose_words_differ_from_faiss": q_differ,
         "build_incl_quantize_s" if search_db else "build_s": round(t_build, 3),
@@ -422,7 +421,7 @@ def run_simulated(cfg, args, device):
         images = torch.arange(start, stop, device=device).repeat_interleave(per)
         keys = torch.unique(images * k + words)  # one entry per (image, word)
         vectors = torch.randint(0, 256, (keys.shape[0], 16), dtype=torch.uint8, device=device, generator=dgen)
-        index._add_entries(keys % k, keys // k, vectors)
+        index.ivf.add_entries(keys % k, keys // k, vectors)
     index.flush()
     _sync(device)
     t_build = time.perf_counter() - t0

@@ -44,9 +44,10 @@ import torch
 from ._fileio import atomic_path
 from ._image import display_name
 from .asmk import ASMK
+from .asmk.io import reading, write_asmk
+from .asmk.sharded import ShardedIndex
 from .distributed import find_shards
 from .errors import IndexFileError, NotFoundError
-from .shards import ShardedIndex
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +204,10 @@ def write_index(path: str | os.PathLike, index: ASMK, info: IndexInfo, *, text: 
     """
     path = os.fspath(path)
     _check_names(path, info, index, part)
-    with atomic_path(path) as tmp:
-        index.save(tmp, attrs=part.attrs() if part is not None else None)
-        with h5py.File(tmp, "a") as f:
-            _write_groups(f, info, text)
+    index.flush()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        write_asmk(f, index, attrs=part.attrs() if part is not None else None)
+        _write_groups(f, info, text)
     return path
 
 
@@ -314,7 +315,7 @@ def load_index(path: str | os.PathLike, device: str | torch.device = "cpu", *, k
     """Read an index file (or the parts of a sharded one) for searching.
 
     Returns:
-        ``(index, info)``: an :class:`lit.asmk.ASMK` (a :class:`lit.shards.ShardedIndex`
+        ``(index, info)``: an :class:`lit.asmk.ASMK` (a :class:`lit.asmk.sharded.ShardedIndex`
         for a sharded index, parts loaded once or, with ``keep_parts=False``, one at a
         time) and its :class:`IndexInfo`.
 
@@ -324,11 +325,11 @@ def load_index(path: str | os.PathLike, device: str | torch.device = "cpu", *, k
     path = os.fspath(path)
     info = read_info(path)
     parts = _parts(path)
-    try:
-        index = ASMK.load(parts[0], device=device) if len(parts) == 1 else ShardedIndex(parts, device=device,
-                                                                                         keep=keep_parts)
-    except (ValueError, OSError, KeyError) as err:
-        raise IndexFileError(f"{display_name(path)}: damaged index ({err})") from None
+    if len(parts) == 1:
+        with reading(parts[0]), h5py.File(parts[0], "r") as f:
+            index = ASMK.from_group(f, device, source=parts[0])
+    else:
+        index = ShardedIndex(parts, device=device, keep=keep_parts)
     _check_names(path, info, index, read_part(parts[0]) if len(parts) == 1 else None)
     return index, info
 

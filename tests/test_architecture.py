@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "lit"
 LAYERS = (
     ("lit.errors", "lit._checks", "lit._device", "lit._fileio", "lit._image", "lit._download", "lit._pickle",
      "lit._resources", "lit.types", "lit.distributed"),
-    ("lit.models", "lit.matching", "lit.features", "lit.asmk", "lit.index_file", "lit.shards", "lit.hub",
+    ("lit.models", "lit.matching", "lit.features", "lit.asmk", "lit.index_file", "lit.hub",
      "lit.losses", "lit.evaluate", "lit.data", "lit.metric", "lit.train", "lit.weights"),
     ("lit.pipeline",),
     ("lit.text", "lit.bench", "lit.viz", "lit.demo", "lit.serve"),

@@ -400,7 +400,7 @@ def test_revisited_counts_the_csr_merge_as_index_time(tiny_world, tmp_path, monk
     original = ASMK.flush
 
     def slow_flush(self):
-        if self._pending:
+        if self.ivf.num_pending:
             time.sleep(0.5)  # a stand-in for the merge sort of ~10^9 entries at R1M
         return original(self)
 

@@ -14,13 +14,11 @@ import torch
 from PIL import Image
 
 from lit.asmk import ASMK
+from lit.asmk.sharded import ShardedIndex
 from lit.distributed import env_from_environ, find_shards, shard_path, split_range
 from lit.features import FeatureCollection, FeatureStore
 from lit.models import save_checkpoint
 from lit.pipeline import make_index, merge_feature_files, rank_share
-from lit.shards import (
-    ShardedIndex,
-)
 from lit.types import LocalFeatures
 
 

@@ -6,9 +6,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .functional import _faiss as faiss
-from .functional import faiss_available as faiss_available  # re-exported
-from .functional import nearest_words
+from .._checks import check_matrix
+from ..errors import UsageError, missing_dependency
+from .quantize import _faiss as faiss
+from .quantize import faiss_available as faiss_available  # re-exported
+from .quantize import nearest_words
 
 BACKENDS = ("auto", "torch", "faiss")
 
@@ -53,23 +55,16 @@ def kmeans(
         - output: :math:`(k, D)`.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if isinstance(descriptors, np.ndarray):
-        descriptors = torch.from_numpy(np.ascontiguousarray(descriptors))
-    if not isinstance(descriptors, Tensor):
-        raise TypeError(f"descriptors must be a numpy array or a torch tensor, got {type(descriptors)}")
-    if not descriptors.is_floating_point():
-        raise TypeError(f"descriptors must be floating point, got {descriptors.dtype}")
-    if descriptors.dim() != 2:
-        raise ValueError(f"descriptors must be (N, D), got shape {tuple(descriptors.shape)}")
+        raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    descriptors = check_matrix(descriptors, "descriptors")
     n = descriptors.shape[0]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int in 1..{n} (the number of descriptors), got {k!r}")
+        raise UsageError(f"k must be an int in 1..{n} (the number of descriptors), got {k!r}")
     if not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
+        raise UsageError(f"iterations must be a non-negative int, got {iterations!r}")
     device = torch.device(device)
     if backend == "faiss" and faiss is None:
-        raise ValueError("backend='faiss' but faiss is not importable")
+        raise missing_dependency("k-means with backend='faiss'", "faiss-cpu")
     if iterations > 0 and (backend == "faiss" or (backend == "auto" and faiss is not None)):
         return _kmeans_faiss(descriptors, k, iterations, seed, device)
     return _kmeans_torch(descriptors.to(device=device, dtype=torch.float32), k, iterations, seed)

@@ -15,7 +15,7 @@ With ``--distractors r1m`` the million distractors can be spread over processes:
 ``--nnodes``/a rendezvous across machines sharing the cache folder). Rank 0 extracts the
 dataset and trains the codebook; rank ``r`` extracts the ``r``-th block of R1M into its own
 resumable shard, indexes it (cached per rank), and ranks its id range for every query;
-rank 0 merges the lists (:func:`lit.shards.merge_results`) and evaluates. The rankings
+rank 0 merges the lists (:func:`lit.asmk.sharded.merge_results`) and evaluates. The rankings
 and scores are those of one index holding every image (``--save-ranks`` writes them).
 """
 
@@ -289,14 +289,14 @@ def _merged_search(index, qdesc, qids, columns: tuple[int, int], env, n_total: i
     (``None`` on the others)."""
     import torch.distributed as dist
 
-    from lit.shards import merge_results
+    from lit.asmk.sharded import merge_results
 
     part = index.search(qdesc, qids, columns=columns)
     gathered = [None] * env.world_size if env.is_main else None
     dist.gather_object((part.ranks.cpu(), part.scores.cpu()), gathered, dst=0)
     if not env.is_main:
         return None
-    from lit.asmk.index import SearchResult
+    from lit.asmk import SearchResult
 
     merged = merge_results([SearchResult(r, s) for r, s in gathered], None)
     if merged.ranks.shape[1] != n_total:

@@ -27,11 +27,11 @@ import torch
 
 from .._image import ImageReadError, display_name, load_image
 from ..asmk import SearchResult
+from ..asmk.sharded import ShardedIndex, merge_results
 from ..distributed import DistEnv, env_from_environ, process_group
 from ..errors import FingerprintError, UsageError
 from ..features import open_features
 from ..index_file import IndexInfo, load_index
-from ..shards import ShardedIndex, merge_results
 from ..types import LocalFeatures
 from .extract import gather_images, image_names, model_fingerprint
 
