@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lit._download import cache_dir, download_url, file_sha256
+from lit._download import DownloadError, cache_dir, download_url, file_sha256
 
 PAYLOAD = bytes(range(256)) * 1000 + b"tail"  # 256004 bytes
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -101,7 +101,7 @@ def test_sha256_mismatch_removes_the_download_and_names_both_hashes(server, tmp_
     base, _ = server
     dst = tmp_path / "file.bin"
     wrong = "0" * 64
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(DownloadError) as info:
         download_url(f"{base}/ranged", dst, sha256=wrong, progress=False)
     msg = str(info.value)
     assert "file.bin" in msg and wrong in msg and PAYLOAD_SHA in msg
@@ -182,7 +182,7 @@ def test_file_urls(tmp_path):
     dst = tmp_path / "out" / "copy.bin"
     download_url(src.as_uri(), dst, sha256=PAYLOAD_SHA, progress=False)
     assert dst.read_bytes() == PAYLOAD
-    with pytest.raises(ValueError, match="sha256 mismatch"):
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
         download_url(src.as_uri(), tmp_path / "bad.bin", sha256="f" * 64, progress=False)
     assert not (tmp_path / "bad.bin").exists() and not (tmp_path / "bad.bin.part").exists()
     with pytest.raises(FileNotFoundError):

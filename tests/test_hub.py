@@ -16,7 +16,7 @@ import torch
 import lit
 from lit import hub
 from lit._resources import weights_file
-from lit.errors import LitError, MissingDependencyError
+from lit.errors import DownloadError, LitError, MissingDependencyError
 from lit.models import save_fire_checkpoint
 
 
@@ -62,7 +62,7 @@ def test_download_once_and_load_by_name(cache, served, monkeypatch, tiny_model):
 def test_hash_mismatch_is_refused(cache, served, monkeypatch):
     url, _ = served
     _register(monkeypatch, url=url, sha256="0" * 64)
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(DownloadError, match="sha256"):
         lit.load_model("tiny-test", progress=False)
     assert not (cache / "fire_tiny.pth").exists()
 

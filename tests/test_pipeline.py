@@ -98,8 +98,9 @@ def test_old_index_with_sidecar_still_loads_with_a_note(tmp_path, caplog):
 def test_fingerprint_check_refuses_or_warns(caplog):
     pipeline.check_fingerprint("abc", "abc", "queries", "index.h5")
     pipeline.check_fingerprint("abc", None, "queries", "index.h5")  # unknown: not checked
-    with pytest.raises(pipeline.FingerprintError, match="another model.*--force"):
+    with pytest.raises(pipeline.FingerprintError, match="another model.*force=True") as err:
         pipeline.check_fingerprint("abc", "xyz", "queries", "index.h5")
+    assert "--force" in err.value.cli and "--model" in err.value.cli  # the command line's wording
     with caplog.at_level("WARNING", logger="lit"):
         pipeline.check_fingerprint("abc", "xyz", "queries", "index.h5", force=True)
     assert [r.levelname for r in caplog.records] == ["WARNING"] and "going on (--force)" in caplog.text

@@ -52,7 +52,7 @@ KMEANS_INIT = {"sharpness": 100.0, "background": 2.0, "background_fraction": 0.5
 # a difference hash within this many bits (of 64) marks a copy of a photo (resized, re-encoded);
 # copies measure 0, different photos of the bundled and multi-view sets 12 or more
 NEAR_DUPLICATE_BITS = 6
-# the multi-view scenes lit-effl0 never saw in training (weights/make_lit_effl0.py, and the
+# the multi-view scenes lit-effl0 never saw in training (weights/recipes/make_lit_effl0.py, and the
 # checkpoint's meta "held_out_scenes"); its training photos are the other scenes
 LIT_EFFL0_HELD_OUT = (
     "terrace", "wxbs-wgabs-petrzin", "wxbs-wgalbs-bridge", "wxbs-wgalbs-kyiv_dolltheater",

@@ -29,11 +29,6 @@ COMMANDS = (
 )
 
 
-#: Built-in errors still treated as user errors while library modules move to LitError
-#: (the architecture redesign); the end state catches LitError alone.
-_TRANSITIONAL = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
-
-
 def _module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
@@ -111,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lit: interrupted", file=sys.stderr)
         return 130
-    except (LitError, *_TRANSITIONAL) as err:
+    except LitError as err:
         if os.environ.get("LIT_DEBUG"):
             raise
         msg = (getattr(err, "cli", None) or str(err)).strip().splitlines()
