@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -125,7 +127,8 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
         all_feats = [store[i] for i in range(len(store))]
         n_desc = store.num_features
     t = time.perf_counter()
-    index, info = pipeline.build_index(feature_file, image_root=work / "images", seed=0)
+    with _quiet("lit.pipeline"):  # the demo says what it built below; the small-set warning is expected here
+        index, info = pipeline.build_index(feature_file, image_root=work / "images", seed=0)
     t_index = time.perf_counter() - t
 
     queries = [i for i, (_, _, real) in enumerate(items) if real]
@@ -179,6 +182,18 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Only errors of ``logger`` while the block runs."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _strip(name: str) -> str:

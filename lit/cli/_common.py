@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from .. import DEFAULT_MODEL  # noqa: F401  (lit's __init__ is light: the heavy parts load lazily)
 from ..errors import UsageError
-
-DEFAULT_MODEL = "lit-effl0"  # lit.DEFAULT_MODEL, without importing the package's heavy parts
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:

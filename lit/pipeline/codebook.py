@@ -60,7 +60,8 @@ def small_set_warning(n_descriptors: int, n_images: int) -> str | None:
         return None
     return (f"the codebook is learned on only {n_descriptors} descriptors ({n_images} images); "
             f"retrieval on small sets varies with the k-means seed by several mAP: "
-            f"--train-features FILE learns it on a larger set of similar photos")
+            f"learning it on a larger feature file of similar photos (train_features, `lit index --train-features`) "
+            f"steadies it")
 
 
 def kmeans_restarts(n_descriptors: int) -> int:
