@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ._image import open_image, pil_to_tensor
 from .errors import NotFoundError, UsageError
+from .models.model import attention_centroids
 from .pipeline import QueryResult, plot_paths, scene_of
 from .types import SuperFeatures
 
@@ -147,54 +148,6 @@ def _check_int(value, name: str, minimum: int) -> int:
 # ---------------------------------------------------------------------------------------
 # Attention
 # ---------------------------------------------------------------------------------------
-
-
-def attention_centroids(attention: Tensor | np.ndarray, image_size: tuple[int, int]) -> Tensor:
-    """Centroid of each attention map, in pixel coordinates of an ``(H, W)`` image.
-
-    The weighted mean of the cell centres, weights being the attention values. The centre
-    of cell ``(i, j)`` of an ``h x w`` map laid over an ``H x W`` image is
-    ``((j + 0.5) W / w, (i + 0.5) H / h)`` — the convention of the model's
-    ``LocalFeatures.positions``. An all-zero map gives the image centre.
-
-    Args:
-        attention: non-negative attention maps.
-        image_size: ``(H, W)`` of the image the maps are laid over.
-
-    Returns:
-        ``(x, y)`` per map, float32.
-
-    Raises:
-        ValueError: fewer than 2 dimensions, negative or non-finite weights, or a bad
-            ``image_size``.
-
-    Shape:
-        - attention: :math:`(N, h, w)` (any leading dimensions :math:`(..., h, w)`).
-        - Output: :math:`(N, 2)` (or :math:`(..., 2)`).
-
-    Example::
-
-        xy = attention_centroids(sf.attention, image.shape[-2:])
-    """
-    a = torch.as_tensor(attention).detach().to(torch.float64)
-    if a.ndim < 2:
-        raise UsageError(f"attention must have shape (N, h, w), got {tuple(a.shape)}")
-    if len(image_size) != 2 or min(image_size) <= 0:
-        raise UsageError(f"image_size must be (H, W) with positive sides, got {image_size}")
-    if a.numel() and not bool(torch.isfinite(a).all()):
-        raise UsageError("attention contains NaN or infinite values")
-    if a.numel() and bool((a < 0).any()):
-        raise UsageError("attention weights must be non-negative")
-    H, W = (float(v) for v in image_size)
-    h, w = a.shape[-2:]
-    ys = (torch.arange(h, dtype=torch.float64) + 0.5) * (H / h)
-    xs = (torch.arange(w, dtype=torch.float64) + 0.5) * (W / w)
-    total = a.sum(dim=(-2, -1))
-    x = (a.sum(dim=-2) * xs).sum(dim=-1) / total.clamp_min(1e-300)
-    y = (a.sum(dim=-1) * ys).sum(dim=-1) / total.clamp_min(1e-300)
-    x = torch.where(total > 0, x, torch.full_like(x, W / 2))
-    y = torch.where(total > 0, y, torch.full_like(y, H / 2))
-    return torch.stack([x, y], dim=-1).float()
 
 
 def plot_attention(

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -64,23 +65,53 @@ def strength(features: Tensor) -> Tensor:
     return torch.sqrt(features.pow(2).sum(dim=-1) + 1e-10)
 
 
-def attention_centroids(attention: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Centroid of each attention map in pixel coordinates of an ``(H, W)`` image.
+def attention_centroids(attention: Tensor | np.ndarray, image_size: tuple[int, int], *, check: bool = True) -> Tensor:
+    """Centroid of each attention map, in pixel coordinates of an ``(H, W)`` image.
 
-    The centre of cell ``(i, j)`` of an ``h x w`` map is ``((j + 0.5) W / w, (i + 0.5) H / h)``.
+    The weighted mean of the cell centres, weights being the attention values. The centre
+    of cell ``(i, j)`` of an ``h x w`` map laid over an ``H x W`` image is
+    ``((j + 0.5) W / w, (i + 0.5) H / h)``; these are the ``positions`` of
+    :class:`lit.types.LocalFeatures`. An all-zero map gives the image centre.
+
+    Args:
+        attention: non-negative attention maps (any device; the result stays there).
+        image_size: ``(H, W)`` of the image the maps are laid over.
+        check: validate the values (finite, non-negative); the model's own maps skip it.
+
+    Returns:
+        ``(x, y)`` per map, float32.
+
+    Raises:
+        UsageError: fewer than 2 dimensions, negative or non-finite weights, or a bad
+            ``image_size``.
 
     Shape:
-        - Input: :math:`(..., h, w)`.
-        - Output: :math:`(..., 2)` as ``(x, y)``.
+        - attention: :math:`(..., h, w)`.
+        - Output: :math:`(..., 2)`.
+
+    Example::
+
+        xy = attention_centroids(sf.attention, image.shape[-2:])
     """
-    h, w = attention.shape[-2:]
-    H, W = image_size
-    a = attention.float()
-    a = a / a.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    a = torch.as_tensor(attention).detach().float()
+    if a.ndim < 2:
+        raise UsageError(f"attention must have shape (N, h, w), got {tuple(a.shape)}")
+    if len(image_size) != 2 or min(image_size) <= 0:
+        raise UsageError(f"image_size must be (H, W) with positive sides, got {tuple(image_size)}")
+    if check and a.numel():
+        if not bool(torch.isfinite(a).all()):
+            raise UsageError("attention contains NaN or infinite values")
+        if bool((a < 0).any()):
+            raise UsageError("attention weights must be non-negative")
+    H, W = (float(v) for v in image_size)
+    h, w = a.shape[-2:]
     ys = (torch.arange(h, device=a.device, dtype=a.dtype) + 0.5) * (H / h)
     xs = (torch.arange(w, device=a.device, dtype=a.dtype) + 0.5) * (W / w)
-    x = (a.sum(dim=-2) * xs).sum(dim=-1)
-    y = (a.sum(dim=-1) * ys).sum(dim=-1)
+    total = a.sum(dim=(-2, -1))
+    x = (a.sum(dim=-2) * xs).sum(dim=-1) / total.clamp_min(1e-30)
+    y = (a.sum(dim=-1) * ys).sum(dim=-1) / total.clamp_min(1e-30)
+    x = torch.where(total > 0, x, torch.full_like(x, W / 2))
+    y = torch.where(total > 0, y, torch.full_like(y, H / 2))
     return torch.stack([x, y], dim=-1)
 
 
@@ -312,7 +343,7 @@ class SuperFeatureModel(nn.Module):
                 descs.append(self.reduce(feats))
                 strengths.append(strength(feats))
                 scale_ids.append(torch.full(strengths[-1].shape, float(s), device=x.device))
-                positions.append(attention_centroids(attn, (h0, w0)))
+                positions.append(attention_centroids(attn, (h0, w0), check=False))
         descs = torch.cat(descs, dim=1)  # (B, S*N, d)
         strengths = torch.cat(strengths, dim=1)
         scale_ids = torch.cat(scale_ids, dim=1)
