@@ -45,3 +45,12 @@ def fake_device():
 
     with _fake_device() as state:
         yield state
+
+
+
+@pytest.fixture
+def cli():
+    """``lit ARGS`` in this process: :func:`cli_runner.run_lit` (module-scoped fixtures import it)."""
+    from cli_runner import run_lit
+
+    return run_lit

@@ -1,6 +1,7 @@
 """Issue 18, points 1-5 and 7: a folder of bad files next to good photos, names that are
 not UTF-8, very large and tiny images, failures retried, exit codes, damaged and busy
-feature files. CLI behaviour is checked in subprocesses."""
+feature files. CLI behaviour is checked in this process (``cli`` fixture), a feature file
+held by another process in a subprocess."""
 
 import json
 import os
@@ -35,9 +36,9 @@ PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
 LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # how Python sees a Latin-1 name on a UTF-8 system
 
 
-def run(*args, env=None, timeout=300):
+def run_process(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, errors="surrogateescape")
+                          timeout=timeout, errors="surrogateescape")
 
 
 def png_header(width, height):
@@ -83,9 +84,9 @@ GOOD = {"a.jpg", "b.jpg", "sub/c.jpg", "sub/d.jpg", "e.jpg", LATIN1}
 BAD = {"huge.png", "tiny.png", "truncated.jpg", "notes.jpg", "empty.jpg"}
 
 
-def test_folder_of_bad_files_keeps_every_good_photo_and_retries_the_fixed_one(tmp_path, bad_folder, ckpt):
+def test_folder_of_bad_files_keeps_every_good_photo_and_retries_the_fixed_one(tmp_path, bad_folder, ckpt, cli):
     feats = tmp_path / "out" / "feats.h5"  # the folder does not exist yet: created
-    proc = run("extract", bad_folder, bad_folder / "a.jpg", "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
+    proc = cli("extract", bad_folder, bad_folder / "a.jpg", "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert proc.returncode == 3, proc.stderr  # finished, some files skipped
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
     assert proc.stdout.startswith("extracted 6 images, skipped 0 already done, 5 failed")
@@ -110,49 +111,49 @@ def test_folder_of_bad_files_keeps_every_good_photo_and_retries_the_fixed_one(tm
     torch.testing.assert_close(latin.descriptors, ref.descriptors)
 
     shutil.copy(bad_folder / "b.jpg", bad_folder / "truncated.jpg")  # the user fixes one file
-    again = run("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
+    again = cli("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert again.returncode == 3 and "Traceback" not in again.stderr
     assert again.stdout.startswith("extracted 1 images, skipped 6 already done, 4 failed, 5 earlier failures retried")
     with FeatureStore(feats) as store:
         assert set(store.names) == GOOD | {"truncated.jpg"}
         assert set(store.failed) == BAD - {"truncated.jpg"}
-    kept = run("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", "--no-retry")
+    kept = cli("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", "--no-retry", ok=False)
     assert kept.returncode == 3 and "skipped: " not in kept.stderr
     assert "4 earlier failures not retried (--no-retry)" in kept.stdout
 
-    info = run("features", "info", feats, "--json")
+    info = cli("features", "info", feats, "--json", ok=False)
     assert info.returncode == 0, info.stderr
     data = json.loads(info.stdout)
     assert data["images"] == 7 and set(data["failed"]) == BAD - {"truncated.jpg"}
     assert data["root"] == str(bad_folder) and data["settings"]["features_num"] == 20
 
 
-def test_exit_status_every_file_failed_and_all_ok(tmp_path, bad_folder, ckpt):
+def test_exit_status_every_file_failed_and_all_ok(tmp_path, bad_folder, ckpt, cli):
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     for name in ("tiny.png", "notes.jpg"):
         shutil.copy(bad_folder / name, only_bad / name)
-    proc = run("extract", only_bad, "--out", tmp_path / "bad.h5", "--model", ckpt, "--device", "cpu", "--quiet")
+    proc = cli("extract", only_bad, "--out", tmp_path / "bad.h5", "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert proc.returncode == 4 and "2 of 2 images could not be extracted" in proc.stderr
-    good = run("extract", bad_folder / "a.jpg", bad_folder / "sub", "--out", tmp_path / "good.h5", "--model", ckpt,
-               "--device", "cpu", "--quiet")
+    good = cli("extract", bad_folder / "a.jpg", bad_folder / "sub", "--out", tmp_path / "good.h5", "--model", ckpt,
+               "--device", "cpu", "--quiet", ok=False)
     assert good.returncode == 0 and good.stderr == ""
     with FeatureStore(tmp_path / "good.h5") as store:  # several arguments: relative to their common folder
         assert sorted(store.names) == ["a.jpg", "sub/c.jpg", "sub/d.jpg"] and store.root == str(bad_folder)
     # adding a folder later: names stay relative to the file's root; another --root is refused
-    more = run("extract", bad_folder / "sub", bad_folder / "e.jpg", "--out", tmp_path / "good.h5", "--model", ckpt,
-               "--device", "cpu", "--quiet")
+    more = cli("extract", bad_folder / "sub", bad_folder / "e.jpg", "--out", tmp_path / "good.h5", "--model", ckpt,
+               "--device", "cpu", "--quiet", ok=False)
     assert more.returncode == 0 and more.stdout.startswith("extracted 1 images, skipped 2 already done")
     with FeatureStore(tmp_path / "good.h5") as store:
         assert sorted(store.names) == ["a.jpg", "e.jpg", "sub/c.jpg", "sub/d.jpg"]
-    other = run("extract", bad_folder / "sub", "--root", bad_folder / "sub", "--out", tmp_path / "good.h5",
-                "--model", ckpt, "--device", "cpu", "--quiet")
+    other = cli("extract", bad_folder / "sub", "--root", bad_folder / "sub", "--out", tmp_path / "good.h5",
+                "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert other.returncode == 2 and "holds names relative to" in other.stderr
 
 
-def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt, tiny_model):
-    proc = run("extract", bad_folder / "a.jpg", "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu",
-               "--quiet", "--max-pixels", "1000")
+def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt, tiny_model, cli):
+    proc = cli("extract", bad_folder / "a.jpg", "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu",
+               "--quiet", "--max-pixels", "1000", ok=False)
     assert proc.returncode == 4 and "too large" in proc.stderr and "limit 0.0 MP" in proc.stderr
     # a JPEG over the limit is decoded at a power-of-two reduction when the network needs fewer pixels
     big = tmp_path / "big.jpg"
@@ -213,7 +214,7 @@ def test_image_tensor_values_are_checked(tiny_model):
         tiny_model.extract(torch.rand(3, 32, 32) - 0.5)
 
 
-def test_damaged_descriptors_are_refused_with_the_file_name(tmp_path, tiny_model):
+def test_damaged_descriptors_are_refused_with_the_file_name(tmp_path, tiny_model, cli):
     paths = []
     for i in range(2):
         paths.append(tmp_path / f"{i}.png")
@@ -229,7 +230,7 @@ def test_damaged_descriptors_are_refused_with_the_file_name(tmp_path, tiny_model
         with pytest.raises(FeatureFileError, match="descriptors of 0.png"):
             store[0]
         store[1]  # the other image is fine
-    proc = run("features", "merge", out, out, "--out", tmp_path / "m.h5")
+    proc = cli("features", "merge", out, out, "--out", tmp_path / "m.h5", ok=False)
     assert proc.returncode == 2 and "damaged feature file" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.h5").exists()
 
@@ -240,7 +241,7 @@ def test_feature_file_in_use_and_missing_folder(tmp_path, tiny_model, ckpt):
     out = tmp_path / "f.h5"
     extract_to_file(tiny_model, [img], out, progress=False)
     with h5py.File(out, "a"):  # another process is writing it
-        proc = run("extract", img, "--out", out, "--model", ckpt, "--device", "cpu", "--quiet")
+        proc = run_process("extract", img, "--out", out, "--model", ckpt, "--device", "cpu", "--quiet")
     assert proc.returncode == 2
     assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(FeatureFileError, match="does not exist"):

@@ -1,30 +1,21 @@
 """`lit index`, `lit search`, `lit match` and `lit plot-attention` as a user runs them
-(subprocesses on tiny data): codebook policy, self-contained index, fingerprints, outputs,
+(in this process, on tiny data): codebook policy, self-contained index, fingerprints, outputs,
 plots and option checks."""
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_lit as run
 from PIL import Image
 
 import lit
 from lit.models import SuperFeatureModel, save_checkpoint
 
 PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
-
-
-def run(*args, ok=True, cwd=None, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +57,11 @@ def test_index_uses_the_codebook_policy_and_warns_on_small_sets(setup):
     assert f"indexed 4 images ({n} descriptors, {codebook_size(n)} words)" in proc.stdout
 
 
-def _main(capsys, *args):
-    """The CLI in this process (for option checks and --help, which need no subprocess)."""
-    from lit.cli import main
-
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # --help
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_help_states_the_policies(capsys):
-    assert "12 x sqrt" in _main(capsys, "index", "--help")[1]
-    text = _main(capsys, "search", "--help")[1]
+def test_help_states_the_policies():
+    assert "12 x sqrt" in run("index", "--help").stdout
+    text = run("search", "--help").stdout
     assert "score" in text and "multiple assignment" in text and "--exclude-self" in text
-    text = _main(capsys, "match", "--help")[1]
+    text = run("match", "--help").stdout
     assert "calibrated" in text and "background test" in text and "--margin" in text
 
 
@@ -198,40 +177,34 @@ def test_match_default_rule_with_a_background_comes_from_the_model_file(setup, t
     model.set_match_rule(MatchRule(threshold=None, margin=margin, background=bank))
     tuned = tmp_path / "tiny-bg.safetensors"
     save_checkpoint(model, tuned)
-    env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", tuned, "--device", "cpu",
-                           "--json", tmp_path / "m.json"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    proc = run("match", a, b, "--model", tuned, "--device", "cpu", "--json", tmp_path / "m.json")
     assert f"best background cosine + {margin:g}" in proc.stdout and "(the model's rule)" in proc.stdout
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["threshold"] is None and m["margin"] == margin
     assert sorted(m["indices_a"]) == expected
     # --margin none: the plain reciprocal-neighbour rule (no floor: every reciprocal pair)
-    proc = subprocess.run([sys.executable, "-m", "lit", "match", a, b, "--model", tuned, "--device", "cpu",
-                           "--margin", "none", "--json", tmp_path / "m2.json"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    run("match", a, b, "--model", tuned, "--device", "cpu", "--margin", "none", "--json", tmp_path / "m2.json")
     assert json.loads((tmp_path / "m2.json").read_text())["matches"] == len(recip)
 
 
-def test_plot_attention_options_are_honoured_or_refused(setup, tmp_path, capsys, monkeypatch):
+def test_plot_attention_options_are_honoured_or_refused(setup, tmp_path, monkeypatch):
     img = tmp_path / "01.jpg"
     shutil.copy(setup["photos"] / "a" / "1.jpg", img)
     model = setup["models"][0]
-    code, _, err = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "100")
-    assert code == 2 and "--top 100" in err and "1..8" in err
-    code, _, err = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--scales", "1,0.5")
-    assert code == 2 and "--scale" in err
-    code, _, err = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--indices", "3,99")
-    assert code == 2 and "99" in err
+    bad = run("plot-attention", img, "--model", model, "--device", "cpu", "--top", "100", ok=False)
+    assert bad.returncode == 2 and "--top 100" in bad.stderr and "1..8" in bad.stderr
+    bad = run("plot-attention", img, "--model", model, "--device", "cpu", "--scales", "1,0.5", ok=False)
+    assert bad.returncode == 2 and "--scale" in bad.stderr
+    bad = run("plot-attention", img, "--model", model, "--device", "cpu", "--indices", "3,99", ok=False)
+    assert bad.returncode == 2 and "99" in bad.stderr
     # the default output goes to the current folder, named after the image's folder and name
     # (not into the photo folder, where the next extraction would take it for a photo),
     # and never overwrites an earlier one
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     monkeypatch.chdir(out_dir)
-    first = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "4")[1]
-    second = _main(capsys, "plot-attention", img, "--model", model, "--device", "cpu", "--top", "4")[1]
+    first = run("plot-attention", img, "--model", model, "--device", "cpu", "--top", "4").stdout
+    second = run("plot-attention", img, "--model", model, "--device", "cpu", "--top", "4").stdout
     assert first.split()[-1] == f"{tmp_path.name}_01_attention.png"
     assert second.split()[-1] == f"{tmp_path.name}_01_attention_2.png"
     assert sorted(p.name for p in tmp_path.glob("*.png")) == []  # nothing written beside the photo

@@ -187,8 +187,8 @@ def test_package_data_missing_is_one_line(monkeypatch):
         _resources.weights_file("registry.json")
 
 
-def test_cli_models_stars_the_default_and_says_where_each_is():
-    out = subprocess.run([sys.executable, "-m", "lit", "models"], capture_output=True, text=True, check=True).stdout
+def test_cli_models_stars_the_default_and_says_where_each_is(cli):
+    out = cli("models").stdout
     lines = out.splitlines()
     starred = [ln.split()[1] for ln in lines if ln.startswith("* ") and not ln.startswith("* the")]
     assert starred == ["lit-effl0"] and "text models (--text-model, default lit-text-effl0):" in lines

@@ -73,18 +73,12 @@ def tiny_world(tmp_path, tiny_model):
     return root, ckpt
 
 
-def _run(*args):
-    proc = subprocess.run([sys.executable, "-m", "lit", "evaluate", *map(str, args)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def test_benchmark_runs_end_to_end_and_caches(tiny_world, tmp_path):
+def test_benchmark_runs_end_to_end_and_caches(tiny_world, tmp_path, cli):
     root, ckpt = tiny_world
     out = tmp_path / "res.json"
     common = ["--dataset", "tinyox", "--data-root", root, "--model", ckpt, "--device", "cpu",
               "--codebook-size", "16", "--workers", "0", "--quiet"]
-    proc = _run(*common, "--sfm-root", root, "--codebook-images", "6", "--json", out)
+    proc = cli("evaluate", *common, "--sfm-root", root, "--codebook-images", "6", "--json", out)
     assert "Medium" in proc.stdout and "tinyox" in proc.stdout
     res = json.loads(out.read_text())
     for protocol in ("easy", "medium", "hard"):
@@ -96,21 +90,20 @@ def test_benchmark_runs_end_to_end_and_caches(tiny_world, tmp_path):
     assert len(list(cache.glob("tinyox-db-*.h5"))) == 1 and len(list(cache.glob("codebook-*.npy"))) == 1
     # the rerun reuses everything: the same numbers
     out2 = tmp_path / "res2.json"
-    _run(*common, "--sfm-root", root, "--codebook-images", "6", "--json", out2)
+    cli("evaluate", *common, "--sfm-root", root, "--codebook-images", "6", "--json", out2)
     assert json.loads(out2.read_text())["results"] == res["results"]
     # +distractors: 4 more images, ranks mapped back so the dataset's gnd still applies
     out3 = tmp_path / "res3.json"
-    proc = _run(*common, "--sfm-root", root, "--codebook-images", "6", "--distractors", "r1m", "--json", out3)
+    proc = cli("evaluate", *common, "--sfm-root", root, "--codebook-images", "6", "--distractors", "r1m", "--json", out3)
     res3 = json.loads(out3.read_text())
     assert res3["distractors"] == 4 and "tinyox+1M" in proc.stdout
     assert res3["results"]["medium"]["map"] <= res["results"]["medium"]["map"] + 1e-9
 
 
-def test_benchmark_reports_missing_images(tiny_world):
+def test_benchmark_reports_missing_images(tiny_world, cli):
     root, ckpt = tiny_world
     (root / "tinyox" / "jpg" / "land0_0.jpg").unlink()
-    proc = subprocess.run([sys.executable, "-m", "lit", "evaluate", "--dataset", "tinyox", "--data-root", str(root),
-                           "--model", str(ckpt), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    proc = cli("evaluate", "--dataset", "tinyox", "--data-root", root, "--model", ckpt, "--device", "cpu", ok=False)
     assert proc.returncode == 2
     assert "missing" in proc.stderr and "land0_0.jpg" in proc.stderr and "Traceback" not in proc.stderr
 

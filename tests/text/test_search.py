@@ -2,24 +2,16 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
+from cli_runner import run_lit as run
 from PIL import Image
 
 import lit
 
 PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
-
-
-def run(*args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True, timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 @pytest.fixture(scope="module")
