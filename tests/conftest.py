@@ -38,6 +38,16 @@ def tiny_model(tiny_cfg):
 
 
 @pytest.fixture
+def ckpt(tmp_path, tiny_model):
+    """``tiny_model`` saved as a checkpoint file."""
+    from lit.models import save_checkpoint
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(tiny_model, path)
+    return path
+
+
+@pytest.fixture
 def fake_device():
     """A fake accelerator for catching device mix-ups on the CPU (``tests/device_mixup.py``):
     ``fake_device.device`` is where lit's ``device`` arguments point."""

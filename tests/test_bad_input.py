@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from paths import PHOTOS
 from PIL import Image
 
 import lit
@@ -29,10 +30,8 @@ from lit._image import (
     load_image,
 )
 from lit.features import FeatureFileError, FeatureStore
-from lit.models import save_checkpoint
 from lit.pipeline import common_root, extract_to_file, image_names
 
-PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
 LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # how Python sees a Latin-1 name on a UTF-8 system
 
 
@@ -47,13 +46,6 @@ def png_header(width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def ckpt(tmp_path, tiny_model):
-    path = tmp_path / "model.pt"
-    save_checkpoint(tiny_model, path)
-    return path
 
 
 @pytest.fixture
