@@ -9,26 +9,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from photo_folders import random_photos
 
 from lit.features import FeatureFileError, FeatureStore
 from lit.models import save_checkpoint
 from lit.pipeline import extract_to_file
 
 
-def _images(folder, n, size=(64, 48)):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        p = folder / f"img{i:03d}.png"
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
-        paths.append(p)
-    return paths
-
-
 def test_round_trip_and_resume(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 5)
+    paths = random_photos(tmp_path / "imgs", 5, name="img{i:03d}.png")
     out = tmp_path / "feats.h5"
     s1 = extract_to_file(tiny_model, paths[:3], out, root=tmp_path / "imgs", progress=False)
     assert (s1.done, s1.skipped) == (3, 0)
@@ -50,7 +39,7 @@ def test_round_trip_and_resume(tmp_path, tiny_model):
 
 
 def test_bad_files_are_reported_and_skipped(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 2)
+    paths = random_photos(tmp_path / "imgs", 2, name="img{i:03d}.png")
     (tmp_path / "imgs" / "zero.jpg").write_bytes(b"")
     (tmp_path / "imgs" / "text.png").write_text("not an image")
     paths += [tmp_path / "imgs" / "zero.jpg", tmp_path / "imgs" / "text.png"]
@@ -68,7 +57,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, tiny_model):
 
 
 def test_other_model_or_settings_are_refused(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 1)
+    paths = random_photos(tmp_path / "imgs", 1, name="img{i:03d}.png")
     out = tmp_path / "f.h5"
     extract_to_file(tiny_model, paths, out, progress=False)
     with pytest.raises(FeatureFileError, match="fingerprint"):
@@ -110,7 +99,7 @@ CHILD = textwrap.dedent("""
 
 
 def test_kill_9_loses_at_most_the_image_in_flight(tmp_path, tiny_model):
-    paths = [str(p) for p in _images(tmp_path / "imgs", 30)]
+    paths = [str(p) for p in random_photos(tmp_path / "imgs", 30, name="img{i:03d}.png")]
     out = tmp_path / "f.h5"
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -133,7 +122,7 @@ def test_kill_9_loses_at_most_the_image_in_flight(tmp_path, tiny_model):
 
 
 def test_batched_extraction_equals_one_by_one(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 5) + _images(tmp_path / "other", 2, size=(80, 40))
+    paths = random_photos(tmp_path / "imgs", 5, name="img{i:03d}.png") + random_photos(tmp_path / "other", 2, size=(80, 40), name="img{i:03d}.png")
     (tmp_path / "imgs" / "bad.png").write_text("x")
     paths.insert(3, tmp_path / "imgs" / "bad.png")
     one, many = tmp_path / "one.h5", tmp_path / "many.h5"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import lit
 from lit.matching import SuperFeatureMatcher, background_similarity, match, match_superfeatures
 from lit.types import LocalFeatures, Matches, SuperFeatures
 
@@ -501,3 +502,19 @@ def test_match_background_is_checked(tiny_model):
         MatchRule(threshold=None, margin=0.1, background=torch.full((2, 16), float("nan")))
     with pytest.raises(ValueError, match="go together"):
         MatchRule(threshold=None, margin=0.1)
+
+
+def test_match_options_are_validated():
+    a, b = torch.randn(5, 8), torch.randn(6, 8)
+    for kwargs, text in (({"ratio": 0.0}, "ratio must be > 0"), ({"threshold": 1.2}, "would match nothing")):
+        with pytest.raises(ValueError, match=text):
+            lit.match(a, b, **kwargs)
+    with pytest.warns(UserWarning, match="ratio 1.5 > 1 tests nothing"):
+        lit.match(a, b, ratio=1.5)
+    with pytest.warns(UserWarning, match="threshold -1.0 < 0"):
+        assert len(lit.match(a, b, threshold=-1.0)) == len(lit.match(a, b, threshold=None))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(lit.match(a, a, threshold=1.0 - 1e-6, ratio=1.0)) == 5  # the bounds themselves are fine

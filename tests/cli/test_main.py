@@ -6,6 +6,8 @@ import sys
 import torch
 from paths import PHOTOS
 
+import lit
+
 
 def test_help_explains_every_command(cli):
     proc = subprocess.run([sys.executable, "-m", "lit", "--help"], capture_output=True, text=True, timeout=300)
@@ -39,3 +41,14 @@ def test_help_states_the_policies(cli):
     assert "score" in text and "multiple assignment" in text and "--exclude-self" in text
     text = cli("match", "--help").stdout
     assert "calibrated" in text and "background test" in text and "--margin" in text
+
+
+def test_help_version_and_models(cli):
+    top = cli("--help", ok=False)
+    assert top.returncode == 0 and "``" not in top.stdout and "returns it" not in top.stdout
+    assert "train a super-feature model" in top.stdout and "features" in top.stdout
+    assert cli("--version", ok=False).stdout.strip() == f"lit {lit.__version__}"
+    models = cli("models", ok=False).stdout.splitlines()
+    default = [line for line in models if line.startswith("*")]
+    assert len(default) == 2 and default[0].split()[1] == lit.DEFAULT_MODEL and "installed (" in default[0]
+    assert any(line.split()[:1] == ["fire"] and "lit download fire" in line for line in models)

@@ -6,8 +6,10 @@ import os
 
 import pytest
 from paths import REPO
+from photo_folders import random_photos
 from training import tiny_config_dict
 
+import lit
 from lit.train import (
     config_from_dict,
     config_to_dict,
@@ -58,3 +60,15 @@ def test_numbers_without_a_dot_are_numbers(tmp_path):
     assert (cfg.optim.lr, cfg.optim.backbone_lr, cfg.optim.weight_decay) == (3e-5, 1e-6, 5e-4)
     with pytest.raises(ValueError, match=r"optim\.lr.*'3e-5x'"):
         load_config(tmp_path / "c.yaml", overrides=["optim.lr=3e-5x"])
+
+
+def test_own_photos_config_starts_from_an_installed_model(tmp_path):
+    from lit.train import Trainer, check_config, load_config
+
+    random_photos(tmp_path / "p", 12)
+    cfg = load_config(os.path.join(REPO, "configs", "own_photos.yaml"), overrides=[f"data.root={tmp_path / 'p'}"])
+    assert cfg.init.checkpoint == lit.DEFAULT_MODEL and lit.DEFAULT_MODEL in lit.list_models()
+    assert check_config(cfg) == []
+    trainer = Trainer(cfg.replace(**{"data.val_images": 2, "data.num_workers": 0}), tmp_path / "run", device="cpu",
+                      log=lambda _: None)  # builds from lit-effl0 without any download
+    assert trainer.model.cfg.lit.N == 64 and trainer.model.has_reduction

@@ -15,7 +15,14 @@ import torch
 from paths import REPO
 from training import make_photos, tiny_config_dict
 
-from lit.models import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig, SuperFeatureModel
+import lit
+from lit.models import (
+    BackboneConfig,
+    LITConfig,
+    ModelConfig,
+    RuntimeConfig,
+    SuperFeatureModel,
+)
 from lit.train import (
     Trainer,
     config_from_dict,
@@ -75,7 +82,6 @@ def test_short_run_lowers_the_loss_and_raises_validation_map(tmp_path):
     assert (out / "metrics.png").stat().st_size > 1000
     assert load_config(out / "config.yaml") == cfg
     # the checkpoints are plain lit checkpoints too
-    import lit
 
     model = lit.load_model(str(out / "checkpoint_epoch0004.pt"))
     sd = trainer.model.state_dict()
@@ -267,3 +273,14 @@ def test_backbone_trainable_from_names_the_modules_when_wrong(tmp_path):
         config_from_dict({"optim": {"freeze_backbone": True, "backbone_trainable_from": "net.layer3"}})
     with pytest.raises(ValueError, match="backbone_lr"):
         config_from_dict({"optim": {"backbone_lr": 0}})
+
+
+def test_metrics_plot_axes_for_one_epoch(tmp_path):
+    from lit.train import plot_metrics
+
+    fig = plot_metrics([{"epoch": 0, "val_map": 1.0}, {"epoch": 1, "loss": 0.02, "attention_loss": 0.05,
+                                                       "superfeature_loss": 0.4, "val_map": 1.0}], tmp_path / "m.png")
+    ax_loss, ax_map = fig.axes
+    assert ax_map.get_ylim() == (0.0, 100.0)
+    assert ax_map.get_xlim() == (-0.5, 1.5) and all(float(t).is_integer() for t in ax_map.get_xticks())
+    assert ax_loss.get_ylim()[0] == 0.0 and ax_loss.get_ylim()[1] > 0.02
