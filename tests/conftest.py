@@ -6,8 +6,6 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-
 
 @pytest.fixture
 def tiny_cfg():

@@ -344,21 +344,21 @@ def test_cli_extract_rerun_with_amp_is_a_clear_error(tmp_path, images_dir, ckpt,
 def tiny_world(tmp_path, tiny_model):
     import pickle
 
-    from test_revisited_benchmark import _texture, _view
+    from photo_folders import landmark_view, texture
 
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     jpg = root / "tinyox" / "jpg"
     jpg.mkdir(parents=True)
     imlist, gnd = [], []
-    bases = [_texture(rng) for _ in range(2)]
+    bases = [texture(rng) for _ in range(2)]
     for li, base in enumerate(bases):
         for k in range(3):
-            _view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
+            landmark_view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
             imlist.append(f"land{li}_{k}")
     qimlist = []
     for li, base in enumerate(bases):
-        _view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
+        landmark_view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
         qimlist.append(f"query{li}")
         gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": [3 * li], "hard": [3 * li + 1], "junk": [3 * li + 2]})
     with open(root / "tinyox" / "gnd_tinyox.pkl", "wb") as f:
