@@ -5,6 +5,7 @@ environment read at start) run ``python -m lit`` in a subprocess instead."""
 
 import contextlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def run_lit(*args, ok=True, env=None, cwd=None):
     out, err = io.StringIO(), io.StringIO()
     saved_env = {key: os.environ.get(key) for key in (env or {})}
     saved_registry, saved_cwd = lit.hub._REGISTRY, os.getcwd()
+    saved_level = logging.getLogger("lit").level  # main() sets INFO for its own handler
     try:
         os.environ.update({key: str(value) for key, value in (env or {}).items()})
         if env:
@@ -36,6 +38,7 @@ def run_lit(*args, ok=True, env=None, cwd=None):
             except SystemExit as exc:  # argparse: --help, --version, bad options
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        logging.getLogger("lit").setLevel(saved_level)
         os.chdir(saved_cwd)
         for key, value in saved_env.items():
             if value is None:
