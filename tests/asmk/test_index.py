@@ -320,3 +320,14 @@ def test_cuda_index_gives_the_cpu_scores(random_data):
         cpu.add(db_x, db_ids)
         gpu.add(db_x, db_ids)
         torch.testing.assert_close(gpu.scores(q_x, q_ids).cpu(), cpu.scores(q_x, q_ids), rtol=1e-4, atol=1e-5)
+
+
+def test_asmk_train_refuses_more_words_than_descriptors_and_empty_input():
+    from lit.asmk import ASMK
+
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="100 descriptors cannot make 1000 visual words; pass size <= 100"):
+        ASMK.train(x, size=1000)
+    with pytest.raises(ValueError, match="no descriptors"):
+        ASMK.train(x[:0], size=8)
+    assert ASMK.train(x, size=100, iterations=2).codebook.shape == (100, 16)

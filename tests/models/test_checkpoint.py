@@ -137,7 +137,7 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, monkeypatch,
 
 
 def test_refusal_messages_say_what_the_file_is(tmp_path):
-    """Point 8 of issue 18: one sentence each, never 'weights_only=False'."""
+    """Every checkpoint loading error is one sentence, never 'weights_only=False'."""
     import pickle
 
     plain = tmp_path / "plain.pkl"

@@ -6,6 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lit._image import (
+    ImageTooSmallError,
+)
 from lit.models import SuperFeatureModel, attention_centroids, pca_whitening
 
 
@@ -183,3 +186,31 @@ def test_channels_last_gives_the_same_features(tiny_model):
     ref = tiny_model.extract(image)
     tiny_model.to_channels_last()
     torch.testing.assert_close(tiny_model.extract(image).descriptors, ref.descriptors, rtol=1e-4, atol=1e-5)
+
+
+def test_minimum_image_size_and_scales(tiny_model):
+    assert tiny_model.min_image_size() == 16  # one 16-px cell at the largest scale, 1.0
+    with pytest.raises(ImageTooSmallError, match="too small"):
+        tiny_model.extract(torch.rand(3, 2, 2))
+    # 20 px: under one cell at 0.707 and 0.5, so only scale 1 is used
+    feats = tiny_model.extract(torch.rand(3, 20, 40))
+    assert set(feats.scales.tolist()) == {1.0}
+    assert tiny_model.usable_scales(40, 40) == (1.0, 0.707, 0.5) and tiny_model.usable_scales(20, 40) == (1.0,)
+    for bad in ([0], [-1.0], [], [float("nan")]):
+        with pytest.raises(ValueError, match="scales"):
+            tiny_model.extract(torch.rand(3, 64, 64), scales=bad)
+    with pytest.raises(ValueError, match="empty"):
+        tiny_model.extract(torch.rand(3, 0, 0))
+    with pytest.raises(ValueError, match="scales"):
+        tiny_model.superfeatures(torch.rand(3, 64, 64), scale=0.0)
+
+
+def test_image_tensor_values_are_checked(tiny_model):
+    with pytest.raises(ValueError, match=r"0\.\.255\? divide by 255"):
+        tiny_model.extract(torch.rand(3, 32, 32) * 255)
+    x = torch.rand(3, 32, 32)
+    x[0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        tiny_model.extract(x)
+    with pytest.raises(ValueError, match="normalised"):
+        tiny_model.extract(torch.rand(3, 32, 32) - 0.5)

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -13,13 +11,6 @@ from PIL import Image
 import lit
 
 PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
-
-
-def run(*args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True, timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +25,16 @@ def photo_dir(tmp_path_factory):
     return d
 
 
-def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model):
+def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model, cli):
     feats, index = tmp_path / "f.h5", tmp_path / "i.h5"
-    run("extract", photo_dir, "--out", feats, "--scales", "1", "--image-size", "256", "--device", "cpu", "--quiet")
+    cli("extract", photo_dir, "--out", feats, "--scales", "1", "--image-size", "256", "--device", "cpu", "--quiet")
     with h5py.File(feats) as h5:
         assert h5["global/effl0/valid"][:4].tolist() == [1, 1, 1, 1]
-    assert "4 global image embeddings" in run("index", feats, "--out", index, "--codebook-size", "16", "--device", "cpu").stderr
+    assert "4 global image embeddings" in cli("index", feats, "--out", index, "--codebook-size", "16", "--device", "cpu").stderr
     queries = tmp_path / "q.txt"
     queries.write_text("a cat\n\n# comment\na cup of coffee\n")
     out = tmp_path / "r.json"
-    run("search", index, "--text", "a church", "--text-file", queries, "--json", out, "--topk", "2",
+    cli("search", index, "--text", "a church", "--text-file", queries, "--json", out, "--topk", "2",
         "--csv", tmp_path / "r.csv", "--pairs", tmp_path / "p.txt", "--plot", tmp_path / "r.png", "--db-root", photo_dir)
     res = json.loads(out.read_text())["queries"]  # lit.pipeline.write_json: {"db_root", "query_root", "queries"}
     assert [r["query"] for r in res] == ["a church", "a cat", "a cup of coffee"]
@@ -57,17 +48,17 @@ def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model):
                                [h["score"] for r in res for h in r["results"]], rtol=1e-5)
     assert (tmp_path / "p.txt").read_text().splitlines()[0] == f"a church {res[0]['results'][0]['name']}"
     assert Image.open(tmp_path / "r_001.png").size[0] > 200  # one figure per query
-    bad = run("search", index, "--text", "  ", ok=False)
+    bad = cli("search", index, "--text", "  ", ok=False)
     assert bad.returncode == 2 and "empty" in bad.stderr
 
 
-def test_index_without_embeddings_says_how_to_add_them(tmp_path, photo_dir):
+def test_index_without_embeddings_says_how_to_add_them(tmp_path, photo_dir, cli):
     feats, index = tmp_path / "f.h5", tmp_path / "i.h5"
-    run("extract", photo_dir, "--out", feats, "--scales", "1", "--image-size", "256", "--device", "cpu", "--quiet",
+    cli("extract", photo_dir, "--out", feats, "--scales", "1", "--image-size", "256", "--device", "cpu", "--quiet",
         "--text-model", "none")
-    assert "lit text embed" in run("index", feats, "--out", index, "--codebook-size", "16", "--device", "cpu").stderr
-    bad = run("search", index, "--text", "a cat", ok=False)
+    assert "lit text embed" in cli("index", feats, "--out", index, "--codebook-size", "16", "--device", "cpu").stderr
+    bad = cli("search", index, "--text", "a cat", ok=False)
     assert bad.returncode == 2 and "lit text embed" in bad.stderr
-    run("text", "embed", feats, "--root", photo_dir, "--index", index, "--quiet")
-    res = run("search", index, "--text", "a cat", "--topk", "1").stdout
+    cli("text", "embed", feats, "--root", photo_dir, "--index", index, "--quiet")
+    res = cli("search", index, "--text", "a cat", "--topk", "1").stdout
     assert "cat.png" in res

@@ -19,7 +19,7 @@ from lit.bench.multiview import (
     scene_images,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv):
@@ -203,9 +203,8 @@ def test_paired_comparison_counts_queries_and_resamples_scenes():
 
 def test_scene_cv_folds_partition_the_scenes(tmp_path):
     import importlib.util
-    import os
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "recipes", "scene_cv.py")
+    path = str(REPO / "weights" / "recipes" / "scene_cv.py")
     spec = importlib.util.spec_from_file_location("scene_cv", path)
     scene_cv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scene_cv)
@@ -229,7 +228,7 @@ def test_kmeans_baseline_is_the_trainers_initialisation_on_the_codebook_photos(t
     from lit.models import init_lit_from_tokens
     from lit.train.config import load_config
 
-    recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "lit_effl0.yaml").init
+    recipe = load_config(REPO / "configs" / "lit_effl0.yaml").init
     assert recipe.lit == "kmeans"
     assert KMEANS_INIT == {"sharpness": recipe.lit_sharpness, "background": recipe.lit_background,
                            "background_fraction": recipe.lit_background_fraction}

@@ -1,43 +1,26 @@
-"""Issue 18, points 1-5 and 7: a folder of bad files next to good photos, names that are
-not UTF-8, very large and tiny images, failures retried, exit codes, damaged and busy
-feature files. CLI behaviour is checked in subprocesses."""
+"""`lit extract` on a folder of bad files beside good photos: every good photo kept, failures listed and retried, exit statuses, --max-pixels."""
 
 import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import warnings
 import zlib
 
-import h5py
 import numpy as np
 import pytest
 import torch
+from paths import PHOTOS
+from photo_folders import LATIN1
 from PIL import Image
 
 import lit
 from lit._image import (
     DEFAULT_MAX_PIXELS,
     ImageTooLargeError,
-    ImageTooSmallError,
-    decode_name,
-    display_name,
-    encode_name,
     load_image,
 )
-from lit.features import FeatureFileError, FeatureStore
-from lit.models import save_checkpoint
-from lit.pipeline import common_root, extract_to_file, image_names
-
-PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")
-LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # how Python sees a Latin-1 name on a UTF-8 system
-
-
-def run(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, errors="surrogateescape")
+from lit.features import FeatureStore
 
 
 def png_header(width, height):
@@ -46,13 +29,6 @@ def png_header(width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def ckpt(tmp_path, tiny_model):
-    path = tmp_path / "model.pt"
-    save_checkpoint(tiny_model, path)
-    return path
 
 
 @pytest.fixture
@@ -80,12 +56,14 @@ def bad_folder(tmp_path):
 
 
 GOOD = {"a.jpg", "b.jpg", "sub/c.jpg", "sub/d.jpg", "e.jpg", LATIN1}
+
+
 BAD = {"huge.png", "tiny.png", "truncated.jpg", "notes.jpg", "empty.jpg"}
 
 
-def test_folder_of_bad_files_keeps_every_good_photo_and_retries_the_fixed_one(tmp_path, bad_folder, ckpt):
+def test_folder_of_bad_files_keeps_every_good_photo_and_retries_the_fixed_one(tmp_path, bad_folder, ckpt, cli):
     feats = tmp_path / "out" / "feats.h5"  # the folder does not exist yet: created
-    proc = run("extract", bad_folder, bad_folder / "a.jpg", "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
+    proc = cli("extract", bad_folder, bad_folder / "a.jpg", "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert proc.returncode == 3, proc.stderr  # finished, some files skipped
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
     assert proc.stdout.startswith("extracted 6 images, skipped 0 already done, 5 failed")
@@ -110,49 +88,49 @@ def test_folder_of_bad_files_keeps_every_good_photo_and_retries_the_fixed_one(tm
     torch.testing.assert_close(latin.descriptors, ref.descriptors)
 
     shutil.copy(bad_folder / "b.jpg", bad_folder / "truncated.jpg")  # the user fixes one file
-    again = run("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet")
+    again = cli("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert again.returncode == 3 and "Traceback" not in again.stderr
     assert again.stdout.startswith("extracted 1 images, skipped 6 already done, 4 failed, 5 earlier failures retried")
     with FeatureStore(feats) as store:
         assert set(store.names) == GOOD | {"truncated.jpg"}
         assert set(store.failed) == BAD - {"truncated.jpg"}
-    kept = run("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", "--no-retry")
+    kept = cli("extract", bad_folder, "--out", feats, "--model", ckpt, "--device", "cpu", "--quiet", "--no-retry", ok=False)
     assert kept.returncode == 3 and "skipped: " not in kept.stderr
     assert "4 earlier failures not retried (--no-retry)" in kept.stdout
 
-    info = run("features", "info", feats, "--json")
+    info = cli("features", "info", feats, "--json", ok=False)
     assert info.returncode == 0, info.stderr
     data = json.loads(info.stdout)
     assert data["images"] == 7 and set(data["failed"]) == BAD - {"truncated.jpg"}
     assert data["root"] == str(bad_folder) and data["settings"]["features_num"] == 20
 
 
-def test_exit_status_every_file_failed_and_all_ok(tmp_path, bad_folder, ckpt):
+def test_exit_status_every_file_failed_and_all_ok(tmp_path, bad_folder, ckpt, cli):
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     for name in ("tiny.png", "notes.jpg"):
         shutil.copy(bad_folder / name, only_bad / name)
-    proc = run("extract", only_bad, "--out", tmp_path / "bad.h5", "--model", ckpt, "--device", "cpu", "--quiet")
+    proc = cli("extract", only_bad, "--out", tmp_path / "bad.h5", "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert proc.returncode == 4 and "2 of 2 images could not be extracted" in proc.stderr
-    good = run("extract", bad_folder / "a.jpg", bad_folder / "sub", "--out", tmp_path / "good.h5", "--model", ckpt,
-               "--device", "cpu", "--quiet")
+    good = cli("extract", bad_folder / "a.jpg", bad_folder / "sub", "--out", tmp_path / "good.h5", "--model", ckpt,
+               "--device", "cpu", "--quiet", ok=False)
     assert good.returncode == 0 and good.stderr == ""
     with FeatureStore(tmp_path / "good.h5") as store:  # several arguments: relative to their common folder
         assert sorted(store.names) == ["a.jpg", "sub/c.jpg", "sub/d.jpg"] and store.root == str(bad_folder)
     # adding a folder later: names stay relative to the file's root; another --root is refused
-    more = run("extract", bad_folder / "sub", bad_folder / "e.jpg", "--out", tmp_path / "good.h5", "--model", ckpt,
-               "--device", "cpu", "--quiet")
+    more = cli("extract", bad_folder / "sub", bad_folder / "e.jpg", "--out", tmp_path / "good.h5", "--model", ckpt,
+               "--device", "cpu", "--quiet", ok=False)
     assert more.returncode == 0 and more.stdout.startswith("extracted 1 images, skipped 2 already done")
     with FeatureStore(tmp_path / "good.h5") as store:
         assert sorted(store.names) == ["a.jpg", "e.jpg", "sub/c.jpg", "sub/d.jpg"]
-    other = run("extract", bad_folder / "sub", "--root", bad_folder / "sub", "--out", tmp_path / "good.h5",
-                "--model", ckpt, "--device", "cpu", "--quiet")
+    other = cli("extract", bad_folder / "sub", "--root", bad_folder / "sub", "--out", tmp_path / "good.h5",
+                "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
     assert other.returncode == 2 and "holds names relative to" in other.stderr
 
 
-def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt, tiny_model):
-    proc = run("extract", bad_folder / "a.jpg", "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu",
-               "--quiet", "--max-pixels", "1000")
+def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, ckpt, tiny_model, cli):
+    proc = cli("extract", bad_folder / "a.jpg", "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu",
+               "--quiet", "--max-pixels", "1000", ok=False)
     assert proc.returncode == 4 and "too large" in proc.stderr and "limit 0.0 MP" in proc.stderr
     # a JPEG over the limit is decoded at a power-of-two reduction when the network needs fewer pixels
     big = tmp_path / "big.jpg"
@@ -171,77 +149,3 @@ def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, 
         warnings.simplefilter("error")  # no DecompressionBombWarning: lit's own limit replaces PIL's
         with pytest.raises(lit.ImageReadError, match="12k.png: cannot decode image"):  # its pixel data is cut
             load_image(tmp_path / "12k.png", 96)
-
-
-def test_names_round_trip_helpers(tmp_path):
-    assert display_name(LATIN1) == "caf\\xe9.jpg" and display_name("été.jpg") == "été.jpg"
-    assert encode_name(LATIN1) == b"caf\xe9.jpg" and decode_name(b"caf\xe9.jpg") == LATIN1
-    json.dumps(display_name(LATIN1)).encode("utf-8")  # valid in JSON and CSV
-    d = tmp_path / "r"
-    (d / "x").mkdir(parents=True)
-    assert common_root([d]) == str(d) and common_root([d / "x", d / "y.jpg"]) == str(d)
-    assert image_names([d / "x" / "a.jpg"], d) == ["x/a.jpg"]
-    with pytest.raises(ValueError, match="not under the root folder"):
-        image_names([tmp_path / "a.jpg"], d)
-
-
-def test_minimum_image_size_and_scales(tiny_model):
-    assert tiny_model.min_image_size() == 16  # one 16-px cell at the largest scale, 1.0
-    with pytest.raises(ImageTooSmallError, match="too small"):
-        tiny_model.extract(torch.rand(3, 2, 2))
-    # 20 px: under one cell at 0.707 and 0.5, so only scale 1 is used
-    feats = tiny_model.extract(torch.rand(3, 20, 40))
-    assert set(feats.scales.tolist()) == {1.0}
-    assert tiny_model.usable_scales(40, 40) == (1.0, 0.707, 0.5) and tiny_model.usable_scales(20, 40) == (1.0,)
-    for bad in ([0], [-1.0], [], [float("nan")]):
-        with pytest.raises(ValueError, match="scales"):
-            tiny_model.extract(torch.rand(3, 64, 64), scales=bad)
-    with pytest.raises(ValueError, match="empty"):
-        tiny_model.extract(torch.rand(3, 0, 0))
-    with pytest.raises(ValueError, match="scales"):
-        tiny_model.superfeatures(torch.rand(3, 64, 64), scale=0.0)
-
-
-def test_image_tensor_values_are_checked(tiny_model):
-    with pytest.raises(ValueError, match=r"0\.\.255\? divide by 255"):
-        tiny_model.extract(torch.rand(3, 32, 32) * 255)
-    x = torch.rand(3, 32, 32)
-    x[0, 3, 3] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        tiny_model.extract(x)
-    with pytest.raises(ValueError, match="normalised"):
-        tiny_model.extract(torch.rand(3, 32, 32) - 0.5)
-
-
-def test_damaged_descriptors_are_refused_with_the_file_name(tmp_path, tiny_model):
-    paths = []
-    for i in range(2):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(paths[-1])
-    out = tmp_path / "f.h5"
-    extract_to_file(tiny_model, paths, out, progress=False)
-    with h5py.File(out, "a") as h:  # the file overwritten with 0x7F bytes: ~3.4e38, finite
-        d = h["descriptors"]
-        d[:5] = np.frombuffer(b"\x7f" * (5 * d.shape[1] * 4), np.float32).reshape(5, -1)
-    with FeatureStore(out) as store:
-        with pytest.raises(FeatureFileError, match=r"f\.h5: damaged feature file \(descriptors: values up to 3\.4e\+38"):
-            store.all_descriptors()
-        with pytest.raises(FeatureFileError, match="descriptors of 0.png"):
-            store[0]
-        store[1]  # the other image is fine
-    proc = run("features", "merge", out, out, "--out", tmp_path / "m.h5")
-    assert proc.returncode == 2 and "damaged feature file" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "m.h5").exists()
-
-
-def test_feature_file_in_use_and_missing_folder(tmp_path, tiny_model, ckpt):
-    img = tmp_path / "a.png"
-    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(img)
-    out = tmp_path / "f.h5"
-    extract_to_file(tiny_model, [img], out, progress=False)
-    with h5py.File(out, "a"):  # another process is writing it
-        proc = run("extract", img, "--out", out, "--model", ckpt, "--device", "cpu", "--quiet")
-    assert proc.returncode == 2
-    assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
-    with pytest.raises(FeatureFileError, match="does not exist"):
-        FeatureStore(tmp_path / "nowhere" / "x.h5", "a", descriptor_dim=16)

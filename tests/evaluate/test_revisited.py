@@ -1,24 +1,22 @@
-"""The Revisited Oxford/Paris protocol, the classic protocol, Recall@k, and safe gnd loading."""
+"""lit.evaluate.revisited: the Revisited Oxford/Paris protocol, the classic protocol and safe ground-truth loading."""
 
 import os
 import pickle
-import shutil
-import warnings
 
 import numpy as np
 import pytest
+from paths import GND_DIR
+from pickle_payloads import ExecPayload, PartialPayload, SystemPayload
 
-from lit._pickle import UnsafePickleError, restricted_load, restricted_loads
+from lit._pickle import UnsafePickleError
 from lit.evaluate import (
     classic_map,
     compute_ap,
     format_table,
     load_ground_truth,
-    recall_at_k,
     revisited_map,
 )
 
-GND_DIR = os.path.join(os.path.dirname(__file__), "data", "revisited-gnd")
 KAPPAS = (1, 5, 10)
 
 
@@ -253,41 +251,6 @@ def test_format_table_reports_percentages():
         format_table({"x": 1})
 
 
-# --------------------------------------------------------------------------- recall@k
-def brute_force_recall(nbrs, qlab, dblab, k):
-    hits = 0
-    for q in range(len(qlab)):
-        if any(n >= 0 and dblab[n] == qlab[q] for n in nbrs[q][:k]):
-            hits += 1
-    return hits / len(qlab)
-
-
-def test_recall_at_k_matches_brute_force():
-    rng = np.random.default_rng(1)
-    n_q, n_db, k_max = 40, 200, 30
-    dblab = rng.integers(0, 25, n_db)
-    qlab = rng.integers(0, 30, n_q)  # some labels absent from the database
-    nbrs = np.stack([rng.permutation(n_db)[:k_max] for _ in range(n_q)])
-    nbrs[::7, -5:] = -1  # padding
-    ks = (1, 2, 5, 10, 30)
-    rec = recall_at_k(nbrs, qlab, dblab, ks=ks)
-    assert set(rec) == set(ks)
-    for k in ks:
-        assert rec[k] == pytest.approx(brute_force_recall(nbrs, qlab, dblab, k))
-    assert all(rec[a] <= rec[b] for a, b in zip(ks[:-1], ks[1:], strict=True))
-
-
-def test_recall_at_k_with_string_labels_and_too_large_k():
-    nbrs = np.array([[1, 0], [2, 1]])
-    with pytest.warns(UserWarning, match="lower bound"):
-        rec = recall_at_k(nbrs, ["a", "b"], ["a", "c", "b"], ks=(1, 2, 100))
-    assert rec == {1: 0.5, 2: 1.0, 100: 1.0}
-    with pytest.raises(ValueError):
-        recall_at_k(nbrs, ["a"], ["a", "c", "b"])
-    with pytest.raises(ValueError):
-        recall_at_k(np.array([[5]]), [0], [0])
-
-
 # --------------------------------------------------------------------------- ground-truth files
 @pytest.mark.parametrize("name,n_images", [("roxford5k", 4993), ("rparis6k", 6322)])
 def test_real_ground_truth_files_load(name, n_images):
@@ -323,34 +286,9 @@ def test_load_ground_truth_reports_missing_keys(tmp_path):
         load_ground_truth(bad)
 
 
-# --------------------------------------------------------------------------- restricted unpickler
-class _SystemPayload:
-    def __init__(self, marker):
-        self.marker = str(marker)
+# --------------------------------------------------------------------------- ground truth that would run code
 
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
-
-
-class _ExecPayload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
-
-
-class _PartialPayload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import functools
-
-        return (functools.partial(shutil.copyfile, __file__, self.marker), ())
-
-
-@pytest.mark.parametrize("payload", [_SystemPayload, _ExecPayload, _PartialPayload])
+@pytest.mark.parametrize("payload", [SystemPayload, ExecPayload, PartialPayload])
 def test_malicious_ground_truth_is_refused_without_running_code(tmp_path, payload):
     marker = tmp_path / "pwned"
     evil = {"imlist": ["a"], "qimlist": ["q"],
@@ -361,51 +299,3 @@ def test_malicious_ground_truth_is_refused_without_running_code(tmp_path, payloa
         load_ground_truth(path)
     assert not marker.exists()
     assert isinstance(UnsafePickleError("x"), ValueError)
-
-
-def test_malicious_payload_would_really_run_with_plain_pickle(tmp_path):
-    # sanity check of the payloads above: an unrestricted load does create the marker
-    marker = tmp_path / "pwned"
-    pickle.loads(pickle.dumps(_ExecPayload(marker)))
-    assert marker.exists()
-
-
-def test_restricted_unpickler_reads_data_of_every_protocol():
-    import collections
-
-    obj = {"arr": np.arange(6, dtype=np.float32).reshape(2, 3), "s": {1, 2}, "f": frozenset("ab"),
-           "o": collections.OrderedDict(a=1), "c": 1 + 2j, "b": b"\x00\xff", "n": None,
-           "scalar": np.int64(7), "t": (1.5, "x", True), "rec": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")])}
-    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
-        out = restricted_loads(pickle.dumps(obj, protocol=protocol))
-        np.testing.assert_array_equal(out["arr"], obj["arr"])
-        assert out["arr"].dtype == np.float32
-        assert out["s"] == {1, 2} and out["f"] == frozenset("ab") and out["o"] == obj["o"]
-        assert out["b"] == b"\x00\xff" and out["scalar"] == 7 and out["t"] == obj["t"]
-        assert out["rec"].dtype == obj["rec"].dtype
-
-
-def test_python2_strings_are_decoded_as_latin1(tmp_path):
-    # protocol 2, a Python 2 ``str`` (SHORT_BINSTRING) and a ``__builtin__.set``
-    data = b"\x80\x02}q\x00(U\x04name\x71\x01U\x04caf\xe9q\x02U\x01s" \
-           b"c__builtin__\nset\nq\x03]q\x04K\x01a\x85q\x05Rq\x06u."
-    path = tmp_path / "py2.pkl"
-    path.write_bytes(data)
-    assert restricted_load(path) == {"name": "caf\xe9", "s": {1}}
-    with open(path, "rb") as f:
-        assert restricted_load(f)["s"] == {1}
-
-
-def test_restricted_unpickler_refuses_other_globals_and_codecs():
-    with pytest.raises(UnsafePickleError, match="subprocess.Popen"):
-        restricted_loads(b"csubprocess\nPopen\n.")
-    with pytest.raises(UnsafePickleError, match="builtins.eval"):
-        restricted_loads(pickle.dumps(eval))
-    # _codecs.encode is only allowed with text codecs (what protocol-2 bytes need)
-    with pytest.raises(UnsafePickleError, match="codec"):
-        restricted_loads(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R.")
-    with pytest.raises(ValueError, match="not a readable pickle"):
-        restricted_loads(pickle.dumps([1, 2, 3])[:-3])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no numpy.core deprecation warning either
-        restricted_loads(pickle.dumps(np.arange(3), protocol=2))

@@ -7,24 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from photo_folders import landmark_view, texture
 from PIL import Image
 
 from lit.models import save_checkpoint
-
-
-def _texture(rng, size=(96, 72)):
-    small = rng.random((6, 8, 3))
-    img = Image.fromarray((small * 255).astype(np.uint8)).resize(size, Image.BICUBIC)
-    return np.asarray(img)
-
-
-def _view(base, rng):
-    """Another 'photo' of the same landmark: shifted crop plus noise."""
-    h, w, _ = base.shape
-    dx, dy = rng.integers(0, 8, 2)
-    crop = base[dy:h - 8 + dy, dx:w - 8 + dx].astype(np.float64)
-    crop = crop + rng.normal(0, 6, crop.shape)
-    return Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((w, h))
 
 
 @pytest.fixture
@@ -33,18 +19,18 @@ def tiny_world(tmp_path, tiny_model):
     root = tmp_path / "data"
     jpg = root / "tinyox" / "jpg"
     jpg.mkdir(parents=True)
-    bases = [_texture(rng) for _ in range(3)]
+    bases = [texture(rng) for _ in range(3)]
     imlist, labels = [], []
     for li, base in enumerate(bases):
         for k in range(4):
             name = f"land{li}_{k}"
-            _view(base, rng).save(jpg / f"{name}.jpg", quality=95)
+            landmark_view(base, rng).save(jpg / f"{name}.jpg", quality=95)
             imlist.append(name)
             labels.append(li)
     qimlist, gnd = [], []
     for li, base in enumerate(bases):
         name = f"query{li}"
-        _view(base, rng).save(jpg / f"{name}.jpg", quality=95)
+        landmark_view(base, rng).save(jpg / f"{name}.jpg", quality=95)
         qimlist.append(name)
         same = [i for i, lab in enumerate(labels) if lab == li]
         gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": same[:2], "hard": same[2:3], "junk": same[3:]})
@@ -56,7 +42,7 @@ def tiny_world(tmp_path, tiny_model):
     for cid in cids:
         path = sfm / "ims" / cid[-2:] / cid[-4:-2] / cid[-6:-4] / cid
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_texture(rng)).save(path, format="JPEG")
+        Image.fromarray(texture(rng)).save(path, format="JPEG")
     db = {split: {"cids": cids, "cluster": [0, 0, 1, 1, 2, 2], "qidxs": [0, 2], "pidxs": [1, 3]} for split in ("train", "val")}
     with open(sfm / "retrieval-SfM-120k.pkl", "wb") as f:
         pickle.dump(db, f)
@@ -65,7 +51,7 @@ def tiny_world(tmp_path, tiny_model):
     r1m.mkdir(parents=True)
     names = []
     for i in range(4):
-        Image.fromarray(_texture(rng)).save(r1m / f"d{i}.jpg")
+        Image.fromarray(texture(rng)).save(r1m / f"d{i}.jpg")
         names.append(f"00/d{i}.jpg")
     (root / "revisitop1m" / "revisitop1m.txt").write_text("\n".join(names) + "\n")
     ckpt = tmp_path / "model.pt"
@@ -73,18 +59,12 @@ def tiny_world(tmp_path, tiny_model):
     return root, ckpt
 
 
-def _run(*args):
-    proc = subprocess.run([sys.executable, "-m", "lit", "evaluate", *map(str, args)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def test_benchmark_runs_end_to_end_and_caches(tiny_world, tmp_path):
+def test_benchmark_runs_end_to_end_and_caches(tiny_world, tmp_path, cli):
     root, ckpt = tiny_world
     out = tmp_path / "res.json"
     common = ["--dataset", "tinyox", "--data-root", root, "--model", ckpt, "--device", "cpu",
               "--codebook-size", "16", "--workers", "0", "--quiet"]
-    proc = _run(*common, "--sfm-root", root, "--codebook-images", "6", "--json", out)
+    proc = cli("evaluate", *common, "--sfm-root", root, "--codebook-images", "6", "--json", out)
     assert "Medium" in proc.stdout and "tinyox" in proc.stdout
     res = json.loads(out.read_text())
     for protocol in ("easy", "medium", "hard"):
@@ -96,21 +76,20 @@ def test_benchmark_runs_end_to_end_and_caches(tiny_world, tmp_path):
     assert len(list(cache.glob("tinyox-db-*.h5"))) == 1 and len(list(cache.glob("codebook-*.npy"))) == 1
     # the rerun reuses everything: the same numbers
     out2 = tmp_path / "res2.json"
-    _run(*common, "--sfm-root", root, "--codebook-images", "6", "--json", out2)
+    cli("evaluate", *common, "--sfm-root", root, "--codebook-images", "6", "--json", out2)
     assert json.loads(out2.read_text())["results"] == res["results"]
     # +distractors: 4 more images, ranks mapped back so the dataset's gnd still applies
     out3 = tmp_path / "res3.json"
-    proc = _run(*common, "--sfm-root", root, "--codebook-images", "6", "--distractors", "r1m", "--json", out3)
+    proc = cli("evaluate", *common, "--sfm-root", root, "--codebook-images", "6", "--distractors", "r1m", "--json", out3)
     res3 = json.loads(out3.read_text())
     assert res3["distractors"] == 4 and "tinyox+1M" in proc.stdout
     assert res3["results"]["medium"]["map"] <= res["results"]["medium"]["map"] + 1e-9
 
 
-def test_benchmark_reports_missing_images(tiny_world):
+def test_benchmark_reports_missing_images(tiny_world, cli):
     root, ckpt = tiny_world
     (root / "tinyox" / "jpg" / "land0_0.jpg").unlink()
-    proc = subprocess.run([sys.executable, "-m", "lit", "evaluate", "--dataset", "tinyox", "--data-root", str(root),
-                           "--model", str(ckpt), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    proc = cli("evaluate", "--dataset", "tinyox", "--data-root", root, "--model", ckpt, "--device", "cpu", ok=False)
     assert proc.returncode == 2
     assert "missing" in proc.stderr and "land0_0.jpg" in proc.stderr and "Traceback" not in proc.stderr
 

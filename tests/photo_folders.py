@@ -1,0 +1,38 @@
+"""Folders of small random photos (PNG, noise), for tests that extract features from files."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def random_photos(folder, n, size=(64, 48), name="p{i:02d}.png"):
+    """``n`` noise photos of ``size`` (width, height) in ``folder`` (created), named
+    ``name.format(i=i)``, from one fixed seed; returns their paths in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / name.format(i=i)
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # how Python sees a file name in Latin-1 (not UTF-8) on a UTF-8 system
+
+
+def texture(rng, size=(96, 72)):
+    """A smooth random colour texture of ``size`` (width, height): a 'landmark' (H x W x 3 uint8)."""
+    small = rng.random((6, 8, 3))
+    img = Image.fromarray((small * 255).astype(np.uint8)).resize(size, Image.BICUBIC)
+    return np.asarray(img)
+
+
+def landmark_view(base, rng):
+    """Another 'photo' of the landmark ``base``: shifted crop plus noise."""
+    h, w, _ = base.shape
+    dx, dy = rng.integers(0, 8, 2)
+    crop = base[dy:h - 8 + dy, dx:w - 8 + dx].astype(np.float64)
+    crop = crop + rng.normal(0, 6, crop.shape)
+    return Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((w, h))
