@@ -52,18 +52,27 @@ text search and the benchmarks go through :class:`FeatureStore` and
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import json
+import logging
 import os
+import sys
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
 import torch
 
+from ._hdf5 import checked, describe, open_file, translating, write_errno
 from ._image import decode_name, display_name, encode_name
 from .distributed import find_shards
-from .errors import FeatureFileError, UsageError
+from .errors import FeatureFileError, StorageError, UsageError
 from .types import LocalFeatures
+
+log = logging.getLogger(__name__)
 
 FORMAT = "lit-features"
 VERSION = 1
@@ -79,6 +88,10 @@ STREAM_ROWS = 1 << 20
 #: (bytes overwritten: 0x7F7F7F7F is 3.4e38) would overflow the squared distances of
 #: k-means and ASMK.
 MAX_DESCRIPTOR_ABS = 1e4
+#: Bytes kept free beyond an image's own data before it is appended (HDF5 metadata, a
+#: new chunk of each dataset): below that, the run stops with "disk full" before writing.
+SPACE_MARGIN = 4 << 20
+_ADVICE = "extract it again (or restore a copy)"
 
 __all__ = [
     "FeatureCollection", "FeatureFileError", "FeatureStore", "GLOBAL_GROUP", "MAX_DESCRIPTOR_ABS", "STREAM_ROWS",
@@ -87,29 +100,43 @@ __all__ = [
 
 
 def _open_h5(path: str, mode: str) -> h5py.File:
-    """``h5py.File`` with one-line errors that say what is wrong."""
+    """``h5py.File`` with one-line errors that say what is wrong (:func:`lit._hdf5.open_file`)."""
     shown = display_name(path)
     folder = os.path.dirname(os.path.abspath(path))
     if mode != "r" and not os.path.isdir(folder):
         raise FeatureFileError(f"{shown}: the folder {display_name(folder)} does not exist")
-    if os.path.isdir(path):
-        raise FeatureFileError(f"{shown}: a folder, not a feature file")
-    try:
-        return h5py.File(path, mode)
-    except OSError as err:
-        text = str(err)
-        if "lock" in text.lower() or getattr(err, "errno", None) == 11:
-            raise FeatureFileError(
-                f"{shown}: in use by another process (another `lit extract` writing it?); "
-                "wait for it to finish or use another file"
-            ) from None
-        if "permission" in text.lower() or getattr(err, "errno", None) == 13:
-            raise FeatureFileError(f"{shown}: permission denied") from None
-        raise FeatureFileError(f"{shown}: not a readable HDF5 feature file ({text})") from None
+    return open_file(path, mode, FeatureFileError, "feature file", libver=None)
+
+
+def _reads(method):
+    """Read through :func:`lit._hdf5.translating`: HDF5 errors of a damaged file become one
+    :class:`FeatureFileError` naming it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with translating(self.path, FeatureFileError, "feature file", _ADVICE):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _raw_bytes(value) -> bytes:
     return value.tobytes() if isinstance(value, np.ndarray) else bytes(value)
+
+
+def _bad_rows(values: np.ndarray) -> str:
+    """What is wrong with descriptor rows (non-finite, beyond :data:`MAX_DESCRIPTOR_ABS`,
+    all zero: a write that failed), ``""`` when nothing."""
+    if not values.size:
+        return ""
+    peak = np.abs(values).max(axis=1)
+    if np.isfinite(peak).all() and peak.max() <= MAX_DESCRIPTOR_ABS and peak.min() > 0:
+        return ""
+    if not np.isfinite(peak).all():
+        return f"{int((~np.isfinite(values)).sum())} non-finite values"
+    if peak.max() > MAX_DESCRIPTOR_ABS:
+        return f"values up to {float(peak.max()):.3g}, beyond ±{MAX_DESCRIPTOR_ABS:g}"
+    return f"{int((peak == 0).sum())} all-zero rows"
 
 
 class FeatureStore:
@@ -138,21 +165,36 @@ class FeatureStore:
             raise UsageError(f"mode must be 'r' or 'a', got {mode!r}")
         if mode == "r" and not os.path.isfile(self.path):
             raise FeatureFileError(f"{shown}: no such feature file")
+        self._names: list[str] | None = None
+        self._lookup: dict[str, int] | None = None
+        self._checked = False
+        self._broken: str | None = None  # why appending stopped (a failed write)
         self.h5 = _open_h5(self.path, mode)
+        try:
+            with translating(self.path, FeatureFileError, "feature file", _ADVICE):
+                self._setup(mode, descriptor_dim, fingerprint, half, root, settings)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, mode: str, descriptor_dim, fingerprint, half, root, settings) -> None:
+        shown = display_name(self.path)
         if "format" not in self.h5.attrs:
             if mode == "r" or len(self.h5.keys()):
-                self.h5.close()
-                raise FeatureFileError(f"{shown}: not a lit feature file (no 'format' attribute)")
+                kind = "an index file (from `lit index`), not a feature file" if "type" in self.h5.attrs else \
+                    "not a lit feature file (no 'format' attribute)"
+                raise FeatureFileError(f"{shown}: {kind}")
             if descriptor_dim is None:
-                self.h5.close()
                 raise UsageError("descriptor_dim is needed to create a feature file")
             self._create(int(descriptor_dim), fingerprint or "", half, root, settings)
         fmt, ver = self.h5.attrs.get("format"), int(self.h5.attrs.get("version", -1))
         if fmt != FORMAT or ver != VERSION:
-            self.h5.close()
             raise FeatureFileError(f"{shown}: format {fmt!r} version {ver}, expected {FORMAT!r} version {VERSION}")
+        for key in ("num_images", "num_features", "descriptor_dim", "fingerprint"):
+            if key not in self.h5.attrs:
+                raise FeatureFileError(f"{shown}: damaged feature file (no {key!r} attribute): {_ADVICE}")
+        self._check_header(mode)
         if mode == "a" and fingerprint is not None and self.h5.attrs["fingerprint"] != fingerprint:
-            self.h5.close()
             raise FeatureFileError(
                 f"{shown} was written by another model or with other extraction settings "
                 "(scales, features, image size, --amp or --half: fingerprint differs): use another output file"
@@ -167,9 +209,8 @@ class FeatureStore:
             for j, s in enumerate(self.h5["failed"][:]):
                 s = s.decode() if isinstance(s, bytes) else s
                 ds[j] = np.frombuffer(encode_name(s.partition("\t")[0]), np.uint8)
-        self._names: list[str] | None = None
-        self._lookup: dict[str, int] | None = None
-        self._checked = False
+        if mode == "a":
+            self._check_committed()
 
     def _create(self, dim: int, fingerprint: str, half: bool, root, settings) -> None:
         h = self.h5
@@ -179,20 +220,24 @@ class FeatureStore:
             h.attrs["root"] = encode_name(os.path.abspath(os.fspath(root)))  # read back as str by h5py
         if settings is not None:
             h.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        h.attrs["header_crc"] = self._header_crc()
+        h.create_dataset("commit", **checked(np.zeros(2, np.int64), chunks=(2,)))
         cap = 1024
         h.create_dataset("names", (0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
         h.create_dataset("names_raw", (0,), maxshape=(None,), dtype=_RAW, chunks=(1024,))
-        h.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,))
-        h.create_dataset("descriptors", (cap, dim), maxshape=(None, dim), dtype=np.float16 if half else np.float32, chunks=(1024, dim))
-        h.create_dataset("strengths", (cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
-        h.create_dataset("scales", (cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
-        h.create_dataset("superfeature_ids", (cap,), maxshape=(None,), dtype=np.int16, chunks=(4096,))
-        h.create_dataset("positions", (cap, 2), maxshape=(None, 2), dtype=np.float32, chunks=(4096, 2))
+        h.create_dataset("offsets", **checked(np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,)))
+        h.create_dataset("descriptors", **checked(shape=(cap, dim), maxshape=(None, dim),
+                                                  dtype=np.float16 if half else np.float32, chunks=(1024, dim)))
+        h.create_dataset("strengths", **checked(shape=(cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,)))
+        h.create_dataset("scales", **checked(shape=(cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,)))
+        h.create_dataset("superfeature_ids", **checked(shape=(cap,), maxshape=(None,), dtype=np.int16, chunks=(4096,)))
+        h.create_dataset("positions", **checked(shape=(cap, 2), maxshape=(None, 2), dtype=np.float32, chunks=(4096, 2)))
         h.create_dataset("failed", (0,), maxshape=(None,), dtype=_STR, chunks=(256,))
         h.create_dataset("failed_raw", (0,), maxshape=(None,), dtype=_RAW, chunks=(256,))
         h.flush()
 
     # ------------------------------------------------------------------ reading
+    @_reads
     def __len__(self) -> int:
         return int(self.h5.attrs["num_images"])
 
@@ -200,18 +245,22 @@ class FeatureStore:
         return f"FeatureStore({display_name(self.path)!r}, {len(self)} images, {self.num_features} features)"
 
     @property
+    @_reads
     def num_features(self) -> int:
         return int(self.h5.attrs["num_features"])
 
     @property
+    @_reads
     def fingerprint(self) -> str:
         return str(self.h5.attrs["fingerprint"])
 
     @property
+    @_reads
     def descriptor_dim(self) -> int:
         return int(self.h5.attrs["descriptor_dim"])
 
     @property
+    @_reads
     def root(self) -> str | None:
         """The absolute folder the names are relative to (``None`` in older files)."""
         for key in ("root", "image_root"):  # image_root: files of an early lit
@@ -222,12 +271,14 @@ class FeatureStore:
         return None
 
     @property
+    @_reads
     def settings(self) -> dict:
         """Extraction settings (scales, features_num, image_size); ``{}`` in older files."""
         value = self.h5.attrs.get("settings")
         return json.loads(value) if value is not None else {}
 
     @property
+    @_reads
     def half(self) -> bool:
         return self.h5["descriptors"].dtype == np.float16
 
@@ -240,17 +291,32 @@ class FeatureStore:
         return [s.decode() if isinstance(s, bytes) else s for s in self.h5["names"][: len(self)]]
 
     @property
+    @_reads
     def names(self) -> list[str]:
-        """Stored image names (``str``; exact bytes kept, see the module docstring)."""
+        """Stored image names (``str``; exact bytes kept, see the module docstring).
+
+        Raises:
+            FeatureFileError: the two copies of the names disagree (a damaged file).
+        """
         if self._names is None:
             n = len(self)
+            shown = self._display_names()
+            if len(shown) != n:
+                raise FeatureFileError(f"{display_name(self.path)}: feature file damaged ({len(shown)} names for "
+                                       f"{n} images): {_ADVICE}")
             if "names_raw" in self.h5 and self.h5["names_raw"].shape[0] >= n:
-                self._names = [decode_name(_raw_bytes(r)) for r in self.h5["names_raw"][:n]]
+                names = [decode_name(_raw_bytes(r)) for r in self.h5["names_raw"][:n]]
+                bad = next((i for i, (a, b) in enumerate(zip(names, shown, strict=True)) if display_name(a) != b), None)
+                if bad is not None:
+                    raise FeatureFileError(f"{display_name(self.path)}: feature file damaged (the name of image {bad} "
+                                           f"differs between its two copies): {_ADVICE}")
+                self._names = names
             else:
-                self._names = self._display_names()
+                self._names = shown
         return self._names
 
     @property
+    @_reads
     def failed(self) -> dict[str, str]:
         """``name -> error`` of the images that could not be read (and not extracted since)."""
         rows = self.h5["failed"][:]
@@ -271,15 +337,14 @@ class FeatureStore:
             raise KeyError(f"{display_name(name)!r} is not in {display_name(self.path)}") from None
 
     def _check(self, values: np.ndarray, what: str) -> np.ndarray:
-        if values.size and not (np.isfinite(values).all() and np.abs(values).max() <= MAX_DESCRIPTOR_ABS):
-            bad = ~np.isfinite(values)
-            detail = (f"{int(bad.sum())} non-finite values" if bad.any()
-                      else f"values up to {float(np.abs(values).max()):.3g}, beyond ±{MAX_DESCRIPTOR_ABS:g}")
+        detail = _bad_rows(values)
+        if detail:
             raise FeatureFileError(
                 f"{display_name(self.path)}: damaged feature file ({what}: {detail}); extract it again"
             )
         return values
 
+    @_reads
     def _check_offsets(self) -> np.ndarray:
         n, m = len(self), self.num_features
         offsets = self.h5["offsets"][: n + 1]
@@ -294,6 +359,10 @@ class FeatureStore:
         if not -n <= i < n:
             raise IndexError(f"image index {i} out of range for {n} images")
         i %= n
+        with translating(self.path, FeatureFileError, "feature file", _ADVICE):
+            return self._read_image(i)
+
+    def _read_image(self, i: int) -> LocalFeatures:
         a, b = (int(v) for v in self.h5["offsets"][i:i + 2])
         if not 0 <= a <= b <= self.num_features:
             raise FeatureFileError(f"{display_name(self.path)}: damaged feature file (offsets of image {i})")
@@ -306,6 +375,7 @@ class FeatureStore:
             positions=torch.from_numpy(self.h5["positions"][a:b]),
         )
 
+    @_reads
     def all_descriptors(self) -> tuple[np.ndarray, np.ndarray]:
         """All committed descriptors with the image index of each row: ``(M, d)``, ``(M,)``.
 
@@ -320,10 +390,12 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ global embeddings
     @property
+    @_reads
     def towers(self) -> list[str]:
         """Image towers whose global embeddings the file holds (text search)."""
         return sorted(self.h5[GLOBAL_GROUP]) if GLOBAL_GROUP in self.h5 else []
 
+    @_reads
     def embeddings(self, tower: str | None = None) -> tuple[str, np.ndarray, np.ndarray]:
         """``(tower, embeddings (n, D) float32, valid (n,) bool)``, row i for image i.
 
@@ -384,32 +456,147 @@ class FeatureStore:
             ds.resize(max(rows, 2 * ds.shape[0]), axis=0)
 
     def append(self, name: str, feats: LocalFeatures) -> None:
-        """Add one image's features and commit (flush)."""
-        h, n, m = self.h5, len(self), int(self.h5.attrs["num_features"])
+        """Add one image's features and commit it.
+
+        The image counts (``num_images``) only once its rows are written and flushed
+        without error, so a failed write never leaves a partial image in the file.
+
+        Raises:
+            StorageError: too little free space for the image (nothing written), or the
+                write failed (disk full, I/O error); the images committed before stay,
+                and the store takes no more (rerun to continue).
+            UsageError: wrong descriptor dimension, or descriptors that are not finite.
+        """
+        if self._broken:
+            raise StorageError(self._broken)
+        h, n, m = self.h5, len(self), self.num_features
         k = len(feats)
-        if feats.descriptors.shape[1:] != (h.attrs["descriptor_dim"],):
-            raise UsageError(f"descriptor dim {tuple(feats.descriptors.shape[1:])} != file's {h.attrs['descriptor_dim']}")
-        for ds in ("descriptors", "strengths", "scales", "superfeature_ids", "positions"):
-            self._ensure(ds, m + k)
-        self._ensure("names", n + 1)
-        self._ensure("names_raw", n + 1)
-        self._ensure("offsets", n + 2)
-        h["descriptors"][m:m + k] = feats.descriptors.numpy()
-        h["strengths"][m:m + k] = feats.strengths.numpy()
-        h["scales"][m:m + k] = feats.scales.numpy()
-        h["superfeature_ids"][m:m + k] = feats.superfeature_ids.numpy().astype(np.int16)
-        pos = feats.positions if feats.positions is not None and len(feats.positions) == k else torch.full((k, 2), float("nan"))
-        h["positions"][m:m + k] = pos.numpy()
-        h["names"][n] = display_name(name)
-        h["names_raw"][n] = np.frombuffer(encode_name(name), np.uint8)
-        h["offsets"][n + 1] = m + k
-        h.attrs["num_features"] = m + k
-        h.attrs["num_images"] = n + 1  # commit point
-        h.flush()
+        if feats.descriptors.shape[1:] != (self.descriptor_dim,):
+            raise UsageError(f"descriptor dim {tuple(feats.descriptors.shape[1:])} != file's {self.descriptor_dim}")
+        desc = feats.descriptors.detach().cpu().numpy()
+        if not np.isfinite(desc).all():
+            raise UsageError(f"{display_name(name)}: descriptors that are not finite (NaN or inf); not stored")
+        self._check_space(k)
+        try:
+            for ds in ("descriptors", "strengths", "scales", "superfeature_ids", "positions"):
+                self._ensure(ds, m + k)
+            self._ensure("names", n + 1)
+            self._ensure("names_raw", n + 1)
+            self._ensure("offsets", n + 2)
+            h["descriptors"][m:m + k] = desc
+            h["strengths"][m:m + k] = feats.strengths.numpy()
+            h["scales"][m:m + k] = feats.scales.numpy()
+            h["superfeature_ids"][m:m + k] = feats.superfeature_ids.numpy().astype(np.int16)
+            pos = feats.positions if feats.positions is not None and len(feats.positions) == k else torch.full((k, 2), float("nan"))
+            h["positions"][m:m + k] = pos.numpy()
+            h["names"][n] = display_name(name)
+            h["names_raw"][n] = np.frombuffer(encode_name(name), np.uint8)
+            h["offsets"][n + 1] = m + k
+            h.flush()  # the image's data on disk, without error, before it counts
+            self._commit(n + 1, m + k)  # commit point
+            h.flush()
+        except (OSError, RuntimeError) as err:
+            self._fail(err, n)
         if self._names is not None:
             self._names.append(name)
         if self._lookup is not None:
             self._lookup.setdefault(name, n)
+
+    def _commit(self, n: int, m: int) -> None:
+        """Set the committed counts (attributes, and their checksummed copy ``commit``)."""
+        self.h5.attrs["num_features"] = m
+        self.h5.attrs["num_images"] = n
+        if "commit" in self.h5:
+            self.h5["commit"][:] = (n, m)
+
+    def _header_crc(self) -> int:
+        """CRC32 of the attributes that say what the file holds (a flipped byte in them is
+        detected, not read as another model or root)."""
+        a = self.h5.attrs
+        keys = ("format", "version", "fingerprint", "descriptor_dim", "root", "settings")
+        text = json.dumps([_raw_bytes(a[k]).hex() if isinstance(a.get(k), (bytes, np.ndarray)) else str(a.get(k))
+                           for k in keys])
+        return zlib.crc32(text.encode())
+
+    def _check_header(self, mode: str) -> None:
+        """The header CRC and the committed counts agree with their copies (files written
+        since they exist); in append mode, counts left unequal by a kill during a commit
+        fall back to the smaller, consistent pair."""
+        shown = display_name(self.path)
+        if "header_crc" in self.h5.attrs and int(self.h5.attrs["header_crc"]) != self._header_crc():
+            raise FeatureFileError(f"{shown}: feature file damaged (its header attributes fail their checksum): "
+                                   f"{_ADVICE}")
+        if "commit" not in self.h5:
+            return
+        pair = tuple(int(v) for v in self.h5["commit"][:2])
+        attrs = (len(self), self.num_features)
+        if pair == attrs:
+            return
+        offsets = self.h5["offsets"]
+        fits = [p for p in (pair, attrs) if 0 <= p[0] < offsets.shape[0] and int(offsets[p[0]]) == p[1]]
+        if mode == "a" and fits:
+            n, m = min(fits)
+            log.warning(f"{shown}: the image count was being written when the writer stopped; {n} images kept")
+            self._commit(n, m)
+            self.h5.flush()
+            return
+        raise FeatureFileError(f"{shown}: feature file damaged (its image counts {attrs[0]} and {pair[0]} disagree): "
+                               f"{_ADVICE}")
+
+    def _check_space(self, rows: int) -> None:
+        """Refuse (before writing) an image whose rows and a margin do not fit on the disk."""
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
+            return
+        item = self.h5["descriptors"].dtype.itemsize
+        need = rows * (self.descriptor_dim * item + 4 + 4 + 2 + 8) + SPACE_MARGIN + 1024 * self.descriptor_dim * item
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise StorageError(f"disk full while writing {display_name(self.path)} ({free / 1e6:.1f} MB free): "
+                               f"{len(self)} images kept, free some space and rerun to continue")
+
+    def _fail(self, err: BaseException, n: int) -> None:
+        """A write failed: stop taking images, close what can be closed quietly, raise one line."""
+        reason = describe(err) if write_errno(err) is not None else f"write failed ({describe(err)})"
+        self._broken = (f"{reason} while writing {display_name(self.path)}: {n} images kept, "
+                        "rerun to continue (after freeing space)")
+        self.close()
+        raise StorageError(self._broken) from None
+
+    def _check_committed(self) -> None:
+        """Before appending: drop committed images whose descriptors are damaged (all-zero or
+        non-finite rows, unreadable chunks: a write that failed, by a lit before the commit
+        rule or under a disk full), from the first such image on; they are extracted again.
+        Rows checked once are not read again (attribute ``checked_features``)."""
+        n, m = len(self), self.num_features
+        start = int(self.h5.attrs.get("checked_features", 0))
+        if start >= m or n == 0:
+            return
+        offsets = self._check_offsets()
+        ds = self.h5["descriptors"]
+        bad_row, step = None, 1024
+        for r0 in range(start - start % step, m, step):
+            r1 = min(m, r0 + step)
+            try:
+                rows = ds[r0:r1].astype(np.float32)
+            except (OSError, RuntimeError):
+                bad_row = max(r0, start)
+                break
+            peak = np.abs(rows[max(0, start - r0):]).max(axis=1)
+            wrong = ~(np.isfinite(peak) & (peak > 0) & (peak <= MAX_DESCRIPTOR_ABS))
+            if wrong.any():
+                bad_row = max(r0, start) + int(np.argmax(wrong))
+                break
+        if bad_row is not None:
+            first = int(np.searchsorted(offsets, bad_row, side="right")) - 1
+            first_name = display_name(self.names[first])
+            log.warning(f"{display_name(self.path)}: {n - first} images from {first_name} on have damaged descriptors "
+                        "(a write that failed); they are dropped and will be extracted again")
+            self._commit(first, int(offsets[first]))
+            self._names = self._lookup = None
+        self.h5.attrs["checked_features"] = self.num_features
+        self.h5.flush()
 
     def _write_failures(self, failures: dict[str, str]) -> None:
         rows = [f"{display_name(k)}\t{display_name(v)}" for k, v in failures.items()]
@@ -444,8 +631,20 @@ class FeatureStore:
             self._write_failures(failures)
 
     def close(self) -> None:
-        if self.h5.id.valid:
+        if getattr(self, "h5", None) is None or not self.h5.id.valid:
+            return
+        if not self._broken:
             self.h5.close()
+            return
+        # after a failed write HDF5 cannot flush its caches: close without a word (what
+        # is committed is on disk already)
+        hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
+        try:
+            with contextlib.suppress(Exception):
+                self.h5.close()
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
 
     def __enter__(self) -> FeatureStore:
         return self

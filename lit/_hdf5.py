@@ -1,0 +1,182 @@
+"""HDF5 plumbing shared by the owners of lit's HDF5 files (:mod:`lit.features`,
+:mod:`lit.index_file`, :mod:`lit.asmk.io`): opening a file with errors that say what is
+wrong, checksummed datasets, and one line for any failure while reading or writing.
+
+**Checksums.** Files written once (index files) are in the HDF5 1.10 format
+(``libver=("v110", "v110")``), whose superblock, object headers and chunk indexes carry
+checksums; every numeric dataset gets a Fletcher32 checksum per chunk (:func:`checked`), so
+a flipped byte is an error when it is read, not a silently different result. Feature files,
+appended to in place, keep HDF5's default format (see :func:`open_file`) and cross-check
+what its metadata does not protect (their owner keeps the names twice and the commit
+counts in a checksummed dataset). Variable-length strings live in a heap without
+checksums: the owners cross-check them (index files keep a CRC of their names). Files
+written before the checksums are read as before.
+
+**Errors.** HDF5 reports every problem as an ``OSError``/``RuntimeError`` with a long
+message; :func:`describe` turns it into a few words ("truncated (2.1 MB of 9.3 MB)",
+"damaged (checksum mismatch)", "in use by another process" only when the lock's errno says
+so, "disk full"), and :func:`translating` raises the owner's :class:`~lit.errors.LitError`
+subclass naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import os
+import re
+from collections.abc import Iterator
+
+import h5py
+import numpy as np
+
+from ._image import display_name
+from .errors import LitError, StorageError
+
+__all__ = ["LIBVER", "checked", "describe", "open_file", "translating", "write_errno"]
+
+#: The HDF5 format lit writes: 1.10 (checksummed metadata), readable by HDF5 >= 1.10.
+LIBVER = ("v110", "v110")
+#: errno values of a failed write that the user fixes by freeing space or changing disk.
+WRITE_ERRNOS = {_errno.ENOSPC: "disk full", _errno.EDQUOT: "disk quota exceeded", _errno.EFBIG: "file too large",
+                _errno.EIO: "input/output error", _errno.EROFS: "read-only file system"}
+_ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
+
+
+def checked(data: np.ndarray | None = None, shape: tuple | None = None, **kwargs) -> dict:
+    """``create_dataset`` keyword arguments with a Fletcher32 checksum per chunk.
+
+    Give ``data`` or ``shape``; ``chunks``/``maxshape`` pass through. Empty datasets that
+    cannot grow are stored without checksum (nothing to check), vlen data too (HDF5 does
+    not filter it).
+    """
+    out = dict(kwargs)
+    if data is not None:
+        out["data"] = data
+    else:
+        out["shape"] = shape
+    shape = tuple(np.shape(data)) if data is not None else tuple(shape or ())
+    dtype = kwargs.get("dtype", getattr(data, "dtype", None))
+    vlen = dtype is not None and h5py.check_vlen_dtype(np.dtype(dtype)) is not None
+    if vlen or not shape or (0 in shape and "maxshape" not in kwargs):
+        return out
+    out["fletcher32"] = True
+    if "chunks" not in out or out["chunks"] is None:
+        out["chunks"] = True
+    return out
+
+
+def write_errno(err: BaseException) -> int | None:
+    """The errno of a failed write (``ENOSPC``, ``EIO``...), also when HDF5 only names it in
+    its message; ``None`` for other errors."""
+    code = getattr(err, "errno", None)
+    if code in WRITE_ERRNOS:
+        return code
+    m = _ERRNO_IN_TEXT.search(str(err))
+    if m and int(m.group(1)) in WRITE_ERRNOS:
+        return int(m.group(1))
+    return None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def describe(err: BaseException, path: str | os.PathLike | None = None) -> str:
+    """A few words for what an HDF5 error says about the file."""
+    text = str(err)
+    low = text.lower()
+    code = write_errno(err)
+    if code is not None:
+        return WRITE_ERRNOS[code]
+    if isinstance(err, BlockingIOError) or getattr(err, "errno", None) in (_errno.EAGAIN, _errno.EWOULDBLOCK) or (
+            "unable to lock file" in low and "errno = 11" in low):
+        return "in use by another process"
+    if isinstance(err, PermissionError) or getattr(err, "errno", None) == _errno.EACCES:
+        return "permission denied"
+    m = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
+    if m:
+        return f"truncated ({_size(int(m.group(1)))} of {_size(int(m.group(2)))}: an interrupted copy?)"
+    if "checksum" in low:
+        return "damaged (checksum mismatch)"
+    if "file signature not found" in low:
+        return "not an HDF5 file"
+    if isinstance(err, UnicodeDecodeError):
+        return "damaged (a name is not valid text)"
+    first = text.splitlines()[0] if text else type(err).__name__
+    first = re.sub(r"\s*\(.*", "", first)[:80]  # HDF5's own words, without its stack
+    return f"damaged ({first or type(err).__name__})"
+
+
+def open_file(path: str | os.PathLike, mode: str, error: type[LitError], what: str,
+              libver: tuple[str, str] | None = LIBVER) -> h5py.File:
+    """``h5py.File(path, mode)`` with one-line errors (``error``) naming the file.
+
+    Files created here (``"w"``, ``"a"`` of a missing file) get the checksummed format
+    (:data:`LIBVER`) unless ``libver`` is ``None`` (HDF5's default, for files appended to in
+    place: a writer killed with the 1.10 format leaves the file marked "open for write",
+    which HDF5 then refuses to open). ``what``: the kind of file, for messages
+    ("feature file").
+    """
+    path = os.fspath(path)
+    shown = display_name(path)
+    if os.path.isdir(path):
+        raise error(f"{shown}: a folder, not {_article(what)}")
+    if mode == "r":
+        _check_readable(path, shown, error, what)
+    new = mode in ("w", "w-", "x") or (mode == "a" and not os.path.exists(path))
+    try:
+        return h5py.File(path, mode, libver=libver) if new and libver else h5py.File(path, mode)
+    except OSError as err:
+        reason = describe(err, path)
+        if reason == "in use by another process":
+            raise error(f"{shown}: in use by another process (another lit command writing it?); wait for it to "
+                        "finish or use another file") from None
+        if reason == "not an HDF5 file" or (mode != "r" and os.path.isfile(path) and not h5py.is_hdf5(path)):
+            raise error(f"{shown}: not {_article(what)} (not an HDF5 file: damaged, truncated or another kind "
+                        "of file)") from None
+        if write_errno(err) is not None:
+            raise StorageError(f"{shown}: {reason} while writing it") from None
+        raise error(f"{shown}: {reason}: not a readable {what}") from None
+
+
+def _check_readable(path: str, shown: str, error: type[LitError], what: str) -> None:
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == _errno.ELOOP:
+            raise error(f"{shown}: a symbolic link loop, not {_article(what)}") from None
+        if err.errno == _errno.EACCES:
+            raise error(f"{shown}: permission denied") from None
+        return  # the owner reports a missing file in its own words
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{shown}: not a regular file (a FIFO, device or socket), not {_article(what)}")
+    if st.st_size == 0:
+        raise error(f"{shown}: an empty file (0 bytes), not {_article(what)}")
+
+
+def _article(what: str) -> str:
+    return ("an " if what[:1] in "aeiou" else "a ") + what
+
+
+@contextlib.contextmanager
+def translating(path: str | os.PathLike, error: type[LitError], what: str, advice: str = "") -> Iterator[None]:
+    """Turn any failure of HDF5 inside the block into one ``error`` (or a
+    :class:`~lit.errors.StorageError` for a failed write) that names ``path``
+    ("``F: feature file damaged (checksum mismatch): ADVICE``"); lit's own errors pass
+    through."""
+    try:
+        yield
+    except LitError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        shown = display_name(os.fspath(path))
+        if write_errno(err) is not None:
+            raise StorageError(f"{shown}: {describe(err)} while writing it") from None
+        raise error(f"{shown}: {what} {describe(err)}" + (f": {advice}" if advice else "")) from None
