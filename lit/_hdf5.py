@@ -25,6 +25,7 @@ import contextlib
 import errno as _errno
 import os
 import re
+import sys
 from collections.abc import Iterator
 
 import h5py
@@ -33,7 +34,8 @@ import numpy as np
 from ._image import display_name
 from .errors import LitError, StorageError
 
-__all__ = ["LIBVER", "checked", "describe", "open_file", "translating", "write_errno"]
+__all__ = ["LIBVER", "checked", "describe", "open_file", "quiet_after_write_failure", "stored_eof", "translating",
+           "write_errno"]
 
 #: The HDF5 format lit writes: 1.10 (checksummed metadata), readable by HDF5 >= 1.10.
 LIBVER = ("v110", "v110")
@@ -76,6 +78,28 @@ def write_errno(err: BaseException) -> int | None:
     if m and int(m.group(1)) in WRITE_ERRNOS:
         return int(m.group(1))
     return None
+
+
+def stored_eof(err: BaseException) -> int | None:
+    """The size HDF5 expected of a file it refused as truncated (``None`` for other errors)."""
+    m = re.search(r"truncated file: eof = \d+.*stored_eof = (\d+)", str(err))
+    return int(m.group(1)) if m else None
+
+
+def _quiet_hook(unraisable, _previous=[None]) -> None:  # noqa: B006 - the hook it replaced
+    err = unraisable.exc_value
+    if isinstance(err, RuntimeError) and write_errno(err) is not None and "ref count" in str(err):
+        return  # HDF5 releasing an object of a file whose write failed: already reported
+    (_previous[0] or sys.__unraisablehook__)(unraisable)
+
+
+def quiet_after_write_failure() -> None:
+    """After a failed write, HDF5 fails again each time h5py releases an object of that file
+    and Python prints each as "Exception ignored ...": silence those (only those), once the
+    failure is reported as one line."""
+    if sys.unraisablehook is not _quiet_hook:
+        _quiet_hook.__defaults__[0][0] = sys.unraisablehook
+        sys.unraisablehook = _quiet_hook
 
 
 def _size(n: int) -> str:

@@ -58,7 +58,6 @@ import gc
 import json
 import logging
 import os
-import sys
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -66,10 +65,19 @@ import h5py
 import numpy as np
 import torch
 
-from ._hdf5 import checked, describe, open_file, translating, write_errno
+from ._fileio import atomic_path
+from ._hdf5 import (
+    checked,
+    describe,
+    open_file,
+    quiet_after_write_failure,
+    stored_eof,
+    translating,
+    write_errno,
+)
 from ._image import decode_name, display_name, encode_name
 from .distributed import find_shards
-from .errors import FeatureFileError, StorageError, UsageError
+from .errors import FeatureFileError, LitError, StorageError, UsageError
 from .types import LocalFeatures
 
 log = logging.getLogger(__name__)
@@ -91,6 +99,8 @@ MAX_DESCRIPTOR_ABS = 1e4
 #: Bytes kept free beyond an image's own data before it is appended (HDF5 metadata, a
 #: new chunk of each dataset): below that, the run stops with "disk full" before writing.
 SPACE_MARGIN = 4 << 20
+_MAX_PAD = 1 << 30  # a resume pads a feature file cut short by a failed write by at most this much
+_WRITING = "writing"  # attribute: 1 while a writer has the file open (left at 1 by a crash)
 _ADVICE = "extract it again (or restore a copy)"
 
 __all__ = [
@@ -114,8 +124,29 @@ def _reads(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        if self._broken:  # HDF5 cannot be touched after a failed write
+            raise StorageError(self._broken)
         with translating(self.path, FeatureFileError, "feature file", _ADVICE):
             return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _writes(method):
+    """Write through :meth:`FeatureStore._fail`: a failed write (disk full, I/O error) stops
+    the store with one :class:`StorageError`."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self._broken:
+            raise StorageError(self._broken)
+        n = len(self)
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, LitError):
+                raise
+            self._fail(err, n)
 
     return wrapper
 
@@ -169,11 +200,16 @@ class FeatureStore:
         self._lookup: dict[str, int] | None = None
         self._checked = False
         self._broken: str | None = None  # why appending stopped (a failed write)
+        if mode == "a":
+            quiet_after_write_failure()
+            _recover(self.path)
         self.h5 = _open_h5(self.path, mode)
         try:
             with translating(self.path, FeatureFileError, "feature file", _ADVICE):
                 self._setup(mode, descriptor_dim, fingerprint, half, root, settings)
-        except BaseException:
+        except BaseException as err:
+            if isinstance(err, StorageError):  # a failed write: HDF5 cannot flush on close
+                self._broken = str(err)
             self.close()
             raise
 
@@ -211,6 +247,8 @@ class FeatureStore:
                 ds[j] = np.frombuffer(encode_name(s.partition("\t")[0]), np.uint8)
         if mode == "a":
             self._check_committed()
+            self.h5.attrs[_WRITING] = 1  # cleared by close(): set at the next open, the run did not end cleanly
+            self.h5.flush()
 
     def _create(self, dim: int, fingerprint: str, half: bool, root, settings) -> None:
         h = self.h5
@@ -420,6 +458,7 @@ class FeatureStore:
         valid[:m] = g["valid"][:m].astype(bool)
         return tower, emb, valid
 
+    @_writes
     def write_embeddings(self, rows: Sequence[int], tower: str, embeddings) -> None:
         """Store the global embeddings ``(len(rows), D)`` of ``tower`` for images ``rows`` and flush.
 
@@ -496,6 +535,8 @@ class FeatureStore:
             self._commit(n + 1, m + k)  # commit point
             h.flush()
         except (OSError, RuntimeError) as err:
+            if isinstance(err, LitError):
+                raise
             self._fail(err, n)
         if self._names is not None:
             self._names.append(name)
@@ -558,6 +599,7 @@ class FeatureStore:
 
     def _fail(self, err: BaseException, n: int) -> None:
         """A write failed: stop taking images, close what can be closed quietly, raise one line."""
+        quiet_after_write_failure()
         reason = describe(err) if write_errno(err) is not None else f"write failed ({describe(err)})"
         self._broken = (f"{reason} while writing {display_name(self.path)}: {n} images kept, "
                         "rerun to continue (after freeing space)")
@@ -598,6 +640,7 @@ class FeatureStore:
         self.h5.attrs["checked_features"] = self.num_features
         self.h5.flush()
 
+    @_writes
     def _write_failures(self, failures: dict[str, str]) -> None:
         rows = [f"{display_name(k)}\t{display_name(v)}" for k, v in failures.items()]
         for ds_name, values in (("failed", rows), ("failed_raw", [np.frombuffer(encode_name(k), np.uint8) for k in failures])):
@@ -607,6 +650,7 @@ class FeatureStore:
                 ds[j] = v
         self.h5.flush()
 
+    @_writes
     def add_failure(self, name: str, error: str) -> None:
         """Record (or update) that ``name`` could not be read."""
         failures = self.failed
@@ -622,7 +666,10 @@ class FeatureStore:
         self.h5.flush()
 
     def clear_failures(self, names: Iterable[str]) -> None:
-        """Forget recorded failures of ``names`` (e.g. after they were extracted)."""
+        """Forget recorded failures of ``names`` (e.g. after they were extracted; nothing
+        after a failed write)."""
+        if self._broken:
+            return
         failures = self.failed
         drop = [n for n in names if n in failures]
         if drop:
@@ -631,20 +678,28 @@ class FeatureStore:
             self._write_failures(failures)
 
     def close(self) -> None:
-        if getattr(self, "h5", None) is None or not self.h5.id.valid:
+        if getattr(self, "h5", None) is None or getattr(self, "_closed", False) or not self.h5.id.valid:
             return
+        self._closed = True
         if not self._broken:
+            if self.h5.mode != "r" and self.h5.attrs.get(_WRITING):
+                try:
+                    self.h5.attrs[_WRITING] = 0
+                    self.h5.flush()
+                except (OSError, RuntimeError):  # disk full at the very end: the next run recovers
+                    self._broken = "closing failed"
+                    quiet_after_write_failure()
+                    with contextlib.suppress(Exception):
+                        self.h5.close()
+                    return
             self.h5.close()
             return
         # after a failed write HDF5 cannot flush its caches: close without a word (what
         # is committed is on disk already)
-        hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
-        try:
-            with contextlib.suppress(Exception):
-                self.h5.close()
-            gc.collect()
-        finally:
-            sys.unraisablehook = hook
+        quiet_after_write_failure()
+        with contextlib.suppress(Exception):
+            self.h5.close()
+        gc.collect()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -652,6 +707,128 @@ class FeatureStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+# ---------------------------------------------------------------------- recovery
+def _recover(path: str) -> None:
+    """Before appending to ``path``: if its last writer did not end cleanly (killed, disk
+    full: attribute ``writing`` left set, or the file cut short of its recorded size),
+    copy its committed, undamaged images into a fresh file that replaces it (atomically).
+    HDF5 does not promise a consistent file after a crash in the middle of a write; the
+    committed rows themselves are intact, and reading them is what the copy does."""
+    if not (os.path.isfile(path) and h5py.is_hdf5(path)):
+        return
+    shown = display_name(path)
+    padded = False
+    try:
+        h5py.File(path, "r").close()
+    except OSError as err:  # a failed write can leave the file short of its end
+        eof = stored_eof(err)
+        if eof is None or eof - os.path.getsize(path) > _MAX_PAD:
+            return  # open_file reports it
+        os.truncate(path, eof)
+        padded = True
+    try:
+        with h5py.File(path, "r") as f:
+            if not padded and not int(f.attrs.get(_WRITING, 0)):
+                return
+            if f.attrs.get("format") != FORMAT:
+                return
+            kept, total = _copy_committed(f, path)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        if isinstance(err, LitError):
+            raise
+        raise FeatureFileError(f"{shown}: feature file damaged beyond repair ({describe(err)}): {_ADVICE}") from None
+    dropped = f"; {total - kept} damaged images dropped (extracted again)" if kept < total else ""
+    log.warning(f"{shown}: its last run did not end cleanly (killed or disk full): its {kept} committed images were "
+                f"checked and copied to a fresh file{dropped}")
+
+
+def _copy_committed(f: h5py.File, path: str) -> tuple[int, int]:
+    """Copy the committed images of the open file ``f`` that read back undamaged (up to the
+    first damaged one) into a fresh file replacing ``path``; ``(kept, committed)``."""
+    a = f.attrs
+    n, m = int(a["num_images"]), int(a["num_features"])
+    if "commit" in f:
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            c = tuple(int(v) for v in f["commit"][:2])
+            n, m = min((n, m), c)
+    offsets = f["offsets"][: n + 1].astype(np.int64)
+    if len(offsets) != n + 1 or offsets[0] != 0 or (np.diff(offsets) < 0).any():
+        raise FeatureFileError(f"{display_name(path)}: feature file damaged (inconsistent offsets): {_ADVICE}")
+    keep = n  # images 0..keep-1 read back whole
+    arrays = {k: [] for k in ("descriptors", "strengths", "scales", "superfeature_ids", "positions")}
+    step = 1024
+    for r0 in range(0, int(offsets[keep]), step):
+        r1 = min(int(offsets[keep]), r0 + step)
+        try:
+            block = {k: f[k][r0:r1] for k in arrays}
+            peak = np.abs(block["descriptors"].astype(np.float32)).max(axis=1)
+            wrong = ~(np.isfinite(peak) & (peak > 0) & (peak <= MAX_DESCRIPTOR_ABS))
+            bad_row = r0 + int(np.argmax(wrong)) if wrong.any() else None
+        except (OSError, RuntimeError):
+            block, bad_row = None, r0
+        if bad_row is not None:
+            keep = int(np.searchsorted(offsets, bad_row, side="right")) - 1
+            if block is not None:
+                for k in arrays:
+                    arrays[k].append(block[k])
+            break
+        for k in arrays:
+            arrays[k].append(block[k])
+    rows = int(offsets[keep])
+    data = {k: (np.concatenate(v)[:rows] if v else f[k][:0]) for k, v in arrays.items()}
+    names_raw, names = [], []
+    for i in range(keep):
+        try:
+            raw = _raw_bytes(f["names_raw"][i]) if "names_raw" in f else encode_name(f["names"][i].decode())
+        except (OSError, RuntimeError, UnicodeDecodeError):
+            keep = i
+            break
+        names_raw.append(raw)
+        names.append(display_name(decode_name(raw)))
+    rows = int(offsets[keep])
+    failed: list[tuple[bytes, str]] = []
+    with contextlib.suppress(OSError, RuntimeError, UnicodeDecodeError):
+        raws = f["failed_raw"][:] if "failed_raw" in f else None
+        for j, s in enumerate(f["failed"][:]):
+            s = s.decode() if isinstance(s, bytes) else s
+            failed.append((_raw_bytes(raws[j]) if raws is not None else encode_name(s.partition("\t")[0]), s))
+    towers = {}
+    if GLOBAL_GROUP in f:
+        for tower in f[GLOBAL_GROUP]:
+            with contextlib.suppress(OSError, RuntimeError, KeyError):
+                g = f[f"{GLOBAL_GROUP}/{tower}"]
+                towers[tower] = (g["embeddings"][:keep], g["valid"][:keep])
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
+        for key, value in a.items():
+            if key not in (_WRITING, "checked_features"):
+                out.attrs[key] = value
+        dim = int(a["descriptor_dim"])
+        cap = max(1024, rows)
+        for k, v in data.items():
+            shape = (cap,) + v.shape[1:]
+            chunks = (1024, dim) if k == "descriptors" else ((4096, 2) if k == "positions" else (4096,))
+            ds = out.create_dataset(k, **checked(shape=shape, maxshape=(None,) + v.shape[1:], dtype=v.dtype, chunks=chunks))
+            ds[:rows] = v[:rows]
+        out.create_dataset("offsets", **checked(offsets[: keep + 1], maxshape=(None,), chunks=(1024,)))
+        out.create_dataset("names", data=np.array(names, dtype=object), maxshape=(None,), dtype=_STR, chunks=(1024,))
+        ds = out.create_dataset("names_raw", (keep,), maxshape=(None,), dtype=_RAW, chunks=(1024,))
+        for i, raw in enumerate(names_raw[:keep]):
+            ds[i] = np.frombuffer(raw, np.uint8)
+        out.create_dataset("failed", data=np.array([s for _, s in failed], dtype=object), maxshape=(None,), dtype=_STR,
+                           chunks=(256,))
+        ds = out.create_dataset("failed_raw", (len(failed),), maxshape=(None,), dtype=_RAW, chunks=(256,))
+        for j, (raw, _) in enumerate(failed):
+            ds[j] = np.frombuffer(raw, np.uint8)
+        for tower, (emb, valid) in towers.items():
+            g = out.require_group(f"{GLOBAL_GROUP}/{tower}")
+            g.create_dataset("embeddings", data=emb, maxshape=(None, emb.shape[1]), chunks=(256, emb.shape[1]))
+            g.create_dataset("valid", data=valid, maxshape=(None,), chunks=(1024,))
+        out.attrs["num_images"], out.attrs["num_features"] = keep, rows
+        out.create_dataset("commit", **checked(np.array([keep, rows], np.int64), chunks=(2,)))
+        out.attrs["checked_features"] = rows
+    return keep, n
 
 
 # ---------------------------------------------------------------------- collections
