@@ -34,7 +34,7 @@ import numpy as np
 from ._image import display_name
 from .errors import LitError, StorageError
 
-__all__ = ["LIBVER", "checked", "describe", "open_file", "quiet_after_write_failure", "stored_eof", "translating",
+__all__ = ["LIBVER", "checked", "describe", "detach", "open_file", "quiet_after_write_failure", "stored_eof", "translating",
            "write_errno"]
 
 #: The HDF5 format lit writes: 1.10 (checksummed metadata), readable by HDF5 >= 1.10.
@@ -86,20 +86,64 @@ def stored_eof(err: BaseException) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _quiet_hook(unraisable, _previous=[None]) -> None:  # noqa: B006 - the hook it replaced
-    err = unraisable.exc_value
-    if isinstance(err, RuntimeError) and write_errno(err) is not None and "ref count" in str(err):
+def _released_after_failure(err: BaseException | None) -> bool:
+    return isinstance(err, RuntimeError) and "ref count" in str(err) and write_errno(err) is not None
+
+
+def _quiet_unraisable(unraisable) -> None:
+    if _released_after_failure(unraisable.exc_value):
         return  # HDF5 releasing an object of a file whose write failed: already reported
-    (_previous[0] or sys.__unraisablehook__)(unraisable)
+    (_PREVIOUS["unraisable"] or sys.__unraisablehook__)(unraisable)
+
+
+def _quiet_except(kind, value, tb) -> None:
+    if _released_after_failure(value):
+        return
+    (_PREVIOUS["except"] or sys.__excepthook__)(kind, value, tb)
+
+
+_PREVIOUS: dict = {"unraisable": None, "except": None}
 
 
 def quiet_after_write_failure() -> None:
-    """After a failed write, HDF5 fails again each time h5py releases an object of that file
-    and Python prints each as "Exception ignored ...": silence those (only those), once the
-    failure is reported as one line."""
-    if sys.unraisablehook is not _quiet_hook:
-        _quiet_hook.__defaults__[0][0] = sys.unraisablehook
-        sys.unraisablehook = _quiet_hook
+    """After a failed write, HDF5 fails again each time h5py releases an object of that
+    file, and Cython prints each failure (through ``sys.excepthook`` and
+    ``sys.unraisablehook``): silence those (only those: a ``RuntimeError`` about a
+    reference count that names a write errno); the failure itself is reported as one line."""
+    if sys.unraisablehook is not _quiet_unraisable:
+        _PREVIOUS["unraisable"] = sys.unraisablehook
+        sys.unraisablehook = _quiet_unraisable
+    if sys.excepthook is not _quiet_except:
+        _PREVIOUS["except"] = sys.excepthook
+        sys.excepthook = _quiet_except
+
+
+def detach(f: h5py.File) -> None:
+    """After a failed write: point the file's descriptor at ``/dev/null``, so that HDF5's
+    remaining flushes (closing, interpreter exit) succeed without touching the file, which
+    keeps what it held when the write failed (HDF5 otherwise fails on every release and
+    crashes at exit)."""
+    try:
+        fd = f.id.get_vfd_handle()
+    except Exception:  # noqa: BLE001 - not the sec2 driver, or the id is gone
+        return
+    if not isinstance(fd, int) or fd < 0:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+    # objects whose release failed before (HDF5 keeps them open): release them now
+    try:
+        leaked = h5py.h5f.get_obj_ids(f.id, h5py.h5f.OBJ_DATASET | h5py.h5f.OBJ_GROUP | h5py.h5f.OBJ_DATATYPE
+                                      | h5py.h5f.OBJ_ATTR)
+    except Exception:  # noqa: BLE001
+        return
+    for obj in leaked:
+        with contextlib.suppress(Exception):
+            while obj.valid and h5py.h5i.get_ref(obj) > 1:
+                h5py.h5i.dec_ref(obj)
 
 
 def _size(n: int) -> str:

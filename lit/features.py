@@ -67,6 +67,7 @@ import torch
 
 from ._fileio import atomic_path
 from ._hdf5 import (
+    detach,
     checked,
     describe,
     open_file,
@@ -600,6 +601,7 @@ class FeatureStore:
     def _fail(self, err: BaseException, n: int) -> None:
         """A write failed: stop taking images, close what can be closed quietly, raise one line."""
         quiet_after_write_failure()
+        detach(self.h5)
         reason = describe(err) if write_errno(err) is not None else f"write failed ({describe(err)})"
         self._broken = (f"{reason} while writing {display_name(self.path)}: {n} images kept, "
                         "rerun to continue (after freeing space)")
@@ -689,14 +691,16 @@ class FeatureStore:
                 except (OSError, RuntimeError):  # disk full at the very end: the next run recovers
                     self._broken = "closing failed"
                     quiet_after_write_failure()
+                    detach(self.h5)
                     with contextlib.suppress(Exception):
                         self.h5.close()
                     return
             self.h5.close()
             return
-        # after a failed write HDF5 cannot flush its caches: close without a word (what
-        # is committed is on disk already)
+        # after a failed write HDF5 cannot flush its caches: its last flushes go nowhere
+        # (what is committed is on disk already; the next run recovers the file)
         quiet_after_write_failure()
+        detach(self.h5)
         with contextlib.suppress(Exception):
             self.h5.close()
         gc.collect()
