@@ -67,9 +67,9 @@ import torch
 
 from ._fileio import atomic_path
 from ._hdf5 import (
-    detach,
     checked,
     describe,
+    detach,
     open_file,
     quiet_after_write_failure,
     stored_eof,
