@@ -234,11 +234,12 @@ def _article(what: str) -> str:
 
 
 @contextlib.contextmanager
-def translating(path: str | os.PathLike, error: type[LitError], what: str, advice: str = "") -> Iterator[None]:
+def translating(path: str | os.PathLike, error: type[LitError], what: str, advice: str = "",
+                on_write: str = "") -> Iterator[None]:
     """Turn any failure of HDF5 inside the block into one ``error`` (or a
     :class:`~lit.errors.StorageError` for a failed write) that names ``path``
     ("``F: feature file damaged (checksum mismatch): ADVICE``"); lit's own errors pass
-    through."""
+    through. ``on_write``: what a failed write leaves ("the file it replaces is unchanged")."""
     try:
         yield
     except LitError:
@@ -246,5 +247,5 @@ def translating(path: str | os.PathLike, error: type[LitError], what: str, advic
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
         shown = display_name(os.fspath(path))
         if write_errno(err) is not None:
-            raise StorageError(f"{shown}: {describe(err)} while writing it") from None
+            raise StorageError(f"{shown}: {describe(err)} while writing it" + (f"; {on_write}" if on_write else "")) from None
         raise error(f"{shown}: {what} {describe(err)}" + (f": {advice}" if advice else "")) from None

@@ -515,8 +515,11 @@ class ASMK:
         """
         import h5py
 
+        from .._fileio import atomic_path
+        from .._hdf5 import LIBVER
+
         self.flush()
-        with h5py.File(path, "w") as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
             asmk_io.write_asmk(f, self, attrs=attrs)
 
     @classmethod
