@@ -929,7 +929,7 @@ class FeatureCollection:
             a, b = max(lo, int(self.starts[s])), min(hi, int(self.starts[s + 1]))
             if a < b:
                 base = int(self.starts[s])
-                offsets = store.h5["offsets"][a - base : b - base + 1]
+                offsets = store._check_offsets()[a - base : b - base + 1]
                 total += int(offsets[-1] - offsets[0])
         return total
 
@@ -946,15 +946,17 @@ class FeatureCollection:
             if a >= b:
                 continue
             base = int(self.starts[s])
-            offsets = store.h5["offsets"][a - base : b - base + 1].astype(np.int64)
+            with translating(store.path, FeatureFileError, "feature file", _ADVICE):
+                offsets = store._check_offsets()[a - base : b - base + 1].astype(np.int64)
             i = 0
             while i < b - a:
                 # whole images, at least one, about max_rows descriptors
                 j = int(np.searchsorted(offsets, offsets[i] + max_rows, side="right")) - 1
                 j = min(max(j, i + 1), b - a)
                 r0, r1 = int(offsets[i]), int(offsets[j])
-                desc = store._check(store.h5["descriptors"][r0:r1].astype(np.float32, copy=False),
-                                    f"images {a + i}..{a + j - 1}")  # finite, within range
+                with translating(store.path, FeatureFileError, "feature file", _ADVICE):
+                    desc = store._check(store.h5["descriptors"][r0:r1].astype(np.float32, copy=False),
+                                        f"images {a + i}..{a + j - 1}")  # finite, within range
                 ids = np.repeat(np.arange(a + i, a + j, dtype=np.int64), np.diff(offsets[i : j + 1]))
                 yield desc, ids
                 i = j

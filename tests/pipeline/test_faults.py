@@ -1,0 +1,238 @@
+"""Faults injected into lit's writers and files: a full disk, kill -9 at chosen points,
+damaged feature and index files, bad options. Each must end in one line (a LitError, or
+exit status != 0 with one line on stderr), never a traceback, and never in results that
+differ silently from the undamaged run. ``benchmarks/fault_tour.py`` runs the larger tour."""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from lit import pipeline
+from lit.errors import LitError, StorageError
+from lit.features import FeatureStore
+from lit.index_file import write_index
+from lit.types import LocalFeatures
+
+SEED = 25
+NAMES = [f"scene_{s}/{i}.jpg" for s in "abc" for i in range(4)] + [os.fsdecode(b"scene_c/caf\xe9.jpg")]
+
+
+def _feats(rng, centre, k=24, d=8):
+    x = (rng.normal(size=(k, d)) + centre).astype(np.float32)
+    return LocalFeatures(descriptors=torch.from_numpy(x), strengths=torch.rand(k), scales=torch.ones(k),
+                         superfeature_ids=torch.arange(k), positions=torch.rand(k, 2))
+
+
+def _feature_file(path, names=NAMES, fingerprint="fp"):
+    rng = np.random.default_rng(0)
+    centres = {s: rng.normal(scale=3, size=8).astype(np.float32) for s in "abc"}
+    with FeatureStore(path, "a", descriptor_dim=8, fingerprint=fingerprint) as st:
+        for n in names:
+            st.append(n, _feats(rng, centres[n[6]]))
+            if n.endswith("1.jpg"):
+                st.add_failure(n.replace("1.jpg", "bad.jpg"), "not an image")
+    return path
+
+
+def _results(features, index_path=None):
+    """Ranked names of every query of ``features`` against the index (built from
+    ``features`` when ``index_path`` is None, else read from it)."""
+    if index_path is None:
+        index, info = pipeline.build_index(features, seed=0)
+    else:
+        index, info = pipeline.open_index(index_path)
+    q = pipeline.queries_from_features(features, info)
+    hits = pipeline.search(index, info, q.features, q.names, topk=5)
+    return [(r.query, [(h.name, round(h.score, 5)) for h in r.hits]) for r in hits]
+
+
+def _damage(src, dst, rng, kind):
+    data = bytearray(open(src, "rb").read())
+    if kind == "truncate":
+        data = data[: int(rng.integers(0, len(data)))]
+    else:
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
+    open(dst, "wb").write(bytes(data))
+
+
+def _tour(clean, run, tmp_path, cases, suffix):
+    """Damage ``clean`` ``cases`` times; count the outcomes of ``run(damaged)``."""
+    rng = np.random.default_rng(SEED)
+    expected = run(clean)
+    counts = {"refused": 0, "same": 0, "different": [], "traceback": []}
+    for case in range(cases):
+        kind = "truncate" if case % 4 == 3 else "flip"
+        bad = tmp_path / f"bad{case}{suffix}"
+        _damage(clean, bad, rng, kind)
+        try:
+            got = run(bad)
+        except LitError as err:
+            counts["refused"] += 1
+            assert str(err).count("\n") == 0 and os.path.basename(bad) in str(err), str(err)
+        except Exception as err:  # noqa: BLE001 - a traceback: what the tour counts
+            counts["traceback"].append(f"{kind}: {type(err).__name__}: {err}")
+        else:
+            if got == expected:
+                counts["same"] += 1
+            else:
+                counts["different"].append(kind)
+        bad.unlink()
+    return counts
+
+
+def test_damaged_feature_files_are_refused_or_give_the_same_results(tmp_path):
+    clean = _feature_file(tmp_path / "clean.h5")
+    counts = _tour(clean, _results, tmp_path, 56, ".h5")
+    assert counts["traceback"] == [] and counts["different"] == [], counts
+    assert counts["refused"] >= 20  # most damage is detected, not merely harmless
+
+
+def test_damaged_index_files_are_refused_or_give_the_same_results(tmp_path):
+    feats = _feature_file(tmp_path / "feats.h5")
+    index, info = pipeline.build_index(feats, seed=0)
+    clean = write_index(tmp_path / "clean.idx.h5", index, info)
+    counts = _tour(clean, lambda p: _results(feats, p), tmp_path, 56, ".idx.h5")
+    assert counts["traceback"] == [] and counts["different"] == [], counts
+    assert counts["refused"] >= 20
+
+
+# ---------------------------------------------------------------------------- disk full
+_WRITER = textwrap.dedent("""
+    import os, resource, signal, sys
+    import numpy as np, torch
+    limit = int(sys.argv[2])
+    if limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    from lit.errors import LitError
+    from lit.features import FeatureStore
+    from lit.types import LocalFeatures
+    try:
+        with FeatureStore(sys.argv[1], "a", descriptor_dim=64, fingerprint="fp") as st:
+            for i in range(int(sys.argv[3])):
+                name = f"im{i:03d}.jpg"
+                if name in st.names:
+                    continue
+                g = torch.Generator().manual_seed(i)
+                k = 200
+                st.append(name, LocalFeatures(torch.randn(k, 64, generator=g), torch.rand(k, generator=g),
+                                              torch.ones(k), torch.arange(k), torch.rand(k, 2, generator=g)))
+    except LitError as err:  # as the command line does: one line, exit 2
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(2)
+""")
+
+
+def _write(path, limit, images, tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    return subprocess.run([sys.executable, str(script), str(path), str(limit), str(images)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def _contents(path):
+    with FeatureStore(path) as st:
+        desc, ids = st.all_descriptors()
+        return list(st.names), desc, ids
+
+
+@pytest.mark.parametrize("limit", [60_000, 300_000, 700_000])
+def test_a_write_that_fails_stops_with_one_line_and_a_rerun_gives_the_clean_file(tmp_path, limit):
+    """The writer's file may not grow past ``limit`` bytes (RLIMIT_FSIZE: every write past
+    it fails, as on a full disk): one line, no traceback, nothing partial committed; the
+    rerun (room again) ends with exactly what an uninterrupted run writes."""
+    clean, hit = tmp_path / "clean.h5", tmp_path / "hit.h5"
+    assert _write(clean, 0, 12, tmp_path).returncode == 0
+    proc = _write(hit, limit, 12, tmp_path)
+    assert proc.returncode != 0 and proc.returncode > 0, proc  # an error, not a signal (segfault)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert "StorageError" in proc.stderr and "images kept, rerun to continue" in proc.stderr, proc.stderr
+    with contextlib.suppress(LitError):  # the damaged file reads back its committed images, or refuses
+        names, desc, _ = _contents(hit)
+        assert (np.abs(desc).max(axis=1) > 0).all()
+    rerun = _write(hit, 0, 12, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    a, b = _contents(clean), _contents(hit)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+
+
+def test_a_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    path = tmp_path / "f.h5"
+    with FeatureStore(path, "a", descriptor_dim=8, fingerprint="fp") as st:
+        st.append("a.jpg", _feats(np.random.default_rng(0), 0))
+        free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+        monkeypatch.setattr("lit.features.SPACE_MARGIN", free + 1)
+        with pytest.raises(StorageError, match=r"disk full while writing .*f\.h5.*1 images kept"):
+            st.append("b.jpg", _feats(np.random.default_rng(1), 0))
+        monkeypatch.undo()
+    assert _contents(path)[0] == ["a.jpg"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
+def test_extract_on_a_full_tmpfs_stops_cleanly_and_resumes(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("this container may not mount a tmpfs")
+    try:
+        clean = tmp_path / "clean.h5"
+        assert _write(clean, 0, 40, tmp_path).returncode == 0
+        proc = _write(mnt / "f.h5", 0, 40, tmp_path)  # 40 images x 52 kB do not fit in 6 MB with the margin
+        assert proc.returncode > 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "disk full while writing" in proc.stderr
+        shutil.copy(mnt / "f.h5", tmp_path / "moved.h5")  # to a roomy disk, and resume
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    assert _write(tmp_path / "moved.h5", 0, 40, tmp_path).returncode == 0
+    a, b = _contents(clean), _contents(tmp_path / "moved.h5")
+    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+
+
+def test_kill_9_during_an_index_rewrite_leaves_the_old_index_searchable(tmp_path):
+    feats = _feature_file(tmp_path / "feats.h5")
+    old = _feature_file(tmp_path / "old.h5", names=NAMES[:6])
+    out = tmp_path / "index.h5"
+    index, info = pipeline.build_index(old, seed=0)
+    write_index(out, index, info)
+    before = _results(old, out)
+    script = tmp_path / "rewrite.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        import lit.asmk.io as aio
+        from lit import pipeline
+        from lit.index_file import write_index
+        point = sys.argv[1]
+        real = aio.write_asmk
+        def dying(group, index, attrs=None):
+            if point == "asmk":
+                os.kill(os.getpid(), 9)
+            real(group, index, attrs=attrs)
+            if point == "pipeline":
+                os.kill(os.getpid(), 9)
+        aio.write_asmk = dying
+        import lit.index_file
+        lit.index_file.write_asmk = dying
+        if point == "rename":
+            import lit._fileio as fio
+            fio.os.replace = lambda *a: os.kill(os.getpid(), 9)
+        index, info = pipeline.build_index({str(feats)!r}, seed=0)
+        write_index({str(out)!r}, index, info)
+    """))
+    for point in ("asmk", "pipeline", "rename"):
+        proc = subprocess.run([sys.executable, str(script), point], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        assert _results(old, out) == before  # the old index, whole
+    with open(out, "rb"):  # a reader holding the file while it is replaced keeps the old one
+        index, info = pipeline.build_index(feats, seed=0)
+        write_index(out, index, info)
+    assert _results(feats, out) == _results(feats)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # the dead writers' temporaries are gone
