@@ -21,6 +21,7 @@ subclass naming the file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno as _errno
 import os
@@ -34,7 +35,7 @@ import numpy as np
 from ._image import display_name
 from .errors import LitError, StorageError
 
-__all__ = ["LIBVER", "checked", "describe", "detach", "open_file", "quiet_after_write_failure", "stored_eof", "translating",
+__all__ = ["LIBVER", "checked", "describe", "detach", "open_file", "note_exit_status", "quiet_after_write_failure", "stored_eof", "translating",
            "write_errno"]
 
 #: The HDF5 format lit writes: 1.10 (checksummed metadata), readable by HDF5 >= 1.10.
@@ -99,6 +100,8 @@ def _quiet_unraisable(unraisable) -> None:
 def _quiet_except(kind, value, tb) -> None:
     if _released_after_failure(value):
         return
+    if not isinstance(value, SystemExit):
+        _EXIT["status"] = 1  # an uncaught exception ends the process with 1
     (_PREVIOUS["except"] or sys.__excepthook__)(kind, value, tb)
 
 
@@ -129,7 +132,11 @@ def detach(f: h5py.File) -> None:
         return
     if not isinstance(fd, int) or fd < 0:
         return
-    null = os.open(os.devnull, os.O_RDWR)
+    _end_without_hdf5_shutdown()
+    try:  # in memory: HDF5's last writes and its resizing of the file succeed there
+        null = os.memfd_create("lit-detached")
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        null = os.open(os.devnull, os.O_RDWR)
     try:
         os.dup2(null, fd)
     finally:
@@ -141,9 +148,51 @@ def detach(f: h5py.File) -> None:
     except Exception:  # noqa: BLE001
         return
     for obj in leaked:
-        with contextlib.suppress(Exception):
-            while obj.valid and h5py.h5i.get_ref(obj) > 1:
+        for _ in range(64):  # down to zero: HDF5 closes it (its flushes now go nowhere)
+            try:
+                if not obj.valid:
+                    break
                 h5py.h5i.dec_ref(obj)
+            except Exception:  # noqa: BLE001
+                break
+
+
+def _end_without_hdf5_shutdown() -> None:
+    """After a failed write HDF5 cannot close that file, and its own shutdown at exit
+    crashes (SIGSEGV/SIGBUS) on it: end such a process at Python's exit, after flushing
+    Python's streams and logs, without HDF5's shutdown (the file holds what was
+    committed), with the status the process was ending with (``sys.exit``'s, 1 after an
+    uncaught exception, else 0)."""
+    if _EXIT["registered"]:
+        return
+    _EXIT["registered"] = True
+    real_exit = sys.exit
+
+    def recording_exit(code=0):
+        _EXIT["status"] = 0 if code is None else code if isinstance(code, int) else 1
+        real_exit(code)
+
+    sys.exit = recording_exit
+    atexit.register(_exit_now)
+
+
+_EXIT: dict = {"registered": False, "status": 0}
+
+
+def note_exit_status(status: int) -> None:
+    """The status this process is about to exit with (the command line says it before
+    ``sys.exit``, which the ``python -m`` and console-script wrappers look up early)."""
+    _EXIT["status"] = int(status)
+
+
+def _exit_now() -> None:  # pragma: no cover - runs at exit
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(_EXIT["status"])
 
 
 def _size(n: int) -> str:

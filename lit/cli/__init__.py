@@ -101,11 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = _setup_logging(args.command)
+    status = 1
     try:
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("lit: interrupted", file=sys.stderr)
-        return 130
+        status = 130
     except LitError as err:
         if os.environ.get("LIT_DEBUG"):
             raise
@@ -113,9 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lit {args.command}: error: {msg[0] if msg else type(err).__name__}", file=sys.stderr)
         for line in msg[1:6]:
             print(f"  {line.strip()}", file=sys.stderr)
-        return 2
+        status = 2
     finally:
         logging.getLogger("lit").removeHandler(handler)
+        hdf5 = sys.modules.get("lit._hdf5")  # a process that must skip HDF5's shutdown exits with it
+        if hdf5 is not None:
+            hdf5.note_exit_status(status)
+    return status
 
 
 if __name__ == "__main__":

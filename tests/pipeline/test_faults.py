@@ -145,24 +145,34 @@ def _contents(path):
         return list(st.names), desc, ids
 
 
-@pytest.mark.parametrize("limit", [60_000, 300_000, 700_000])
-def test_a_write_that_fails_stops_with_one_line_and_a_rerun_gives_the_clean_file(tmp_path, limit):
+IMAGES = 24  # x 200 rows x 64 floats: 51 kB each
+
+
+@pytest.fixture(scope="module")
+def clean_file(tmp_path_factory):
+    """What an uninterrupted writer stores."""
+    folder = tmp_path_factory.mktemp("clean")
+    assert _write(folder / "clean.h5", 0, IMAGES, folder).returncode == 0
+    return _contents(folder / "clean.h5")
+
+
+@pytest.mark.parametrize("limit", [60_000, 700_000])  # fails while creating the file; after 10 images
+def test_a_write_that_fails_stops_with_one_line_and_a_rerun_gives_the_clean_file(tmp_path, limit, clean_file):
     """The writer's file may not grow past ``limit`` bytes (RLIMIT_FSIZE: every write past
-    it fails, as on a full disk): one line, no traceback, nothing partial committed; the
-    rerun (room again) ends with exactly what an uninterrupted run writes."""
-    clean, hit = tmp_path / "clean.h5", tmp_path / "hit.h5"
-    assert _write(clean, 0, 12, tmp_path).returncode == 0
-    proc = _write(hit, limit, 12, tmp_path)
-    assert proc.returncode != 0 and proc.returncode > 0, proc  # an error, not a signal (segfault)
+    it fails, as on a full disk): one line, no traceback, no crash, nothing partial
+    committed; the rerun (room again) ends with exactly what an uninterrupted run writes."""
+    hit = tmp_path / "hit.h5"
+    proc = _write(hit, limit, IMAGES, tmp_path)
+    assert proc.returncode == 2, proc  # the script's status for a LitError, not a signal (segfault)
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
     assert "StorageError" in proc.stderr and "images kept, rerun to continue" in proc.stderr, proc.stderr
     with contextlib.suppress(LitError):  # the damaged file reads back its committed images, or refuses
         names, desc, _ = _contents(hit)
         assert (np.abs(desc).max(axis=1) > 0).all()
-    rerun = _write(hit, 0, 12, tmp_path)
+    rerun = _write(hit, 0, IMAGES, tmp_path)
     assert rerun.returncode == 0, rerun.stderr
-    a, b = _contents(clean), _contents(hit)
-    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    got = _contents(hit)
+    assert got[0] == clean_file[0] and np.array_equal(got[1], clean_file[1]) and np.array_equal(got[2], clean_file[2])
 
 
 def test_a_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
@@ -178,23 +188,23 @@ def test_a_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
-def test_extract_on_a_full_tmpfs_stops_cleanly_and_resumes(tmp_path):
+def test_a_full_tmpfs_stops_cleanly_and_the_file_resumes_elsewhere(tmp_path, clean_file):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("this container may not mount a tmpfs")
     try:
-        clean = tmp_path / "clean.h5"
-        assert _write(clean, 0, 40, tmp_path).returncode == 0
-        proc = _write(mnt / "f.h5", 0, 40, tmp_path)  # 40 images x 52 kB do not fit in 6 MB with the margin
-        assert proc.returncode > 0 and "Traceback" not in proc.stderr, proc.stderr
-        assert "disk full while writing" in proc.stderr
+        proc = _write(mnt / "f.h5", 0, IMAGES, tmp_path)  # 5 MB: about 13 images leave less than the margin
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "disk full while writing" in proc.stderr and "images kept" in proc.stderr, proc.stderr
+        kept = _contents(mnt / "f.h5")
+        assert 0 < len(kept[0]) < IMAGES and (np.abs(kept[1]).max(axis=1) > 0).all()
         shutil.copy(mnt / "f.h5", tmp_path / "moved.h5")  # to a roomy disk, and resume
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
-    assert _write(tmp_path / "moved.h5", 0, 40, tmp_path).returncode == 0
-    a, b = _contents(clean), _contents(tmp_path / "moved.h5")
-    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    assert _write(tmp_path / "moved.h5", 0, IMAGES, tmp_path).returncode == 0
+    got = _contents(tmp_path / "moved.h5")
+    assert got[0] == clean_file[0] and np.array_equal(got[1], clean_file[1])
 
 
 def test_kill_9_during_an_index_rewrite_leaves_the_old_index_searchable(tmp_path):
