@@ -246,3 +246,36 @@ def test_kill_9_during_an_index_rewrite_leaves_the_old_index_searchable(tmp_path
         write_index(out, index, info)
     assert _results(feats, out) == _results(feats)
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # the dead writers' temporaries are gone
+
+
+# ---------------------------------------------------------------------------- options
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from lit.models import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig, SuperFeatureModel, save_checkpoint
+
+    cfg = ModelConfig(backbone=BackboneConfig("resnet18", 3), lit=LITConfig(T=2, N=8, dim=32), reduction_dim=16,
+                      runtime=RuntimeConfig(image_size=96, features_num=20, scales=(1.0, 0.5)))
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(SuperFeatureModel(cfg).eval(), path)
+    return path
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--scales", "100", "--scales must be in (0, 4]"), ("--scales", "0", "--scales"), ("--scales", "-1,1", "--scales"),
+    ("--scales", "nan", "--scales"), ("--image-size", "0", "--image-size must be an integer >= 16"),
+    ("--image-size", "-3", "--image-size"), ("--features-num", "0", "--features-num must be an integer >= 1"),
+    ("--batch-size", "0", "--batch-size must be an integer >= 1"), ("--workers", "-1", "--workers"),
+    ("--max-pixels", "-5", "--max-pixels"),
+])
+def test_bad_extraction_options_are_refused_before_any_file_is_created(tmp_path, capsys, tiny_checkpoint, option,
+                                                                       value, said):
+    from lit.cli import main
+
+    photo = os.path.join(os.path.dirname(__import__("lit").__file__), "assets", "photos")
+    out = tmp_path / "out" / "f.h5"
+    status = main(["extract", photo, "--out", str(out), "--model", str(tiny_checkpoint), "--device", "cpu", "--quiet",
+                   "--text-model", "none", f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert status == 2 and said in err and err.count("\n") == 1, err
+    assert not out.exists() and not out.parent.exists()
