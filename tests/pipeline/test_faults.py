@@ -251,7 +251,14 @@ def test_kill_9_during_an_index_rewrite_leaves_the_old_index_searchable(tmp_path
 # ---------------------------------------------------------------------------- options
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from lit.models import BackboneConfig, LITConfig, ModelConfig, RuntimeConfig, SuperFeatureModel, save_checkpoint
+    from lit.models import (
+        BackboneConfig,
+        LITConfig,
+        ModelConfig,
+        RuntimeConfig,
+        SuperFeatureModel,
+        save_checkpoint,
+    )
 
     cfg = ModelConfig(backbone=BackboneConfig("resnet18", 3), lit=LITConfig(T=2, N=8, dim=32), reduction_dim=16,
                       runtime=RuntimeConfig(image_size=96, features_num=20, scales=(1.0, 0.5)))
