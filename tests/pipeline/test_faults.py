@@ -286,3 +286,60 @@ def test_bad_extraction_options_are_refused_before_any_file_is_created(tmp_path,
     err = capsys.readouterr().err
     assert status == 2 and said in err and err.count("\n") == 1, err
     assert not out.exists() and not out.parent.exists()
+
+
+# ---------------------------------------------------------------------------- messages and API
+def test_a_truncated_feature_file_is_called_truncated_and_a_locked_one_in_use(tmp_path):
+    import h5py
+
+    path = _feature_file(tmp_path / "f.h5")
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LitError, match=r"cut\.h5: truncated \(") as err:
+        FeatureStore(cut)
+    assert "in use" not in str(err.value)
+    writer = [sys.executable, "-c", textwrap.dedent(f"""
+        from lit.errors import LitError
+        from lit.features import FeatureStore
+        try:
+            FeatureStore({str(path)!r}, "a", descriptor_dim=8, fingerprint="fp").close()
+        except LitError as err:
+            print(err)
+    """)]
+    with h5py.File(path, "r"):  # a reader holds the file: a writer is told it is in use
+        proc = subprocess.run(writer, capture_output=True, text=True, timeout=120)
+    assert "in use by another process" in proc.stdout, proc
+
+
+def test_an_index_rewrite_while_a_reader_holds_the_file_keeps_the_readers_index(tmp_path):
+    import h5py
+
+    feats = _feature_file(tmp_path / "feats.h5")
+    out = tmp_path / "index.h5"
+    index, info = pipeline.build_index(feats, seed=0)
+    write_index(out, index, info)
+    with h5py.File(out, "r") as reader:  # HDF5's lock on the old file
+        old_names = list(reader["pipeline/names"][()])
+        index2, info2 = pipeline.build_index(feats, seed=1)
+        write_index(out, index2, info2)  # no "unable to lock file", no truncation
+        assert list(reader["pipeline/names"][()]) == old_names
+    assert _results(feats, out) == _results(feats, None) or os.path.getsize(out) > 0
+
+
+def test_asmk_training_on_nan_is_a_lit_error():
+    from lit.asmk import ASMK
+
+    x = torch.randn(64, 8)
+    x[3, 2] = float("nan")
+    with pytest.raises(LitError, match="not finite"):
+        ASMK.train(x, size=4)
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-15, 1e30, 1e-30])
+def test_matching_finds_every_self_match_at_any_finite_scale(scale):
+    import lit
+
+    a = torch.randn(50, 16, generator=torch.Generator().manual_seed(0)) * scale
+    f = LocalFeatures(a, torch.ones(50), torch.ones(50), torch.arange(50))
+    assert len(lit.match(f, f)) == 50
