@@ -217,16 +217,17 @@ def describe(err: BaseException, path: str | os.PathLike | None = None) -> str:
         return "permission denied"
     m = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
     if m:
-        return f"truncated ({_size(int(m.group(1)))} of {_size(int(m.group(2)))}: an interrupted copy?)"
-    if "checksum" in low:
+        return f"truncated ({_size(int(m.group(1)))} of {_size(int(m.group(2)))}: an interrupted copy or write)"
+    if "checksum" in low or "filter returned failure" in low:  # Fletcher32 is the only filter lit uses
         return "damaged (checksum mismatch)"
     if "file signature not found" in low:
         return "not an HDF5 file"
     if isinstance(err, UnicodeDecodeError):
         return "damaged (a name is not valid text)"
     first = text.splitlines()[0] if text else type(err).__name__
-    first = re.sub(r"\s*\(.*", "", first)[:80]  # HDF5's own words, without its stack
-    return f"damaged ({first or type(err).__name__})"
+    inner = re.search(r"\(([^()]*)\)\s*$", first)  # HDF5: "Unable to ... (what is wrong)"
+    detail = inner.group(1) if inner else re.sub(r"\s*\(.*", "", first)
+    return f"damaged ({detail[:80] or type(err).__name__})"
 
 
 def open_file(path: str | os.PathLike, mode: str, error: type[LitError], what: str,

@@ -102,7 +102,7 @@ MAX_DESCRIPTOR_ABS = 1e4
 SPACE_MARGIN = 4 << 20
 _MAX_PAD = 1 << 30  # a resume pads a feature file cut short by a failed write by at most this much
 _WRITING = "writing"  # attribute: 1 while a writer has the file open (left at 1 by a crash)
-_ADVICE = "extract it again (or restore a copy)"
+_ADVICE = "extract it again, or restore a copy (a file cut short by a failed write: `lit extract` into it recovers it)"
 
 __all__ = [
     "FeatureCollection", "FeatureFileError", "FeatureStore", "GLOBAL_GROUP", "MAX_DESCRIPTOR_ABS", "STREAM_ROWS",
