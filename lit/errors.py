@@ -16,7 +16,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError", "DownloadError", "FeatureFileError", "FingerprintError", "ImageReadError",
     "ImageTooLargeError", "ImageTooSmallError", "IndexFileError", "LitError", "MissingDependencyError", "NotFoundError",
-    "PipelineError", "UnsafePickleError", "UsageError",
+    "PipelineError", "StorageError", "UnsafePickleError", "UsageError",
 ]
 
 
@@ -64,6 +64,11 @@ class ImageTooLargeError(ImageReadError):
 
 class ImageTooSmallError(ImageReadError):
     """The image is too small for the model at any of the requested scales."""
+
+
+class StorageError(LitError, OSError):
+    """A file could not be written: disk full, quota, I/O error, read-only file system. What
+    was committed before stays readable; the message says what was kept."""
 
 
 class DownloadError(LitError, OSError):

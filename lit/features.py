@@ -52,18 +52,36 @@ text search and the benchmarks go through :class:`FeatureStore` and
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import json
+import logging
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
 import torch
 
+from ._fileio import atomic_path
+from ._hdf5 import (
+    checked,
+    describe,
+    detach,
+    open_file,
+    quiet_after_write_failure,
+    stored_eof,
+    translating,
+    write_errno,
+)
 from ._image import decode_name, display_name, encode_name
 from .distributed import find_shards
-from .errors import FeatureFileError, UsageError
+from .errors import FeatureFileError, LitError, StorageError, UsageError
 from .types import LocalFeatures
+
+log = logging.getLogger(__name__)
 
 FORMAT = "lit-features"
 VERSION = 1
@@ -79,6 +97,12 @@ STREAM_ROWS = 1 << 20
 #: (bytes overwritten: 0x7F7F7F7F is 3.4e38) would overflow the squared distances of
 #: k-means and ASMK.
 MAX_DESCRIPTOR_ABS = 1e4
+#: Bytes kept free beyond an image's own data before it is appended (HDF5 metadata, a
+#: new chunk of each dataset): below that, the run stops with "disk full" before writing.
+SPACE_MARGIN = 4 << 20
+_MAX_PAD = 1 << 30  # a resume pads a feature file cut short by a failed write by at most this much
+_WRITING = "writing"  # attribute: 1 while a writer has the file open (left at 1 by a crash)
+_ADVICE = "extract it again, or restore a copy (a file cut short by a failed write: `lit extract` into it recovers it)"
 
 __all__ = [
     "FeatureCollection", "FeatureFileError", "FeatureStore", "GLOBAL_GROUP", "MAX_DESCRIPTOR_ABS", "STREAM_ROWS",
@@ -87,29 +111,64 @@ __all__ = [
 
 
 def _open_h5(path: str, mode: str) -> h5py.File:
-    """``h5py.File`` with one-line errors that say what is wrong."""
+    """``h5py.File`` with one-line errors that say what is wrong (:func:`lit._hdf5.open_file`)."""
     shown = display_name(path)
     folder = os.path.dirname(os.path.abspath(path))
     if mode != "r" and not os.path.isdir(folder):
         raise FeatureFileError(f"{shown}: the folder {display_name(folder)} does not exist")
-    if os.path.isdir(path):
-        raise FeatureFileError(f"{shown}: a folder, not a feature file")
-    try:
-        return h5py.File(path, mode)
-    except OSError as err:
-        text = str(err)
-        if "lock" in text.lower() or getattr(err, "errno", None) == 11:
-            raise FeatureFileError(
-                f"{shown}: in use by another process (another `lit extract` writing it?); "
-                "wait for it to finish or use another file"
-            ) from None
-        if "permission" in text.lower() or getattr(err, "errno", None) == 13:
-            raise FeatureFileError(f"{shown}: permission denied") from None
-        raise FeatureFileError(f"{shown}: not a readable HDF5 feature file ({text})") from None
+    return open_file(path, mode, FeatureFileError, "feature file", libver=None)
+
+
+def _reads(method):
+    """Read through :func:`lit._hdf5.translating`: HDF5 errors of a damaged file become one
+    :class:`FeatureFileError` naming it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self._broken:  # HDF5 cannot be touched after a failed write
+            raise StorageError(self._broken)
+        with translating(self.path, FeatureFileError, "feature file", _ADVICE):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _writes(method):
+    """Write through :meth:`FeatureStore._fail`: a failed write (disk full, I/O error) stops
+    the store with one :class:`StorageError`."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self._broken:
+            raise StorageError(self._broken)
+        n = len(self)
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, LitError):
+                raise
+            self._fail(err, n)
+
+    return wrapper
 
 
 def _raw_bytes(value) -> bytes:
     return value.tobytes() if isinstance(value, np.ndarray) else bytes(value)
+
+
+def _bad_rows(values: np.ndarray) -> str:
+    """What is wrong with descriptor rows (non-finite, beyond :data:`MAX_DESCRIPTOR_ABS`,
+    all zero: a write that failed), ``""`` when nothing."""
+    if not values.size:
+        return ""
+    peak = np.abs(values).max(axis=1)
+    if np.isfinite(peak).all() and peak.max() <= MAX_DESCRIPTOR_ABS and peak.min() > 0:
+        return ""
+    if not np.isfinite(peak).all():
+        return f"{int((~np.isfinite(values)).sum())} non-finite values"
+    if peak.max() > MAX_DESCRIPTOR_ABS:
+        return f"values up to {float(peak.max()):.3g}, beyond ±{MAX_DESCRIPTOR_ABS:g}"
+    return f"{int((peak == 0).sum())} all-zero rows"
 
 
 class FeatureStore:
@@ -138,21 +197,41 @@ class FeatureStore:
             raise UsageError(f"mode must be 'r' or 'a', got {mode!r}")
         if mode == "r" and not os.path.isfile(self.path):
             raise FeatureFileError(f"{shown}: no such feature file")
+        self._names: list[str] | None = None
+        self._lookup: dict[str, int] | None = None
+        self._checked = False
+        self._broken: str | None = None  # why appending stopped (a failed write)
+        if mode == "a":
+            quiet_after_write_failure()
+            _recover(self.path)
         self.h5 = _open_h5(self.path, mode)
+        try:
+            with translating(self.path, FeatureFileError, "feature file", _ADVICE):
+                self._setup(mode, descriptor_dim, fingerprint, half, root, settings)
+        except BaseException as err:
+            if isinstance(err, StorageError):  # a failed write: HDF5 cannot flush on close
+                self._broken = str(err)
+            self.close()
+            raise
+
+    def _setup(self, mode: str, descriptor_dim, fingerprint, half, root, settings) -> None:
+        shown = display_name(self.path)
         if "format" not in self.h5.attrs:
             if mode == "r" or len(self.h5.keys()):
-                self.h5.close()
-                raise FeatureFileError(f"{shown}: not a lit feature file (no 'format' attribute)")
+                kind = "an index file (from `lit index`), not a feature file" if "type" in self.h5.attrs else \
+                    "not a lit feature file (no 'format' attribute)"
+                raise FeatureFileError(f"{shown}: {kind}")
             if descriptor_dim is None:
-                self.h5.close()
                 raise UsageError("descriptor_dim is needed to create a feature file")
             self._create(int(descriptor_dim), fingerprint or "", half, root, settings)
         fmt, ver = self.h5.attrs.get("format"), int(self.h5.attrs.get("version", -1))
         if fmt != FORMAT or ver != VERSION:
-            self.h5.close()
             raise FeatureFileError(f"{shown}: format {fmt!r} version {ver}, expected {FORMAT!r} version {VERSION}")
+        for key in ("num_images", "num_features", "descriptor_dim", "fingerprint"):
+            if key not in self.h5.attrs:
+                raise FeatureFileError(f"{shown}: damaged feature file (no {key!r} attribute): {_ADVICE}")
+        self._check_header(mode)
         if mode == "a" and fingerprint is not None and self.h5.attrs["fingerprint"] != fingerprint:
-            self.h5.close()
             raise FeatureFileError(
                 f"{shown} was written by another model or with other extraction settings "
                 "(scales, features, image size, --amp or --half: fingerprint differs): use another output file"
@@ -167,9 +246,10 @@ class FeatureStore:
             for j, s in enumerate(self.h5["failed"][:]):
                 s = s.decode() if isinstance(s, bytes) else s
                 ds[j] = np.frombuffer(encode_name(s.partition("\t")[0]), np.uint8)
-        self._names: list[str] | None = None
-        self._lookup: dict[str, int] | None = None
-        self._checked = False
+        if mode == "a":
+            self._check_committed()
+            self.h5.attrs[_WRITING] = 1  # cleared by close(): set at the next open, the run did not end cleanly
+            self.h5.flush()
 
     def _create(self, dim: int, fingerprint: str, half: bool, root, settings) -> None:
         h = self.h5
@@ -179,20 +259,24 @@ class FeatureStore:
             h.attrs["root"] = encode_name(os.path.abspath(os.fspath(root)))  # read back as str by h5py
         if settings is not None:
             h.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        h.attrs["header_crc"] = self._header_crc()
+        h.create_dataset("commit", **checked(np.zeros(2, np.int64), chunks=(2,)))
         cap = 1024
         h.create_dataset("names", (0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
         h.create_dataset("names_raw", (0,), maxshape=(None,), dtype=_RAW, chunks=(1024,))
-        h.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,))
-        h.create_dataset("descriptors", (cap, dim), maxshape=(None, dim), dtype=np.float16 if half else np.float32, chunks=(1024, dim))
-        h.create_dataset("strengths", (cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
-        h.create_dataset("scales", (cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
-        h.create_dataset("superfeature_ids", (cap,), maxshape=(None,), dtype=np.int16, chunks=(4096,))
-        h.create_dataset("positions", (cap, 2), maxshape=(None, 2), dtype=np.float32, chunks=(4096, 2))
+        h.create_dataset("offsets", **checked(np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,)))
+        h.create_dataset("descriptors", **checked(shape=(cap, dim), maxshape=(None, dim),
+                                                  dtype=np.float16 if half else np.float32, chunks=(1024, dim)))
+        h.create_dataset("strengths", **checked(shape=(cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,)))
+        h.create_dataset("scales", **checked(shape=(cap,), maxshape=(None,), dtype=np.float32, chunks=(4096,)))
+        h.create_dataset("superfeature_ids", **checked(shape=(cap,), maxshape=(None,), dtype=np.int16, chunks=(4096,)))
+        h.create_dataset("positions", **checked(shape=(cap, 2), maxshape=(None, 2), dtype=np.float32, chunks=(4096, 2)))
         h.create_dataset("failed", (0,), maxshape=(None,), dtype=_STR, chunks=(256,))
         h.create_dataset("failed_raw", (0,), maxshape=(None,), dtype=_RAW, chunks=(256,))
         h.flush()
 
     # ------------------------------------------------------------------ reading
+    @_reads
     def __len__(self) -> int:
         return int(self.h5.attrs["num_images"])
 
@@ -200,18 +284,22 @@ class FeatureStore:
         return f"FeatureStore({display_name(self.path)!r}, {len(self)} images, {self.num_features} features)"
 
     @property
+    @_reads
     def num_features(self) -> int:
         return int(self.h5.attrs["num_features"])
 
     @property
+    @_reads
     def fingerprint(self) -> str:
         return str(self.h5.attrs["fingerprint"])
 
     @property
+    @_reads
     def descriptor_dim(self) -> int:
         return int(self.h5.attrs["descriptor_dim"])
 
     @property
+    @_reads
     def root(self) -> str | None:
         """The absolute folder the names are relative to (``None`` in older files)."""
         for key in ("root", "image_root"):  # image_root: files of an early lit
@@ -222,12 +310,14 @@ class FeatureStore:
         return None
 
     @property
+    @_reads
     def settings(self) -> dict:
         """Extraction settings (scales, features_num, image_size); ``{}`` in older files."""
         value = self.h5.attrs.get("settings")
         return json.loads(value) if value is not None else {}
 
     @property
+    @_reads
     def half(self) -> bool:
         return self.h5["descriptors"].dtype == np.float16
 
@@ -240,17 +330,32 @@ class FeatureStore:
         return [s.decode() if isinstance(s, bytes) else s for s in self.h5["names"][: len(self)]]
 
     @property
+    @_reads
     def names(self) -> list[str]:
-        """Stored image names (``str``; exact bytes kept, see the module docstring)."""
+        """Stored image names (``str``; exact bytes kept, see the module docstring).
+
+        Raises:
+            FeatureFileError: the two copies of the names disagree (a damaged file).
+        """
         if self._names is None:
             n = len(self)
+            shown = self._display_names()
+            if len(shown) != n:
+                raise FeatureFileError(f"{display_name(self.path)}: feature file damaged ({len(shown)} names for "
+                                       f"{n} images): {_ADVICE}")
             if "names_raw" in self.h5 and self.h5["names_raw"].shape[0] >= n:
-                self._names = [decode_name(_raw_bytes(r)) for r in self.h5["names_raw"][:n]]
+                names = [decode_name(_raw_bytes(r)) for r in self.h5["names_raw"][:n]]
+                bad = next((i for i, (a, b) in enumerate(zip(names, shown, strict=True)) if display_name(a) != b), None)
+                if bad is not None:
+                    raise FeatureFileError(f"{display_name(self.path)}: feature file damaged (the name of image {bad} "
+                                           f"differs between its two copies): {_ADVICE}")
+                self._names = names
             else:
-                self._names = self._display_names()
+                self._names = shown
         return self._names
 
     @property
+    @_reads
     def failed(self) -> dict[str, str]:
         """``name -> error`` of the images that could not be read (and not extracted since)."""
         rows = self.h5["failed"][:]
@@ -271,15 +376,14 @@ class FeatureStore:
             raise KeyError(f"{display_name(name)!r} is not in {display_name(self.path)}") from None
 
     def _check(self, values: np.ndarray, what: str) -> np.ndarray:
-        if values.size and not (np.isfinite(values).all() and np.abs(values).max() <= MAX_DESCRIPTOR_ABS):
-            bad = ~np.isfinite(values)
-            detail = (f"{int(bad.sum())} non-finite values" if bad.any()
-                      else f"values up to {float(np.abs(values).max()):.3g}, beyond ±{MAX_DESCRIPTOR_ABS:g}")
+        detail = _bad_rows(values)
+        if detail:
             raise FeatureFileError(
                 f"{display_name(self.path)}: damaged feature file ({what}: {detail}); extract it again"
             )
         return values
 
+    @_reads
     def _check_offsets(self) -> np.ndarray:
         n, m = len(self), self.num_features
         offsets = self.h5["offsets"][: n + 1]
@@ -294,6 +398,10 @@ class FeatureStore:
         if not -n <= i < n:
             raise IndexError(f"image index {i} out of range for {n} images")
         i %= n
+        with translating(self.path, FeatureFileError, "feature file", _ADVICE):
+            return self._read_image(i)
+
+    def _read_image(self, i: int) -> LocalFeatures:
         a, b = (int(v) for v in self.h5["offsets"][i:i + 2])
         if not 0 <= a <= b <= self.num_features:
             raise FeatureFileError(f"{display_name(self.path)}: damaged feature file (offsets of image {i})")
@@ -306,6 +414,7 @@ class FeatureStore:
             positions=torch.from_numpy(self.h5["positions"][a:b]),
         )
 
+    @_reads
     def all_descriptors(self) -> tuple[np.ndarray, np.ndarray]:
         """All committed descriptors with the image index of each row: ``(M, d)``, ``(M,)``.
 
@@ -320,10 +429,12 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ global embeddings
     @property
+    @_reads
     def towers(self) -> list[str]:
         """Image towers whose global embeddings the file holds (text search)."""
         return sorted(self.h5[GLOBAL_GROUP]) if GLOBAL_GROUP in self.h5 else []
 
+    @_reads
     def embeddings(self, tower: str | None = None) -> tuple[str, np.ndarray, np.ndarray]:
         """``(tower, embeddings (n, D) float32, valid (n,) bool)``, row i for image i.
 
@@ -348,6 +459,7 @@ class FeatureStore:
         valid[:m] = g["valid"][:m].astype(bool)
         return tower, emb, valid
 
+    @_writes
     def write_embeddings(self, rows: Sequence[int], tower: str, embeddings) -> None:
         """Store the global embeddings ``(len(rows), D)`` of ``tower`` for images ``rows`` and flush.
 
@@ -384,33 +496,153 @@ class FeatureStore:
             ds.resize(max(rows, 2 * ds.shape[0]), axis=0)
 
     def append(self, name: str, feats: LocalFeatures) -> None:
-        """Add one image's features and commit (flush)."""
-        h, n, m = self.h5, len(self), int(self.h5.attrs["num_features"])
+        """Add one image's features and commit it.
+
+        The image counts (``num_images``) only once its rows are written and flushed
+        without error, so a failed write never leaves a partial image in the file.
+
+        Raises:
+            StorageError: too little free space for the image (nothing written), or the
+                write failed (disk full, I/O error); the images committed before stay,
+                and the store takes no more (rerun to continue).
+            UsageError: wrong descriptor dimension, or descriptors that are not finite.
+        """
+        if self._broken:
+            raise StorageError(self._broken)
+        h, n, m = self.h5, len(self), self.num_features
         k = len(feats)
-        if feats.descriptors.shape[1:] != (h.attrs["descriptor_dim"],):
-            raise UsageError(f"descriptor dim {tuple(feats.descriptors.shape[1:])} != file's {h.attrs['descriptor_dim']}")
-        for ds in ("descriptors", "strengths", "scales", "superfeature_ids", "positions"):
-            self._ensure(ds, m + k)
-        self._ensure("names", n + 1)
-        self._ensure("names_raw", n + 1)
-        self._ensure("offsets", n + 2)
-        h["descriptors"][m:m + k] = feats.descriptors.numpy()
-        h["strengths"][m:m + k] = feats.strengths.numpy()
-        h["scales"][m:m + k] = feats.scales.numpy()
-        h["superfeature_ids"][m:m + k] = feats.superfeature_ids.numpy().astype(np.int16)
-        pos = feats.positions if feats.positions is not None and len(feats.positions) == k else torch.full((k, 2), float("nan"))
-        h["positions"][m:m + k] = pos.numpy()
-        h["names"][n] = display_name(name)
-        h["names_raw"][n] = np.frombuffer(encode_name(name), np.uint8)
-        h["offsets"][n + 1] = m + k
-        h.attrs["num_features"] = m + k
-        h.attrs["num_images"] = n + 1  # commit point
-        h.flush()
+        if feats.descriptors.shape[1:] != (self.descriptor_dim,):
+            raise UsageError(f"descriptor dim {tuple(feats.descriptors.shape[1:])} != file's {self.descriptor_dim}")
+        desc = feats.descriptors.detach().cpu().numpy()
+        if not np.isfinite(desc).all():
+            raise UsageError(f"{display_name(name)}: descriptors that are not finite (NaN or inf); not stored")
+        self._check_space(k)
+        try:
+            for ds in ("descriptors", "strengths", "scales", "superfeature_ids", "positions"):
+                self._ensure(ds, m + k)
+            self._ensure("names", n + 1)
+            self._ensure("names_raw", n + 1)
+            self._ensure("offsets", n + 2)
+            h["descriptors"][m:m + k] = desc
+            h["strengths"][m:m + k] = feats.strengths.numpy()
+            h["scales"][m:m + k] = feats.scales.numpy()
+            h["superfeature_ids"][m:m + k] = feats.superfeature_ids.numpy().astype(np.int16)
+            pos = feats.positions if feats.positions is not None and len(feats.positions) == k else torch.full((k, 2), float("nan"))
+            h["positions"][m:m + k] = pos.numpy()
+            h["names"][n] = display_name(name)
+            h["names_raw"][n] = np.frombuffer(encode_name(name), np.uint8)
+            h["offsets"][n + 1] = m + k
+            h.flush()  # the image's data on disk, without error, before it counts
+            self._commit(n + 1, m + k)  # commit point
+            h.flush()
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, LitError):
+                raise
+            self._fail(err, n)
         if self._names is not None:
             self._names.append(name)
         if self._lookup is not None:
             self._lookup.setdefault(name, n)
 
+    def _commit(self, n: int, m: int) -> None:
+        """Set the committed counts (attributes, and their checksummed copy ``commit``)."""
+        self.h5.attrs["num_features"] = m
+        self.h5.attrs["num_images"] = n
+        if "commit" in self.h5:
+            self.h5["commit"][:] = (n, m)
+
+    def _header_crc(self) -> int:
+        """CRC32 of the attributes that say what the file holds (a flipped byte in them is
+        detected, not read as another model or root)."""
+        a = self.h5.attrs
+        keys = ("format", "version", "fingerprint", "descriptor_dim", "root", "settings")
+        text = json.dumps([_raw_bytes(a[k]).hex() if isinstance(a.get(k), (bytes, np.ndarray)) else str(a.get(k))
+                           for k in keys])
+        return zlib.crc32(text.encode())
+
+    def _check_header(self, mode: str) -> None:
+        """The header CRC and the committed counts agree with their copies (files written
+        since they exist); in append mode, counts left unequal by a kill during a commit
+        fall back to the smaller, consistent pair."""
+        shown = display_name(self.path)
+        if "header_crc" in self.h5.attrs and int(self.h5.attrs["header_crc"]) != self._header_crc():
+            raise FeatureFileError(f"{shown}: feature file damaged (its header attributes fail their checksum): "
+                                   f"{_ADVICE}")
+        if "commit" not in self.h5:
+            return
+        pair = tuple(int(v) for v in self.h5["commit"][:2])
+        attrs = (len(self), self.num_features)
+        if pair == attrs:
+            return
+        offsets = self.h5["offsets"]
+        fits = [p for p in (pair, attrs) if 0 <= p[0] < offsets.shape[0] and int(offsets[p[0]]) == p[1]]
+        if mode == "a" and fits:
+            n, m = min(fits)
+            log.warning(f"{shown}: the image count was being written when the writer stopped; {n} images kept")
+            self._commit(n, m)
+            self.h5.flush()
+            return
+        raise FeatureFileError(f"{shown}: feature file damaged (its image counts {attrs[0]} and {pair[0]} disagree): "
+                               f"{_ADVICE}")
+
+    def _check_space(self, rows: int) -> None:
+        """Refuse (before writing) an image whose rows and a margin do not fit on the disk."""
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
+            return
+        item = self.h5["descriptors"].dtype.itemsize
+        need = rows * (self.descriptor_dim * item + 4 + 4 + 2 + 8) + SPACE_MARGIN + 1024 * self.descriptor_dim * item
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise StorageError(f"disk full while writing {display_name(self.path)} ({free / 1e6:.1f} MB free): "
+                               f"{len(self)} images kept, free some space and rerun to continue")
+
+    def _fail(self, err: BaseException, n: int) -> None:
+        """A write failed: stop taking images, close what can be closed quietly, raise one line."""
+        quiet_after_write_failure()
+        detach(self.h5)
+        reason = describe(err) if write_errno(err) is not None else f"write failed ({describe(err)})"
+        self._broken = (f"{reason} while writing {display_name(self.path)}: {n} images kept, "
+                        "rerun to continue (after freeing space)")
+        self.close()
+        raise StorageError(self._broken) from None
+
+    def _check_committed(self) -> None:
+        """Before appending: drop committed images whose descriptors are damaged (all-zero or
+        non-finite rows, unreadable chunks: a write that failed, by a lit before the commit
+        rule or under a disk full), from the first such image on; they are extracted again.
+        Rows checked once are not read again (attribute ``checked_features``)."""
+        n, m = len(self), self.num_features
+        start = int(self.h5.attrs.get("checked_features", 0))
+        if start >= m or n == 0:
+            return
+        offsets = self._check_offsets()
+        ds = self.h5["descriptors"]
+        bad_row, step = None, 1024
+        for r0 in range(start - start % step, m, step):
+            r1 = min(m, r0 + step)
+            try:
+                rows = ds[r0:r1].astype(np.float32)
+            except (OSError, RuntimeError):
+                bad_row = max(r0, start)
+                break
+            peak = np.abs(rows[max(0, start - r0):]).max(axis=1)
+            wrong = ~(np.isfinite(peak) & (peak > 0) & (peak <= MAX_DESCRIPTOR_ABS))
+            if wrong.any():
+                bad_row = max(r0, start) + int(np.argmax(wrong))
+                break
+        if bad_row is not None:
+            first = int(np.searchsorted(offsets, bad_row, side="right")) - 1
+            first_name = display_name(self.names[first])
+            log.warning(f"{display_name(self.path)}: {n - first} images from {first_name} on have damaged descriptors "
+                        "(a write that failed); they are dropped and will be extracted again")
+            self._commit(first, int(offsets[first]))
+            self._names = self._lookup = None
+        self.h5.attrs["checked_features"] = self.num_features
+        self.h5.flush()
+
+    @_writes
     def _write_failures(self, failures: dict[str, str]) -> None:
         rows = [f"{display_name(k)}\t{display_name(v)}" for k, v in failures.items()]
         for ds_name, values in (("failed", rows), ("failed_raw", [np.frombuffer(encode_name(k), np.uint8) for k in failures])):
@@ -420,6 +652,7 @@ class FeatureStore:
                 ds[j] = v
         self.h5.flush()
 
+    @_writes
     def add_failure(self, name: str, error: str) -> None:
         """Record (or update) that ``name`` could not be read."""
         failures = self.failed
@@ -435,7 +668,10 @@ class FeatureStore:
         self.h5.flush()
 
     def clear_failures(self, names: Iterable[str]) -> None:
-        """Forget recorded failures of ``names`` (e.g. after they were extracted)."""
+        """Forget recorded failures of ``names`` (e.g. after they were extracted; nothing
+        after a failed write)."""
+        if self._broken:
+            return
         failures = self.failed
         drop = [n for n in names if n in failures]
         if drop:
@@ -444,8 +680,30 @@ class FeatureStore:
             self._write_failures(failures)
 
     def close(self) -> None:
-        if self.h5.id.valid:
+        if getattr(self, "h5", None) is None or getattr(self, "_closed", False) or not self.h5.id.valid:
+            return
+        self._closed = True
+        if not self._broken:
+            if self.h5.mode != "r" and self.h5.attrs.get(_WRITING):
+                try:
+                    self.h5.attrs[_WRITING] = 0
+                    self.h5.flush()
+                except (OSError, RuntimeError):  # disk full at the very end: the next run recovers
+                    self._broken = "closing failed"
+                    quiet_after_write_failure()
+                    detach(self.h5)
+                    with contextlib.suppress(Exception):
+                        self.h5.close()
+                    return
             self.h5.close()
+            return
+        # after a failed write HDF5 cannot flush its caches: its last flushes go nowhere
+        # (what is committed is on disk already; the next run recovers the file)
+        quiet_after_write_failure()
+        detach(self.h5)
+        with contextlib.suppress(Exception):
+            self.h5.close()
+        gc.collect()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -453,6 +711,128 @@ class FeatureStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+# ---------------------------------------------------------------------- recovery
+def _recover(path: str) -> None:
+    """Before appending to ``path``: if its last writer did not end cleanly (killed, disk
+    full: attribute ``writing`` left set, or the file cut short of its recorded size),
+    copy its committed, undamaged images into a fresh file that replaces it (atomically).
+    HDF5 does not promise a consistent file after a crash in the middle of a write; the
+    committed rows themselves are intact, and reading them is what the copy does."""
+    if not (os.path.isfile(path) and h5py.is_hdf5(path)):
+        return
+    shown = display_name(path)
+    padded = False
+    try:
+        h5py.File(path, "r").close()
+    except OSError as err:  # a failed write can leave the file short of its end
+        eof = stored_eof(err)
+        if eof is None or eof - os.path.getsize(path) > _MAX_PAD:
+            return  # open_file reports it
+        os.truncate(path, eof)
+        padded = True
+    try:
+        with h5py.File(path, "r") as f:
+            if not padded and not int(f.attrs.get(_WRITING, 0)):
+                return
+            if f.attrs.get("format") != FORMAT:
+                return
+            kept, total = _copy_committed(f, path)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        if isinstance(err, LitError):
+            raise
+        raise FeatureFileError(f"{shown}: feature file damaged beyond repair ({describe(err)}): {_ADVICE}") from None
+    dropped = f"; {total - kept} damaged images dropped (extracted again)" if kept < total else ""
+    log.warning(f"{shown}: its last run did not end cleanly (killed or disk full): its {kept} committed images were "
+                f"checked and copied to a fresh file{dropped}")
+
+
+def _copy_committed(f: h5py.File, path: str) -> tuple[int, int]:
+    """Copy the committed images of the open file ``f`` that read back undamaged (up to the
+    first damaged one) into a fresh file replacing ``path``; ``(kept, committed)``."""
+    a = f.attrs
+    n, m = int(a["num_images"]), int(a["num_features"])
+    if "commit" in f:
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            c = tuple(int(v) for v in f["commit"][:2])
+            n, m = min((n, m), c)
+    offsets = f["offsets"][: n + 1].astype(np.int64)
+    if len(offsets) != n + 1 or offsets[0] != 0 or (np.diff(offsets) < 0).any():
+        raise FeatureFileError(f"{display_name(path)}: feature file damaged (inconsistent offsets): {_ADVICE}")
+    keep = n  # images 0..keep-1 read back whole
+    arrays = {k: [] for k in ("descriptors", "strengths", "scales", "superfeature_ids", "positions")}
+    step = 1024
+    for r0 in range(0, int(offsets[keep]), step):
+        r1 = min(int(offsets[keep]), r0 + step)
+        try:
+            block = {k: f[k][r0:r1] for k in arrays}
+            peak = np.abs(block["descriptors"].astype(np.float32)).max(axis=1)
+            wrong = ~(np.isfinite(peak) & (peak > 0) & (peak <= MAX_DESCRIPTOR_ABS))
+            bad_row = r0 + int(np.argmax(wrong)) if wrong.any() else None
+        except (OSError, RuntimeError):
+            block, bad_row = None, r0
+        if bad_row is not None:
+            keep = int(np.searchsorted(offsets, bad_row, side="right")) - 1
+            if block is not None:
+                for k in arrays:
+                    arrays[k].append(block[k])
+            break
+        for k in arrays:
+            arrays[k].append(block[k])
+    rows = int(offsets[keep])
+    data = {k: (np.concatenate(v)[:rows] if v else f[k][:0]) for k, v in arrays.items()}
+    names_raw, names = [], []
+    for i in range(keep):
+        try:
+            raw = _raw_bytes(f["names_raw"][i]) if "names_raw" in f else encode_name(f["names"][i].decode())
+        except (OSError, RuntimeError, UnicodeDecodeError):
+            keep = i
+            break
+        names_raw.append(raw)
+        names.append(display_name(decode_name(raw)))
+    rows = int(offsets[keep])
+    failed: list[tuple[bytes, str]] = []
+    with contextlib.suppress(OSError, RuntimeError, UnicodeDecodeError):
+        raws = f["failed_raw"][:] if "failed_raw" in f else None
+        for j, s in enumerate(f["failed"][:]):
+            s = s.decode() if isinstance(s, bytes) else s
+            failed.append((_raw_bytes(raws[j]) if raws is not None else encode_name(s.partition("\t")[0]), s))
+    towers = {}
+    if GLOBAL_GROUP in f:
+        for tower in f[GLOBAL_GROUP]:
+            with contextlib.suppress(OSError, RuntimeError, KeyError):
+                g = f[f"{GLOBAL_GROUP}/{tower}"]
+                towers[tower] = (g["embeddings"][:keep], g["valid"][:keep])
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
+        for key, value in a.items():
+            if key not in (_WRITING, "checked_features"):
+                out.attrs[key] = value
+        dim = int(a["descriptor_dim"])
+        cap = max(1024, rows)
+        for k, v in data.items():
+            shape = (cap,) + v.shape[1:]
+            chunks = (1024, dim) if k == "descriptors" else ((4096, 2) if k == "positions" else (4096,))
+            ds = out.create_dataset(k, **checked(shape=shape, maxshape=(None,) + v.shape[1:], dtype=v.dtype, chunks=chunks))
+            ds[:rows] = v[:rows]
+        out.create_dataset("offsets", **checked(offsets[: keep + 1], maxshape=(None,), chunks=(1024,)))
+        out.create_dataset("names", data=np.array(names, dtype=object), maxshape=(None,), dtype=_STR, chunks=(1024,))
+        ds = out.create_dataset("names_raw", (keep,), maxshape=(None,), dtype=_RAW, chunks=(1024,))
+        for i, raw in enumerate(names_raw[:keep]):
+            ds[i] = np.frombuffer(raw, np.uint8)
+        out.create_dataset("failed", data=np.array([s for _, s in failed], dtype=object), maxshape=(None,), dtype=_STR,
+                           chunks=(256,))
+        ds = out.create_dataset("failed_raw", (len(failed),), maxshape=(None,), dtype=_RAW, chunks=(256,))
+        for j, (raw, _) in enumerate(failed):
+            ds[j] = np.frombuffer(raw, np.uint8)
+        for tower, (emb, valid) in towers.items():
+            g = out.require_group(f"{GLOBAL_GROUP}/{tower}")
+            g.create_dataset("embeddings", data=emb, maxshape=(None, emb.shape[1]), chunks=(256, emb.shape[1]))
+            g.create_dataset("valid", data=valid, maxshape=(None,), chunks=(1024,))
+        out.attrs["num_images"], out.attrs["num_features"] = keep, rows
+        out.create_dataset("commit", **checked(np.array([keep, rows], np.int64), chunks=(2,)))
+        out.attrs["checked_features"] = rows
+    return keep, n
 
 
 # ---------------------------------------------------------------------- collections
@@ -549,7 +929,7 @@ class FeatureCollection:
             a, b = max(lo, int(self.starts[s])), min(hi, int(self.starts[s + 1]))
             if a < b:
                 base = int(self.starts[s])
-                offsets = store.h5["offsets"][a - base : b - base + 1]
+                offsets = store._check_offsets()[a - base : b - base + 1]
                 total += int(offsets[-1] - offsets[0])
         return total
 
@@ -566,15 +946,17 @@ class FeatureCollection:
             if a >= b:
                 continue
             base = int(self.starts[s])
-            offsets = store.h5["offsets"][a - base : b - base + 1].astype(np.int64)
+            with translating(store.path, FeatureFileError, "feature file", _ADVICE):
+                offsets = store._check_offsets()[a - base : b - base + 1].astype(np.int64)
             i = 0
             while i < b - a:
                 # whole images, at least one, about max_rows descriptors
                 j = int(np.searchsorted(offsets, offsets[i] + max_rows, side="right")) - 1
                 j = min(max(j, i + 1), b - a)
                 r0, r1 = int(offsets[i]), int(offsets[j])
-                desc = store._check(store.h5["descriptors"][r0:r1].astype(np.float32, copy=False),
-                                    f"images {a + i}..{a + j - 1}")  # finite, within range
+                with translating(store.path, FeatureFileError, "feature file", _ADVICE):
+                    desc = store._check(store.h5["descriptors"][r0:r1].astype(np.float32, copy=False),
+                                        f"images {a + i}..{a + j - 1}")  # finite, within range
                 ids = np.repeat(np.arange(a + i, a + j, dtype=np.int64), np.diff(offsets[i : j + 1]))
                 yield desc, ids
                 i = j

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 from ._fileio import atomic_path
+from ._hdf5 import LIBVER, checked, describe, translating
 from ._image import display_name
 from .asmk import ASMK
 from .asmk.io import reading, write_asmk
@@ -51,6 +53,7 @@ from .errors import IndexFileError, NotFoundError
 
 log = logging.getLogger(__name__)
 
+_ADVICE = "rebuild it with `lit index` (or restore a copy)"
 PIPELINE_GROUP = "pipeline"
 PIPELINE_FORMAT = "lit-index-pipeline"
 PIPELINE_VERSION = 1
@@ -118,13 +121,21 @@ class TextEmbeddings(NamedTuple):
     features: str = ""
 
 
+def _names_crc(raw: list[bytes]) -> int:
+    crc = 0
+    for name in raw:
+        crc = zlib.crc32(name + b"\0", crc)
+    return crc
+
+
 def _str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # ---------------------------------------------------------------------------- kinds
 def file_kind(path: str | os.PathLike) -> str:
-    """``"index"``, ``"features"``, ``"hdf5"`` (another HDF5 file), ``"other"`` or ``"missing"``."""
+    """``"index"``, ``"features"``, ``"hdf5"`` (another HDF5 file), ``"damaged"`` (HDF5 that
+    cannot be opened), ``"other"`` or ``"missing"``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return "missing"
@@ -136,8 +147,8 @@ def file_kind(path: str | os.PathLike) -> str:
                 return "index"
             if _str(f.attrs.get("format", "")) == "lit-features":
                 return "features"
-    except OSError:
-        return "other"
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return "damaged"
     return "hdf5"
 
 
@@ -153,6 +164,11 @@ def _check_is_index(path: str) -> None:
                              f"run `lit index {shown} --out INDEX.h5` first")
     if kind == "hdf5":
         raise IndexFileError(f"{shown}: an HDF5 file, but not a lit index (no ASMK index in it)")
+    if kind == "damaged":
+        try:
+            h5py.File(path, "r").close()
+        except OSError as err:
+            raise IndexFileError(f"{shown}: index file {describe(err)}: {_ADVICE}") from None
     raise IndexFileError(f"{shown}: not an index file (not HDF5: damaged, truncated or another kind of file)")
 
 
@@ -167,6 +183,10 @@ def _parts(path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- writing
+def _reading(path: str):
+    return translating(path, IndexFileError, "index file", _ADVICE)
+
+
 def _write_groups(f: h5py.File, info: IndexInfo, text: TextEmbeddings | None) -> None:
     g = f.create_group(PIPELINE_GROUP)
     g.attrs.update({"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "image_root": info.image_root or "",
@@ -175,6 +195,7 @@ def _write_groups(f: h5py.File, info: IndexInfo, text: TextEmbeddings | None) ->
                     "codebook_descriptors": info.codebook_descriptors, "descriptors": info.descriptors})
     raw = [os.fsencode(n) for n in info.names]  # bytes: names that are not valid UTF-8 survive
     g.create_dataset("names", data=np.array(raw, dtype=object), dtype=h5py.special_dtype(vlen=bytes))
+    g.attrs["names_crc32"] = _names_crc(raw)  # the names live in HDF5's heap, which has no checksum
     if text is not None:
         _write_text(f, text)
 
@@ -186,8 +207,9 @@ def _write_text(f: h5py.File, text: TextEmbeddings) -> None:
     g.attrs.update({"format": TEXT_FORMAT, "version": TEXT_VERSION, "tower": text.tower, "features": text.features})
     g.create_dataset("names", data=np.array([os.fsencode(n) for n in text.names], dtype=object),
                      dtype=h5py.special_dtype(vlen=bytes))
-    g.create_dataset("embeddings", data=np.asarray(text.embeddings, np.float32))
-    g.create_dataset("valid", data=np.asarray(text.valid).astype(np.uint8))
+    g.create_dataset("embeddings", **checked(np.asarray(text.embeddings, np.float32)))
+    g.create_dataset("valid", **checked(np.asarray(text.valid).astype(np.uint8)))
+    g.attrs["names_crc32"] = _names_crc([os.fsencode(n) for n in text.names])
 
 
 def write_index(path: str | os.PathLike, index: ASMK, info: IndexInfo, *, text: TextEmbeddings | None = None,
@@ -205,10 +227,15 @@ def write_index(path: str | os.PathLike, index: ASMK, info: IndexInfo, *, text: 
     path = os.fspath(path)
     _check_names(path, info, index, part)
     index.flush()
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with _writing(path), atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
         write_asmk(f, index, attrs=part.attrs() if part is not None else None)
         _write_groups(f, info, text)
     return path
+
+
+def _writing(path: str):
+    """A failed write (disk full...) is one line; the file being replaced is unchanged."""
+    return translating(path, IndexFileError, "index file", on_write="the file it replaces is unchanged")
 
 
 def update_text(path: str | os.PathLike, text: TextEmbeddings) -> None:
@@ -217,7 +244,7 @@ def update_text(path: str | os.PathLike, text: TextEmbeddings) -> None:
 
     path = os.fspath(path)
     _check_is_index(path)
-    with atomic_path(path) as tmp:
+    with _writing(path), atomic_path(path) as tmp:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:
             _write_text(f, text)
@@ -235,7 +262,7 @@ def read_part(path: str | os.PathLike) -> Part | None:
     """Where an index file stands in a sharded index, ``None`` for a whole index."""
     path = os.fspath(path)
     _check_is_index(path)
-    with h5py.File(path, "r") as f:
+    with _reading(path), h5py.File(path, "r") as f:
         a = f.attrs
         if "shard.lo" not in a:
             return None
@@ -251,7 +278,11 @@ def _read_pipeline(f: h5py.File, path: str) -> IndexInfo | None:
                              f"(this lit reads {PIPELINE_FORMAT!r} {PIPELINE_VERSION})")
     a = g.attrs
     try:
-        names = tuple(os.fsdecode(bytes(n)) for n in g["names"][()])
+        raw = [bytes(n) for n in g["names"][()]]
+        if "names_crc32" in a and int(a["names_crc32"]) != _names_crc(raw):
+            raise IndexFileError(f"{display_name(path)}: index file damaged (its image names fail their checksum): "
+                                 f"{_ADVICE}")
+        names = tuple(os.fsdecode(n) for n in raw)
         return IndexInfo(names=names, image_root=_str(a["image_root"]) or None,
                          fingerprint=_str(a["fingerprint"]) or None, features=_str(a["features"]),
                          codebook_source=_str(a["codebook_source"]), codebook_size=int(a["codebook_size"]),
@@ -291,11 +322,8 @@ def read_info(path: str | os.PathLike) -> IndexInfo:
     infos = []
     for part in parts:
         _check_is_index(part)
-        try:
-            with h5py.File(part, "r") as f:
-                infos.append(_read_pipeline(f, part))
-        except OSError as err:
-            raise IndexFileError(f"{display_name(part)}: damaged index file ({err})") from None
+        with _reading(part), h5py.File(part, "r") as f:
+            infos.append(_read_pipeline(f, part))
     if any(i is None for i in infos):
         info = _read_sidecar(path)
         if info is None:
@@ -326,7 +354,7 @@ def load_index(path: str | os.PathLike, device: str | torch.device = "cpu", *, k
     info = read_info(path)
     parts = _parts(path)
     if len(parts) == 1:
-        with reading(parts[0]), h5py.File(parts[0], "r") as f:
+        with _reading(parts[0]), reading(parts[0]), h5py.File(parts[0], "r") as f:
             index = ASMK.from_group(f, device, source=parts[0])
     else:
         index = ShardedIndex(parts, device=device, keep=keep_parts)
@@ -344,14 +372,18 @@ def read_text(path: str | os.PathLike) -> TextEmbeddings:
     parts = []
     for part in _parts(path):
         _check_is_index(part)
-        with h5py.File(part, "r") as f:
+        with _reading(part), h5py.File(part, "r") as f:
             if TEXT_GROUP not in f or _str(f[TEXT_GROUP].attrs.get("format", "")) != TEXT_FORMAT:
                 raise IndexFileError(
                     f"{display_name(path)}: no global image embeddings for text search (the index was made "
                     "before lit stored them, or from a feature file without them): run `lit text embed "
                     f"FEATURES.h5 --root IMAGE_FOLDER --index {display_name(path)}`")
             g = f[TEXT_GROUP]
-            names = [os.fsdecode(bytes(n)) if not isinstance(n, str) else n for n in g["names"][()]]
+            raw = [bytes(n) if not isinstance(n, str) else os.fsencode(n) for n in g["names"][()]]
+            if "names_crc32" in g.attrs and int(g.attrs["names_crc32"]) != _names_crc(raw):
+                raise IndexFileError(f"{display_name(part)}: index file damaged (its text-search names fail their "
+                                     f"checksum): {_ADVICE}")
+            names = [os.fsdecode(n) for n in raw]
             parts.append(TextEmbeddings(_str(g.attrs["tower"]), names, g["embeddings"][()],
                                         g["valid"][()].astype(bool), _str(g.attrs.get("features", ""))))
     if len(parts) == 1:

@@ -45,6 +45,15 @@ FIRE_THRESHOLD = 0.9
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm, safely for any finite scale: each row is first divided
+    by its largest absolute value (squares of 1e19 overflow float32, those of 1e-15 fall
+    under any epsilon); all-zero rows stay zero."""
+    peak = x.abs().amax(dim=1, keepdim=True)
+    x = torch.where(peak > 0, x / torch.where(peak > 0, peak, torch.ones_like(peak)), x)
+    return F.normalize(x, p=2.0, dim=1, eps=1e-12)
+
 def _check_descriptors(x: Tensor, name: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -91,10 +100,10 @@ def background_similarity(desc: Tensor, background: Tensor, chunk: int = 4096) -
         - Output: :math:`(N,)`.
     """
     dtype = torch.float64 if desc.dtype == torch.float64 else torch.float32
-    a = F.normalize(desc.to(dtype), p=2.0, dim=1, eps=1e-12)
+    a = _unit_rows(desc.to(dtype))
     best = torch.full((a.shape[0],), -math.inf, dtype=dtype, device=a.device)
     for s in range(0, background.shape[0], chunk):
-        b = F.normalize(background[s:s + chunk].to(device=a.device, dtype=dtype), p=2.0, dim=1, eps=1e-12)
+        b = _unit_rows(background[s:s + chunk].to(device=a.device, dtype=dtype))
         best = torch.maximum(best, (a @ b.T).amax(dim=1))
     return best
 
@@ -242,8 +251,8 @@ def match_superfeatures(
         empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty.clone(), torch.empty(0, dtype=dtype, device=device)
 
-    a = F.normalize(a, p=2.0, dim=1, eps=1e-12)
-    b = F.normalize(b, p=2.0, dim=1, eps=1e-12)
+    a = _unit_rows(a)
+    b = _unit_rows(b)
     sim = a @ b.T  # (Na, Nb)
 
     nn_ab = _first_argmax(sim, dim=1)  # (Na,) nearest b of each a

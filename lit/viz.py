@@ -583,7 +583,10 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> str:
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format=ext[1:])
+    from ._fileio import atomic_path
+
+    with atomic_path(path) as tmp:  # a reader (or a crash) never sees half a figure
+        fig.savefig(tmp, dpi=dpi, format=ext[1:])
     return path
 
 

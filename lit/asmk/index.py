@@ -237,6 +237,9 @@ class ASMK:
             raise UsageError(f"ASMK.train: size must be a positive integer, got {size!r}")
         if size > n:
             raise UsageError(f"ASMK.train: {n} descriptors cannot make {size} visual words; pass size <= {n}")
+        bad = int((~torch.isfinite(torch.as_tensor(descriptors))).sum())
+        if bad:
+            raise UsageError(f"ASMK.train: the descriptors hold {bad} values that are not finite (NaN or inf)")
         codebook = kmeans(descriptors, size, iterations=iterations, seed=seed, device=device, backend=backend)
         return cls(codebook, device=device, **params)
 
@@ -515,8 +518,11 @@ class ASMK:
         """
         import h5py
 
+        from .._fileio import atomic_path
+        from .._hdf5 import LIBVER
+
         self.flush()
-        with h5py.File(path, "w") as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
             asmk_io.write_asmk(f, self, attrs=attrs)
 
     @classmethod

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from torch import Tensor
 
+from .._hdf5 import checked, describe
 from ..errors import IndexFileError
 from .ivf import InvertedFile
 
@@ -82,11 +83,11 @@ def write_asmk(group: Any, index: _Index, *, attrs: dict[str, Any] | None = None
         group.attrs[f"params.{key}"] = value
     for key, value in (attrs or {}).items():
         group.attrs[key] = value
-    group.create_dataset("codebook", data=index.codebook.cpu().numpy())
-    group.create_dataset("offsets", data=offsets)
-    group.create_dataset("image_ids", data=image_ids)
+    group.create_dataset("codebook", **checked(index.codebook.cpu().numpy()))  # Fletcher32: damage detected
+    group.create_dataset("offsets", **checked(offsets))
+    group.create_dataset("image_ids", **checked(image_ids))
     dtype = np.uint8 if ivf.binary else np.float32
-    ds = group.create_dataset("vectors", shape=(int(image_ids.shape[0]), ivf.width), dtype=dtype)
+    ds = group.create_dataset("vectors", **checked(shape=(int(image_ids.shape[0]), ivf.width), dtype=dtype))
     for start, stop, rows in ivf.row_chunks(IO_ROWS):
         ds[start:stop] = rows
 
@@ -108,7 +109,7 @@ def open_file(path: str | os.PathLike) -> Any:
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise IndexFileError(f"{path}: cannot open HDF5 file, truncated or corrupt ({err})") from err
+        raise IndexFileError(f"{path}: cannot open the ASMK index: {describe(err)}") from None
 
 
 @contextlib.contextmanager
@@ -117,8 +118,10 @@ def reading(source: str) -> Iterator[None]:
     ``RuntimeError``) into one :class:`~lit.errors.IndexFileError` naming ``source``."""
     try:
         yield
-    except (OSError, KeyError, RuntimeError) as err:
-        raise IndexFileError(f"{source}: cannot read ASMK index, truncated or corrupt ({err})") from err
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
+        if isinstance(err, IndexFileError):
+            raise
+        raise IndexFileError(f"{source}: ASMK index {describe(err)}: rebuild it") from None
 
 
 def source_name(group: Any) -> str:

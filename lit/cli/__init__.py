@@ -8,7 +8,8 @@ library at import time, and only the chosen command's options are built, so ``li
 and ``lit --version`` answer at once.
 
 Errors: a :class:`lit.errors.LitError` (what the user can fix) is printed as one line on
-stderr with exit status 2; anything else is a bug and keeps its traceback
+stderr with exit status 2; a closed output pipe (``lit ... | head``) ends the command
+quietly with status 141, as Unix tools ended by SIGPIPE; anything else is a bug and keeps its traceback
 (``LIT_DEBUG=1`` shows the traceback of user errors too). Library code logs through
 ``logging``; here its records go to stderr, warnings as ``lit COMMAND: warning: ...``.
 """
@@ -83,6 +84,16 @@ def _setup_logging(command: str) -> logging.Handler:
     return handler
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: Python's flush at exit must not fail on the closed pipe."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lit ARGS``; returns the exit status."""
     from ..errors import LitError
@@ -101,11 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = _setup_logging(args.command)
+    status = 1
     try:
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("lit: interrupted", file=sys.stderr)
-        return 130
+        status = 130
+    except BrokenPipeError:  # `lit ... | head`: the reader is gone; end quietly, as Unix tools do
+        _silence_stdout()
+        status = 141  # 128 + SIGPIPE: what the shell reports for a tool that SIGPIPE ended
     except LitError as err:
         if os.environ.get("LIT_DEBUG"):
             raise
@@ -113,9 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lit {args.command}: error: {msg[0] if msg else type(err).__name__}", file=sys.stderr)
         for line in msg[1:6]:
             print(f"  {line.strip()}", file=sys.stderr)
-        return 2
+        status = 2
     finally:
         logging.getLogger("lit").removeHandler(handler)
+        hdf5 = sys.modules.get("lit._hdf5")  # a process that must skip HDF5's shutdown exits with it
+        if hdf5 is not None:
+            hdf5.note_exit_status(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                               backend=args.backend, chunk_size=args.chunk_size)
     print(f"{result['dataset']['images']} images, {result['dataset']['classes']} classes: {_format_recall(result['recall'])}")
     if args.json:
-        with open(args.json, "w") as f:
+        from .._fileio import atomic_write
+
+        with atomic_write(args.json) as f:
             json.dump(result, f, indent=1)
     return 0

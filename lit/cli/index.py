@@ -38,6 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="go on when --train-features/--codebook come from another model")
     p.add_argument("--shards", type=int, default=1,
                    help="build a sharded index of this many parts, OUT.RRRRR-of-NNNNN.h5 (under torchrun: one part per rank)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (atomically: a search "
+                                                            "running on the old index keeps it)")
     add_device_argument(p)
 
 
@@ -52,7 +54,7 @@ def run(args) -> int:
         args.features, args.out, parts=args.shards, codebook=codebook, codebook_source=args.codebook,
         codebook_fingerprint=cb_fp, size=args.codebook_size, train_features=args.train_features,
         image_root=args.image_root, seed=args.seed, binary=not args.real, use_idf=args.idf, device=device(args),
-        force=args.force,
+        force=args.force, overwrite=args.overwrite,
     )
     if not is_main_process():
         return 0

@@ -60,7 +60,9 @@ def run(args) -> int:
           f"{', ratio ' + str(args.ratio) if args.ratio else ''}), "
           f"score {m.score:.4g} (sum of the matches' cosine similarities)")
     if args.json:
-        with open(args.json, "w") as f:
+        from .._fileio import atomic_write
+
+        with atomic_write(args.json) as f:
             json.dump({"matches": len(m), "rule": rule.describe(), "threshold": thr, "margin": rule.margin, "score": m.score,
                        "indices_a": m.indices_a.tolist(), "indices_b": m.indices_b.tolist(),
                        "similarity": m.similarity.tolist(), "positions_a": fa.positions[m.indices_a].tolist(),

@@ -13,6 +13,7 @@ HELP = "plot the attention maps of an image's strongest super-features"
 def add_arguments(p) -> None:
     p.add_argument("image")
     p.add_argument("--out", help="output figure (default FOLDER_IMAGE_attention.png in the current folder, never overwritten)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--scale", type=float, default=1.0, help="extraction scale (default 1)")
     p.add_argument("--top", type=int, default=16, help="how many of the strongest super-features (default 16; at most N)")
     p.add_argument("--indices", help="comma-separated super-feature indices instead of the strongest")
@@ -43,6 +44,8 @@ def run(args) -> int:
                          "(--scales and --features-num do not apply)")
     if args.out:
         check_figure_path(args.out)
+        if os.path.exists(args.out) and not args.overwrite:
+            raise UsageError(f"{args.out}: already exists (pass --overwrite to replace it)")
     model = load_model(args)
     img = load_image(args.image, model.cfg.runtime.image_size if args.image_size is None else args.image_size)
     sf = model.superfeatures(img, scale=args.scale)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._image import DEFAULT_MAX_PIXELS, ImageReadError, display_name, list_images, load_image
@@ -31,7 +32,7 @@ from ..models.model import check_scales
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ExtractionSummary", "common_root", "extract_to_file", "gather_images", "image_names", "model_fingerprint",
+    "MAX_SCALE", "ExtractionSummary", "check_extraction_options", "common_root", "extract_to_file", "gather_images", "image_names", "model_fingerprint",
     "rank_share",
 ]
 
@@ -251,11 +252,10 @@ def extract_to_file(
         ``skipped: NAME: problem``), recorded in the file and skipped.
     """
     rt = model.cfg.runtime
-    scales = check_scales(rt.scales if scales is None else scales)
-    features_num = rt.features_num if features_num is None else int(features_num)
-    image_size = rt.image_size if image_size == -1 else image_size
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    scales, features_num, image_size = check_extraction_options(
+        model, rt.scales if scales is None else scales, rt.features_num if features_num is None else features_num,
+        rt.image_size if image_size == -1 else image_size, batch_size=batch_size, num_workers=num_workers,
+        max_pixels=max_pixels)
     entries = [(entry if isinstance(entry, tuple) else (entry, None)) for entry in images]
     paths = [os.fspath(p) for p, _ in entries]
     out = os.fspath(out)
@@ -275,6 +275,49 @@ def extract_to_file(
                  progress=progress)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+#: Largest extraction scale: a scale multiplies both sides of the (resized) image, and
+#: memory grows with its square (FIRe's largest is 2).
+MAX_SCALE = 4.0
+
+
+def _option(name: str, flag: str, value, rule: str) -> UsageError:
+    return UsageError(f"{name} must be {rule}, got {value!r}", cli=f"{flag} must be {rule}, got {value!r}")
+
+
+def check_extraction_options(model, scales, features_num, image_size, *, batch_size: int = 1, num_workers: int = 0,
+                             max_pixels=DEFAULT_MAX_PIXELS) -> tuple[tuple[float, ...], int, int | None]:
+    """Check extraction settings before anything is written: scales in ``(0, MAX_SCALE]``,
+    ``features_num >= 1``, ``image_size`` ``None`` or at least the model's smallest image at
+    these scales, ``batch_size >= 1``, ``num_workers >= 0``, ``max_pixels`` ``None`` or >= 1.
+
+    Returns:
+        ``(scales, features_num, image_size)``, normalised.
+
+    Raises:
+        UsageError: the first setting out of range (naming the command line's option too).
+    """
+    try:
+        scales = check_scales(scales)
+    except ValueError as err:
+        raise UsageError(str(err), cli=f"--scales: {err}") from None
+    if max(scales) > MAX_SCALE:
+        raise _option("scales", "--scales", list(scales), f"in (0, {MAX_SCALE:g}] (memory grows with the square)")
+    if isinstance(features_num, bool) or not isinstance(features_num, (int, np.integer)) or features_num < 1:
+        raise _option("features_num", "--features-num", features_num, "an integer >= 1")
+    if image_size is not None:
+        least = model.min_image_size(scales)
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < least:
+            raise _option("image_size", "--image-size", image_size,
+                          f"an integer >= {least} (this model's smallest image at scale {max(scales):g})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise _option("batch_size", "--batch-size", batch_size, "an integer >= 1")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+        raise _option("num_workers", "--workers", num_workers, "an integer >= 0")
+    if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
+        raise _option("max_pixels", "--max-pixels", max_pixels, "None or an integer >= 1")
+    return scales, int(features_num), None if image_size is None else int(image_size)
 
 
 def _make_folder(out: str) -> None:

@@ -24,7 +24,14 @@ import torch
 
 from .._image import display_name
 from ..asmk import ASMK
-from ..distributed import broadcast_tensor, env_from_environ, process_group, shard_path, split_range
+from ..distributed import (
+    broadcast_tensor,
+    env_from_environ,
+    find_shards,
+    process_group,
+    shard_path,
+    split_range,
+)
 from ..errors import FeatureFileError, PipelineError, UsageError
 from ..features import FeatureCollection, open_features
 from ..index_file import IndexInfo, Part, TextEmbeddings, part_info, text_part, write_index
@@ -148,6 +155,14 @@ def build_index(features: str | os.PathLike, *, codebook=None, codebook_source: 
         return index, _info(coll, choice, index, image_root)
 
 
+def _existing_parts(out: str) -> list[str]:
+    """The parts of a sharded index ``out`` already on disk."""
+    try:
+        return find_shards(out) if not os.path.isfile(out) else []
+    except (OSError, ValueError):
+        return []
+
+
 @dataclass
 class IndexSummary:
     """What :func:`make_index` wrote (filled on the main process; others get ``parts`` only)."""
@@ -178,13 +193,15 @@ def make_index(features: str | os.PathLike, out: str | os.PathLike, *, parts: in
                codebook_source: str | None = None, codebook_fingerprint: str | None = None, size: int | None = None,
                train_features: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None,
                seed: int = 0, binary: bool = True, use_idf: bool = False, device: str | torch.device = "cpu",
-               force: bool = False) -> IndexSummary:
+               force: bool = False, overwrite: bool = False) -> IndexSummary:
     """Build the index of a feature collection and write it (``lit index``).
 
     One file ``out`` (``parts == 1`` outside ``torchrun``), or a sharded index
     ``shard_path(out, r, N)``: ``N = parts`` built in this process, or one part per rank under
     ``torchrun`` (``N`` = the world size), the codebook trained once on rank 0 and broadcast.
-    The feature file's global embeddings go to ``/text`` (text search).
+    The feature file's global embeddings go to ``/text`` (text search). An existing index
+    (file or parts) is replaced only with ``overwrite=True`` (atomically: a reader of the
+    old one keeps it); without it :class:`PipelineError` says so before anything is read.
 
     Returns:
         An :class:`IndexSummary` (info and stats on the main process).
@@ -193,6 +210,11 @@ def make_index(features: str | os.PathLike, out: str | os.PathLike, *, parts: in
         raise UsageError(f"parts must be >= 1, got {parts}")
     out = os.fspath(out)
     env = env_from_environ()
+    existing = [p for p in ([out] if (env is None and parts == 1) else []) + _existing_parts(out) if os.path.exists(p)]
+    if existing and not overwrite:
+        shown = display_name(existing[0])
+        raise PipelineError(f"{shown}: already exists (overwrite=True replaces it)",
+                            cli=f"{shown}: already exists (pass --overwrite to replace it)")
     with open_features(features) as coll:
         if len(coll) == 0:
             raise PipelineError(f"{display_name(coll.path)}: no images in this feature file")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._fileio import file_sha256
+from .._fileio import atomic_path, file_sha256
 from ..errors import CheckpointError, UsageError
 from .base import BaseTextModel
 from .head import HeadConfig, TextHead
@@ -91,7 +91,8 @@ def save_head(path: str | os.PathLike, head: TextHead, tower: str, extra: dict |
 
         write_safetensors(path, state, meta)
     else:
-        torch.save({**meta, "version": HEAD_VERSION, "state_dict": state}, path)
+        with atomic_path(path) as tmp:
+            torch.save({**meta, "version": HEAD_VERSION, "state_dict": state}, tmp)
     return file_sha256(path)
 
 

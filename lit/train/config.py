@@ -485,5 +485,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML (readable back with :func:`load_config`)."""
     import yaml
 
-    with open(os.fspath(path), "w", encoding="utf-8") as f:
+    from .._fileio import atomic_write
+
+    with atomic_write(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._device import resolve_device
+from .._fileio import atomic_path, atomic_write
 from ..errors import UsageError
 from ..losses import attention_decorrelation_loss, superfeature_loss
 from ..models.backbone import freeze_backbone_before
@@ -334,12 +335,8 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -692,9 +689,8 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         path = self.out_dir / "metrics.jsonl"
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in self.history))
 
 
 def plot_metrics(history: Sequence[dict[str, Any]], path: str | os.PathLike):
@@ -729,5 +725,6 @@ def plot_metrics(history: Sequence[dict[str, Any]], path: str | os.PathLike):
     if train:
         top = max(max(r["loss"] for r in train), 0.0)
         ax_loss.set_ylim(0, top * 1.1 if top > 0 else 1.0)  # losses are >= 0
-    fig.savefig(os.fspath(path), dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=os.path.splitext(os.fspath(path))[1][1:].lower() or "png")
     return fig
