@@ -106,7 +106,7 @@ from .search import QueryResult, check_fingerprint, search
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AddReport", "LiveIndex", "RemoveReport", "add_images", "remove_images"]
+__all__ = ["AddReport", "LiveIndex", "RemoveReport", "add_images", "index_stats", "read_name_list", "remove_images"]
 
 #: Compact when the journal's added plus removed photos pass this fraction of the base.
 COMPACT_FRACTION = 0.25
@@ -371,6 +371,11 @@ class LiveIndex:
         with self._rw.read():
             return len(self._slot_names) - len(self._removed)
 
+    @property
+    def has_text(self) -> bool:
+        """Whether the index holds text-search embeddings."""
+        return self._has_text
+
     def __contains__(self, name: str) -> bool:
         return name in self._slot_of
 
@@ -543,7 +548,11 @@ class LiveIndex:
                           "photos extracted with this model", display_name(self.path))
         embedder = None
         if text and self._has_text and self.text_model is not None:
-            embedder = getattr(self.text_model, "image_tower", None)
+            embedder = getattr(self.text_model, "image_tower", self.text_model)  # a text model, or its tower
+            if embedder.name != self._text_tower_name():
+                log.warning(f"the text model's image tower is {embedder.name!r}, the index's text embeddings are "
+                            f"{self._text_tower_name()!r}: the added photos cannot be found by text")
+                embedder = None
         elif text and self._has_text:
             log.warning(f"{display_name(self.path)} has text-search embeddings but no text model was given: the "
                         "added photos cannot be found by text")
@@ -804,6 +813,21 @@ def add_images(index_path: str | os.PathLike, images: Iterable[str | os.PathLike
         if features is not None:
             return live.add_features(features, names=names, force=force)
         return live.add(images, names=names, progress=progress)
+
+
+def read_name_list(path: str | os.PathLike) -> list[str]:
+    """Names, one per line (blank and ``#`` lines skipped)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"{display_name(path)}: no such list file")
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [line.strip() for line in f if line.strip() and not line.strip().startswith("#")]
+
+
+def index_stats(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What ``lit index --stats`` shows (:meth:`LiveIndex.stats`)."""
+    with LiveIndex.open(path, device=device, load=True) as live:
+        return live.stats()
 
 
 def remove_images(index_path: str | os.PathLike, names: Iterable[str], *, wait: float = 0.0,
