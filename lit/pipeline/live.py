@@ -461,6 +461,7 @@ class LiveIndex:
     def _writing(self):
         with self._writer, writer_lock(self.path, wait=self.wait):
             self._sync()
+            clean_journal(self.path, self._manifest)  # segments of a writer that died before its commit
             yield
 
     def _settings(self) -> dict:
@@ -691,11 +692,13 @@ class LiveIndex:
                 self._text_cache = None
         self._drop_staging(staging)
 
-    @staticmethod
-    def _drop_staging(staging: str | None) -> None:
-        if staging:
-            with contextlib.suppress(OSError):
-                os.remove(staging)
+    def _drop_staging(self, staging: str | None) -> None:
+        """After a commit: the staging feature files (this one, and any of an add that died)."""
+        folder = live_folder(self.path)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.startswith("staging-") and name.endswith(".h5"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
 
     def remove(self, names: Iterable[str]) -> RemoveReport:
         """Remove photos by name; unknown names are reported, not an error. Committed to the

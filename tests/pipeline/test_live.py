@@ -101,9 +101,8 @@ C = [f"c/{i:03d}" for i in range(5)]
 MANY = [f"a/{i:03d}" for i in range(40)]  # a base large enough for a journal below the compaction threshold
 
 
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "real"])
-@pytest.mark.parametrize("use_idf", [False, True], ids=["no-idf", "idf"])
-@pytest.mark.parametrize("ma", [1, 3], ids=["ma1", "ma3"])
+@pytest.mark.parametrize("binary,use_idf,ma", [  # each option both ways, each pair of values once
+    (True, False, 1), (True, True, 3), (False, True, 1), (False, False, 3)])
 def test_grown_index_ranks_and_scores_as_one_built_from_scratch(tmp_path, binary, use_idf, ma):
     params = {"binary": binary, "use_idf": use_idf, "multiple_assignment": ma}
     cb = codebook()
