@@ -609,8 +609,12 @@ class LiveIndex:
                 with contextlib.suppress(Exception):
                     tower_emb = coll.embeddings(self._text_tower_name())
             feats, embs = {}, {}
+            chunks = list(coll.iter_descriptors())  # whole images per chunk, in order
+            desc = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, coll.descriptor_dim), np.float32)
+            ids = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.int64)
+            bounds = np.searchsorted(ids, np.arange(len(names) + 1))
             for i, name in enumerate(names):
-                feats[name] = coll[i].descriptors.detach().cpu().float().numpy()
+                feats[name] = desc[bounds[i]:bounds[i + 1]]
                 if tower_emb is not None and tower_emb[2][i]:
                     embs[name] = tower_emb[1][i]
             self._staging = None
@@ -635,8 +639,9 @@ class LiveIndex:
         desc = [feats[n] for n in order]
         ids = np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(desc)])
         x = np.concatenate(desc) if desc else np.zeros((0, agg.dim), np.float32)
-        segment, _ = agg.aggregate_segment(x, ids)
-        err = quantization_error(agg, x)
+        words = agg.quantize(x) if len(x) else None  # nearest first: the first is the quantisation
+        segment, _ = agg.aggregate_segment(x, ids, words=words)
+        err = quantization_error(agg, x, words[:, 0] if words is not None else None)
         tower_dim = None
         text_emb = text_valid = None
         if self._has_text:
