@@ -106,7 +106,7 @@ from .search import QueryResult, check_fingerprint, search
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AddReport", "LiveIndex", "RemoveReport", "add_images", "index_stats", "read_name_list", "remove_images"]
+__all__ = ["AddReport", "LiveIndex", "RemoveReport", "add_images", "compact_index", "index_stats", "read_name_list", "remove_images"]
 
 #: Compact when the journal's added plus removed photos pass this fraction of the base.
 COMPACT_FRACTION = 0.25
@@ -240,6 +240,7 @@ class LiveIndex:
         self._model = model
         self.text_model = text_model
         self._writer = threading.Lock()
+        self._load_lock = threading.Lock()
         self._rw = _SharedLock()
         self._want_loaded = bool(load)
         self._closed = False
@@ -344,7 +345,9 @@ class LiveIndex:
 
     def _ensure_loaded(self) -> ASMK:
         if self._asmk is None:
-            self._load()
+            with self._load_lock:  # one thread reads the inverted file, the others wait for it
+                if self._asmk is None:
+                    self._load()
         return self._asmk
 
     def _aggregating_index(self) -> ASMK:
@@ -836,6 +839,15 @@ def index_stats(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """What ``lit index --stats`` shows (:meth:`LiveIndex.stats`)."""
     with LiveIndex.open(path, device=device, load=True) as live:
         return live.stats()
+
+
+def compact_index(path: str | os.PathLike, *, wait: float = 0.0, device: str | torch.device = "cpu") -> str:
+    """``lit index --compact``: fold the journal into the index file; one line for the user."""
+    with LiveIndex.open(path, device=device, wait=wait, load=False) as live:
+        pending = live.stats()
+        live.compact()
+        return (f"{display_name(live.path)}: {len(live)} images; compacted {pending['journal_segments']} journal "
+                f"segments and {pending['removed_pending']} removed images into it")
 
 
 def remove_images(index_path: str | os.PathLike, names: Iterable[str], *, wait: float = 0.0,

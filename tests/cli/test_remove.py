@@ -56,3 +56,7 @@ def test_index_stats_show_images_pending_changes_and_the_codebook(tmp_path, caps
     assert lines["images"] == "20" and lines["base_images"] == "20" and lines["journal_added"] == "1"
     assert lines["removed_pending"] == "1" and lines["words"] == "8" and lines["codebook_source"] == '"cb.npy"'
     assert main(["index", path]) == 2 and "--out is required" in capsys.readouterr().err
+    assert main(["index", "--compact", path, "--device", "cpu"]) == 0
+    assert "compacted 1 journal segments and 1 removed images" in capsys.readouterr().out
+    assert not [f for f in os.listdir(path + ".live") if f.startswith("seg-")]
+    assert list(read_info(path).names) == NAMES[1:] + ["b/000"]
