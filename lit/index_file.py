@@ -681,9 +681,13 @@ def writer_lock(path: str | os.PathLike, *, wait: float = 0.0):
         WriterBusy: still held by another writer after ``wait`` seconds.
     """
     folder = live_folder(path)
-    os.makedirs(folder, exist_ok=True)
     lock_file = os.path.join(folder, "lock")
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise IndexFileError(f"{display_name(path)}: cannot change this index: its journal folder "
+                             f"{display_name(folder)} cannot be written ({err.strerror})") from None
     try:
         deadline = time.monotonic() + max(0.0, float(wait))
         while True:
