@@ -113,7 +113,7 @@ COMPACT_FRACTION = 0.25
 #: Compact when the journal holds more segment files than this.
 MAX_JOURNAL_SEGMENTS = 64
 #: Appended in-memory segments beyond this are merged with each other.
-MAX_SEGMENTS = 4
+MAX_SEGMENTS = 1
 #: New photos whose mean quantisation error exceeds the codebook's by this factor are
 #: reported: the codebook may not fit them.
 DRIFT_FACTOR = 1.5
