@@ -16,6 +16,7 @@ Steps (the shipped model and text model, CPU, the command line as a user runs it
 Usage::
 
     python benchmarks/live_multiview.py [--data /work/shared/data/multiview] [--image-size 512]
+    python benchmarks/live_multiview.py --scenes 8 --base-scenes 5 --image-size 320   # quicker
 
 Prints one JSON object.
 """
@@ -65,11 +66,13 @@ def average_precision(hits, query: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="/work/shared/data/multiview")
+    p.add_argument("--scenes", type=int, default=0, help="use the first N scenes only (0: all)")
     p.add_argument("--base-scenes", type=int, default=8)
     p.add_argument("--image-size", type=int, default=512, help="extraction setting recorded in the index (`lit add` "
                    "uses it)")
     args = p.parse_args()
     scenes = sorted(d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d)))
+    scenes = scenes[: args.scenes] if args.scenes else scenes
     base, added = scenes[: args.base_scenes], scenes[args.base_scenes :]
     out: dict = {"benchmark": "live_multiview", "base_scenes": base, "added_scenes": added}
     with tempfile.TemporaryDirectory() as tmp:
