@@ -16,7 +16,7 @@ Steps (the shipped model and text model, CPU, the command line as a user runs it
 Usage::
 
     python benchmarks/live_multiview.py [--data /work/shared/data/multiview] [--image-size 512]
-    python benchmarks/live_multiview.py --scenes 8 --base-scenes 5 --image-size 320   # quicker
+    python benchmarks/live_multiview.py --scenes 10 --base-scenes 6 --image-size 320 --scales 1   # quicker
 
 Prints one JSON object.
 """
@@ -70,7 +70,9 @@ def main() -> None:
     p.add_argument("--base-scenes", type=int, default=8)
     p.add_argument("--image-size", type=int, default=512, help="extraction setting recorded in the index (`lit add` "
                    "uses it)")
+    p.add_argument("--scales", default=None, help="extraction scales recorded in the index (default: the model's)")
     args = p.parse_args()
+    scales = ["--scales", args.scales] if args.scales else []
     scenes = sorted(d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d)))
     scenes = scenes[: args.scenes] if args.scenes else scenes
     base, added = scenes[: args.base_scenes], scenes[args.base_scenes :]
@@ -79,7 +81,7 @@ def main() -> None:
         feats, index = os.path.join(tmp, "base.h5"), os.path.join(tmp, "index.h5")
         t = time.perf_counter()
         lit("extract", *[os.path.join(args.data, s) for s in base], "--root", args.data, "--out", feats,
-            "--image-size", args.image_size, "--device", "cpu", "--quiet")
+            "--image-size", args.image_size, *scales, "--device", "cpu", "--quiet")
         lit("index", feats, "--out", index, "--device", "cpu")
         out["base_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -96,7 +98,7 @@ def main() -> None:
             f.write("\n".join(os.path.join(args.data, n) for n in names) + "\n")
         t = time.perf_counter()
         lit("extract", "--list", listing, "--root", args.data, "--out", every, "--image-size", args.image_size,
-            "--device", "cpu", "--quiet")
+            *scales, "--device", "cpu", "--quiet")
         lit("index", every, "--out", ref, "--codebook", index, "--device", "cpu")
         out["rebuild_seconds_incl_extraction"] = time.perf_counter() - t
         grown, scratch = results(index, every), results(ref, every)
