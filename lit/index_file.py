@@ -31,9 +31,14 @@ never half of one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -45,6 +50,7 @@ from ._fileio import atomic_path
 from ._image import display_name
 from .asmk import ASMK
 from .asmk.io import reading, write_asmk
+from .asmk.ivf import Segment
 from .asmk.sharded import ShardedIndex
 from .distributed import find_shards
 from .errors import IndexFileError, NotFoundError
@@ -60,8 +66,10 @@ TEXT_VERSION = 1
 _ASMK_TYPE = "lit.asmk.ASMK"
 
 __all__ = [
-    "IndexFileError", "IndexInfo", "Part", "TextEmbeddings", "file_kind", "load_index", "part_info", "read_info",
-    "read_part", "read_text", "text_part", "update_text", "write_index",
+    "IndexFileError", "IndexInfo", "Journal", "Manifest", "Part", "SegmentData", "TextEmbeddings", "WriterBusy",
+    "apply_journal", "clean_journal", "compact_live", "file_kind", "journal_slots", "live_folder", "load_index",
+    "load_index_base", "part_info", "read_info", "read_info_base", "read_journal", "read_manifest", "read_part", "read_segment",
+    "read_text", "text_part", "update_text", "write_index", "write_manifest", "write_segment", "writer_lock",
 ]
 
 
@@ -90,6 +98,13 @@ class IndexInfo:
     codebook_descriptors: int = 0
     descriptors: int = 0
     legacy: bool = field(default=False, compare=False)
+    #: extraction settings of the database (scales, features_num, image_size, half, model),
+    #: what `lit add` extracts new photos with; ``None`` in indexes of an earlier lit
+    settings: dict | None = field(default=None, compare=False)
+    #: mean squared distance of database descriptors to their nearest word (0: unknown)
+    codebook_error: float = field(default=0.0, compare=False)
+    #: identity of this base file: a live journal (``INDEX.live/``) applies to it only
+    generation: str = field(default="", compare=False)
 
 
 class Part(NamedTuple):
@@ -172,7 +187,9 @@ def _write_groups(f: h5py.File, info: IndexInfo, text: TextEmbeddings | None) ->
     g.attrs.update({"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "image_root": info.image_root or "",
                     "fingerprint": info.fingerprint or "", "features": info.features,
                     "codebook_source": info.codebook_source, "codebook_size": info.codebook_size,
-                    "codebook_descriptors": info.codebook_descriptors, "descriptors": info.descriptors})
+                    "codebook_descriptors": info.codebook_descriptors, "descriptors": info.descriptors,
+                    "settings": json.dumps(info.settings or {}, sort_keys=True),
+                    "codebook_error": float(info.codebook_error), "generation": uuid.uuid4().hex})
     raw = [os.fsencode(n) for n in info.names]  # bytes: names that are not valid UTF-8 survive
     g.create_dataset("names", data=np.array(raw, dtype=object), dtype=h5py.special_dtype(vlen=bytes))
     if text is not None:
@@ -255,7 +272,10 @@ def _read_pipeline(f: h5py.File, path: str) -> IndexInfo | None:
         return IndexInfo(names=names, image_root=_str(a["image_root"]) or None,
                          fingerprint=_str(a["fingerprint"]) or None, features=_str(a["features"]),
                          codebook_source=_str(a["codebook_source"]), codebook_size=int(a["codebook_size"]),
-                         codebook_descriptors=int(a["codebook_descriptors"]), descriptors=int(a["descriptors"]))
+                         codebook_descriptors=int(a["codebook_descriptors"]), descriptors=int(a["descriptors"]),
+                         settings=json.loads(_str(a["settings"])) or None if "settings" in a else None,
+                         codebook_error=float(a.get("codebook_error", 0.0)),
+                         generation=_str(a.get("generation", "")) or _legacy_generation(f, names))
     except (KeyError, OSError, ValueError, TypeError) as err:
         raise IndexFileError(f"{display_name(path)}: damaged index metadata ({err})") from None
 
@@ -303,7 +323,8 @@ def read_info(path: str | os.PathLike) -> IndexInfo:
                                  "not `lit index`): rebuild it with `lit index`")
         return info
     if len(infos) == 1:
-        return infos[0]
+        journal = read_journal(path, vectors=False, generation=infos[0].generation) if len(parts) == 1 else None
+        return _live_info(infos[0], journal) if journal is not None else infos[0]
     first = infos[0]
     if any(i.fingerprint != first.fingerprint or i.image_root != first.image_root for i in infos[1:]):
         raise IndexFileError(f"{display_name(path)}: parts of different indexes (fingerprints or image roots differ)")
@@ -323,8 +344,10 @@ def load_index(path: str | os.PathLike, device: str | torch.device = "cpu", *, k
         NotFoundError, IndexFileError: as :func:`read_info`, or a damaged ASMK index.
     """
     path = os.fspath(path)
-    info = read_info(path)
     parts = _parts(path)
+    if len(parts) == 1 and os.path.isdir(live_folder(path)):
+        return _load_live(path, device)
+    info = read_info(path)
     if len(parts) == 1:
         with reading(parts[0]), h5py.File(parts[0], "r") as f:
             index = ASMK.from_group(f, device, source=parts[0])
@@ -334,7 +357,32 @@ def load_index(path: str | os.PathLike, device: str | torch.device = "cpu", *, k
     return index, info
 
 
-def read_text(path: str | os.PathLike) -> TextEmbeddings:
+def _load_live(path: str, device) -> tuple[ASMK, IndexInfo]:
+    """An index with its journal applied, renumbered like one built from scratch."""
+    for _ in range(20):
+        _check_is_index(path)
+        with reading(path), h5py.File(path, "r") as f:
+            info = _read_pipeline(f, path)
+            if info is None:
+                break
+            index = ASMK.from_group(f, device, source=path)
+        journal = read_journal(path, generation=info.generation)
+        if journal is None:
+            if _base_generation(path) != info.generation:
+                continue  # compacted while we read: read the new base
+            _check_names(path, info, index, None)
+            return index, info
+        names, removed = journal_slots(info.names, journal)
+        apply_journal(index, len(info.names), journal)
+        compact_live(index, len(names), removed)
+        return index, _live_info(info, journal)
+    info = read_info(path)
+    with reading(path), h5py.File(path, "r") as f:
+        index = ASMK.from_group(f, device, source=path)
+    return index, info
+
+
+def read_text(path: str | os.PathLike, *, journal: bool = True) -> TextEmbeddings:
     """The ``/text`` group of an index (of every part of a sharded one, in order).
 
     Raises:
@@ -355,6 +403,12 @@ def read_text(path: str | os.PathLike) -> TextEmbeddings:
             parts.append(TextEmbeddings(_str(g.attrs["tower"]), names, g["embeddings"][()],
                                         g["valid"][()].astype(bool), _str(g.attrs.get("features", ""))))
     if len(parts) == 1:
+        files = _parts(path)
+        if journal and len(files) == 1 and os.path.isdir(live_folder(path)):
+            info = read_info_base(path)
+            live = read_journal(path, generation=info.generation)
+            if live is not None:
+                return _journal_text(parts[0], info.names, live)
         return parts[0]
     return TextEmbeddings(parts[0].tower, [n for p in parts for n in p.names],
                           np.concatenate([p.embeddings for p in parts]), np.concatenate([p.valid for p in parts]),
@@ -372,3 +426,372 @@ def text_part(text: TextEmbeddings | None, lo: int, hi: int) -> TextEmbeddings |
         return None
     return TextEmbeddings(text.tower, list(text.names[lo:hi]), text.embeddings[lo:hi], text.valid[lo:hi], text.features)
 
+
+
+# ---------------------------------------------------------------------------- live journal
+# An index file changed in place by `lit add` / `lit remove` (lit.pipeline.live) is its *base*
+# file plus a journal in the folder ``INDEX.live/`` beside it:
+#
+# - ``seg-*.h5``: one file per add, written whole and renamed into place (atomic_path): the
+#   new images' names, their ASMK entries as a CSR segment over the codebook's words (image
+#   ids local to the file), their file digests and descriptor counts, and their text-search
+#   embeddings when the base has some;
+# - ``manifest.json``: the commit record, replaced atomically: the base's generation, the
+#   committed segment files in order, and the removed *slots* (slot = position in the base
+#   names followed by every segment's names, in order). A change is committed when the
+#   manifest naming it is renamed into place, and only then;
+# - ``lock``: writers hold an exclusive ``flock`` on it (one writer at a time).
+#
+# A journal applies to the base whose generation it names: a compaction writes a new base
+# (new generation) and then an empty manifest, so a crash between the two leaves a manifest
+# of the old generation, which is stale and ignored (the new base holds everything), and a
+# base rebuilt by `lit index` ignores the journal of the old one the same way.
+LIVE_SUFFIX = ".live"
+MANIFEST_NAME = "manifest.json"
+JOURNAL_FORMAT = "lit-live-journal"
+JOURNAL_VERSION = 1
+SEGMENT_FORMAT = "lit-live-segment"
+SEGMENT_VERSION = 1
+
+
+def _legacy_generation(f: h5py.File, names) -> str:
+    """The identity of a base written before generations were recorded: a digest of its size
+    attributes and names (stable across copies of the file)."""
+    h = hashlib.sha256()
+    h.update(str(int(f.attrs.get("n_images", 0))).encode())
+    for n in names:
+        h.update(os.fsencode(n) + b"\0")
+    return "legacy-" + h.hexdigest()[:24]
+
+
+def live_folder(path: str | os.PathLike) -> str:
+    """The journal folder of an index file: ``INDEX.live`` beside it."""
+    return os.fspath(path) + LIVE_SUFFIX
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The committed state of a live journal (``INDEX.live/manifest.json``).
+
+    Args:
+        base: generation of the base file it applies to.
+        commit: number of commits since the base was written.
+        segments: ``(file name, images)`` of every committed segment file, in order.
+        removed: removed slots (positions in the base names, then each segment's).
+        notes: small facts kept with the journal (``model``: the model that extracted the
+            added photos; ``segment_error``: their mean quantisation error).
+    """
+
+    base: str
+    commit: int = 0
+    segments: tuple[tuple[str, int], ...] = ()
+    removed: tuple[int, ...] = ()
+    notes: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def added(self) -> int:
+        """Images in the segment files."""
+        return sum(n for _, n in self.segments)
+
+
+class SegmentData(NamedTuple):
+    """One segment file of a live journal: new images and their ASMK entries.
+
+    Shape:
+        - offsets: :math:`(K + 1,)` int64 CSR over the words; image_ids: :math:`(E,)` int32,
+          ``0..len(names) - 1``; vectors: :math:`(E, B)` uint8 or :math:`(E, D)` float32 rows.
+        - descriptors: :math:`(n,)` int64 per image; text_embeddings: :math:`(n, D_t)` float32
+          or ``None``; text_valid: :math:`(n,)` bool or ``None``.
+    """
+
+    names: list[str]
+    offsets: np.ndarray
+    image_ids: np.ndarray
+    vectors: np.ndarray
+    descriptors: np.ndarray
+    digests: list[str]
+    text_embeddings: np.ndarray | None = None
+    text_valid: np.ndarray | None = None
+    error: float = 0.0
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest | None:
+    """The journal's manifest, ``None`` when there is none.
+
+    Raises:
+        IndexFileError: a manifest that is not one (damaged or of another version).
+    """
+    file = os.path.join(live_folder(path), MANIFEST_NAME)
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise IndexFileError(f"{display_name(file)}: not a readable journal manifest ({err})") from None
+    if data.get("format") != JOURNAL_FORMAT or data.get("version") != JOURNAL_VERSION:
+        raise IndexFileError(f"{display_name(file)}: journal of format {data.get('format')!r} version "
+                             f"{data.get('version')!r} (this lit reads {JOURNAL_FORMAT!r} {JOURNAL_VERSION})")
+    try:
+        return Manifest(str(data["base"]), int(data["commit"]), tuple((str(f), int(n)) for f, n in data["segments"]),
+                        tuple(int(i) for i in data["removed"]), dict(data.get("notes", {})))
+    except (KeyError, TypeError, ValueError) as err:
+        raise IndexFileError(f"{display_name(file)}: damaged journal manifest ({err})") from None
+
+
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
+    """Commit: replace the journal's manifest atomically (the folder is created)."""
+    folder = live_folder(path)
+    os.makedirs(folder, exist_ok=True)
+    data = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "base": manifest.base, "commit": manifest.commit,
+            "segments": [list(s) for s in manifest.segments], "removed": list(manifest.removed),
+            "notes": manifest.notes}
+    with atomic_path(os.path.join(folder, MANIFEST_NAME)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+
+
+def write_segment(path: str | os.PathLike, data: SegmentData, *, base: str, text_tower: str = "") -> str:
+    """Write a segment file into the journal (atomically; not committed until a manifest
+    names it).
+
+    Returns:
+        Its file name (inside :func:`live_folder`).
+    """
+    folder = live_folder(path)
+    os.makedirs(folder, exist_ok=True)
+    name = f"seg-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:10]}.h5"
+    with atomic_path(os.path.join(folder, name)) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"format": SEGMENT_FORMAT, "version": SEGMENT_VERSION, "base": base,
+                        "error": float(data.error), "text_tower": text_tower})
+        vlen = h5py.special_dtype(vlen=bytes)
+        f.create_dataset("names", data=np.array([os.fsencode(n) for n in data.names], dtype=object), dtype=vlen)
+        f.create_dataset("digests", data=np.array([d.encode() for d in data.digests], dtype=object), dtype=vlen)
+        f.create_dataset("offsets", data=np.asarray(data.offsets, np.int64))
+        f.create_dataset("image_ids", data=np.asarray(data.image_ids, np.int32))
+        f.create_dataset("vectors", data=data.vectors)
+        f.create_dataset("descriptors", data=np.asarray(data.descriptors, np.int64))
+        if data.text_embeddings is not None:
+            f.create_dataset("text_embeddings", data=np.asarray(data.text_embeddings, np.float32))
+            f.create_dataset("text_valid", data=np.asarray(data.text_valid).astype(np.uint8))
+    return name
+
+
+def read_segment(path: str | os.PathLike, name: str, *, vectors: bool = True) -> SegmentData:
+    """A segment file of the journal (``vectors=False``: names, digests and counts only).
+
+    Raises:
+        NotFoundError: the file is gone (a compaction removed it: read the manifest again).
+        IndexFileError: damaged.
+    """
+    file = os.path.join(live_folder(path), name)
+    if not os.path.isfile(file):
+        raise NotFoundError(f"{display_name(file)}: journal segment missing")
+    try:
+        with h5py.File(file, "r") as f:
+            if _str(f.attrs.get("format", "")) != SEGMENT_FORMAT or int(f.attrs.get("version", 0)) != SEGMENT_VERSION:
+                raise IndexFileError(f"{display_name(file)}: not a journal segment this lit reads")
+            names = [os.fsdecode(bytes(n)) for n in f["names"][()]]
+            text = f["text_embeddings"][()] if "text_embeddings" in f else None
+            valid = f["text_valid"][()].astype(bool) if "text_valid" in f else None
+            return SegmentData(
+                names, f["offsets"][()] if vectors else np.zeros(0, np.int64),
+                f["image_ids"][()] if vectors else np.zeros(0, np.int32),
+                f["vectors"][()] if vectors else np.zeros((0, 0), np.uint8), f["descriptors"][()],
+                [_str(d) for d in f["digests"][()]], text, valid, float(f.attrs.get("error", 0.0)))
+    except (OSError, KeyError, ValueError) as err:
+        raise IndexFileError(f"{display_name(file)}: damaged journal segment ({err})") from None
+
+
+class Journal(NamedTuple):
+    """A base file's valid journal, read consistently (:func:`read_journal`)."""
+
+    manifest: Manifest
+    segments: list[SegmentData]
+
+
+def _base_generation(path: str) -> str:
+    _check_is_index(path)
+    with h5py.File(path, "r") as f:
+        info = _read_pipeline(f, path)
+    return info.generation if info is not None else ""
+
+
+def read_journal(path: str | os.PathLike, *, vectors: bool = True, generation: str | None = None) -> Journal | None:
+    """The committed journal of an index file, consistent with its base, or ``None``.
+
+    A writer may commit or compact meanwhile: the manifest is read before the base's
+    generation and the segments after it; when they disagree (a compaction replaced the
+    base, or removed a segment) it is all read again. A manifest that still names another
+    base after that is stale (a crashed compaction, or a base rebuilt by ``lit index``) and
+    is ignored.
+
+    Args:
+        vectors: read the segments' ASMK entries too (else names and counts only).
+        generation: the base's generation when the caller has it open already.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(live_folder(path)):
+        return None
+    last = None
+    for _ in range(20):
+        manifest = read_manifest(path)
+        if manifest is None:
+            return None
+        gen = generation if generation is not None else _base_generation(path)
+        if manifest.base != gen:
+            if last == (manifest.commit, manifest.base, gen):
+                return None  # stale: the same disagreement twice
+            last = (manifest.commit, manifest.base, gen)
+            generation = None
+            time.sleep(0.01)
+            continue
+        try:
+            segments = [read_segment(path, name, vectors=vectors) for name, _ in manifest.segments]
+        except NotFoundError:  # compacted meanwhile
+            generation = None
+            time.sleep(0.01)
+            continue
+        return Journal(manifest, segments)
+    raise IndexFileError(f"{display_name(path)}: the index keeps changing while it is read; try again")
+
+
+class WriterBusy(IndexFileError):
+    """Another process is changing the index (its journal's lock is held)."""
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, *, wait: float = 0.0):
+    """Hold the index's writer lock (an exclusive ``flock`` on ``INDEX.live/lock``).
+
+    Args:
+        wait: seconds to wait for another writer to finish (0: refuse at once).
+
+    Raises:
+        WriterBusy: still held by another writer after ``wait`` seconds.
+    """
+    folder = live_folder(path)
+    os.makedirs(folder, exist_ok=True)
+    lock_file = os.path.join(folder, "lock")
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + max(0.0, float(wait))
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    try:
+                        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                    except OSError:
+                        holder = ""
+                    raise WriterBusy(
+                        f"{display_name(path)} is being changed by another process{f' ({holder})' if holder else ''}: "
+                        "try again when it has finished, or wait for it") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def clean_journal(path: str | os.PathLike, manifest: Manifest | None) -> None:
+    """Remove journal files no committed manifest names (segments of a writer that died
+    before its commit, or of a compacted journal). Call it holding :func:`writer_lock`."""
+    folder = live_folder(path)
+    keep = {name for name, _ in manifest.segments} if manifest is not None else set()
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in entries:
+        if name.startswith("seg-") and name.endswith(".h5") and name not in keep:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+
+
+def journal_slots(base_names, journal: Journal | None) -> tuple[list[str], set[int]]:
+    """Every slot's name (base names, then each segment's) and the removed slots."""
+    names = list(base_names)
+    if journal is None:
+        return names, set()
+    for seg in journal.segments:
+        names.extend(seg.names)
+    return names, set(journal.manifest.removed)
+
+
+def apply_journal(index: ASMK, n_base: int, journal: Journal) -> None:
+    """Add a journal's segments (ids = slots) and tombstones to the base's index, in memory."""
+    slot = n_base
+    index.ivf.reserve(n_base)
+    for seg in journal.segments:
+        offsets = torch.from_numpy(np.asarray(seg.offsets, np.int64))
+        ids = torch.from_numpy(np.asarray(seg.image_ids, np.int32)) + slot
+        rows = torch.from_numpy(np.ascontiguousarray(seg.vectors))
+        index.append_segment(Segment(offsets, ids.to(torch.int32), index.ivf.internal(rows.to(index.device))),
+                             torch.unique(ids.to(torch.int64)))
+        slot += len(seg.names)
+        index.ivf.reserve(slot)
+    if journal.manifest.removed:
+        index.remove(torch.tensor(journal.manifest.removed, dtype=torch.int64))
+
+
+def _live_info(info: IndexInfo, journal: Journal) -> IndexInfo:
+    """The base's info with the journal applied: the present names, in slot order."""
+    names, removed = journal_slots(info.names, journal)
+    kept = tuple(n for i, n in enumerate(names) if i not in removed)
+    added = sum(int(np.sum(s.descriptors)) for s in journal.segments)
+    return replace(info, names=kept, descriptors=info.descriptors + added)
+
+
+def compact_live(index: ASMK, n_slots: int, removed: set[int]) -> None:
+    """Renumber an index with tombstones to contiguous ids (slots in order, removed dropped):
+    the index an index built from scratch on the present images would be."""
+    keep = torch.ones(n_slots, dtype=torch.bool)
+    if removed:
+        keep[torch.tensor(sorted(removed), dtype=torch.int64)] = False
+    new_ids = torch.where(keep, torch.cumsum(keep.to(torch.int64), 0) - 1, torch.full_like(keep, -1, dtype=torch.int64))
+    index.compact(new_ids, n_images=int(keep.sum()))
+
+
+def _journal_text(text: TextEmbeddings, base_names, journal: Journal) -> TextEmbeddings:
+    names, removed = journal_slots(base_names, journal)
+    emb = [np.asarray(text.embeddings, np.float32)]
+    valid = [np.asarray(text.valid, bool)]
+    for seg in journal.segments:
+        n = len(seg.names)
+        if seg.text_embeddings is not None and seg.text_embeddings.shape[1:] == emb[0].shape[1:]:
+            emb.append(seg.text_embeddings)
+            valid.append(seg.text_valid)
+        else:
+            emb.append(np.zeros((n, *emb[0].shape[1:]), np.float32))
+            valid.append(np.zeros(n, bool))
+    keep = np.array([i not in removed for i in range(len(names))], bool)
+    emb_all, valid_all = np.concatenate(emb)[keep], np.concatenate(valid)[keep]
+    return TextEmbeddings(text.tower, [n for n, k in zip(names, keep, strict=True) if k], emb_all, valid_all,
+                          text.features)
+
+
+def read_info_base(path: str | os.PathLike) -> IndexInfo:
+    """The :class:`IndexInfo` of an index file's base, without its journal."""
+    path = os.fspath(path)
+    _check_is_index(path)
+    with h5py.File(path, "r") as f:
+        info = _read_pipeline(f, path)
+    if info is None:
+        return read_info(path)
+    return info
+
+
+def load_index_base(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ASMK, IndexInfo]:
+    """An index file's base (without its journal) and its :class:`IndexInfo`, from one read."""
+    path = os.fspath(path)
+    _check_is_index(path)
+    with reading(path), h5py.File(path, "r") as f:
+        info = _read_pipeline(f, path)
+        index = ASMK.from_group(f, device, source=path)
+    if info is None:
+        info = read_info(path)
+    _check_names(path, info, index, None)
+    return index, info

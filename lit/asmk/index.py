@@ -58,7 +58,7 @@ from . import io as asmk_io
 from . import scoring
 from .codebook import kmeans
 from .io import FORMAT_TYPE, FORMAT_VERSION
-from .ivf import MAX_IMAGE_ID, InvertedFile
+from .ivf import MAX_IMAGE_ID, InvertedFile, Segment
 from .quantize import Quantizer
 from .scoring import SearchResult, WordStatistics
 
@@ -297,6 +297,52 @@ class ASMK:
             words = self.quantizer(x, self.params.multiple_assignment)
         self.ivf.add(F.aggregate_images(x, words, ids, self.codebook, binary=self.params.binary), batch_ids)
 
+    def aggregate_segment(self, descriptors: Tensor | np.ndarray, image_ids: Tensor | np.ndarray, *,
+                          words: Tensor | np.ndarray | None = None) -> tuple[Segment, Tensor]:
+        """The entries of new images as a CSR segment, without adding them.
+
+        Returns:
+            ``(segment, ids)``: the segment (:class:`lit.asmk.ivf.Segment`) and the sorted
+            distinct image ids it holds, for :meth:`append_segment` (also of another
+            index with the same codebook and parameters, e.g. after writing it to a file).
+        """
+        x = self._descriptors(descriptors, "descriptors")
+        ids = self._ids(image_ids, x.shape[0], "image_ids")
+        words = self._words(words, x.shape[0], self.params.multiple_assignment)
+        batch_ids = torch.unique(ids)
+        if x.shape[0] and words is None:
+            words = self.quantizer(x, self.params.multiple_assignment)
+        batches = F.aggregate_images(x, words, ids, self.codebook, binary=self.params.binary) if x.shape[0] else []
+        return self.ivf.segment_of(batches), batch_ids
+
+    def append_segment(self, segment: Segment, image_ids: Tensor | np.ndarray) -> None:
+        """Add new images as a segment of their own (:meth:`aggregate_segment`): the cost is
+        theirs, the inverted file is not rewritten (live collections; :mod:`lit.asmk.ivf`).
+
+        Raises:
+            UsageError: an id already present or removed.
+        """
+        self.ivf.append_segment(segment, torch.as_tensor(np.asarray(image_ids) if not isinstance(image_ids, Tensor)
+                                                         else image_ids))
+
+    def remove(self, image_ids: Tensor | np.ndarray) -> int:
+        """Remove database images: they are never ranked again and no longer count in idf;
+        their entries stay in memory until :meth:`compact` (tombstones).
+
+        Returns:
+            How many of the ids were in the index.
+        """
+        ids = torch.as_tensor(np.asarray(image_ids) if not isinstance(image_ids, Tensor) else image_ids)
+        return self.ivf.remove(ids.reshape(-1).to(torch.int64))
+
+    def compact(self, new_ids: Tensor | np.ndarray | None = None, n_images: int | None = None) -> None:
+        """Merge the inverted file's segments into one, dropping removed images' entries;
+        ``new_ids`` (one per id, ``-1``: drop) renumbers the images
+        (:meth:`lit.asmk.ivf.InvertedFile.compact`)."""
+        if new_ids is not None and not isinstance(new_ids, Tensor):
+            new_ids = torch.as_tensor(np.asarray(new_ids))
+        self.ivf.compact(None if new_ids is None else new_ids.to(self.device, torch.int64), n_images)
+
     def flush(self) -> None:
         """Merge pending entries into the inverted file (automatic before queries, ``stats``
         and ``save``; :meth:`lit.asmk.ivf.InvertedFile.flush`)."""
@@ -401,9 +447,16 @@ class ASMK:
             raise UsageError(f"columns must be (lo, hi) with 0 <= lo <= hi, got {columns!r}")
         x, ids, words = self._queries(qdescriptors, qimage_ids, words)
         n_q = int(torch.unique(ids).shape[0])
-        k = (hi - lo) if topk is None else min(topk, hi - lo)
+        excluded = None
+        if self.ivf.num_removed:  # removed images (live collections) are never ranked
+            excluded = torch.zeros(hi - lo, dtype=torch.bool, device=self.device)
+            top = min(hi, self.n_images)
+            if top > lo:
+                excluded[: top - lo] = self.ivf.removed[lo:top]
+        width = (hi - lo) - (int(excluded.sum()) if excluded is not None else 0)
+        k = width if topk is None else min(topk, width)
         blocks = self._score_blocks(x, ids, words, lo, hi) if k else iter(())
-        return scoring.top_k(blocks, n_q, k, lo, hi, self.device)
+        return scoring.top_k(blocks, n_q, k, lo, hi, self.device, excluded)
 
     # ------------------------------------------------------------------ statistics
 

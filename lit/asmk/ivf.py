@@ -105,6 +105,10 @@ class InvertedFile:
         self._pending: list[list[_Piece | None]] = []
         self._present = torch.zeros(0, dtype=torch.bool, device=device)
         self._n_images = 0
+        # live collections: segments appended after the main one, and removed ids (tombstones)
+        self._extra: list[Segment] = []
+        self._removed = torch.zeros(0, dtype=torch.bool, device=device)
+        self._num_removed = 0
         #: Moves on every change of the entries (caches of derived statistics key on it).
         self.version = 0
 
@@ -150,8 +154,34 @@ class InvertedFile:
 
     @property
     def num_entries(self) -> int:
-        """Entries, merged and pending."""
-        return int(self._segment.image_ids.shape[0]) + self.num_pending
+        """Entries, merged (every segment, removed images' included) and pending."""
+        return sum(int(seg.image_ids.shape[0]) for seg in (self._segment, *self._extra)) + self.num_pending
+
+    @property
+    def removed(self) -> Tensor:
+        """``(n_images,)`` bool: ids removed by :meth:`remove` (tombstones; never ranked)."""
+        if self._removed.shape[0] < self._n_images:
+            grown = torch.zeros(self._n_images, dtype=torch.bool, device=self.device)
+            grown[: self._removed.shape[0]] = self._removed
+            self._removed = grown
+        return self._removed
+
+    @property
+    def num_removed(self) -> int:
+        """Ids removed (they no longer count as database images, e.g. in idf)."""
+        return self._num_removed
+
+    @property
+    def num_extra_segments(self) -> int:
+        """Segments appended after the main one (:meth:`append_segment`)."""
+        return len(self._extra)
+
+    def removed_entries(self) -> int:
+        """Entries of removed images still held (dropped by :meth:`compact`)."""
+        if not self._num_removed:
+            return 0
+        removed = self.removed
+        return sum(int(removed[seg.image_ids.to(torch.int64)].sum()) for seg in (self._segment, *self._extra))
 
     @property
     def num_pending(self) -> int:
@@ -160,7 +190,7 @@ class InvertedFile:
 
     def nbytes(self) -> int:
         """Bytes of the merged arrays: vectors, int32 image ids and CSR offsets."""
-        return int(sum(t.numel() * t.element_size() for t in self._segment))
+        return int(sum(t.numel() * t.element_size() for seg in (self._segment, *self._extra) for t in seg))
 
     # ------------------------------------------------------------------ adding
 
@@ -312,7 +342,7 @@ class InvertedFile:
     def segments(self) -> tuple[Segment, ...]:
         """The CSR segments holding every entry (:meth:`flush` first: nothing pending)."""
         assert not self._pending, "flush() before reading the segments"
-        return (self._segment,)
+        return (self._segment, *self._extra)
 
     def entries_per_word(self) -> Tensor:
         """Database images holding each word, entries(w) of SPEC section 3 (flushed file).
@@ -321,6 +351,16 @@ class InvertedFile:
             - output: :math:`(K,)` int64.
         """
         segments = self.segments()
+        if self._num_removed:  # count the entries of images still present only
+            removed = self.removed
+            total = torch.zeros(self.num_words, dtype=torch.int64, device=self.device)
+            for offsets, images, _ in segments:
+                e = int(images.shape[0])
+                if e:
+                    words = torch.repeat_interleave(torch.arange(self.num_words, device=self.device),
+                                                    offsets[1:] - offsets[:-1], output_size=e)
+                    total += torch.bincount(words[~removed[images.to(torch.int64)]], minlength=self.num_words)
+            return total
         total = segments[0].offsets[1:] - segments[0].offsets[:-1]
         for seg in segments[1:]:
             total = total + (seg.offsets[1:] - seg.offsets[:-1])
@@ -346,24 +386,27 @@ class InvertedFile:
                     lengths = offsets[w0 + 1 : w1 + 1] - offsets[w0:w1]
                     per_entry = torch.repeat_interleave(word_weights[w0:w1], lengths, output_size=c - a)
                     sums.index_add_(0, images[a:c].to(torch.int64), per_entry)
+        if self._num_removed:
+            sums[self.removed] = 0
         return sums
 
     # ------------------------------------------------------------------ arrays (state, files)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(offsets, image_ids)`` of the flushed file as numpy arrays (int64, int32)."""
-        self.flush()
+        """``(offsets, image_ids)`` of the flushed file as numpy arrays (int64, int32); appended
+        segments and removed images' entries are merged in first (:meth:`compact`)."""
+        self._single()
         return self._segment.offsets.cpu().numpy(), self._segment.image_ids.cpu().numpy()
 
     def vector_rows(self) -> np.ndarray:
         """Every vector of the flushed file as rows (the file layout; a full copy)."""
-        self.flush()
+        self._single()
         return self.rows(self._segment.vectors).cpu().numpy()
 
     def row_chunks(self, chunk_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """The vectors of the flushed file as rows, ``(start, stop, rows)`` per chunk of
         ``chunk_rows`` rows (the file layout, straight from memory: no full copy)."""
-        self.flush()
+        self._single()
         vectors = self._segment.vectors
         e = int(self._segment.image_ids.shape[0])
         for start in range(0, e, chunk_rows):
@@ -417,7 +460,170 @@ class InvertedFile:
                 vectors_t[start:stop] = torch.from_numpy(np.ascontiguousarray(vectors[start:stop]))
         self._segment = Segment(offsets_t, images_t, vectors_t)
         self._pending = []
+        self._extra = []
+        self._removed = torch.zeros(0, dtype=torch.bool, device=device)
+        self._num_removed = 0
         self._n_images = int(n_images)
         self._present = torch.zeros(self._n_images, dtype=torch.bool, device=device)
         self._present[images_t.to(torch.int64)] = True
+        self.version += 1
+
+    # ------------------------------------------------------------------ live collections
+
+    def _single(self) -> None:
+        """One segment and no removed image's entry (what files and states hold)."""
+        self.flush()
+        if self._extra or self.removed_entries():
+            self.compact()
+
+    def reserve(self, n_images: int) -> None:
+        """Make ids up to ``n_images - 1`` part of the database (images without entries
+        count as database images, e.g. in idf, as in an index built from scratch)."""
+        if n_images > self._n_images:
+            self._n_images = int(n_images)
+            self.version += 1
+
+    def segment_of(self, batches: Iterable[tuple[Tensor, Tensor, Tensor]]) -> Segment:
+        """A CSR segment of aggregated entries (the ``(image_ids, words, rows)`` batches of
+        :func:`lit.asmk.functional.aggregate_images`), ordered by word, then as given.
+
+        Costs the entries of the batches only (a sort and a ``bincount``), not the file."""
+        words, images, rows = [], [], []
+        for b_images, b_words, b_rows in batches:
+            words.append(b_words.to(self.device, torch.int64))
+            images.append(b_images.to(self.device, torch.int32))
+            rows.append(b_rows.to(self.device, self.row_dtype))
+        if not words:
+            return Segment(torch.zeros(self.num_words + 1, dtype=torch.int64, device=self.device),
+                           torch.zeros(0, dtype=torch.int32, device=self.device),
+                           self.internal(torch.zeros((0, self.width), dtype=self.row_dtype, device=self.device)))
+        words_t = torch.cat(words)
+        order = torch.sort(words_t, stable=True).indices
+        counts = torch.bincount(words_t, minlength=self.num_words)
+        offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        return Segment(offsets, torch.cat(images)[order], self.internal(torch.cat(rows)[order]))
+
+    def append_segment(self, segment: Segment, image_ids: Tensor) -> None:
+        """Append a segment of new images (:meth:`segment_of`, or read from a file) without
+        touching the others: the cost is the segment's.
+
+        Args:
+            segment: CSR over the K words, vectors in the in-memory layout.
+            image_ids: the sorted distinct ids of its images (marked present; none may be
+                present or removed already).
+
+        Raises:
+            UsageError: an id already present or removed, or a segment of another shape.
+        """
+        if segment.offsets.shape != (self.num_words + 1,):
+            raise UsageError(f"segment offsets must have {self.num_words + 1} values, got {tuple(segment.offsets.shape)}")
+        image_ids = image_ids.to(self.device, torch.int64)
+        self.check_new(image_ids)
+        removed = self.removed
+        if image_ids.numel():
+            known = image_ids[image_ids < removed.shape[0]]
+            if bool(removed[known].any()):
+                raise UsageError("an id of a removed image cannot be reused before compact()")
+        self.flush()
+        segment = Segment(segment.offsets.to(self.device, torch.int64), segment.image_ids.to(self.device, torch.int32),
+                          segment.vectors.to(self.device))
+        if int(segment.image_ids.shape[0]):
+            self._extra.append(segment)
+        if image_ids.numel():
+            self._mark_present(image_ids, int(image_ids.max()))
+        else:
+            self.version += 1
+
+    def remove(self, image_ids: Tensor) -> int:
+        """Remove images: their ids become tombstones (never ranked, not counted in idf or
+        norms); their entries stay until :meth:`compact`. Costs the ids, not the file.
+
+        Returns:
+            How many of the ids were present (the others are ignored).
+        """
+        image_ids = torch.unique(image_ids.to(self.device, torch.int64))
+        image_ids = image_ids[(image_ids >= 0) & (image_ids < self._n_images)]
+        removed = self.removed
+        fresh = image_ids[~removed[image_ids]]
+        if fresh.numel():
+            removed[fresh] = True
+            present = fresh[fresh < self._present.shape[0]]
+            self._present[present] = False
+            self._num_removed += int(fresh.numel())
+            self.version += 1
+        return int(fresh.numel())
+
+    def compact(self, new_ids: Tensor | None = None, n_images: int | None = None) -> None:
+        """Merge every segment into one, dropping the entries of removed images.
+
+        Args:
+            new_ids: ``(n_images,)`` int64, the new id of every id, ``-1`` to drop it (e.g.
+                removed ids renumbered away); ``None`` keeps ids (tombstones stay).
+            n_images: the new ``n_images`` with ``new_ids`` (default: largest new id + 1).
+
+        The new segment is built one word range at a time from the old ones; entries keep
+        their order within a posting list.
+        """
+        self.flush()
+        removed = self.removed
+        segments = (self._segment, *self._extra)
+        k, dim = self.num_words, self.entry_dim
+        keeps, counts = [], torch.zeros(k, dtype=torch.int64, device=self.device)
+        for offsets, images, _ in segments:
+            e = int(images.shape[0])
+            keep = ~removed[images.to(torch.int64)]
+            if new_ids is not None:
+                keep &= new_ids[images.to(torch.int64)] >= 0
+            words = torch.repeat_interleave(torch.arange(k, device=self.device), offsets[1:] - offsets[:-1],
+                                            output_size=e)
+            counts += torch.bincount(words[keep], minlength=k)
+            keeps.append((words, keep))
+        offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        total = int(offsets[-1])
+        parts_w, parts_i, parts_v = [], [], []
+        for (_offsets, images, vectors), (words, keep) in zip(segments, keeps, strict=True):
+            idx = keep.nonzero().squeeze(1)
+            parts_w.append(words[idx])
+            img = images[idx]
+            if new_ids is not None:
+                img = new_ids[img.to(torch.int64)].to(torch.int32)
+            parts_i.append(img)
+            parts_v.append(torch.index_select(vectors, dim, idx))
+        order = torch.sort(torch.cat(parts_w), stable=True).indices
+        images_t = torch.cat(parts_i)[order]
+        vectors_t = torch.index_select(torch.cat(parts_v, dim=dim), dim, order)
+        assert int(images_t.shape[0]) == total
+        self._segment = Segment(offsets, images_t, vectors_t)
+        self._extra = []
+        if new_ids is not None:
+            top = int(new_ids.max()) + 1 if new_ids.numel() else 0
+            n = top if n_images is None else int(n_images)
+            present = torch.zeros(n, dtype=torch.bool, device=self.device)
+            if images_t.numel():
+                present[images_t.to(torch.int64)] = True
+            self._present = present
+            self._n_images = n
+            self._removed = torch.zeros(n, dtype=torch.bool, device=self.device)
+            self._num_removed = 0
+        self.version += 1
+
+    def merge_extra(self) -> None:
+        """Merge the appended segments into one (not the main segment): costs the appended
+        entries only. Keeps the number of segments a query loops over small."""
+        if len(self._extra) < 2:
+            return
+        k, dim = self.num_words, self.entry_dim
+        counts = torch.zeros(k, dtype=torch.int64, device=self.device)
+        parts_w, parts_i, parts_v = [], [], []
+        for offsets, images, vectors in self._extra:
+            lengths = offsets[1:] - offsets[:-1]
+            counts += lengths
+            parts_w.append(torch.repeat_interleave(torch.arange(k, device=self.device), lengths,
+                                                   output_size=int(images.shape[0])))
+            parts_i.append(images)
+            parts_v.append(vectors)
+        order = torch.sort(torch.cat(parts_w), stable=True).indices
+        offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        self._extra = [Segment(offsets, torch.cat(parts_i)[order],
+                               torch.index_select(torch.cat(parts_v, dim=dim), dim, order))]
         self.version += 1

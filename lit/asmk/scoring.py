@@ -87,7 +87,8 @@ class WordStatistics:
         if self._idf is None:
             ivf = self.ivf
             if self.use_idf:
-                self._idf = F.inverse_document_frequency(ivf.entries_per_word(), ivf.n_images)
+                # removed images (tombstones) are no database images: n counts the others
+                self._idf = F.inverse_document_frequency(ivf.entries_per_word(), ivf.n_images - ivf.num_removed)
             else:
                 self._idf = torch.ones(ivf.num_words, dtype=torch.float32, device=ivf.device)
         return self._idf
@@ -209,10 +210,12 @@ def dense_scores(blocks: Iterable[tuple[int, Tensor]], n_queries: int, width: in
 
 
 def top_k(blocks: Iterable[tuple[int, Tensor]], n_queries: int, k: int, lo: int, hi: int,
-          device: torch.device) -> SearchResult:
+          device: torch.device, excluded: Tensor | None = None) -> SearchResult:
     """The best ``k`` database ids of every row of the blocks (columns ``lo..hi-1``), by
     decreasing score then increasing id (:func:`lit.asmk.functional.topk_stable`); only
     one block of scores exists at a time. Rows no block covers keep ids and scores 0.
+    ``excluded``: ``(hi - lo,)`` bool, columns never ranked (removed images; ``k`` must not
+    exceed the others).
 
     Shape:
         - output: two :math:`(n\\_queries, k)` tensors, ``k <= hi - lo``.
@@ -222,7 +225,13 @@ def top_k(blocks: Iterable[tuple[int, Tensor]], n_queries: int, k: int, lo: int,
     if k == 0:
         return SearchResult(ranks, values)
     col_ids = torch.arange(lo, hi, device=device)
+    if excluded is not None and bool(excluded.any()):
+        col_ids = col_ids[~excluded]
+    else:
+        excluded = None
     for first, block in blocks:
+        if excluded is not None:
+            block = block[:, ~excluded]
         r, v = F.topk_stable(block, col_ids, k)
         ranks[first : first + block.shape[0]] = r
         values[first : first + block.shape[0]] = v

@@ -23,8 +23,10 @@ fingerprint of the model and extraction settings are stored in it."""
 
 
 def add_arguments(p) -> None:
-    p.add_argument("features", help="HDF5 feature file of the database (from `lit extract`)")
-    p.add_argument("--out", required=True, help="output index file (HDF5; holds the names, image root, codebook, "
+    p.add_argument("features", help="HDF5 feature file of the database (from `lit extract`); with --stats, an index")
+    p.add_argument("--stats", action="store_true", help="show what the index file FEATURES holds instead: images, "
+                   "words, photos added and removed since the last compaction, the codebook's source and error")
+    p.add_argument("--out", help="output index file (HDF5; holds the names, image root, codebook, "
                    "parameters and the model fingerprint)")
     p.add_argument("--codebook", help="use this codebook (.npy K x d, or an index file) instead of training one")
     p.add_argument("--codebook-size", type=int, default=None,
@@ -45,6 +47,12 @@ def run(args) -> int:
     from .. import pipeline
     from ..distributed import is_main_process
 
+    if args.stats:
+        return _stats(args)
+    if not args.out:
+        from ..errors import UsageError
+
+        raise UsageError("--out is required (the index file to write)")
     codebook = cb_fp = None
     if args.codebook:
         codebook, cb_fp = pipeline.load_codebook(args.codebook)
@@ -66,4 +74,13 @@ def run(args) -> int:
               f"{args.out} (.RRRRR-of-NNNNN.h5){root}: {json.dumps(summary.stats)}")
     if summary.text_note:
         print(summary.text_note, file=sys.stderr)
+    return 0
+
+
+def _stats(args) -> int:
+    from ..pipeline.live import index_stats
+
+    stats = index_stats(args.features, device=device(args))
+    for key, value in stats.items():
+        print(f"{key}: {json.dumps(value)}")
     return 0

@@ -102,12 +102,37 @@ def index_collection(codebook, collection: FeatureCollection, *, lo: int = 0, hi
     return index
 
 
+#: database descriptors on which the codebook's quantisation error is measured (recorded in
+#: the index: `lit add` compares the new photos' error to it, :mod:`lit.pipeline.live`)
+ERROR_SAMPLE = 20_000
+
+
+def quantization_error(index: ASMK, descriptors) -> float:
+    """Mean squared distance of descriptors to their nearest word of the index's codebook."""
+    x = torch.as_tensor(np.asarray(descriptors, np.float32))
+    if x.shape[0] == 0:
+        return 0.0
+    words = index.quantize(x, 1)[:, 0].cpu()
+    return float(((x - index.codebook.cpu()[words]) ** 2).sum(1).mean())
+
+
+def extraction_settings(collection: FeatureCollection) -> dict:
+    """The extraction settings a collection records (what new photos must be extracted with)."""
+    settings = dict(collection.settings or {})
+    stores = getattr(collection, "stores", None)
+    if stores:
+        settings["half"] = bool(stores[0].half)
+    return settings
+
+
 def _info(collection: FeatureCollection, choice: CodebookChoice, index: ASMK, image_root) -> IndexInfo:
     root = os.path.abspath(os.fspath(image_root)) if image_root is not None else collection.root
+    sample = next(iter(collection.iter_descriptors(0, None, max_rows=ERROR_SAMPLE)), (np.zeros((0, index.dim)),))[0]
     return IndexInfo(names=tuple(collection.names), image_root=root, fingerprint=collection.fingerprint or None,
                      features=os.path.abspath(collection.path), codebook_source=choice.source,
                      codebook_size=index.num_words, codebook_descriptors=choice.descriptors,
-                     descriptors=collection.num_features)
+                     descriptors=collection.num_features, settings=extraction_settings(collection) or None,
+                     codebook_error=quantization_error(index, sample[:ERROR_SAMPLE]))
 
 
 def build_index(features: str | os.PathLike, *, codebook=None, codebook_source: str | None = None,
