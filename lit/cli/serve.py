@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MB (default 20)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="uploads that decode to more pixels are refused (default 180000000; 0: no limit)")
+    p.add_argument("--text-model", default=None, help="text model for search by words (default: lit-text-effl0)")
     p.add_argument("--timeout", type=float, default=120, help="seconds before a request answers 504 (default 120)")
     add_model_arguments(p, extraction=False)
 
@@ -59,7 +60,7 @@ def run(args) -> int:
         model = load_model(args)
     print(f"lit serve: loading {args.index} ...", file=sys.stderr, flush=True)
     service = service_mod.open_service(args.index, model=model, device=args.device, upload_dir=args.upload_dir,
-                                       max_pixels=args.max_pixels)
+                                       max_pixels=args.max_pixels, text_model=args.text_model)
 
     def said(url: str) -> None:
         where = "this machine only" if service_mod.is_loopback(args.host) else "the network"

@@ -49,24 +49,53 @@ def create_app(service, **kwargs):
 
 
 def open_service(index: str | os.PathLike, *, model=None, device: str = "auto", upload_dir=None, max_pixels=None,
-                 text: bool | None = None, warm_up: bool = True):
-    """Open ``index`` as a live index with its model and return a
-    :class:`~lit.serve.service.SearchService`; ``warm_up`` loads the text model and runs one
-    text query now, so that the first request does not wait for it."""
+                 text: bool | None = None, text_model=None, warm_up: bool = True):
+    """Open ``index`` as a live index and return a :class:`~lit.serve.service.SearchService`.
+
+    Args:
+        model: a loaded model (default: the one the index records, else lit's default).
+        device: where the models and the index live.
+        upload_dir, max_pixels: see :class:`~lit.serve.service.SearchService` (``max_pixels``
+            ``None``: lit's default, ``0``: no limit).
+        text: offer search by words (``None``: when the index holds embeddings).
+        text_model: the text model or its name (default ``lit-text-effl0``).
+        warm_up: load everything and run one text query now, so that the first request does
+            not wait.
+    """
+    from .._device import resolve_device
     from .._image import DEFAULT_MAX_PIXELS
+    from ..index_file import read_info
     from ..pipeline.live import LiveIndex
     from .service import SearchService
 
-    live = LiveIndex.open(index, model=model, device=device)
+    device = str(resolve_device(device))
+    loaded_text = None
+    if text is not False and read_info(index) is not None and _has_text(index):
+        from ..text import load_text_model
+
+        loaded_text = text_model if hasattr(text_model, "embed_texts") else load_text_model(text_model, device)
+    live = LiveIndex.open(index, model=model, device=device, text_model=loaded_text)
     try:
         service = SearchService(live, upload_dir=upload_dir, text=text,
                                 max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None))
+        _ = live.model  # loaded now, not at the first request
         if warm_up and service.text and len(live):
             live.search_text(["a photo"], topk=1)
     except BaseException:
         live.close()
         raise
     return service
+
+
+def _has_text(index) -> bool:
+    from ..errors import LitError
+    from ..index_file import read_text
+
+    try:
+        read_text(index)
+    except LitError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:

@@ -38,7 +38,7 @@ from .._image import (
     open_image,
     resize_max,
 )
-from ..errors import ImageReadError, LitError, NotFoundError, UsageError
+from ..errors import ImageReadError, NotFoundError, UsageError
 from ..pipeline import queries_from_images
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,7 @@ class SearchService:
 
     # ------------------------------------------------------------------ state
     def _has_text(self) -> bool:
-        from ..index_file import read_text
-
-        try:
-            read_text(self.index.path)
-        except LitError:
-            return False
-        return True
+        return bool(self.index.has_text and self.index.text_model is not None)
 
     def close(self) -> None:
         """Close the index (once; later calls do nothing)."""
@@ -159,7 +153,7 @@ class SearchService:
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def _model_name(self) -> str:
-        return str(getattr(self.model, "name", None) or getattr(self.model.cfg, "name", None) or type(self.model).__name__)
+        return str((self.index.info.settings or {}).get("model") or type(self.model).__name__)
 
     def names(self, offset: int = 0, limit: int = 100) -> dict:
         names = self.index.names()
@@ -212,11 +206,9 @@ class SearchService:
 
     # ------------------------------------------------------------------ features
     def _settings(self) -> dict:
-        s = getattr(self.index, "settings", None)
-        if s is None:
-            return {}
-        get = s.get if isinstance(s, dict) else (lambda k: getattr(s, k, None))
-        return {k: get(k) for k in ("scales", "features_num", "image_size") if get(k) is not None}
+        """The index's extraction settings (what queries are extracted with)."""
+        s = self.index.info.settings or {}
+        return {k: s[k] for k in ("scales", "features_num", "image_size") if s.get(k) is not None}
 
     def _image_size(self) -> int | None:
         return self._settings().get("image_size", self.model.cfg.runtime.image_size)
@@ -303,7 +295,10 @@ class SearchService:
             with atomic_path(target) as tmp_target:
                 shutil.copyfile(probe, tmp_target)
         try:
-            self.index.add([str(target)], names=[name])
+            with self._model_lock:
+                report = self.index.add([str(target)], names=[name])
+            if report.failed:
+                raise ImageReadError(f"{display_name(name)}: {report.failed.get(name, next(iter(report.failed.values())))}")
         except BaseException:
             if not replaced:
                 target.unlink(missing_ok=True)
