@@ -33,11 +33,13 @@ DEFAULT_PORT = 8000
 def require_serve_packages() -> None:
     """Raise :class:`lit.errors.MissingDependencyError` (``pip install 'lit[serve]'``) when a
     package of the ``serve`` extra is missing."""
-    import importlib.util
+    import importlib
 
-    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")):
-        if importlib.util.find_spec(module) is None:
-            raise missing_dependency("the search service", package, "serve")
+    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise missing_dependency("the search service", package, "serve") from None
 
 
 def create_app(service, **kwargs):

@@ -73,7 +73,8 @@ class _BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             return await self.app(scope, receive, send)
-        message = f"the request is larger than the upload limit of {self.limit / 1e6:.0f} MB"
+        shown = f"{self.limit / 2**20:g} MB" if self.limit >= 2**20 else f"{self.limit} bytes"
+        message = f"the request is larger than the upload limit of {shown}"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await _error(413, message)(scope, receive, send)
@@ -102,22 +103,24 @@ class _BodyLimit:
 
 
 def create_app(service: SearchService, *, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               timeout: float = DEFAULT_TIMEOUT_S) -> FastAPI:
+               timeout: float = DEFAULT_TIMEOUT_S, close: bool = True) -> FastAPI:
     """The ASGI app of the search service: the JSON API under ``/api``, the page at ``/``,
     the OpenAPI page at ``/docs``.
 
     Args:
-        service: the open service (closed when the app shuts down).
+        service: the open service.
         token: when set, adding and deleting photos needs ``Authorization: Bearer TOKEN``.
         max_upload_bytes: largest request body.
         timeout: seconds a request may take before it answers 504.
+        close: close the service when the app shuts down.
     """
     import lit
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        await anyio.to_thread.run_sync(service.close)
+        if close:
+            await anyio.to_thread.run_sync(service.close)
 
     app = FastAPI(title="lit search service", version=lit.__version__, lifespan=lifespan,
                   description="Search a lit index by photo or by words, see why results match, add and delete photos.")

@@ -69,3 +69,23 @@ def client(service):
 
     with TestClient(create_app(service), raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def shared_service(built_index, serve_model):
+    """One service over the built index for tests that only read."""
+    from lit.serve import open_service
+
+    svc = open_service(built_index[1], model=serve_model, device="cpu", warm_up=False)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def shared_client(shared_service):
+    from fastapi.testclient import TestClient
+
+    from lit.serve import create_app
+
+    with TestClient(create_app(shared_service, close=False), raise_server_exceptions=False) as c:
+        yield c
