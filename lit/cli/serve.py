@@ -60,7 +60,8 @@ def run(args) -> int:
         model = load_model(args)
     print(f"lit serve: loading {args.index} ...", file=sys.stderr, flush=True)
     service = service_mod.open_service(args.index, model=model, device=args.device, upload_dir=args.upload_dir,
-                                       max_pixels=args.max_pixels, text_model=args.text_model)
+                                       max_pixels=args.max_pixels, text_model=args.text_model,
+                                       model_name=args.model)
 
     def said(url: str) -> None:
         where = "this machine only" if service_mod.is_loopback(args.host) else "the network"
@@ -71,6 +72,9 @@ def run(args) -> int:
     try:
         service_mod.serve(service, host=args.host, port=args.port, token=token, insecure=args.insecure, on_listen=said,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout=args.timeout)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn has shut down cleanly
+        pass
     finally:
         service.close()
+    print("lit serve: stopped", file=sys.stderr)
     return 0

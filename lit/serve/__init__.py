@@ -51,11 +51,13 @@ def create_app(service, **kwargs):
 
 
 def open_service(index: str | os.PathLike, *, model=None, device: str = "auto", upload_dir=None, max_pixels=None,
-                 text: bool | None = None, text_model=None, warm_up: bool = True):
+                 text: bool | None = None, text_model=None, model_name: str | None = None, warm_up: bool = True):
     """Open ``index`` as a live index and return a :class:`~lit.serve.service.SearchService`.
 
     Args:
         model: a loaded model (default: the one the index records, else lit's default).
+        model_name: its name for :meth:`~lit.serve.service.SearchService.health` (default:
+            the name of the model loaded here, else the model's class).
         device: where the models and the index live.
         upload_dir, max_pixels: see :class:`~lit.serve.service.SearchService` (``max_pixels``
             ``None``: lit's default, ``0``: no limit).
@@ -64,6 +66,7 @@ def open_service(index: str | os.PathLike, *, model=None, device: str = "auto", 
         warm_up: load everything and run one text query now, so that the first request does
             not wait.
     """
+    from .. import DEFAULT_MODEL
     from .._device import resolve_device
     from .._image import DEFAULT_MAX_PIXELS
     from ..index_file import read_info
@@ -78,7 +81,9 @@ def open_service(index: str | os.PathLike, *, model=None, device: str = "auto", 
         loaded_text = text_model if hasattr(text_model, "embed_texts") else load_text_model(text_model, device)
     live = LiveIndex.open(index, model=model, device=device, text_model=loaded_text)
     try:
-        service = SearchService(live, upload_dir=upload_dir, text=text,
+        if model is None and model_name is None:
+            model_name = (live.info.settings or {}).get("model") or DEFAULT_MODEL  # what LiveIndex loads
+        service = SearchService(live, upload_dir=upload_dir, text=text, model_name=model_name,
                                 max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None))
         _ = live.model  # loaded now, not at the first request
         if warm_up and service.text and len(live):

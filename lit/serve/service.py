@@ -118,11 +118,15 @@ class SearchService:
             the index file).
         max_pixels: uploads that decode to more pixels are refused.
         text: whether text search is offered (``None``: when the index holds embeddings).
+        model_name: how :meth:`health` names the model (default: the index's record of it,
+            else the model's class).
     """
 
     def __init__(self, index, *, upload_dir: str | os.PathLike | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, text: bool | None = None) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, text: bool | None = None,
+                 model_name: str | None = None) -> None:
         self.index = index
+        self.model_name = model_name
         self.model = index.model
         path = Path(index.path)
         self.upload_dir = Path(upload_dir) if upload_dir is not None else path.with_name(path.stem + "-uploads")
@@ -153,7 +157,7 @@ class SearchService:
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def _model_name(self) -> str:
-        return str((self.index.info.settings or {}).get("model") or type(self.model).__name__)
+        return str(self.model_name or (self.index.info.settings or {}).get("model") or type(self.model).__name__)
 
     def names(self, offset: int = 0, limit: int = 100) -> dict:
         names = self.index.names()
