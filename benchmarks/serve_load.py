@@ -141,22 +141,30 @@ def screenshots(url, photos, folder):
         wait = WebDriverWait(driver, 300)
         driver.get(url + "/")
         wait.until(lambda d: "indexed" in d.find_element(By.ID, "stats").text)
-        for name, path in photos:  # a query with a same-scene result (matches to draw)
+        for name, path in photos[:10]:  # a query with a same-scene result that has matches to draw
             driver.find_element(By.ID, "file-input").send_keys(str(path))
             wait.until(lambda d, n=path.name: d.find_element(By.ID, "query-name").text == n and
                        d.find_elements(By.CSS_SELECTOR, ".card"))
-            wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
-                                     for i in d.find_elements(By.CSS_SELECTOR, ".card img")[:10]))
             cards = driver.find_elements(By.CSS_SELECTOR, ".card")
             names = [c.find_element(By.CSS_SELECTOR, ".name").text for c in cards]
             scene = name.split("/")[0]
             same = [i for i, n in enumerate(names[:5]) if n != name and n.split("/")[0] == scene]
-            if same:
+            if not same:
+                continue
+            cards[same[0]].click()
+            wait.until(lambda d: "matching super-feature" in d.find_element(By.ID, "viewer-meta").text
+                       or "no pair" in d.find_element(By.ID, "viewer-meta").text)
+            found = driver.execute_script("return state.viewer.match.matches.length")
+            driver.find_element(By.ID, "close").click()
+            if found:
                 break
-        out["page_query"], out["page_first_result"] = name, names[0]
+        out["page_query"], out["page_first_result"], out["page_matches"] = name, names[0], found
+        wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                                 for i in d.find_elements(By.CSS_SELECTOR, ".card img")[:10]))
         driver.save_screenshot(str(folder / "serve_results.png"))
-        cards[same[0] if same else min(1, len(cards) - 1)].click()
-        wait.until(lambda d: "matching super-feature" in d.find_element(By.ID, "viewer-meta").text)
+        cards[same[0]].click()
+        wait.until(lambda d: "matching super-feature" in d.find_element(By.ID, "viewer-meta").text
+                   or "no pair" in d.find_element(By.ID, "viewer-meta").text)
         canvas = driver.find_element(By.ID, "canvas")
         pts = driver.execute_script("return state.viewer.points || []")
         if pts:
@@ -276,7 +284,7 @@ def main():
                 result["page"] = screenshots(url, photos, Path(args.figures))
             except Exception as err:  # report, go on with the load
                 result["page"] = {"error": f"{type(err).__name__}: {err}"}
-        levels = [int(c) for c in args.clients.split(",")]
+        levels = [int(c) for c in args.clients.split(",") if int(c) > 0]  # --clients 0: no load
         result["load"] = []
         for n in levels:
             adds = adds_during_load(url, held[1:1 + args.adds]) if n == max(levels) and len(held) > 1 else None

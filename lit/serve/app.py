@@ -15,6 +15,7 @@ import hmac
 import importlib.resources
 import logging
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -137,6 +138,13 @@ def create_app(service: SearchService, *, token: str | None = None, max_upload_b
             raise _HTTPError(504, f"the request took longer than the service's limit of {timeout:g} s") from None
 
     def check_token(request: Request) -> None:
+        """Writes need the token (when set) and, from a browser, a page of this origin: a
+        page of another site cannot add or delete photos (a form posted across sites)."""
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+            raise _HTTPError(403, f"adding and deleting photos from a page of another site ({origin}) is refused")
+        if origin == "null":
+            raise _HTTPError(403, "adding and deleting photos from a page without an origin is refused")
         if token is None:
             return
         given = request.headers.get("authorization", "")

@@ -219,6 +219,18 @@ def test_the_write_endpoints_need_the_token(service, index_copy):
         assert c.delete("/api/images/t.jpg", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
 
 
+def test_pages_of_other_sites_cannot_add_or_delete(client, index_copy):
+    new = (index_copy[0] / "terrace" / "terrace1.jpg").read_bytes()
+    files = {"image": ("t.jpg", new, "image/jpeg")}
+    evil = {"Origin": "http://evil.example"}
+    assert "another site (http://evil.example)" in assert_error(client.post("/api/images", files=files, headers=evil), 403)
+    assert_error(client.delete(f"/api/images/{STREET}", headers=evil), 403)
+    assert_error(client.delete(f"/api/images/{STREET}", headers={"Origin": "null"}), 403)
+    assert client.get("/api/health").json()["images"] == 8
+    same = {"Origin": "http://testserver"}  # the page's own origin (the test client's host)
+    assert client.post("/api/images", files=files, data={"name": "t.jpg"}, headers=same).status_code == 201
+
+
 # ---------------------------------------------------------------------------- the event loop
 class _SlowService:
     """A stand-in service whose text search sleeps (blocking, as the model does)."""

@@ -188,8 +188,11 @@ async function openViewer(hit) {
     $("match-count").max = Math.max(1, n);
     $("match-count").value = Math.min(30, Math.max(1, n));
     $("match-count-value").textContent = $("match-count").value;
-    $("viewer-meta").textContent = `rank ${hit.rank}, search score ${fmt(hit.score)} · ${n} matching super-feature` +
-      `${n === 1 ? "" : "s"} (${match.rule}), match score ${fmt(match.score)}`;
+    $("match-count").parentElement.hidden = n < 2;
+    $("viewer-meta").textContent = `rank ${hit.rank}, search score ${fmt(hit.score)} · ` + (n
+      ? `${n} matching super-feature${n === 1 ? "" : "s"} (${match.rule}), match score ${fmt(match.score)}`
+      : `no pair of super-features passes the model's match rule (${match.rule}): the photos share visual words, ` +
+        "but no super-feature of one is close enough to one of the other");
     draw();
   } catch (err) {
     $("viewer-meta").textContent = err.message;
