@@ -125,7 +125,9 @@ def create_app(service: SearchService, *, token: str | None = None, max_upload_b
 
     app = FastAPI(title="lit search service", version=lit.__version__, lifespan=lifespan,
                   description="Search a lit index by photo or by words, see why results match, add and delete photos.")
-    limiter = anyio.CapacityLimiter(16)
+    # threads waiting for the model are cheap: enough of them that health and text queries
+    # find a thread while many photo queries queue for the model
+    limiter = anyio.CapacityLimiter(64)
 
     async def blocking(fn, *args, **kwargs):
         """Run ``fn`` in a worker thread; past ``timeout`` answer 504 (the thread finishes

@@ -164,7 +164,7 @@ class SearchService:
         return {"images": len(names), "offset": offset, "names": names[offset:offset + limit]}
 
     def _known(self, name: str) -> str:
-        if not isinstance(name, str) or not name or name not in set(self.index.names()):
+        if not isinstance(name, str) or not name or name not in self.index:
             raise UnknownNameError(f"{display_name(str(name))!r} is not in the index")
         return name
 
@@ -294,19 +294,15 @@ class SearchService:
             probe = os.path.join(tmp, _safe_file_name(os.path.basename(name)))
             Path(probe).write_bytes(data)
             self.check_upload(probe, name)
-            replaced = name in set(self.index.names())
+            replaced = name in self.index
+            with self._model_lock:
+                report = self.index.add([probe], names=[name])  # committed to the index file when it returns
+            if report.failed:
+                problem = str(next(iter(report.failed.values()))).replace(display_name(probe), display_name(name))
+                raise ImageReadError(problem if problem.startswith(display_name(name)) else f"{display_name(name)}: {problem}")
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp_target:
                 shutil.copyfile(probe, tmp_target)
-        try:
-            with self._model_lock:
-                report = self.index.add([str(target)], names=[name])
-            if report.failed:
-                raise ImageReadError(f"{display_name(name)}: {report.failed.get(name, next(iter(report.failed.values())))}")
-        except BaseException:
-            if not replaced:
-                target.unlink(missing_ok=True)
-            raise
         self._forget(name)
         log.info(f"added {display_name(name)}")
         return Added(name, replaced, len(self.index))
