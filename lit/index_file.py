@@ -12,7 +12,11 @@ root                  the ASMK index (codebook, parameters, inverted file), writ
                       ``image_root``), attributes ``format = "lit-index-pipeline"``, ``version``
                       1, ``image_root``, ``fingerprint`` (model + extraction settings),
                       ``features``, ``codebook_source``, ``codebook_size``,
-                      ``codebook_descriptors``, ``descriptors``
+                      ``codebook_descriptors``, ``descriptors``; since live collections also
+                      ``settings`` (JSON: the extraction settings new photos are extracted
+                      with), ``codebook_error`` (mean squared quantisation error of the
+                      database) and ``generation`` (a fresh id per written file); files
+                      without them are read with defaults
 ``/text``             :class:`TextEmbeddings` for search by words: ``names``, ``embeddings``
                       (n, D) float32, ``valid`` (n,) uint8; attributes ``format = "lit-text"``,
                       ``version`` 1, ``tower``, ``features``
@@ -23,6 +27,13 @@ A **sharded index** is a set of such files ``NAME.RRRRR-of-NNNNN.h5``
 attributes ``shard.lo``, ``shard.hi``) and, in its ``/pipeline`` and ``/text`` groups, their
 names and embeddings; read together the parts give one index. Older files are still read:
 names in a ``NAME.names.json`` sidecar (single indexes of an early lit, and sharded ones).
+
+A **live index** (``lit add``, ``lit remove``: :mod:`lit.pipeline.live`) is such a file (its
+*base*) and a journal beside it, ``INDEX.live/``: segment files of added photos, a manifest
+(the commit record: segments and removed ids) and a writer lock; the readers here
+(:func:`load_index`, :func:`read_info`, :func:`read_text`) apply a journal that names the
+base's generation, so every reader sees the added and removed photos at once (the layout,
+commit and compaction protocol: the "live journal" section below).
 
 **Writing** replaces a file atomically (:func:`lit._fileio.atomic_path`): a reader that
 opened the old file keeps reading it, and a crash leaves the old file or the new one,
@@ -670,9 +681,13 @@ def writer_lock(path: str | os.PathLike, *, wait: float = 0.0):
         WriterBusy: still held by another writer after ``wait`` seconds.
     """
     folder = live_folder(path)
-    os.makedirs(folder, exist_ok=True)
     lock_file = os.path.join(folder, "lock")
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise IndexFileError(f"{display_name(path)}: cannot change this index: its journal folder "
+                             f"{display_name(folder)} cannot be written ({err.strerror})") from None
     try:
         deadline = time.monotonic() + max(0.0, float(wait))
         while True:

@@ -23,26 +23,27 @@ id + 1. :attr:`InvertedFile.version` moves on every change, so that statistics d
 from the entries (idf, image norms: :mod:`lit.asmk.scoring`) are cached against it.
 
 Readers see the entries only through :meth:`segments` (a tuple of CSR segments),
-:meth:`entries_per_word` and :meth:`image_sums`, which already sum over segments. That is
-the seam for live collections (issue 26), which need appends and per-image deletion at a
-cost that grows with the change, not with the collection:
+:meth:`entries_per_word` and :meth:`image_sums`, which already sum over segments. Live
+collections (:mod:`lit.pipeline.live`) change the file at a cost that grows with the change,
+not with the collection:
 
-- *Appends without a rewrite*: a batch added after the last flush becomes a small
-  segment of its own (its pending pieces are already sorted by word: a CSR of the batch
-  is one ``bincount``), returned by :meth:`segments` after the main one; the scorer
-  already loops over segments, and :meth:`flush` becomes the *compaction* that merges
-  them, run when their number or size passes a threshold (or in the background), with
-  the bucketed merge below unchanged.
-- *Deletion by tombstone*: removing an image clears its ``present`` flag; the scorer then
-  drops pairs whose database image is not present (a gather of the flag per pair chunk,
-  as it already drops images outside a column range), :meth:`entries_per_word` subtracts
-  the removed image's words (kept per image in a forward list: 4 B per entry, so that a
-  removal costs its own entries, not a scan), and :meth:`image_sums` skips them; the
-  compaction drops entries of absent images while it rewrites each word range (one keep
-  mask per range). A replaced image gets a new id, or its id is reused only after the
-  compaction has dropped its old entries (a tombstone is per id).
-- *On disk*: the same segments map to HDF5 groups, so an append writes a new segment
-  group and a commit attribute (:mod:`lit.asmk.io` keeps today's single-segment layout).
+- *Appends without a rewrite*: :meth:`segment_of` turns the aggregated entries of new
+  images into a CSR segment of their own (a sort and a ``bincount`` of their entries) and
+  :meth:`append_segment` keeps it after the main segment; the scorer loops over segments.
+  :meth:`merge_extra` merges the appended segments with each other only (their own size),
+  so that queries loop over few segments.
+- *Deletion by tombstone*: :meth:`remove` marks ids removed (``removed``): they are never
+  ranked (:meth:`lit.asmk.ASMK.search` leaves their columns out), :meth:`entries_per_word`
+  counts the entries of present images only and :meth:`image_sums` gives removed ids 0, so
+  idf (over ``n_images - num_removed`` images) and norms are those of the present images;
+  both are recomputed at the first search after a change, one vectorised pass over the
+  entries (as after any change). A removed id is not reused before :meth:`compact`.
+- *Compaction*: :meth:`compact` merges every segment into one, dropping the entries of
+  removed images, and optionally renumbers the ids (``new_ids``): the file of an index
+  built from scratch on the present images. Files and states hold one segment without
+  tombstones (:meth:`arrays` compacts first).
+- *On disk*: the segments of a live index are files of their own beside the index file
+  (:mod:`lit.index_file`); :mod:`lit.asmk.io` keeps the single-segment layout.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("features", help="HDF5 feature file of the database (from `lit extract`); with --stats, an index")
     p.add_argument("--stats", action="store_true", help="show what the index file FEATURES holds instead: images, "
                    "words, photos added and removed since the last compaction, the codebook's source and error")
+    p.add_argument("--compact", action="store_true", help="fold the journal of the index file FEATURES (photos added "
+                   "and removed by `lit add`/`lit remove`) into it now")
     p.add_argument("--out", help="output index file (HDF5; holds the names, image root, codebook, "
                    "parameters and the model fingerprint)")
     p.add_argument("--codebook", help="use this codebook (.npy K x d, or an index file) instead of training one")
@@ -49,6 +51,11 @@ def run(args) -> int:
 
     if args.stats:
         return _stats(args)
+    if args.compact:
+        from ..pipeline.live import compact_index
+
+        print(compact_index(args.features, device=device(args)))
+        return 0
     if not args.out:
         from ..errors import UsageError
 

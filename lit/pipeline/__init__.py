@@ -13,6 +13,9 @@ every policy exists once:
   :func:`make_index`), one way to fill it (:func:`index_collection`);
 - :mod:`~lit.pipeline.search`: queries and their names, the fingerprint check, search with
   or without the query itself;
+- :mod:`~lit.pipeline.live`: photos added to and removed from an index in place, exactly
+  as a rebuild with the same codebook would rank them (:class:`~lit.pipeline.live.LiveIndex`,
+  ``lit add``, ``lit remove``);
 - :mod:`~lit.pipeline.results`: JSON, CSV and pairs files;
 - :mod:`~lit.pipeline.merge`: several feature files as one;
 - :mod:`~lit.pipeline.match`: two images matched under the model's own rule.

@@ -107,12 +107,13 @@ def index_collection(codebook, collection: FeatureCollection, *, lo: int = 0, hi
 ERROR_SAMPLE = 20_000
 
 
-def quantization_error(index: ASMK, descriptors) -> float:
-    """Mean squared distance of descriptors to their nearest word of the index's codebook."""
+def quantization_error(index: ASMK, descriptors, nearest=None) -> float:
+    """Mean squared distance of descriptors to their nearest word of the index's codebook
+    (``nearest``: those words when already known)."""
     x = torch.as_tensor(np.asarray(descriptors, np.float32))
     if x.shape[0] == 0:
         return 0.0
-    words = index.quantize(x, 1)[:, 0].cpu()
+    words = (index.quantize(x, 1)[:, 0] if nearest is None else torch.as_tensor(nearest)).cpu()
     return float(((x - index.codebook.cpu()[words]) ** 2).sum(1).mean())
 
 

@@ -106,7 +106,7 @@ from .search import QueryResult, check_fingerprint, search
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AddReport", "LiveIndex", "RemoveReport", "add_images", "index_stats", "read_name_list", "remove_images"]
+__all__ = ["AddReport", "LiveIndex", "RemoveReport", "add_images", "compact_index", "index_stats", "read_name_list", "remove_images"]
 
 #: Compact when the journal's added plus removed photos pass this fraction of the base.
 COMPACT_FRACTION = 0.25
@@ -240,6 +240,7 @@ class LiveIndex:
         self._model = model
         self.text_model = text_model
         self._writer = threading.Lock()
+        self._load_lock = threading.Lock()
         self._rw = _SharedLock()
         self._want_loaded = bool(load)
         self._closed = False
@@ -344,7 +345,9 @@ class LiveIndex:
 
     def _ensure_loaded(self) -> ASMK:
         if self._asmk is None:
-            self._load()
+            with self._load_lock:  # one thread reads the inverted file, the others wait for it
+                if self._asmk is None:
+                    self._load()
         return self._asmk
 
     def _aggregating_index(self) -> ASMK:
@@ -461,6 +464,7 @@ class LiveIndex:
     def _writing(self):
         with self._writer, writer_lock(self.path, wait=self.wait):
             self._sync()
+            clean_journal(self.path, self._manifest)  # segments of a writer that died before its commit
             yield
 
     def _settings(self) -> dict:
@@ -608,8 +612,12 @@ class LiveIndex:
                 with contextlib.suppress(Exception):
                     tower_emb = coll.embeddings(self._text_tower_name())
             feats, embs = {}, {}
+            chunks = list(coll.iter_descriptors())  # whole images per chunk, in order
+            desc = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, coll.descriptor_dim), np.float32)
+            ids = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.int64)
+            bounds = np.searchsorted(ids, np.arange(len(names) + 1))
             for i, name in enumerate(names):
-                feats[name] = coll[i].descriptors.detach().cpu().float().numpy()
+                feats[name] = desc[bounds[i]:bounds[i + 1]]
                 if tower_emb is not None and tower_emb[2][i]:
                     embs[name] = tower_emb[1][i]
             self._staging = None
@@ -634,8 +642,9 @@ class LiveIndex:
         desc = [feats[n] for n in order]
         ids = np.concatenate([np.full(len(d), i, np.int64) for i, d in enumerate(desc)])
         x = np.concatenate(desc) if desc else np.zeros((0, agg.dim), np.float32)
-        segment, _ = agg.aggregate_segment(x, ids)
-        err = quantization_error(agg, x)
+        words = agg.quantize(x) if len(x) else None  # nearest first: the first is the quantisation
+        segment, _ = agg.aggregate_segment(x, ids, words=words)
+        err = quantization_error(agg, x, words[:, 0] if words is not None else None)
         tower_dim = None
         text_emb = text_valid = None
         if self._has_text:
@@ -691,11 +700,13 @@ class LiveIndex:
                 self._text_cache = None
         self._drop_staging(staging)
 
-    @staticmethod
-    def _drop_staging(staging: str | None) -> None:
-        if staging:
-            with contextlib.suppress(OSError):
-                os.remove(staging)
+    def _drop_staging(self, staging: str | None) -> None:
+        """After a commit: the staging feature files (this one, and any of an add that died)."""
+        folder = live_folder(self.path)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.startswith("staging-") and name.endswith(".h5"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
 
     def remove(self, names: Iterable[str]) -> RemoveReport:
         """Remove photos by name; unknown names are reported, not an error. Committed to the
@@ -828,6 +839,15 @@ def index_stats(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """What ``lit index --stats`` shows (:meth:`LiveIndex.stats`)."""
     with LiveIndex.open(path, device=device, load=True) as live:
         return live.stats()
+
+
+def compact_index(path: str | os.PathLike, *, wait: float = 0.0, device: str | torch.device = "cpu") -> str:
+    """``lit index --compact``: fold the journal into the index file; one line for the user."""
+    with LiveIndex.open(path, device=device, wait=wait, load=False) as live:
+        pending = live.stats()
+        live.compact()
+        return (f"{display_name(live.path)}: {len(live)} images; compacted {pending['journal_segments']} journal "
+                f"segments and {pending['removed_pending']} removed images into it")
 
 
 def remove_images(index_path: str | os.PathLike, names: Iterable[str], *, wait: float = 0.0,

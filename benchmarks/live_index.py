@@ -1,0 +1,232 @@
+"""Live collections (``lit add`` / ``lit remove``, :mod:`lit.pipeline.live`): what a change
+costs against a rebuild with the same codebook, and what the journal costs searches.
+
+Synthetic data: 128-d descriptors, ``--words`` random centres used as the codebook,
+``--per-image`` descriptors per image = centre + noise (binary ASMK, FIRe's options). Words
+are assigned by the real nearest-word search everywhere (the rebuild and the adds alike).
+
+Per database size N (``--sizes``):
+
+- ``rebuild_s``: building the index of N images from their descriptors with the codebook and
+  writing it (what ``lit index --codebook`` does after reading the feature file: a lower
+  bound of a real rebuild);
+- ``add100_s``: ``lit add INDEX --features F`` of 100 new images, one-shot (open, aggregate,
+  write the segment, commit the manifest; median of ``--repeats``), and its ratio to the
+  rebuild; ``remove100_s`` the same for ``lit remove`` of 100 names. The compaction
+  threshold is lifted while these are timed (a small index would compact after a few
+  hundred changes); compaction is timed on its own (``compact_s``) and, run once every
+  ``COMPACT_FRACTION x N`` changes, costs ``amortised_compaction_per_100_s`` per 100;
+- for N >= ``--search-from``: the search time of ``--queries`` query images (topk 100,
+  median of ``--repeats``) after 1,000 adds (10 x 100) and 1,000 removes kept in the journal
+  (tombstones and appended segments), against a fresh index of the same images (a copy,
+  compacted), timed in alternation so that the machine's load hits both alike; the same
+  after compaction; the first search after the last change (idf and norms recomputed);
+  and whether the results are the same.
+
+Usage::
+
+    nice -n 10 python benchmarks/live_index.py                         # 1k, 10k, 100k images
+    python benchmarks/live_index.py --sizes 1000,10000 --repeats 3     # quick
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from lit.asmk import ASMK
+from lit.features import FeatureStore
+from lit.index_file import IndexInfo, write_index
+from lit.pipeline import live as live_module
+from lit.pipeline.live import LiveIndex, add_images, remove_images
+from lit.types import LocalFeatures
+
+DIM = 128
+NOISE = 0.35
+
+
+class Data:
+    """Images as descriptors drawn around random codebook centres (deterministic per id)."""
+
+    def __init__(self, words: int, per_image: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.centres = torch.randn(words, DIM, generator=g)
+        self.per_image = per_image
+
+    def images(self, first: int, count: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(1_000_003 + first)
+        pick = torch.randint(0, self.centres.shape[0], (count * self.per_image,), generator=g)
+        return self.centres[pick] + NOISE * torch.randn(count * self.per_image, DIM, generator=g)
+
+
+def name(i: int) -> str:
+    return f"img/{i:07d}.jpg"
+
+
+def build(data: Data, n: int, path: str) -> float:
+    start = time.perf_counter()
+    index = ASMK(data.centres, binary=True)
+    chunk = 2000
+    for first in range(0, n, chunk):
+        count = min(chunk, n - first)
+        x = data.images(first, count)
+        ids = torch.arange(first, first + count).repeat_interleave(data.per_image)
+        index.add(x, ids)
+    write_index(path, index, IndexInfo(names=tuple(name(i) for i in range(n)), fingerprint="synthetic",
+                                       codebook_source="synthetic", codebook_size=data.centres.shape[0]))
+    return time.perf_counter() - start
+
+
+def feature_file(data: Data, first: int, count: int, path: str) -> str:
+    x = data.images(first, count).reshape(count, data.per_image, DIM)
+    k = data.per_image
+    with FeatureStore(path, "a", descriptor_dim=DIM, fingerprint="synthetic") as store:
+        for i in range(count):
+            store.append(name(first + i), LocalFeatures(x[i], torch.ones(k), torch.ones(k), torch.arange(k)))
+    return path
+
+
+def queries(data: Data, n: int, count: int):
+    rng = np.random.default_rng(7)
+    out = []
+    for i in rng.choice(n, size=count, replace=False).tolist():
+        x = data.images(int(i), 1)
+        x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(i))
+        out.append(LocalFeatures(x, torch.ones(len(x)), torch.ones(len(x)), torch.arange(len(x))))
+    return out
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def run_size(data: Data, n: int, args, folder: str) -> dict:
+    path = os.path.join(folder, f"index-{n}.h5")
+    row: dict = {"images": n, "descriptors_per_image": data.per_image, "words": int(data.centres.shape[0])}
+    row["rebuild_s"] = build(data, n, path)
+    adds = []
+    next_id = n
+    threshold = live_module.COMPACT_FRACTION
+    live_module.COMPACT_FRACTION = 1e9
+    for r in range(args.repeats):
+        f = feature_file(data, next_id, 100, os.path.join(folder, f"add-{n}-{r}.h5"))
+        start = time.perf_counter()
+        report = add_images(path, features=f, device="cpu")
+        adds.append(time.perf_counter() - start)
+        assert len(report.added) == 100 and not report.compacted
+        next_id += 100
+    row["add100_s"] = statistics.median(adds)
+    row["add100_fraction_of_rebuild"] = row["add100_s"] / row["rebuild_s"]
+    removes = []
+    for r in range(args.repeats):
+        names = [name(i) for i in range(r * 100, r * 100 + 100)]
+        start = time.perf_counter()
+        report = remove_images(path, names, device="cpu")
+        removes.append(time.perf_counter() - start)
+        assert len(report.removed) == 100 and not report.compacted
+    row["remove100_s"] = statistics.median(removes)
+    row["remove100_fraction_of_rebuild"] = row["remove100_s"] / row["rebuild_s"]
+    with LiveIndex.open(path, device="cpu", load=False) as live:
+        start = time.perf_counter()
+        live.compact()  # reads the base and the journal, writes the new base
+        row["compact_s"] = time.perf_counter() - start
+    row["amortised_compaction_per_100_s"] = row["compact_s"] * 100 / (threshold * n)
+    if n < args.search_from:
+        live_module.COMPACT_FRACTION = threshold
+        return row
+
+    qs = queries(data, n, args.queries)
+    qnames = [f"q{i}" for i in range(len(qs))]
+    with LiveIndex.open(path, device="cpu") as live:  # compacted above: a fresh index of its images
+        for b in range(10):  # 1,000 adds in 10 commits, 1,000 removes in 10 commits: kept in the journal
+            live.add_features(feature_file(data, next_id, 100, os.path.join(folder, f"grow-{n}-{b}.h5")))
+            next_id += 100
+            live.remove([name(i) for i in range(1000 + b * 100, 1100 + b * 100)])
+        stats = live.stats()
+        row["journal_segments"] = stats["journal_segments"]
+        row["removed_pending"] = stats["removed_pending"]
+        row["removed_entries_pending"] = stats["removed_entries_pending"]
+        start = time.perf_counter()
+        live.search(qs, qnames, topk=100)
+        row["search_first_after_change_s"] = time.perf_counter() - start  # idf and norms recomputed
+        # a fresh index of the same images: a copy of the files, compacted
+        copy = os.path.join(folder, f"fresh-{n}.h5")
+        shutil.copyfile(path, copy)
+        shutil.copytree(path + ".live", copy + ".live")
+        with LiveIndex.open(copy, device="cpu") as fresh:
+            fresh.compact()
+            fresh.search(qs, qnames, topk=100)
+            journal_t, fresh_t, got, want = interleaved(live, fresh, qs, qnames, args.repeats)
+            row["search_fresh_s"] = fresh_t
+            row["search_after_1000_adds_1000_removes_s"] = journal_t
+            row["same_results_as_fresh"] = same(got, want)
+            start = time.perf_counter()
+            live.compact()
+            row["compact_loaded_s"] = time.perf_counter() - start
+            live.search(qs, qnames, topk=100)
+            compacted_t, fresh_t2, got, want = interleaved(live, fresh, qs, qnames, args.repeats)
+            row["search_after_compaction_s"] = compacted_t
+            row["search_fresh_again_s"] = fresh_t2
+            row["same_results_after_compaction"] = same(got, want)
+    row["search_slowdown_with_journal"] = row["search_after_1000_adds_1000_removes_s"] / row["search_fresh_s"] - 1
+    row["search_slowdown_after_compaction"] = row["search_after_compaction_s"] / row["search_fresh_again_s"] - 1
+    live_module.COMPACT_FRACTION = threshold
+    return row
+
+
+def interleaved(a, b, qs, qnames, repeats: int):
+    """Median search times of two indexes, measured in alternation (the machine's load hits both)."""
+    ta, tb = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ra = a.search(qs, qnames, topk=100)
+        ta.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        rb = b.search(qs, qnames, topk=100)
+        tb.append(time.perf_counter() - start)
+    return statistics.median(ta), statistics.median(tb), ra, rb
+
+
+def same(got, want) -> bool:
+    return all([h.name for h in g.hits] == [h.name for h in w.hits]
+               and np.allclose([h.score for h in g.hits], [h.score for h in w.hits], rtol=1e-5)
+               for g, w in zip(got, want, strict=True))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument("--per-image", type=int, default=50)
+    p.add_argument("--words", type=int, default=1024)
+    p.add_argument("--queries", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--search-from", type=int, default=10000, help="measure searches from this size on")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    data = Data(args.words, args.per_image)
+    out = {"benchmark": "live_index", "threads": torch.get_num_threads(), "compact_fraction": live_module.COMPACT_FRACTION,
+           "sizes": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for n in (int(s) for s in args.sizes.split(",")):
+            out["sizes"].append(run_size(data, n, args, folder))
+            print(json.dumps(out["sizes"][-1]), flush=True, file=__import__("sys").stderr)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Appends and deletions of the inverted file (lit.asmk.ivf, live collections): a batch as a
+segment of its own and tombstones rank and score like an index built from scratch on the
+present images; compaction drops the removed entries and renumbers."""
+
+import pytest
+import torch
+
+from lit.asmk import ASMK
+
+D, K = 16, 24
+
+
+def images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(int(torch.randint(3, 20, (1,), generator=g)), D, generator=g) for _ in range(n)]
+
+
+def ids_of(batch, first=0):
+    return torch.cat([torch.full((len(x),), first + i) for i, x in enumerate(batch)])
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("use_idf", [False, True])
+@pytest.mark.parametrize("ma", [1, 3])
+def test_segments_and_tombstones_score_as_an_index_of_the_present_images(binary, use_idf, ma):
+    params = {"binary": binary, "use_idf": use_idf, "multiple_assignment": ma}
+    cb = torch.randn(K, D, generator=torch.Generator().manual_seed(0))
+    db, qs = images(30, 1), images(4, 2)
+    live = ASMK(cb, **params)
+    live.add(torch.cat(db[:18]), ids_of(db[:18]))
+    live.flush()
+    for first in (18, 22, 26):  # three appends, each a segment of its own
+        segment, present = live.aggregate_segment(torch.cat(db[first:first + 4]), ids_of(db[first:first + 4], first))
+        live.append_segment(segment, present)
+    assert live.ivf.num_extra_segments == 3
+    assert live.remove(torch.tensor([0, 5, 19, 5])) == 3
+    with pytest.raises(ValueError, match="removed image"):
+        live.append_segment(*live.aggregate_segment(db[5], torch.full((len(db[5]),), 5)))
+    live.ivf.merge_extra()
+    assert live.ivf.num_extra_segments == 1
+    keep = [i for i in range(30) if i not in (0, 5, 19)]
+    ref = ASMK(cb, **params)
+    ref.add(torch.cat([db[i] for i in keep]), torch.cat([torch.full((len(db[i]),), n) for n, i in enumerate(keep)]))
+    q, qid = torch.cat(qs), ids_of(qs)
+    got, want = live.search(q, qid), ref.search(q, qid)
+    assert torch.equal(got.ranks, torch.tensor(keep)[want.ranks])  # removed images never ranked
+    torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=1e-7)
+    entries = live.ivf.num_entries
+    new_ids = torch.full((30,), -1)
+    new_ids[torch.tensor(keep)] = torch.arange(len(keep))
+    live.compact(new_ids)
+    assert live.ivf.num_extra_segments == 0 and live.ivf.num_removed == 0 and live.ivf.num_entries < entries
+    again = live.search(q, qid)
+    assert torch.equal(again.ranks, want.ranks)
+    torch.testing.assert_close(again.scores, want.scores, rtol=1e-5, atol=1e-7)
