@@ -219,6 +219,34 @@ def test_the_write_endpoints_need_the_token(service, index_copy):
         assert c.delete("/api/images/t.jpg", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
 
 
+def test_searches_run_alongside_adds_and_deletes_and_see_a_whole_index(client, index_copy):
+    import threading
+
+    new = (index_copy[0] / "terrace" / "terrace1.jpg").read_bytes()
+    before = set(client.get("/api/images").json()["names"])
+    seen, failures = [], []
+
+    def reader(i):
+        for _ in range(4):
+            res = (client.post("/api/search", data={"name": STREET, "topk": "20"}) if i % 2
+                   else client.post("/api/search", data={"text": "a house", "topk": "20"}))
+            if res.status_code != 200:
+                failures.append(res.text)
+            else:
+                seen.append({r["name"] for r in res.json()["results"]})
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    assert client.post("/api/images", files={"image": ("t.jpg", new, "image/jpeg")}, data={"name": "t.jpg"}).status_code == 201
+    assert client.delete("/api/images/t.jpg").status_code == 200
+    for t in threads:
+        t.join(300)
+    assert not failures and len(seen) == 16
+    # every answer ranks the whole index of one moment: before, during or after the add
+    assert all(names in (before, before | {"t.jpg"}) for names in seen)
+
+
 def test_pages_of_other_sites_cannot_add_or_delete(client, index_copy):
     new = (index_copy[0] / "terrace" / "terrace1.jpg").read_bytes()
     files = {"image": ("t.jpg", new, "image/jpeg")}
