@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -118,8 +118,7 @@ class SearchService:
             the index file).
         max_pixels: uploads that decode to more pixels are refused.
         text: whether text search is offered (``None``: when the index holds embeddings).
-        model_name: how :meth:`health` names the model (default: the index's record of it,
-            else the model's class).
+        model_name: how :meth:`health` names the model (default: its class).
     """
 
     def __init__(self, index, *, upload_dir: str | os.PathLike | None = None,
@@ -131,6 +130,13 @@ class SearchService:
         path = Path(index.path)
         self.upload_dir = Path(upload_dir) if upload_dir is not None else path.with_name(path.stem + "-uploads")
         self.max_pixels = max_pixels
+        info = index.info
+        # what does not change while the index lives: where its photos are, the model and
+        # extraction settings its queries must match (the names are asked for each time)
+        self.image_root = info.image_root
+        self._query_info = replace(info, names=())
+        settings = info.settings or {}
+        self._extraction = {k: settings[k] for k in ("scales", "features_num", "image_size") if settings.get(k) is not None}
         self.text = self._has_text() if text is None else bool(text)
         self.started = time.time()
         self._closed = False
@@ -151,13 +157,12 @@ class SearchService:
             self.index.close()
 
     def health(self) -> dict:
-        rt = self.model.cfg.runtime
         return {"status": "ok", "images": len(self.index), "model": self._model_name(), "index": str(self.index.path),
-                "text_search": self.text, "image_size": rt.image_size, "max_topk": MAX_TOPK,
+                "text_search": self.text, "image_size": self._image_size(), "max_topk": MAX_TOPK,
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def _model_name(self) -> str:
-        return str(self.model_name or (self.index.info.settings or {}).get("model") or type(self.model).__name__)
+        return str(self.model_name or type(self.model).__name__)
 
     def names(self, offset: int = 0, limit: int = 100) -> dict:
         names = self.index.names()
@@ -179,7 +184,7 @@ class SearchService:
         uploaded = self.upload_dir / name
         if uploaded.is_file():
             return uploaded
-        root = self.index.info.image_root
+        root = self.image_root
         if root and (Path(root) / name).is_file():
             return Path(root) / name
         raise NotFoundError(f"{display_name(name)!r} is indexed, but its photo file is not in {display_name(str(root))} "
@@ -209,18 +214,13 @@ class SearchService:
         return self._thumbs.get(key + (size,), make), "image/jpeg"
 
     # ------------------------------------------------------------------ features
-    def _settings(self) -> dict:
-        """The index's extraction settings (what queries are extracted with)."""
-        s = self.index.info.settings or {}
-        return {k: s[k] for k in ("scales", "features_num", "image_size") if s.get(k) is not None}
-
     def _image_size(self) -> int | None:
-        return self._settings().get("image_size", self.model.cfg.runtime.image_size)
+        return self._extraction.get("image_size", self.model.cfg.runtime.image_size)
 
     def _query(self, path: str):
         """Features of one photo under the index's extraction settings (fingerprint checked)."""
         with self._model_lock:
-            q = queries_from_images(self.model, [path], self.index.info, root=os.path.dirname(path), **self._settings())
+            q = queries_from_images(self.model, [path], self._query_info, root=os.path.dirname(path), **self._extraction)
         return q.features[0]
 
     def _indexed_features(self, name: str):
