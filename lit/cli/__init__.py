@@ -26,7 +26,7 @@ from collections.abc import Sequence
 #: Command modules, in the order of ``lit --help``.
 COMMANDS = (
     "models", "extract", "features", "index", "add", "remove", "search", "match", "plot_attention", "download", "evaluate", "demo",
-    "train", "text", "train_global", "evaluate_global",
+    "train", "text", "train_global", "evaluate_global", "serve",
 )
 
 
