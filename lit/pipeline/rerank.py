@@ -25,6 +25,7 @@ Policy (the defaults were chosen on the multi-view training scenes only; README
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -82,7 +83,7 @@ class RerankSettings:
     min_inliers: int = MIN_INLIERS
     margin: float | None | str = VERIFY_MARGIN
     scale_tolerance: float | None = SCALE_TOLERANCE
-    hypotheses: int = 256
+    hypotheses: int = 128
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,9 +151,17 @@ class Reranker:
             self.rule = MatchRule(self.rule.threshold, self.rule.margin, self.rule.background.to(self.device).float())
 
     def _features(self, f: LocalFeatures) -> tuple[LocalFeatures, torch.Tensor | None]:
+        """Features on the device, and room for their background similarities (NaN: not yet computed)."""
         f = LocalFeatures(*(t.to(self.device) if t is not None else None for t in f))
-        bg = background_similarity(f.descriptors, self.rule.background) if self.rule.background is not None else None
+        bg = torch.full((len(f),), math.nan, device=self.device) if self.rule.background is not None else None
         return f, bg
+
+    def _background(self, f: LocalFeatures, bg: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Background similarity of rows ``rows`` of ``f``, computed once per row and kept in ``bg``."""
+        todo = rows[torch.isnan(bg[rows])]
+        if len(todo):
+            bg[todo] = background_similarity(f.descriptors[todo], self.rule.background).to(bg.dtype)
+        return bg[rows]
 
     def _database(self, i: int) -> tuple[LocalFeatures, torch.Tensor | None]:
         hit = self._cache.get(i)
@@ -183,7 +192,8 @@ class Reranker:
 
     def verify(self, query: LocalFeatures, ids: Sequence[int]) -> list[PairCheck]:
         """Matches and their geometric verification between ``query`` and database images ``ids``."""
-        q, qbg = self._features(query)
+        q, _ = self._features(query)
+        qbg = background_similarity(q.descriptors, self.rule.background) if self.rule.background is not None else None
         return self._verify(q, qbg, ids)
 
     def _verify(self, q: LocalFeatures, qbg, ids: Sequence[int]) -> list[PairCheck]:
@@ -192,7 +202,7 @@ class Reranker:
         cands = [self._database(int(i)) for i in ids]
         feats = [c[0] for c in cands]
         pm = match_many(q, feats, self.rule, query_background=qbg,
-                        candidate_background=[c[1] for c in cands] if qbg is not None else None)
+                        candidate_background=lambda j, rows: self._background(cands[j][0], cands[j][1], rows))
         if q.positions is None or any(f.positions is None for f in feats):
             raise UsageError("re-ranking needs the super-features' positions (feature files of an early lit have "
                              "none): extract the features again")

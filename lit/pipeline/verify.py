@@ -28,6 +28,7 @@ large) within that factor.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -154,9 +155,11 @@ def _agree(transform: Tensor, src: Tensor, dst: Tensor, valid: Tensor, threshold
            log_ratio: Tensor | None, log_tol: float | None) -> Tensor:
     """Inlier mask of matches under each transformation: transform (B, H, 2, 3), points
     (B, M, 2) -> (B, H, M)."""
-    proj = transform_points(transform, src[:, None])  # (B, H, M, 2)
-    err = ((proj - dst[:, None]) ** 2).sum(-1)
-    ok = (err <= threshold * threshold) & valid[:, None]
+    t = transform[..., None]  # (B, H, 2, 3, 1): coefficients broadcast over the matches
+    x, y = src[:, None, :, 0], src[:, None, :, 1]  # (B, 1, M)
+    ex = t[:, :, 0, 0] * x + t[:, :, 0, 1] * y + t[:, :, 0, 2] - dst[:, None, :, 0]
+    ey = t[:, :, 1, 0] * x + t[:, :, 1, 1] * y + t[:, :, 1, 2] - dst[:, None, :, 1]
+    ok = (ex * ex + ey * ey <= threshold * threshold) & valid[:, None]
     if log_ratio is not None and log_tol is not None:
         log_s = torch.log(_transform_scale(transform))  # (B, H)
         ok = ok & ((log_s[..., None] - log_ratio[:, None]).abs() <= log_tol)
@@ -276,7 +279,7 @@ def ransac(
 
 def match_many(query: LocalFeatures, candidates: list[LocalFeatures], rule: MatchRule, *,
                query_background: Tensor | None = None,
-               candidate_background: list[Tensor] | None = None) -> PaddedMatches:
+               candidate_background: Callable[[int, Tensor], Tensor] | None = None) -> PaddedMatches:
     """Match one query with many candidates under ``rule`` in one batched product.
 
     The same matches as ``rule.match(query, candidate)`` for each candidate (reciprocal
@@ -286,9 +289,11 @@ def match_many(query: LocalFeatures, candidates: list[LocalFeatures], rule: Matc
     Args:
         query, candidates: features (descriptors on any device; the query's device is used).
         rule: the match rule (``model.match_rule()``).
-        query_background, candidate_background: each descriptor's best cosine to the rule's
-            background (:func:`lit.matching.background_similarity`), when known already
-            (they depend on the image alone: a re-ranker caches them).
+        query_background: each query descriptor's best cosine to the rule's background
+            (:func:`lit.matching.background_similarity`), when known already.
+        candidate_background: ``f(i, rows)`` giving that of rows ``rows`` of candidate ``i``
+            (it depends on the image alone: a re-ranker caches it); only the rows that
+            pass every other test are asked for.
 
     Returns:
         :class:`PaddedMatches` with ``B = len(candidates)``.
@@ -319,11 +324,14 @@ def match_many(query: LocalFeatures, candidates: list[LocalFeatures], rule: Matc
         keep = keep & (s >= rule.threshold)
     if rule.background is not None:
         bg_q = background_similarity(q, rule.background) if query_background is None else query_background.to(device)
-        bg_c = torch.zeros(b, kmax, device=device)
+        keep = keep & (s - bg_q[None] >= rule.margin)  # the query side of the test first: fewer rows below
+        bg = torch.full((b, len(q)), -math.inf, device=device)
         for i in range(b):
-            bg_c[i, : sizes[i]] = (background_similarity(cand[i, : sizes[i]], rule.background)
-                                   if candidate_background is None else candidate_background[i].to(device))
-        bg = torch.maximum(bg_q[None], torch.gather(bg_c, 1, nn_q))
+            rows = keep[i].nonzero()[:, 0]
+            if len(rows):
+                crow = nn_q[i, rows]
+                bg[i, rows] = (background_similarity(cand[i, crow], rule.background) if candidate_background is None
+                               else candidate_background(i, crow).to(device))
         keep = keep & (s - bg >= rule.margin)
     # sort each row: kept first, by decreasing similarity, ties by increasing query index
     key = torch.where(keep, s, neg)
