@@ -64,6 +64,7 @@ from .rerank import (
     RerankSettings,
     expand_query,
     reranker_for,
+    search_reranker,
 )
 from .results import plot_paths, results_to_dict, scene_of, write_csv, write_json, write_pairs
 from .search import (
@@ -80,7 +81,7 @@ from .search import (
 
 __all__ = [
     "CODEBOOK_WORDS_PER_SQRT", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS", "SMALL_SET_RESTARTS",
-    "CodebookChoice", "DEFAULT_RERANK", "PairCheck", "RerankSettings", "Reranker", "expand_query", "reranker_for", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
+    "CodebookChoice", "DEFAULT_RERANK", "PairCheck", "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
     "PipelineError", "Queries", "QueryResult", "RankPartIndex", "build_index", "check_fingerprint", "choose_codebook",
     "codebook_size", "common_root", "extract_to_file", "gather_images", "image_names", "index_collection",
     "kmeans_restarts", "load_codebook", "make_index", "match_images", "merge_feature_files",

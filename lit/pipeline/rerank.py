@@ -36,18 +36,19 @@ import torch
 
 from .._device import resolve_device
 from .._image import display_name
-from ..errors import IndexFileError, NotFoundError, UsageError
+from ..errors import FingerprintError, IndexFileError, NotFoundError, UsageError
 from ..features import open_features
 from ..index_file import IndexInfo
 from ..matching import MatchRule, background_similarity
 from ..types import LocalFeatures
+from .extract import model_fingerprint
 from .verify import MODELS, match_many, ransac
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_RERANK", "MIN_INLIERS", "SCALE_TOLERANCE", "VERIFY_MARGIN", "VERIFY_THRESHOLD", "PairCheck",
-    "RerankSettings", "Reranker", "expand_query", "reranker_for", "verification_rule",
+    "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verification_rule",
 ]
 
 #: Short-list length re-ranked by default (``lit search --rerank``).
@@ -288,6 +289,9 @@ def reranker_for(info: IndexInfo, model_or_rule, settings: RerankSettings | None
     rule = model_or_rule if isinstance(model_or_rule, MatchRule) else model_or_rule.match_rule()
     store = open_features(path)
     try:
+        if not isinstance(model_or_rule, MatchRule) and not _same_model(model_or_rule, store):
+            raise FingerprintError(f"{display_name(path)}: the database features come from another model than the one "
+                                   "whose match rule would verify them: use the index's model")
         names = list(store.names)
         row = {n: i for i, n in enumerate(names)}
         missing = [n for n in info.names if n not in row]
@@ -303,3 +307,45 @@ def reranker_for(info: IndexInfo, model_or_rule, settings: RerankSettings | None
     r = Reranker(lambda i: store[rows[i]], rule, settings, device=device)
     r._owned = store
     return r
+
+
+def _same_model(model, store) -> bool:
+    """Whether ``model`` made the features of ``store`` (its fingerprint under the file's
+    extraction settings; unknown settings or fingerprint: assumed so)."""
+    settings, fp = store.settings, store.fingerprint
+    if not fp or not settings:
+        return True
+    args = (settings.get("scales") or model.cfg.runtime.scales, settings.get("features_num") or model.cfg.runtime.features_num,
+            settings.get("image_size"))
+    half = bool(getattr(store, "half", False))
+    return any(model_fingerprint(model, *args, amp=amp, half=half) == fp for amp in (None, torch.bfloat16))
+
+
+def search_reranker(info: IndexInfo, model, rerank: int | None = None, expand: int = 0, *,
+                    settings: RerankSettings | None = None, features: str | os.PathLike | None = None,
+                    device: str | torch.device | None = None) -> tuple[Reranker | None, int]:
+    """The reranker of a search and its short list: ``lit search``'s policy.
+
+    ``rerank=None`` asks for the default (:data:`DEFAULT_RERANK`) where it can be had: when the
+    index's feature file is missing or was made by another model than ``model``, the search
+    goes on with ASMK alone and a logged warning says why. An explicit ``rerank > 0`` (or
+    ``expand > 0``) raises instead. ``rerank=0`` and ``expand=0``: no reranker.
+
+    Returns:
+        ``(reranker or None, short-list length)``; close the reranker after the search.
+    """
+    explicit = rerank is not None
+    n = DEFAULT_RERANK if rerank is None else rerank
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or expand < 0:
+        raise UsageError(f"rerank and expand must be ints >= 0, got {rerank!r} and {expand!r}")
+    if expand and not n:
+        raise UsageError("query expansion adds verified images to the query: it needs re-ranking (rerank > 0)")
+    if not n:
+        return None, 0
+    try:
+        return reranker_for(info, model, settings, features=features, device=device), n
+    except (NotFoundError, FingerprintError, IndexFileError) as err:
+        if explicit or expand:
+            raise
+        log.warning(f"searching without re-ranking: {err}")
+        return None, 0
