@@ -29,7 +29,7 @@ Names: database names are relative to the index's image root, query names to the
 root; JSON records both roots. Queries must come from the model and extraction settings of
 the index (fingerprint check; --force overrides).
 
-Re-ranking (--rerank N, on by default): the top N of each ASMK list are matched with the query
+Re-ranking (--rerank N): the top N of each ASMK list are matched with the query
 (the model's match rule, all scales, background margin relaxed to 0) and the attention
 centroids of the matches must agree with one similarity transformation (seeded RANSAC); an
 image with at least 4 such inliers is verified and scores inliers + its ASMK score, so
@@ -47,9 +47,10 @@ def add_arguments(p) -> None:
                    "or for --query-features the index's image root when it is the index's own feature file)")
     p.add_argument("--topk", type=int, default=10, help="results per query, printed and written (default 10)")
     p.add_argument("--exclude-self", action="store_true", help="leave the query itself out of its results")
-    p.add_argument("--rerank", type=int, default=None, metavar="N",
-                   help="re-rank the top N of each list by geometrically verified super-feature matches, read from the "
-                   "index's feature file (default 100 when that file is there and comes from --model; 0: ASMK alone)")
+    p.add_argument("--rerank", type=int, nargs="?", const=100, default=0, metavar="N",
+                   help="re-rank the top N of each list (--rerank alone: 100) by geometrically verified super-feature "
+                   "matches, read from the index's feature file with the match rule of --model (the index's model); "
+                   "default 0: ASMK alone")
     p.add_argument("--expand", type=int, default=0, metavar="K",
                    help="query expansion: add the verified super-features of the top K verified images to the query "
                    "and search again (default 0)")
