@@ -65,6 +65,7 @@ from .rerank import (
     expand_query,
     reranker_for,
     search_reranker,
+    verify_matches,
 )
 from .results import plot_paths, results_to_dict, scene_of, write_csv, write_json, write_pairs
 from .search import (
@@ -81,7 +82,7 @@ from .search import (
 
 __all__ = [
     "CODEBOOK_WORDS_PER_SQRT", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS", "SMALL_SET_RESTARTS",
-    "CodebookChoice", "DEFAULT_RERANK", "PairCheck", "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
+    "CodebookChoice", "DEFAULT_RERANK", "PairCheck", "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verify_matches", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
     "PipelineError", "Queries", "QueryResult", "RankPartIndex", "build_index", "check_fingerprint", "choose_codebook",
     "codebook_size", "common_root", "extract_to_file", "gather_images", "image_names", "index_collection",
     "kmeans_restarts", "load_codebook", "make_index", "match_images", "merge_feature_files",

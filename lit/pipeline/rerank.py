@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_RERANK", "MIN_INLIERS", "SCALE_TOLERANCE", "VERIFY_MARGIN", "VERIFY_THRESHOLD", "PairCheck",
-    "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verification_rule",
+    "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verification_rule", "verify_matches",
 ]
 
 #: Short-list length re-ranked by default (``lit search --rerank``).
@@ -349,3 +349,21 @@ def search_reranker(info: IndexInfo, model, rerank: int | None = None, expand: i
             raise
         log.warning(f"searching without re-ranking: {err}")
         return None, 0
+
+
+def verify_matches(feats_a: LocalFeatures, feats_b: LocalFeatures, matches, settings: RerankSettings | None = None
+                   ) -> PairCheck:
+    """Geometric verification of given matches between two images (``lit match``): which
+    agree with one transformation (:func:`lit.pipeline.verify.ransac` under ``settings``).
+
+    ``matches``: a :class:`lit.types.Matches` (e.g. ``rule.match(feats_a, feats_b)``).
+    """
+    s = settings or RerankSettings()
+    ia, ib = matches.indices_a.cpu(), matches.indices_b.cpu()
+    if feats_a.positions is None or feats_b.positions is None:
+        raise UsageError("verification needs the super-features' positions")
+    src, dst = feats_a.positions.cpu()[ia].float(), feats_b.positions.cpu()[ib].float()
+    ratio = feats_a.scales.cpu()[ia].float() / feats_b.scales.cpu()[ib].float()
+    v = ransac(src[None], dst[None], model=s.model, threshold=s.threshold * s.image_size, hypotheses=s.hypotheses,
+               seed=s.seed, scale_ratio=ratio[None], scale_tolerance=s.scale_tolerance)
+    return PairCheck(ia, ib, v.inliers[0], v.transform[0])
