@@ -100,3 +100,19 @@ def test_match_many_gives_the_rule_s_matches_pair_by_pair(rule):
         assert pm.cand_idx[j][keep].tolist() == m.indices_b.tolist()
         assert torch.allclose(pm.similarity[j][keep], m.similarity, atol=1e-5)
     assert any(len(r.match(query, c)) for c in cands)  # the test matches something
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_verification_on_the_gpu_gives_the_cpu_result():
+    true = _similarity(15, 0.9, 10, 5)
+    src, dst = _pairs_with_outliers(true)
+    cpu = ransac(src[None], dst[None], threshold=5.0, seed=2)
+    gpu = ransac(src[None].cuda(), dst[None].cuda(), threshold=5.0, seed=2)
+    assert gpu.inliers.is_cuda and torch.equal(gpu.inliers.cpu(), cpu.inliers)
+    assert torch.allclose(gpu.transform.cpu(), cpu.transform, atol=1e-3)
+    g = torch.Generator().manual_seed(0)
+    query = _feats(torch.randn(10, 8, generator=g))
+    cands = [_feats(torch.randn(10, 8, generator=g)) for _ in range(3)]
+    on_gpu = LocalFeatures(*(t.cuda() for t in query))
+    a, b = match_many(query, cands, MatchRule(None)), match_many(on_gpu, cands, MatchRule(None))
+    assert b.valid.is_cuda and torch.equal(a.cand_idx, b.cand_idx.cpu()) and torch.equal(a.valid, b.valid.cpu())
