@@ -286,6 +286,9 @@ def plot_attention(
 # ---------------------------------------------------------------------------------------
 
 
+_INLIER_COLOUR, _OUTLIER_COLOUR = "#1a9641", "#d7191c"
+
+
 def plot_matches(
     image_a,
     image_b,
@@ -298,8 +301,13 @@ def plot_matches(
     *,
     cmap: str = _SIMILARITY_CMAP,
     figsize: tuple[float, float] | None = None,
+    inliers=None,
 ) -> Figure:
     """Two images side by side with lines linking matched positions.
+
+    With ``inliers`` (which matches survived geometric verification, e.g.
+    ``lit.pipeline.verify_matches``), lines are drawn in two colours instead: inliers in
+    green, the other matches in red, and the title counts both.
 
     Image b is displayed at the height of image a. Lines and their end points are
     coloured by similarity on a ``threshold``..1 scale with a colour bar; only matches
@@ -324,6 +332,7 @@ def plot_matches(
         title: optional text put before the match count.
         cmap: matplotlib colour map of the similarity.
         figsize: figure size in inches; default about 7.5 inches wide.
+        inliers: boolean per match (``None``: colour by similarity).
 
     Returns:
         The figure.
@@ -354,6 +363,11 @@ def plot_matches(
         )
     if max_lines is not None:
         max_lines = _check_int(max_lines, "max_lines", 0)
+    inl = None
+    if inliers is not None:
+        inl = _as_numpy(inliers, "inliers", dtype=None).reshape(-1).astype(bool)
+        if inl.shape[0] != sim.shape[0]:
+            raise UsageError(f"lengths differ: {inl.shape[0]} inlier flags, {sim.shape[0]} similarities")
 
     # compare in the dtype of the similarities, as lit.match does (0.9 in float32 is kept)
     keep = np.isfinite(sim) if threshold is None else sim >= np.asarray(threshold, dtype=sim.dtype)
@@ -361,6 +375,8 @@ def plot_matches(
     n_matches = order.size
     drawn = order if max_lines is None else order[:max_lines]
     drawn = drawn[::-1]  # least similar first, so that the best lines end on top
+    if inl is not None:  # outliers first, inliers on top
+        drawn = np.concatenate([drawn[~inl[drawn]], drawn[inl[drawn]]])
 
     ha, wa = img_a.shape[:2]
     hb, wb = img_b.shape[:2]
@@ -389,21 +405,17 @@ def plot_matches(
         xa, ya = pa[drawn, 0], pa[drawn, 1]
         xb, yb = x0 + pb[drawn, 0] * s, pb[drawn, 1] * s
         segments = np.stack([np.stack([xa, ya], 1), np.stack([xb, yb], 1)], axis=1)
-        lines = LineCollection(segments, cmap=cm, norm=norm, linewidths=1.0, alpha=0.85)
-        lines.set_array(sim[drawn])
-        ax.add_collection(lines)
         ends_x, ends_y = np.concatenate([xa, xb]), np.concatenate([ya, yb])
-        ax.scatter(
-            ends_x,
-            ends_y,
-            c=np.tile(sim[drawn], 2),
-            cmap=cm,
-            norm=norm,
-            s=9,
-            edgecolors="white",
-            linewidths=0.4,
-            zorder=3,
-        )
+        if inl is None:
+            lines = LineCollection(segments, cmap=cm, norm=norm, linewidths=1.0, alpha=0.85)
+            lines.set_array(sim[drawn])
+            ax.add_collection(lines)
+            ax.scatter(ends_x, ends_y, c=np.tile(sim[drawn], 2), cmap=cm, norm=norm, s=9, edgecolors="white",
+                       linewidths=0.4, zorder=3)
+        else:
+            colours = np.where(inl[drawn], _INLIER_COLOUR, _OUTLIER_COLOUR)
+            ax.add_collection(LineCollection(segments, colors=list(colours), linewidths=1.2, alpha=0.9))
+            ax.scatter(ends_x, ends_y, c=list(np.tile(colours, 2)), s=9, edgecolors="white", linewidths=0.4, zorder=3)
     ax.set_xlim(0, total_w)
     ax.set_ylim(ha, 0)
     ax.set_aspect("equal")
@@ -411,12 +423,15 @@ def plot_matches(
 
     cond = f"cosine ≥ {threshold:.2f}" if threshold is not None else "all"
     text = f"{n_matches} match{'es' if n_matches != 1 else ''} ({cond})"
+    if inl is not None:
+        text += f": {int(inl[order].sum())} verified (green), {int((~inl[order]).sum())} not (red)"
     if drawn.size < n_matches:
         text += f", {drawn.size} most similar shown"
     ax.set_title(f"{title} — {text}" if title else text, fontsize=_TITLE_SIZE)
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cm), ax=ax, shrink=0.85, aspect=20, pad=0.01)
-    cbar.set_label("cosine similarity", fontsize=_LABEL_SIZE)
-    cbar.ax.tick_params(labelsize=_LABEL_SIZE)
+    if inl is None:
+        cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cm), ax=ax, shrink=0.85, aspect=20, pad=0.01)
+        cbar.set_label("cosine similarity", fontsize=_LABEL_SIZE)
+        cbar.ax.tick_params(labelsize=_LABEL_SIZE)
     return fig
 
 
@@ -613,6 +628,7 @@ def plot_search_results(results: Sequence[QueryResult], out: str | os.PathLike, 
         if qs is not None and all(scene_of(h.name) is not None for h in hits):
             rel = [scene_of(h.name) == qs for h in hits]
         fig = plot_retrieval(qpath, dbp, scores=[h.score for h in hits], relevant=rel, topk=topk,
-                                 titles=[f"#{h.rank} {h.name}" for h in hits], query_title=f"query: {r.query}")
+                                 titles=[f"#{h.rank} {h.name}" + (f" ({h.inliers} inliers)" if getattr(h, "inliers", None)
+                                                                  else "") for h in hits], query_title=f"query: {r.query}")
         written.append(save_figure(fig, path))
     return written

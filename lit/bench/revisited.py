@@ -56,6 +56,9 @@ class RevisitedConfig:
         seed: k-means seed.
         progress: progress bars.
         save_ranks: write the rankings (``.npy``, queries x database, revisitop ids) here.
+        rerank, expand: re-rank the top ``rerank`` of each query by verified super-feature
+            matches and expand queries with the top ``expand`` verified images
+            (:mod:`lit.pipeline.rerank`; not with the R1M distractors yet).
     """
 
     dataset: str
@@ -77,6 +80,8 @@ class RevisitedConfig:
     seed: int = 0
     progress: bool = True
     save_ranks: str | None = None
+    rerank: int = 0
+    expand: int = 0
 
 
 def run_revisited(cfg: RevisitedConfig) -> dict | None:
@@ -102,11 +107,13 @@ def run_revisited(cfg: RevisitedConfig) -> dict | None:
 def _run(args: RevisitedConfig, device: str, env) -> dict | None:
     import lit
     from lit.data import RevisitedDataset
-    from lit.errors import NotFoundError, PipelineError
+    from lit.errors import NotFoundError, PipelineError, UsageError
     from lit.evaluate import format_table
     from lit.features import FeatureStore, open_features
     from lit.pipeline import extract_to_file, index_collection, model_fingerprint
 
+    if (args.rerank or args.expand) and args.distractors:
+        raise UsageError("re-ranking with the R1M distractors is not supported yet (their features are not kept)")
     main_rank = env is None or env.is_main
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -184,6 +191,10 @@ def _run(args: RevisitedConfig, device: str, env) -> dict | None:
         if not main_rank:
             return None
     ranks = np.asarray(ranks.cpu() if hasattr(ranks, "cpu") else ranks)
+    if args.rerank or args.expand:  # search_s below includes it; rerank_s alone
+        t_r = time.perf_counter()
+        ranks = _reranked(args, model, index, db_file, q_file, ds.n_images, image_size, device, ranks)
+        timings["rerank_s"] = time.perf_counter() - t_r
     # dataset images first (0..n-1), distractors after (n..), as revisitop expects
     is_db = ranks >= n_distractors
     ranks = np.where(is_db, ranks - n_distractors, ranks + ds.n_images)
@@ -200,10 +211,30 @@ def _run(args: RevisitedConfig, device: str, env) -> dict | None:
     return {
         "dataset": name, "model": str(args.model), "device": device, "scales": list(scales), "features_num": features_num,
         "image_size": image_size, "amp": str(amp) if amp is not None else None, "codebook": codebook_source, "codebook_size": int(codebook.shape[0]),
-        "distractors": n_distractors, "processes": 1 if env is None else env.world_size, "timings": timings,
+        "rerank": args.rerank, "expand": args.expand, "distractors": n_distractors, "processes": 1 if env is None else env.world_size, "timings": timings,
         "results": {p: {"map": 100 * r["map"], "mp@k": [100 * v for v in r["mp@k"]]} for p, r in res.items()},
         "table": table,
     }
+
+
+def _reranked(args, model, index, db_file, q_file, n_images: int, image_size, device, ranks) -> np.ndarray:
+    """Rankings re-ranked by :func:`lit.pipeline.search` with a reranker over the dataset's
+    feature file (queries x database ids, as ``index.search`` gives them)."""
+    from lit.features import FeatureStore, open_features
+    from lit.index_file import IndexInfo
+    from lit.pipeline import Reranker, RerankSettings, search
+
+    with open_features(db_file) as coll, FeatureStore(q_file) as qs:
+        queries = [qs[i] for i in range(len(qs))]
+        info = IndexInfo(names=tuple(str(i) for i in range(n_images)))
+        reranker = Reranker(coll.__getitem__, model.match_rule(), RerankSettings(image_size=image_size), device=device)
+        res = search(index, info, queries, [str(i) for i in range(len(queries))], topk=None, rerank=args.rerank,
+                     expand=args.expand, reranker=reranker)
+    out = np.array(ranks, copy=True)
+    for qi, r in enumerate(res):
+        if r.hits:
+            out[qi, : len(r.hits)] = [int(h.name) for h in r.hits]
+    return out
 
 
 def _codebook(args, cache: Path, fp: str, db_file: Path, extract, device: str):

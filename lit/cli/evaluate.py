@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=4, help="image decoding processes")
     p.add_argument("--cache-dir", default=None, help="where features, codebook and indexes are cached")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rerank", type=int, default=0, metavar="N",
+                   help="re-rank the top N of each query by geometrically verified super-feature matches (lit search --rerank)")
+    p.add_argument("--expand", type=int, default=0, metavar="K", help="query expansion with the top K verified images")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", default=None, help="write results and timings here")
     p.add_argument("--save-ranks", default=None, help="write the rankings (.npy, queries x database, revisitop ids) here")
@@ -59,7 +62,7 @@ def run(args) -> int:
         codebook_size=args.codebook_size, codebook_images=args.codebook_images,
         kmeans_iterations=args.kmeans_iterations, scales=parse_scales(args.scales), features_num=args.features_num,
         image_size=args.image_size, amp=args.amp, workers=args.workers, cache_dir=args.cache_dir, seed=args.seed,
-        progress=not args.quiet, save_ranks=args.save_ranks,
+        progress=not args.quiet, save_ranks=args.save_ranks, rerank=args.rerank, expand=args.expand,
     )
     out = run_revisited(cfg)
     if out is None:  # another rank of a torchrun job: rank 0 reports

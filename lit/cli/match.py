@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ratio", type=float, default=None, help="also apply a ratio test d1/d2 <= RATIO")
     p.add_argument("--plot", help="write a figure of the matches (.png/.pdf/.svg)")
     p.add_argument("--json", help="write the matches as JSON")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not verify the matches geometrically (default: count and draw the matches whose attention "
+                   "centroids agree with one similarity transformation, as `lit search --rerank` does)")
     add_model_arguments(p)
 
 
@@ -55,10 +58,16 @@ def run(args) -> int:
         model, args.image_a, args.image_b, threshold=threshold, margin=margin, ratio=args.ratio,
         scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size)
     thr = rule.threshold
+    check = None
+    if not args.no_verify:
+        size = model.cfg.runtime.image_size if args.image_size is None else args.image_size
+        check = pipeline.verify_matches(fa, fb, m, pipeline.RerankSettings(image_size=size))
     source = " (the model's rule)" if args.threshold is None and args.margin is None else ""
     print(f"{len(m)} match{'' if len(m) == 1 else 'es'} ({rule.describe()}{source}"
           f"{', ratio ' + str(args.ratio) if args.ratio else ''}), "
           f"score {m.score:.4g} (sum of the matches' cosine similarities)")
+    if check is not None:
+        print(f"{check.num_inliers} of them verified: their positions agree with one similarity transformation")
     if args.json:
         from .._fileio import atomic_write
 
@@ -66,10 +75,12 @@ def run(args) -> int:
             json.dump({"matches": len(m), "rule": rule.describe(), "threshold": thr, "margin": rule.margin, "score": m.score,
                        "indices_a": m.indices_a.tolist(), "indices_b": m.indices_b.tolist(),
                        "similarity": m.similarity.tolist(), "positions_a": fa.positions[m.indices_a].tolist(),
-                       "positions_b": fb.positions[m.indices_b].tolist()}, f)
+                       "positions_b": fb.positions[m.indices_b].tolist(),
+                       **({"inliers": check.inliers.tolist(), "transform": check.transform.tolist()} if check else {})}, f)
     if args.plot:
         fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
-                               threshold=thr, title=f"{os.path.basename(args.image_a)} - {os.path.basename(args.image_b)}")
+                               threshold=thr, title=f"{os.path.basename(args.image_a)} - {os.path.basename(args.image_b)}",
+                               inliers=None if check is None else check.inliers)
         viz.save_figure(fig, args.plot)
         print(f"wrote {args.plot}")
     return 0

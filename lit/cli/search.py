@@ -27,7 +27,15 @@ scores well below 1 (0.026 for a held-out photo with the default codebook).
 
 Names: database names are relative to the index's image root, query names to the query
 root; JSON records both roots. Queries must come from the model and extraction settings of
-the index (fingerprint check; --force overrides)."""
+the index (fingerprint check; --force overrides).
+
+Re-ranking (--rerank N): the top N of each ASMK list are matched with the query
+(the model's match rule, all scales, background margin relaxed to 0) and the attention
+centroids of the matches must agree with one similarity transformation (seeded RANSAC); an
+image with at least 4 such inliers is verified and scores inliers + its ASMK score, so
+verified images come first (by inliers), the others keep their ASMK order below them, and
+ranks below N do not move. --expand K then adds the verified super-features of the top K
+verified images to the query and searches again."""
 
 
 def add_arguments(p) -> None:
@@ -39,6 +47,14 @@ def add_arguments(p) -> None:
                    "or for --query-features the index's image root when it is the index's own feature file)")
     p.add_argument("--topk", type=int, default=10, help="results per query, printed and written (default 10)")
     p.add_argument("--exclude-self", action="store_true", help="leave the query itself out of its results")
+    p.add_argument("--rerank", type=int, nargs="?", const=100, default=0, metavar="N",
+                   help="re-rank the top N of each list (--rerank alone: 100) by geometrically verified super-feature "
+                   "matches, read from the index's feature file with the match rule of --model (the index's model); "
+                   "default 0: ASMK alone")
+    p.add_argument("--expand", type=int, default=0, metavar="K",
+                   help="query expansion: add the verified super-features of the top K verified images to the query "
+                   "and search again (default 0)")
+    p.add_argument("--db-features", help="the database feature file for --rerank (default: the one the index records)")
     p.add_argument("--text", action="append", help="a text query, e.g. 'a church at night' (repeatable)")
     p.add_argument("--text-file", help="text file with one text query per line")
     p.add_argument("--text-model", default=None, help="text model for --text (default: lit-text-effl0; "
@@ -73,18 +89,32 @@ def run(args) -> int:
                    for r in found]
         return _write_results(args, results, read_info(args.index).image_root, None, text=True)
     index, info = pipeline.open_index(args.index, device=dev)  # a file, a sharded index (torchrun: this rank's part)
+    model = None
     if args.query_features:
         if args.queries or args.list:
             raise UsageError("give query images or --query-features, not both")
         queries = pipeline.queries_from_features(args.query_features, info, root=args.query_root, force=args.force,
                                                  against=args.index)
     else:
+        model = load_model(args)
         queries = pipeline.queries_from_images(
-            load_model(args), args.queries, info, list_file=args.list, root=args.query_root,
+            model, args.queries, info, list_file=args.list, root=args.query_root,
             scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size,
             force=args.force, model_name=f"--model {args.model or DEFAULT_MODEL}", against=args.index)
-    results = pipeline.search(index, info, queries.features, queries.names, topk=args.topk,
-                              exclude_self=args.exclude_self, query_root=queries.root)
+    reranker, rerank = None, 0
+    if args.rerank != 0 or args.expand:
+        try:
+            reranker, rerank = pipeline.search_reranker(info, model or load_model(args), args.rerank, args.expand,
+                                                        features=args.db_features, device=dev)
+        except UsageError as err:
+            raise UsageError(f"{err} (--rerank/--expand)") from None
+    try:
+        results = pipeline.search(index, info, queries.features, queries.names, topk=args.topk,
+                                  exclude_self=args.exclude_self, query_root=queries.root, rerank=rerank,
+                                  expand=args.expand if rerank else 0, reranker=reranker)
+    finally:
+        if reranker is not None:
+            reranker.close()
     if not is_main_process():  # torchrun: rank 0 writes the merged results
         return 0
     return _write_results(args, results, info.image_root, queries.root)
@@ -125,5 +155,6 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
         for res in results:
             print(res.query)
             for h in res.hits:
-                print(f"  {h.rank:4d}  {h.score:.4g}  {h.name}")
+                verified = f"  ({h.inliers} inliers)" if h.inliers else ""
+                print(f"  {h.rank:4d}  {h.score:.4g}  {h.name}{verified}")
     return 0

@@ -18,7 +18,9 @@ every policy exists once:
   ``lit add``, ``lit remove``);
 - :mod:`~lit.pipeline.results`: JSON, CSV and pairs files;
 - :mod:`~lit.pipeline.merge`: several feature files as one;
-- :mod:`~lit.pipeline.match`: two images matched under the model's own rule.
+- :mod:`~lit.pipeline.match`: two images matched under the model's own rule;
+- :mod:`~lit.pipeline.rerank`: the second stage of a search: geometric verification of the
+  top of the ASMK list (its core in :mod:`~lit.pipeline.verify`) and query expansion.
 
 File formats have their own owners: :mod:`lit.features` (feature files) and
 :mod:`lit.index_file` (index files).
@@ -58,6 +60,16 @@ from .index import (
 )
 from .match import match_images
 from .merge import MergeSummary, merge_feature_files
+from .rerank import (
+    DEFAULT_RERANK,
+    PairCheck,
+    Reranker,
+    RerankSettings,
+    expand_query,
+    reranker_for,
+    search_reranker,
+    verify_matches,
+)
 from .results import plot_paths, results_to_dict, scene_of, write_csv, write_json, write_pairs
 from .search import (
     Hit,
@@ -73,7 +85,7 @@ from .search import (
 
 __all__ = [
     "CODEBOOK_WORDS_PER_SQRT", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS", "SMALL_SET_RESTARTS",
-    "CodebookChoice", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
+    "CodebookChoice", "DEFAULT_RERANK", "PairCheck", "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verify_matches", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
     "PipelineError", "Queries", "QueryResult", "RankPartIndex", "build_index", "check_fingerprint", "choose_codebook",
     "codebook_size", "common_root", "extract_to_file", "gather_images", "image_names", "index_collection",
     "kmeans_restarts", "load_codebook", "make_index", "match_images", "merge_feature_files",

@@ -14,10 +14,17 @@ from .search import QueryResult
 __all__ = ["plot_paths", "results_to_dict", "scene_of", "write_csv", "write_json", "write_pairs"]
 
 
+def _hit(h) -> dict:
+    d = {"rank": h.rank, "name": h.name, "score": h.score}
+    if getattr(h, "inliers", None) is not None:  # re-ranked: the verified matches
+        d["inliers"] = h.inliers
+    return d
+
+
 def results_to_dict(results: Sequence[QueryResult], db_root: str | None, query_root: str | None) -> dict:
     return {"db_root": db_root, "query_root": query_root,
             "score": "ASMK similarity (see `lit search --help`); higher is more similar, comparable within one query",
-            "queries": [{"query": r.query, "results": [{"rank": h.rank, "name": h.name, "score": h.score} for h in r.hits]}
+            "queries": [{"query": r.query, "results": [_hit(h) for h in r.hits]}
                         for r in results]}
 
 

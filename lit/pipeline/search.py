@@ -34,6 +34,7 @@ from ..features import open_features
 from ..index_file import IndexInfo, load_index
 from ..types import LocalFeatures
 from .extract import gather_images, image_names, model_fingerprint
+from .rerank import expand_query
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,13 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
 # ---------------------------------------------------------------------------- search
 @dataclass(frozen=True)
 class Hit:
+    """One result: ``score`` is the ASMK score, or after re-ranking ``inliers + ASMK score`` for
+    a verified image; ``inliers``: its geometrically verified matches (``None``: not checked)."""
+
     rank: int
     name: str
     score: float
+    inliers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,9 @@ def search(
     topk: int | None = 10,
     exclude_self: bool = False,
     query_root: str | None = None,
+    rerank: int = 0,
+    expand: int = 0,
+    reranker=None,
 ) -> list[QueryResult]:
     """Rank the database for each query.
 
@@ -214,6 +222,12 @@ def search(
         exclude_self: leave out the database image that is the query itself (same real
             path when both roots are known, else the same name).
         query_root: folder the query names are relative to.
+        rerank: re-rank the top ``rerank`` of each list by verified super-feature matches
+            (``0``: ASMK alone), see :mod:`lit.pipeline.rerank`.
+        expand: expand each query with the verified super-features of its top ``expand``
+            verified images and search again (``0``: no expansion).
+        reranker: the :class:`lit.pipeline.rerank.Reranker` that verifies (needed with
+            ``rerank`` or ``expand``; :func:`lit.pipeline.rerank.reranker_for`).
 
     Returns:
         One :class:`QueryResult` per query, hits best first, ranks from 1.
@@ -222,25 +236,54 @@ def search(
         raise UsageError(f"{len(queries)} queries for {len(query_names)} names")
     if topk is not None and (not isinstance(topk, int) or topk < 1):
         raise UsageError(f"topk must be a positive int or None, got {topk!r}")
+    for name, value in (("rerank", rerank), ("expand", expand)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UsageError(f"{name} must be an int >= 0, got {value!r}")
+    if (rerank or expand) and reranker is None:
+        raise UsageError("re-ranking and query expansion need a reranker (lit.pipeline.reranker_for)")
     if not queries:
         return []
     n_db = index.n_images
+    need = max(topk or n_db, rerank)
+    want = n_db if topk is None or exclude_self else min(n_db, need)
+    lists = _asmk_lists(index, queries, want)
+    out = []
+    expanded: dict[int, LocalFeatures] = {}
+    for qi, qname in enumerate(query_names):
+        itself = _same_image(qname, query_root, info.names, info.image_root) if exclude_self and qi in lists else set()
+        ids, scores = lists.get(qi, ([], []))
+        keep = [k for k, i in enumerate(ids) if i not in itself]
+        ids, scores = [ids[k] for k in keep], [scores[k] for k in keep]
+        inliers: list[int | None] = [None] * len(ids)
+        if rerank and ids:
+            ids, scores, inliers, checks = reranker.rerank(queries[qi], ids, scores, rerank)
+            if expand:
+                good = [k for k in range(len(checks)) if reranker.is_verified(inliers[k])][:expand]
+                if good:
+                    expanded[qi] = expand_query(queries[qi], [reranker.database(ids[k]) for k in good],
+                                                [checks[k] for k in good])
+        out.append([qname, ids, scores, inliers, itself])
+    if expanded:
+        again = _asmk_lists(index, [expanded[qi] for qi in sorted(expanded)], want)
+        for row, qi in enumerate(sorted(expanded)):
+            ids, scores = again.get(row, ([], []))
+            itself = out[qi][4]
+            keep = [k for k, i in enumerate(ids) if i not in itself]
+            ids, scores = [ids[k] for k in keep], [scores[k] for k in keep]
+            ids, scores, inliers, _ = reranker.rerank(queries[qi], ids, scores, rerank)
+            out[qi][1:4] = ids, scores, inliers
+    results = []
+    for qname, ids, scores, inliers, _ in out:
+        hits = [Hit(r + 1, info.names[i], float(s), k) for r, (i, s, k) in enumerate(zip(ids, scores, inliers, strict=True))]
+        results.append(QueryResult(qname, tuple(hits if topk is None else hits[:topk])))
+    return results
+
+
+def _asmk_lists(index, queries: Sequence[LocalFeatures], want: int) -> dict[int, tuple[list[int], list[float]]]:
+    """ASMK ranked lists (database ids and scores, best first) of each query with descriptors."""
     qdesc = torch.cat([q.descriptors.detach().cpu().float() for q in queries]).numpy()
     qids = np.concatenate([np.full(len(q), i, dtype=np.int64) for i, q in enumerate(queries)])
-    want = n_db if topk is None or exclude_self else min(n_db, topk)
     ranks, scores = index.search(qdesc, qids, topk=want)
     ranks, scores = torch.as_tensor(ranks).cpu().numpy(), torch.as_tensor(scores).cpu().numpy()
     present = sorted(set(qids.tolist()))  # queries without descriptors have no row
-    row_of = {q: r for r, q in enumerate(present)}
-    out = []
-    for qi, qname in enumerate(query_names):
-        hits = []
-        if qi in row_of:
-            itself = _same_image(qname, query_root, info.names, info.image_root) if exclude_self else set()
-            for i, s in zip(ranks[row_of[qi]].tolist(), scores[row_of[qi]].tolist(), strict=True):
-                if i in itself:
-                    continue
-                hits.append(Hit(len(hits) + 1, info.names[i], float(s)))
-        out.append(QueryResult(qname, tuple(hits if topk is None else hits[:topk])))
-    return out
-
+    return {q: (ranks[r].tolist(), scores[r].tolist()) for r, q in enumerate(present)}

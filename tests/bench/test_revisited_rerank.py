@@ -1,0 +1,65 @@
+"""The revisited benchmark with re-ranking, on a tiny dataset in the real on-disk formats."""
+
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lit.bench.revisited import RevisitedConfig, run_revisited
+from lit.errors import UsageError
+from lit.models import save_checkpoint
+
+
+def _texture(rng, size=(96, 72)):
+    small = rng.random((6, 8, 3))
+    return np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize(size, Image.BICUBIC))
+
+
+def _view(base, rng):
+    h, w, _ = base.shape
+    dx, dy = rng.integers(0, 8, 2)
+    crop = base[dy:h - 8 + dy, dx:w - 8 + dx].astype(np.float64) + rng.normal(0, 6, (h - 8, w - 8, 3))
+    return Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((w, h))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, tiny_model):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    jpg = root / "tinyox" / "jpg"
+    jpg.mkdir(parents=True)
+    bases = [_texture(rng) for _ in range(3)]
+    imlist, labels, qimlist, gnd = [], [], [], []
+    for li, base in enumerate(bases):
+        for k in range(4):
+            _view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
+            imlist.append(f"land{li}_{k}")
+            labels.append(li)
+    for li, base in enumerate(bases):
+        _view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
+        qimlist.append(f"query{li}")
+        same = [i for i, lab in enumerate(labels) if lab == li]
+        gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": same[:2], "hard": same[2:3], "junk": same[3:]})
+    with open(root / "tinyox" / "gnd_tinyox.pkl", "wb") as f:
+        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(tiny_model, ckpt)
+    np.save(tmp_path / "codebook.npy", rng.standard_normal((8, tiny_model.cfg.reduction_dim)).astype(np.float32))
+    return root, ckpt, tmp_path / "codebook.npy"
+
+
+def test_reranked_benchmark_moves_only_the_top_n_of_each_ranking(tiny_dataset, tmp_path):
+    root, ckpt, codebook = tiny_dataset
+    common = dict(dataset="tinyox", data_root=str(root), model=str(ckpt), device="cpu", codebook=str(codebook),
+                  workers=0, progress=False)
+    plain = run_revisited(RevisitedConfig(**common, save_ranks=str(tmp_path / "plain.npy")))
+    reranked = run_revisited(RevisitedConfig(**common, rerank=5, save_ranks=str(tmp_path / "rr.npy")))
+    a, b = np.load(tmp_path / "plain.npy"), np.load(tmp_path / "rr.npy")
+    assert a.shape == b.shape
+    assert np.array_equal(a[:, 5:], b[:, 5:])  # ranks below N untouched
+    assert np.array_equal(np.sort(a[:, :5], axis=1), np.sort(b[:, :5], axis=1))
+    assert reranked["rerank"] == 5 and "rerank_s" in reranked["timings"]
+    assert set(reranked["results"]) == set(plain["results"])
+    with pytest.raises(UsageError, match="R1M"):
+        run_revisited(RevisitedConfig(**common, rerank=5, distractors="r1m"))
