@@ -267,7 +267,7 @@ def extract_to_file(
     with FeatureStore(out, "a", descriptor_dim=model.cfg.reduction_dim or model.cfg.lit.dim,
                       fingerprint=model_fingerprint(model, scales, features_num, image_size, amp=amp, half=half),
                       half=half, root=new_root,
-                      settings={"scales": list(scales), "features_num": features_num, "image_size": image_size}) as store:
+                      settings=_settings(model, scales, features_num, image_size, embedder)) as store:
         base = _names_root(store, root, default_root, paths)
         todo = _plan(store, image_names(paths, base) if paths else [], paths, entries, retry_failed, summary)
         _extract(model, store, todo, summary, scales=scales, features_num=features_num, image_size=image_size,
@@ -275,6 +275,15 @@ def extract_to_file(
                  progress=progress)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _settings(model, scales, features_num, image_size, embedder) -> dict:
+    """What a new feature file records of how it was made (``lit features info`` shows it)."""
+    settings = {"scales": list(scales), "features_num": features_num, "image_size": image_size}
+    if getattr(model, "source", None):
+        settings["model"] = model.source
+    settings["text_tower"] = getattr(embedder, "name", None)  # None: extracted without text embeddings
+    return settings
 
 
 def _make_folder(out: str) -> None:

@@ -50,9 +50,14 @@ def write_pairs(results: Sequence[QueryResult], path: str | os.PathLike) -> None
 
 
 def scene_of(name: str) -> str | None:
-    """The scene folder of a name (its first folder), ``None`` for a bare file name."""
-    parts = Path(name).parts
-    return parts[0] if len(parts) > 1 else None
+    """The scene of a stored name: the folder holding the photo (``a/b/c.jpg`` -> ``b``),
+    ``None`` for a bare file name.
+
+    The folder holding the photo, not the first one, so that names re-based by a merge
+    (``photos/church/1.jpg`` and ``photos2/church/2.jpg``) keep their scenes.
+    """
+    parent = Path(name).parent
+    return parent.name if parent.name else None
 
 
 def plot_paths(path: str | os.PathLike, n: int) -> list[str]:

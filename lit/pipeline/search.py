@@ -139,7 +139,9 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
     """Extract query images (files, folders, a list file) with ``model``.
 
     Names are relative to ``root`` when given, else to the deepest folder holding every
-    input (:func:`gather_images`), with ``/`` like stored names. Unreadable images are
+    input (:func:`gather_images`), with ``/`` like stored names; without ``root``, a name
+    given as files (not folders) keeps the folder holding its photo (``scene/02.jpg``
+    for the single file ``photos/scene/02.jpg``), its scene for the marks of plots. Unreadable images are
     skipped with a logged line.
 
     Raises:
@@ -148,6 +150,11 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
     """
     paths, common = gather_images(inputs, list_file)
     query_root = os.path.abspath(os.fspath(root)) if root is not None else common
+    if (root is None and common and not any(os.path.isdir(i) for i in inputs)
+            and any("/" not in n for n in image_names(paths, common))):
+        # photos given as files of one folder: keep the folder holding them in their names
+        # (``scene/02.jpg``, not ``02.jpg``), which is what marks results as the same scene
+        query_root = os.path.dirname(common.rstrip(os.sep)) or common
     rt = model.cfg.runtime
     scales = tuple(scales) if scales else rt.scales
     features_num = features_num or rt.features_num
