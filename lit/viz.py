@@ -40,7 +40,7 @@ from torch import Tensor
 from ._image import open_image, pil_to_tensor
 from .errors import NotFoundError, UsageError
 from .pipeline import QueryResult, plot_paths, scene_of
-from .types import SuperFeatures
+from .types import LocalFeatures, Matches, SuperFeatures
 
 __all__ = [
     "attention_centroids",
@@ -333,13 +333,32 @@ def plot_attention(
 # ---------------------------------------------------------------------------------------
 
 
+def _match_positions(positions_a, positions_b, similarity):
+    """``(positions_a, positions_b, similarity)`` of the matches: as given, or taken from
+    ``(LocalFeatures, LocalFeatures, Matches)``."""
+    if not isinstance(similarity, Matches):
+        if isinstance(positions_a, LocalFeatures) or isinstance(positions_b, LocalFeatures):
+            raise UsageError("plot_matches: with LocalFeatures, give the Matches as the similarity argument: "
+                             "plot_matches(img_a, img_b, fa, fb, m)")
+        return positions_a, positions_b, similarity
+    if not (isinstance(positions_a, LocalFeatures) and isinstance(positions_b, LocalFeatures)):
+        raise UsageError("plot_matches: with Matches, give the LocalFeatures of both images: plot_matches(img_a, img_b, "
+                         "fa, fb, m)")
+    for name, f in (("image a", positions_a), ("image b", positions_b)):
+        if f.positions is None:
+            raise UsageError(f"plot_matches: the features of {name} have no positions")
+    m = similarity
+    pa, pb = positions_a.positions, positions_b.positions
+    return pa[m.indices_a.to(pa.device)], pb[m.indices_b.to(pb.device)], m.similarity
+
+
 def plot_matches(
     image_a,
     image_b,
     positions_a,
     positions_b,
     similarity,
-    threshold: float | None = 0.9,
+    threshold: float | None = None,
     max_lines: int | None = 100,
     title: str | None = None,
     *,
@@ -348,25 +367,31 @@ def plot_matches(
 ) -> Figure:
     """Two images side by side with lines linking matched positions.
 
-    Image b is displayed at the height of image a. Lines and their end points are
-    coloured by similarity on a ``threshold``..1 scale with a colour bar; only matches
-    with similarity ``>= threshold`` are counted and drawn (``None``: all), and at most
-    ``max_lines`` of them, the most similar (drawn last, on top). The title gives the
-    number of matches (and how many are drawn when fewer).
+    Image b is displayed at the height of image a. It plots the matches it is given (the
+    match rule is the matcher's business: :meth:`SuperFeatureModel.match` or
+    :func:`lit.match` decided them): lines and their end points are coloured by
+    similarity with a colour bar, at most ``max_lines`` of them, the most similar (drawn
+    last, on top). The title gives the number of matches (and how many are drawn when
+    fewer). ``threshold`` optionally keeps only matches with similarity ``>= threshold``.
 
-    Typical use with :func:`lit.match`::
+    Typical use (positions are in pixels of the images the features were extracted
+    from, which :func:`lit.pipeline.match_images` returns with them)::
 
-        m = lit.match(fa, fb)
-        plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b],
-                     m.similarity)
+        img_a, img_b, fa, fb, m, rule = lit.pipeline.match_images(model, "a.jpg", "b.jpg")
+        plot_matches(img_a, img_b, fa, fb, m)
+
+    or with raw positions: ``plot_matches(img_a, img_b, positions_a, positions_b, similarity)``.
 
     Args:
         image_a: first image (any accepted form).
         image_b: second image.
-        positions_a: ``(x, y)`` pixel position of each match in image a.
-        positions_b: ``(x, y)`` pixel position of each match in image b.
-        similarity: similarity of each match.
-        threshold: minimum similarity drawn and bottom of the colour scale, or ``None``.
+        positions_a: ``(x, y)`` pixel position of each match in image a, or the
+            :class:`~lit.types.LocalFeatures` of image a (with ``positions``).
+        positions_b: the same for image b.
+        similarity: similarity of each match, or the :class:`~lit.types.Matches`
+            between the two feature sets (their positions are then taken from it).
+        threshold: ``None`` (default): draw every match given; a number: only matches
+            with similarity ``>= threshold``, and the bottom of the colour scale.
         max_lines: at most this many lines (``None``: all).
         title: optional text put before the match count.
         cmap: matplotlib colour map of the similarity.
@@ -384,6 +409,7 @@ def plot_matches(
         - similarity: :math:`(M,)`.
     """
     img_a, img_b = _image_array(image_a), _image_array(image_b)
+    positions_a, positions_b, similarity = _match_positions(positions_a, positions_b, similarity)
     pa = _as_numpy(positions_a, "positions_a")
     pb = _as_numpy(positions_b, "positions_b")
     sim = _as_numpy(similarity, "similarity", dtype=None).reshape(-1)

@@ -37,6 +37,12 @@ def add_arguments(p) -> None:
     add_model_arguments(p)
 
 
+def _shown(path: str) -> str:
+    """A photo's name in titles: its file name with the folder holding it (``scene/01.jpg``)."""
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return f"{parent}/{os.path.basename(path)}" if parent else os.path.basename(path)
+
+
 def run(args) -> int:
     from .. import pipeline, viz
     from ..errors import UsageError
@@ -66,8 +72,7 @@ def run(args) -> int:
                        "similarity": m.similarity.tolist(), "positions_a": fa.positions[m.indices_a].tolist(),
                        "positions_b": fb.positions[m.indices_b].tolist()}, f)
     if args.plot:
-        fig = viz.plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b], m.similarity,
-                               threshold=thr, title=f"{os.path.basename(args.image_a)} - {os.path.basename(args.image_b)}")
+        fig = viz.plot_matches(img_a, img_b, fa, fb, m, title=f"{_shown(args.image_a)} - {_shown(args.image_b)}")
         viz.save_figure(fig, args.plot)
         print(f"wrote {args.plot}")
     return 0
