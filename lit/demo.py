@@ -133,7 +133,8 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
 
     queries = [i for i, (_, _, real) in enumerate(items) if real]
     results = pipeline.search(index, info, [all_feats[q] for q in queries], [info.names[q] for q in queries],
-                              topk=None, exclude_self=True, query_root=info.image_root)
+                              topk=None, exclude_self=True, query_root=info.image_root,
+                              keep_unscored=True)  # every photo ranked: AP over the whole list
     print(f"\nextracted {summary.done} images in {t_extract:.1f} s, index built in {t_index:.1f} s "
           f"({n_desc} super-features, {index.num_words} visual words: lit.pipeline.codebook_size)\n")
     print(f"{'query':34s} {'AP':>6s}  top-3 (+ same scene)")

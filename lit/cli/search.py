@@ -39,6 +39,9 @@ def add_arguments(p) -> None:
                    "or for --query-features the index's image root when it is the index's own feature file)")
     p.add_argument("--topk", type=int, default=10, help="results per query, printed and written (default 10)")
     p.add_argument("--exclude-self", action="store_true", help="leave the query itself out of its results")
+    p.add_argument("--keep-unscored", action="store_true",
+                   help="also list images with score 0 (no visual word in common with the query; by default a list "
+                        "stops at the last positive score), in printed and written results")
     p.add_argument("--text", action="append", help="a text query, e.g. 'a church at night' (repeatable)")
     p.add_argument("--text-file", help="text file with one text query per line")
     p.add_argument("--text-model", default=None, help="text model for --text (default: lit-text-effl0; "
@@ -84,7 +87,8 @@ def run(args) -> int:
             scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size,
             force=args.force, model_name=f"--model {args.model or DEFAULT_MODEL}", against=args.index)
     results = pipeline.search(index, info, queries.features, queries.names, topk=args.topk,
-                              exclude_self=args.exclude_self, query_root=queries.root)
+                              exclude_self=args.exclude_self, query_root=queries.root,
+                              keep_unscored=args.keep_unscored)
     if not is_main_process():  # torchrun: rank 0 writes the merged results
         return 0
     return _write_results(args, results, info.image_root, queries.root)

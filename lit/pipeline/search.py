@@ -209,6 +209,7 @@ def search(
     topk: int | None = 10,
     exclude_self: bool = False,
     query_root: str | None = None,
+    keep_unscored: bool = False,
 ) -> list[QueryResult]:
     """Rank the database for each query.
 
@@ -221,6 +222,9 @@ def search(
         exclude_self: leave out the database image that is the query itself (same real
             path when both roots are known, else the same name).
         query_root: folder the query names are relative to.
+        keep_unscored: also list database images with score 0 (they share no visual word
+            with the query: their order is only the database order). By default a list
+            stops at the last positive score.
 
     Returns:
         One :class:`QueryResult` per query, hits best first, ranks from 1.
@@ -247,6 +251,8 @@ def search(
             for i, s in zip(ranks[row_of[qi]].tolist(), scores[row_of[qi]].tolist(), strict=True):
                 if i in itself:
                     continue
+                if not keep_unscored and not s > 0:
+                    break  # scores are sorted: the rest share no visual word with the query
                 hits.append(Hit(len(hits) + 1, info.names[i], float(s)))
         out.append(QueryResult(qname, tuple(hits if topk is None else hits[:topk])))
     return out
