@@ -1,6 +1,7 @@
 """`lit evaluate --folder`: retrieval quality on the user's own folder-per-scene photos."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -45,5 +46,6 @@ def test_missing_dataset_says_which_command_downloads_it(tmp_path):
 
 
 def test_default_model_is_the_shipped_one():
-    proc = run("evaluate", "--help")
-    assert "(default: lit-effl0;" in " ".join(proc.stdout.split())
+    proc = subprocess.run([sys.executable, "-m", "lit", "evaluate", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "400"})
+    assert "(default: lit-effl0;" in proc.stdout
