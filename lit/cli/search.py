@@ -99,6 +99,8 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
     from .. import pipeline
     from ..errors import UsageError
 
+    if text and args.pairs:
+        raise UsageError("--pairs lists image pairs (hloc): text queries do not belong in it; use --json or --csv")
     if args.json:
         pipeline.write_json(results, args.json, db_root, query_root)
     if args.csv:

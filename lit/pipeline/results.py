@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._fileio import atomic_write
+from .._image import display_name
+from ..errors import NotFoundError, PipelineError
 from .search import QueryResult
 
-__all__ = ["plot_paths", "results_to_dict", "scene_of", "write_csv", "write_json", "write_pairs"]
+__all__ = ["plot_paths", "read_pairs", "results_to_dict", "scene_of", "write_csv", "write_json", "write_pairs"]
 
 
 def results_to_dict(results: Sequence[QueryResult], db_root: str | None, query_root: str | None) -> dict:
@@ -42,11 +44,52 @@ def write_csv(results: Sequence[QueryResult], path: str | os.PathLike) -> None:
 
 
 def write_pairs(results: Sequence[QueryResult], path: str | os.PathLike) -> None:
-    """``query_name db_name`` per line (hloc / kapture pairs), each name relative to its root."""
+    """``query_name db_name`` per line (hloc's pairs list, which kapture's
+    ``kapture_import_image_pairs`` reads too), each name relative to its root.
+
+    hloc splits each line at white space, so a name with a space, tab or newline cannot be
+    written (there is no escape in the format): such a name is refused, nothing is written.
+
+    Raises:
+        PipelineError: a name holds white space.
+    """
+    for r in results:
+        for name in (r.query, *(h.name for h in r.hits)):
+            if any(c.isspace() for c in name):
+                raise PipelineError(f"{display_name(name)!r}: a pairs file (hloc) cannot hold names with spaces, as its "
+                                    "readers split lines at white space: rename the file, or write JSON or CSV instead")
     with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         for r in results:
             for h in r.hits:
                 f.write(f"{r.query} {h.name}\n")
+
+
+def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The ``(name_a, name_b)`` pairs of a pairs file (hloc / kapture: two names per line
+    separated by white space; blank lines and ``#`` comments skipped; names with ``/``).
+
+    Raises:
+        NotFoundError: no such file.
+        PipelineError: a line that does not hold exactly two names (the line number says
+            which; names with spaces cannot be written in this format).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise NotFoundError(f"{display_name(path)}: no such pairs file")
+    pairs = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            if len(fields) != 2:
+                raise PipelineError(f"{display_name(path)}, line {number}: expected two names separated by a space, "
+                                    f"got {len(fields)} fields ({display_name(line)!r}); names cannot hold spaces")
+            pairs.append((fields[0], fields[1]))
+    if not pairs:
+        raise PipelineError(f"{display_name(path)}: no pairs in the file")
+    return pairs
 
 
 def scene_of(name: str) -> str | None:
