@@ -72,8 +72,8 @@ def run(args) -> int:
         found, notes = cli_text_search(args.index, args.text or [], args.text_file, args.text_model, args.topk, dev)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        results = [pipeline.QueryResult(r["query"], tuple(pipeline.Hit(h["rank"], h["name"], h["score"]) for h in r["results"]))
-                   for r in found]
+        results = [pipeline.QueryResult(r["query"], tuple(pipeline.Hit(h["rank"], h["name"], h["score"], h["calibrated"])
+                                                          for h in r["results"])) for r in found]
         return _write_results(args, results, read_info(args.index).image_root, None, text=True)
     index, info = pipeline.open_index(args.index, device=dev)  # a file, a sharded index (torchrun: this rank's part)
     if args.query_features:
@@ -131,5 +131,6 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
         for res in results:
             print(res.query)
             for h in res.hits:
-                print(f"  {h.rank:4d}  {h.score:.4g}  {h.name}")
+                calibrated = "" if h.calibrated is None else f"  (calibrated {h.calibrated:+.1f})"
+                print(f"  {h.rank:4d}  {h.score:.4g}{calibrated}  {h.name}")
     return 0

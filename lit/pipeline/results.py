@@ -19,8 +19,14 @@ __all__ = ["plot_paths", "read_pairs", "results_to_dict", "scene_of", "write_csv
 def results_to_dict(results: Sequence[QueryResult], db_root: str | None, query_root: str | None) -> dict:
     return {"db_root": db_root, "query_root": query_root,
             "score": "ASMK similarity (see `lit search --help`); higher is more similar, comparable within one query",
-            "queries": [{"query": r.query, "results": [{"rank": h.rank, "name": h.name, "score": h.score} for h in r.hits]}
-                        for r in results]}
+            "queries": [{"query": r.query, "results": [_hit_dict(h) for h in r.hits]} for r in results]}
+
+
+def _hit_dict(h) -> dict:
+    d = {"rank": h.rank, "name": h.name, "score": h.score}
+    if h.calibrated is not None:  # text queries
+        d["calibrated"] = h.calibrated
+    return d
 
 
 def write_json(results: Sequence[QueryResult], path: str | os.PathLike, db_root: str | None = None,
@@ -33,14 +39,17 @@ def write_json(results: Sequence[QueryResult], path: str | os.PathLike, db_root:
 
 
 def write_csv(results: Sequence[QueryResult], path: str | os.PathLike) -> None:
-    """CSV with header ``query,rank,name,score`` (scores with 6 significant digits); file
+    """CSV with header ``query,rank,name,score`` (scores with 6 significant digits; text
+    queries add ``calibrated``); file
     names are written as bytes (surrogateescape), like the file system has them."""
     with atomic_write(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
-        w.writerow(["query", "rank", "name", "score"])
+        calibrated = any(h.calibrated is not None for r in results for h in r.hits)  # text queries
+        w.writerow(["query", "rank", "name", "score", *(["calibrated"] if calibrated else [])])
         for r in results:
             for h in r.hits:
-                w.writerow([r.query, h.rank, h.name, f"{h.score:.6g}"])
+                w.writerow([r.query, h.rank, h.name, f"{h.score:.6g}",
+                            *([f"{h.calibrated:.4g}" if h.calibrated is not None else ""] if calibrated else [])])
 
 
 def write_pairs(results: Sequence[QueryResult], path: str | os.PathLike) -> None:

@@ -178,9 +178,13 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
 # ---------------------------------------------------------------------------- search
 @dataclass(frozen=True)
 class Hit:
+    """One result: ``calibrated`` is the text-search score in standard deviations above
+    chance (:mod:`lit.text.calibration`), ``None`` for image queries."""
+
     rank: int
     name: str
     score: float
+    calibrated: float | None = None
 
 
 @dataclass(frozen=True)
