@@ -4,7 +4,8 @@
    two synthetic other views of each (kornia homographies and colour changes).
 2. Extraction into an HDF5 feature file, an ASMK index, one query per real photo
    (positives: the other images of its scene), a result table with AP per query.
-3. Figures in ``figures/``: attention maps, matches between the two Sacre-Coeur photos,
+3. Figures in ``demo-figures/`` (``out_dir``; the README's ``figures/`` only when asked):
+   attention maps, matches between the two Sacre-Coeur photos,
    and the retrieval result of the first query.
 """
 
@@ -82,7 +83,7 @@ def _save(t: torch.Tensor, path: Path, Image) -> None:
     Image.fromarray(arr).save(path)
 
 
-def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None = None) -> int:
+def run_demo(out_dir: str = "demo-figures", device: str = "cpu", work_dir: str | None = None) -> int:
     from lit import load_image, match, viz
     from lit.evaluate import compute_ap
     from lit.features import FeatureStore

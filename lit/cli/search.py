@@ -18,12 +18,18 @@ NAME = "search"
 HELP = "search an ASMK index with query images or a query feature file"
 DESCRIPTION = """Rank the indexed images for each query.
 
-score: the ASMK similarity (SPEC section 3): over the visual words query and database image
+score: the ASMK similarity (docs/method.md): over the visual words query and database image
 share, the sum of the selective kernel max(0, 1 - 2 hamming/128)^3, divided by the square root
 of the number of words of each image. Higher is more similar; only the order within one
 query matters. It is 1 for an image against itself with one word per descriptor, but queries
 count each descriptor in its 5 nearest words (multiple assignment), so even the image itself
-scores well below 1 (0.026 for a held-out photo with the default codebook).
+scores well below 1 (0.026 for a held-out photo with the default codebook). Images that share
+no visual word with the query (score 0) are not listed (--keep-unscored lists them).
+
+Text queries (--text): score is the overlap of the query's and the photo's class
+distributions (the ranking); calibrated is that score in standard deviations above the scores
+of meaningless texts on the same photo, comparable across queries; a query whose best
+calibrated score is under 3 gets a note that it has no confident result.
 
 Names: database names are relative to the index's image root, query names to the query
 root; JSON records both roots. Queries must come from the model and extraction settings of
