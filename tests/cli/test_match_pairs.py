@@ -30,7 +30,7 @@ def test_pairs_file_gives_the_matches_of_each_pair(tmp_path, tiny_model):
     out = run("match", "--pairs", tmp_path / "pairs.txt", "--image-root", tmp_path / "photos", "--model",
               tmp_path / "tiny.pt", "--device", "cpu", "--out", tmp_path / "m.h5")
     assert out.returncode == 0, out.stderr
-    assert "s/a.png s/b.png:" in out.stdout and "wrote" in out.stderr
+    assert "s/a.png s/b.png:" in out.stdout and "wrote" in out.stderr and "extract" in out.stderr  # progress
     _, _, fa, fb, m, _ = pipeline.match_images(tiny_model, tmp_path / "photos" / "s" / "a.png",
                                                tmp_path / "photos" / "s" / "b.png")
     with h5py.File(tmp_path / "m.h5") as f:
