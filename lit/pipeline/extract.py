@@ -269,6 +269,8 @@ def extract_to_file(
                       half=half, root=new_root,
                       settings=_settings(model, scales, features_num, image_size, embedder)) as store:
         base = _names_root(store, root, default_root, paths)
+        if store.root is not None and len(store):
+            _check_under_stored_root(store, paths)
         todo = _plan(store, image_names(paths, base) if paths else [], paths, entries, retry_failed, summary)
         _extract(model, store, todo, summary, scales=scales, features_num=features_num, image_size=image_size,
                  amp=amp, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels, embedder=embedder,
@@ -309,6 +311,19 @@ def _names_root(store: FeatureStore, root, default_root, paths: Sequence[str]) -
         return stored
     given = root if root is not None else default_root
     return os.fspath(given) if given is not None else (common_root(paths) if paths else ".")
+
+
+def _check_under_stored_root(store: FeatureStore, paths: Sequence[str]) -> None:
+    """Refuse images outside the folder an existing file's names are relative to, saying
+    what to do instead (a new file, then a merge)."""
+    for p in paths:
+        rel = os.path.relpath(os.path.abspath(os.fspath(p)), store.root)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            msg = (f"{display_name(p)} is outside {display_name(store.root)}, the folder that the names in "
+                   f"{display_name(store.path)} are relative to: extract these images into a new feature file, "
+                   "then join the two with ")
+            raise FeatureFileError(msg + "lit.pipeline.merge_feature_files",
+                                   cli=msg + f"`lit features merge {display_name(store.path)} NEW.h5 --out ALL.h5`")
 
 
 def _plan(store: FeatureStore, names: Sequence[str], paths: Sequence[str], entries, retry_failed: bool,
