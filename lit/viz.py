@@ -499,13 +499,25 @@ def plot_matches(
 
 
 def _short(text: str, width: int) -> str:
-    """At most two lines of at most ``width`` characters; long words lose their middle."""
+    """At most two lines of at most ``width`` characters (three for a path). Lines break at
+    spaces and after the ``/`` of paths (``scene/`` then ``photo.jpg``); a path too long
+    loses its leading folders (``…/scene/photo.jpg``: the photo and its scene stay
+    readable); long words lose their middle."""
     width = max(8, width)
-    keep = width - 1
-    words = [w if len(w) <= width else w[: (keep + 1) // 2] + "…" + w[len(w) - keep // 2 :] for w in str(text).split(" ")]
-    lines = textwrap.wrap(
-        " ".join(words), width=width, break_long_words=False, max_lines=2, placeholder=" …"
-    )
+    text = str(text)
+    lines = _wrap_path(text, width)
+    if len(lines) > 2 and "/" in text:  # a path: up to 3 lines, leading folders dropped first
+        head, _, path = text.rpartition(" ") if " " in text else ("", "", text)
+        parts = path.split("/")
+        for drop in range(0, len(parts)):
+            shorter = (head + " " if head else "") + ("…/" if drop else "") + "/".join(parts[drop:])
+            lines = _wrap_path(shorter, width)
+            if len(lines) <= 3:
+                break
+        if len(lines) <= 3:
+            return "\n".join(lines)
+    if len(lines) > 2:
+        lines = textwrap.wrap(" ".join(lines), width=width, break_long_words=False, max_lines=2, placeholder=" …")
     out = []
     for line in lines:
         if len(line) > width:
@@ -513,6 +525,15 @@ def _short(text: str, width: int) -> str:
             line = line[: (keep + 1) // 2] + "…" + line[len(line) - keep // 2 :]
         out.append(line)
     return "\n".join(out)
+
+
+def _wrap_path(text: str, width: int) -> list[str]:
+    """``textwrap.wrap`` that may also break after a ``/`` (never at a hyphen)."""
+    keep = width - 2
+    words = [w if len(w) <= width - 1 else w[: (keep + 1) // 2] + "…" + w[len(w) - keep // 2 :]
+             for w in text.replace("/", "/\x00 ").split(" ")]
+    return [line.replace("/\x00 ", "/").replace("/\x00", "/") for line in textwrap.wrap(
+        " ".join(words), width=width + 1, break_long_words=False, break_on_hyphens=False)]
 
 
 def plot_retrieval(
@@ -524,6 +545,7 @@ def plot_retrieval(
     titles: Sequence[str] | None = None,
     *,
     query_title: str = "query",
+    query_text: str | None = None,
     panel_height: float = 1.6,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
@@ -535,13 +557,14 @@ def plot_retrieval(
     rank (``#1`` ...) or with ``titles``.
 
     Args:
-        query: the query image (any accepted form).
+        query: the query image (any accepted form); ``None`` for a text query.
         results: ranked database images, best first; only the first ``topk`` are shown.
         scores: optional score of each result.
         relevant: optional relevance (bool) of each result.
         topk: how many results to show.
         titles: optional title of each result (e.g. file names), shortened to fit.
         query_title: title of the query panel.
+        query_text: a text query, written in the query panel (with ``query=None``).
         panel_height: height of each image in inches (sets the default figure size).
         figsize: figure size in inches, overriding ``panel_height``.
 
@@ -577,7 +600,10 @@ def plot_retrieval(
             raise UsageError(f"{name} has {len(v)} entries for {n_res} results")
 
     shown = min(topk, n_res)
-    images = [_image_array(query)] + [_image_array(r) for r in results[:shown]]
+    if query is None and query_text is None:
+        raise UsageError("plot_retrieval: give a query image or a query_text")
+    blank = np.ones((64, 64, 3), np.float32)  # the panel of a text query
+    images = [blank if query is None else _image_array(query)] + [_image_array(r) for r in results[:shown]]
     ratios = [im.shape[1] / im.shape[0] for im in images]
     spacer = 0.12
     width_ratios = [ratios[0], spacer] + ratios[1:] if shown else [ratios[0]]
@@ -602,6 +628,9 @@ def plot_retrieval(
         if p == 0:
             color, lw = _QUERY_COLOR, 3.0
             ax.set_title(_short(query_title, width_chars), fontsize=_TITLE_SIZE, fontweight="bold")
+            if query is None:
+                ax.text(0.5, 0.5, "\n".join(textwrap.wrap(f"“{query_text}”", 14, max_lines=5, placeholder=" …")),
+                        transform=ax.transAxes, ha="center", va="center", fontsize=_TITLE_SIZE, wrap=True)
         else:
             r = p - 1
             label = titles[r] if titles is not None else f"#{r + 1}"

@@ -113,6 +113,11 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
         pipeline.write_csv(results, args.csv)
     if args.pairs:
         pipeline.write_pairs(results, args.pairs)
+    n_hits = sum(len(r.hits) for r in results)
+    for path in (args.json, args.csv, args.pairs):
+        if path:
+            print(f"wrote {path} ({len(results)} quer{'y' if len(results) == 1 else 'ies'}, {n_hits} results)",
+                  file=sys.stderr)
     if args.plot:
         check_figure_path(args.plot)
         db_root = args.db_root or db_root
@@ -121,13 +126,11 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
                              "(or rebuild it with `lit index --image-root`)")
         from .. import viz
 
-        if text:  # a text query: a blank panel titled with the text
-            import torch
-
+        if text:  # a text query: its words in the query panel
             for res, path in zip(results, pipeline.plot_paths(args.plot, len(results)), strict=True):
                 hits = res.hits[: args.plot_topk]
-                fig = viz.plot_retrieval(torch.ones(3, 64, 64), [os.path.join(db_root, h.name) for h in hits],
-                                         scores=[h.score for h in hits], query_title=res.query[:40],
+                fig = viz.plot_retrieval(None, [os.path.join(db_root, h.name) for h in hits],
+                                         scores=[h.score for h in hits], query_title="text query", query_text=res.query,
                                          titles=[f"#{h.rank} {h.name}" for h in hits])
                 print(f"wrote {viz.save_figure(fig, path)}", file=sys.stderr)
         else:
