@@ -208,7 +208,7 @@ def plot_attention(
     show_centroids: bool = True,
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
-    normalize: str = "shared",
+    normalize: str = "each",
 ) -> Figure:
     """Grid of super-feature attention maps overlaid on the image.
 
@@ -230,7 +230,7 @@ def plot_attention(
         show_centroids: mark the centroid of each map.
         title: optional figure title.
         figsize: figure size in inches; default from ``ncols`` and the image aspect.
-        normalize: ``"shared"`` (one scale) or ``"each"`` (each map over its own peak).
+        normalize: ``"each"`` (default, as `lit plot-attention`: each map over its own peak) or ``"shared"`` (one scale).
 
     Returns:
         The figure.
@@ -287,7 +287,7 @@ def plot_attention(
     ncols = min(ncols, k)
     nrows = -(-k // ncols)
     if figsize is None:
-        panel_w = min(2.0, 7.0 / ncols)
+        panel_w = min(2.0, 7.0 / ncols, 1.9 * W / H + 0.1)  # portrait photos: panels at most ~2 inches high
         figsize = (
             panel_w * ncols + 0.8,
             nrows * ((panel_w - 0.1) * H / W + (0.45 if normalize == "each" else 0.3)) + (0.3 if title else 0.0),
