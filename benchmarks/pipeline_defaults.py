@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     else:
         lit_cli("extract", *paths, "--root", args.root, "--out", feats, "--quiet")
     index_log = lit_cli("index", feats, "--out", index).stderr
-    lit_cli("search", index, "--query-features", feats, "--exclude-self", "--topk", len(paths), "--json", res)
+    lit_cli("search", index, "--query-features", feats, "--exclude-self", "--topk", len(paths), "--keep-unscored",
+            "--json", res)
     cli_map = mean_ap(json.loads(res.read_text())["queries"])
     print(f"CLI defaults: mAP {cli_map:.1f} ({len(paths)} queries, {len(names)} scenes)", file=sys.stderr)
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
         maps = []
         for seed in range(args.seeds):
             idx, info = build_index(feats, size=size, seed=seed)
-            out = search(idx, info, qfeats, qnames, topk=None, exclude_self=True)
+            out = search(idx, info, qfeats, qnames, topk=None, exclude_self=True, keep_unscored=True)
             maps.append(mean_ap(results_to_dict(out, None, None)["queries"]))
         k = codebook_size(n_desc) if size is None else size
         sweep[str(label)] = {"size": k, "descriptors_per_word": n_desc / k, "map": float(np.mean(maps)),

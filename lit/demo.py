@@ -4,7 +4,8 @@
    two synthetic other views of each (kornia homographies and colour changes).
 2. Extraction into an HDF5 feature file, an ASMK index, one query per real photo
    (positives: the other images of its scene), a result table with AP per query.
-3. Figures in ``figures/``: attention maps, matches between the two Sacre-Coeur photos,
+3. Figures in ``demo-figures/`` (``out_dir``; the README's ``figures/`` only when asked):
+   attention maps, matches between the two Sacre-Coeur photos,
    and the retrieval result of the first query.
 """
 
@@ -82,7 +83,7 @@ def _save(t: torch.Tensor, path: Path, Image) -> None:
     Image.fromarray(arr).save(path)
 
 
-def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None = None) -> int:
+def run_demo(out_dir: str = "demo-figures", device: str = "cpu", work_dir: str | None = None) -> int:
     from lit import load_image, match, viz
     from lit.evaluate import compute_ap
     from lit.features import FeatureStore
@@ -133,7 +134,8 @@ def run_demo(out_dir: str = "figures", device: str = "cpu", work_dir: str | None
 
     queries = [i for i, (_, _, real) in enumerate(items) if real]
     results = pipeline.search(index, info, [all_feats[q] for q in queries], [info.names[q] for q in queries],
-                              topk=None, exclude_self=True, query_root=info.image_root)
+                              topk=None, exclude_self=True, query_root=info.image_root,
+                              keep_unscored=True)  # every photo ranked: AP over the whole list
     print(f"\nextracted {summary.done} images in {t_extract:.1f} s, index built in {t_index:.1f} s "
           f"({n_desc} super-features, {index.num_words} visual words: lit.pipeline.codebook_size)\n")
     print(f"{'query':34s} {'AP':>6s}  top-3 (+ same scene)")

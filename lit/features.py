@@ -447,8 +447,8 @@ class FeatureStore:
         towers = self.towers
         if not towers or (tower is not None and tower not in towers):
             what = f"{tower} embeddings" if tower else "global image embeddings"
-            raise FeatureFileError(f"{display_name(self.path)}: no {what} for text search (extracted with --text-model "
-                                   "none, or by a lit older than text search): `lit text embed` adds them")
+            raise FeatureFileError(f"{display_name(self.path)}: no {what} for text search ({self._why_no_embeddings()}): "
+                                   "`lit text embed` adds them")
         tower = tower or towers[0]
         g = self.h5[f"{GLOBAL_GROUP}/{tower}"]
         n = len(self)
@@ -458,6 +458,18 @@ class FeatureStore:
         emb[:m] = g["embeddings"][:m]
         valid[:m] = g["valid"][:m].astype(bool)
         return tower, emb, valid
+
+    def _why_no_embeddings(self) -> str:
+        """The likely cause of a file without global embeddings, from what it records."""
+        settings = self.settings
+        if self.towers:
+            return f"it holds {', '.join(self.towers)} embeddings only"
+        if "text_tower" in settings:
+            if settings["text_tower"] is None:
+                return "extracted without a text model (--text-model none)"
+            return (f"extracted with the {settings['text_tower']} tower, but the embeddings were lost, "
+                    "e.g. by `lit features merge` of an earlier lit")
+        return "extracted or merged by a lit that did not record them, or with --text-model none"
 
     @_writes
     def write_embeddings(self, rows: Sequence[int], tower: str, embeddings) -> None:
@@ -989,7 +1001,9 @@ def open_features(path: str | os.PathLike) -> FeatureCollection:
 
 # ---------------------------------------------------------------------- inspection
 def feature_file_info(path: str | os.PathLike) -> dict:
-    """What a feature file holds: counts, model fingerprint, settings, root and failures.
+    """What a feature file holds: counts, model (name and fingerprint), settings, the
+    global embeddings for text search (image tower -> images that have one), root and
+    failures.
 
     Returns:
         A JSON-able dict (names in their printable form, :func:`display_name`).
@@ -1009,6 +1023,8 @@ def feature_file_info(path: str | os.PathLike) -> dict:
             "dtype": "float16" if store.half else "float32",
             "fingerprint": store.fingerprint,
             "settings": store.settings,
+            "model": store.settings.get("model"),
+            "text_embeddings": {t: int(store.embeddings(t)[2].sum()) for t in store.towers},
             "root": display_name(store.root) if store.root is not None else None,
             "failed": {display_name(k): display_name(v) for k, v in store.failed.items()},
             "size_bytes": os.path.getsize(store.path),

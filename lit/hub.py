@@ -276,7 +276,8 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", pr
         progress: show a progress bar when downloading.
 
     Returns:
-        :class:`lit.models.SuperFeatureModel` in eval mode.
+        :class:`lit.models.SuperFeatureModel` in eval mode; its ``source`` attribute is
+        the registered name or the checkpoint's absolute path.
     """
     from ._device import resolve_device
     from .models.checkpoint import model_from_checkpoint
@@ -285,10 +286,14 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", pr
         device = resolve_device(device)
     src = os.fspath(source)
     if os.path.exists(src):
-        return model_from_checkpoint(src, device=device)
+        model = model_from_checkpoint(src, device=device)
+        model.source = os.path.abspath(src)
+        return model
     cfg = registry().get(src)
     if cfg is not None and cfg.kind == "model":
-        return model_from_checkpoint(resolve(src, progress=progress), device=device)
+        model = model_from_checkpoint(resolve(src, progress=progress), device=device)
+        model.source = src  # the registered name: recorded in feature files (``lit features info``)
+        return model
     raise UsageError(f"{src}: neither an existing checkpoint file nor a registered model name ({', '.join(list_models())})")
 
 

@@ -82,6 +82,11 @@ class LocalFeatures(_LocalFeaturesFields):
     def __len__(self) -> int:  # number of features, not number of fields
         return int(self.descriptors.shape[0])
 
+    @property
+    def count(self) -> int:
+        """Number of features, ``len(feats)`` (replaces the tuple method ``count``)."""
+        return len(self)
+
     def __repr__(self) -> str:
         return (f"LocalFeatures({len(self)} features, dim {self.descriptors.shape[1]}, "
                 f"scales {_range(self.scales)}, {_device(self.descriptors)})")
@@ -108,6 +113,11 @@ class SuperFeatures(NamedTuple):
     def __len__(self) -> int:
         return int(self.descriptors.shape[0])
 
+    @property
+    def count(self) -> int:
+        """Number of super-features, ``len(sf)`` (replaces the tuple method ``count``)."""
+        return len(self)
+
     def __repr__(self) -> str:
         h, w = tuple(self.attention.shape[-2:]) if isinstance(self.attention, Tensor) and self.attention.dim() >= 2 else (0, 0)
         return (f"SuperFeatures({len(self)} super-features, dim {self.descriptors.shape[-1]}, "
@@ -131,6 +141,11 @@ class Matches(NamedTuple):
 
     def __len__(self) -> int:
         return int(self.indices_a.shape[0])
+
+    @property
+    def count(self) -> int:
+        """Number of matches, ``len(m)`` (replaces the tuple method ``count``)."""
+        return len(self)
 
     def __repr__(self) -> str:
         if not len(self):

@@ -41,7 +41,7 @@ from ._image import open_image, pil_to_tensor
 from .errors import NotFoundError, UsageError
 from .models.model import attention_centroids
 from .pipeline import QueryResult, plot_paths, scene_of
-from .types import SuperFeatures
+from .types import LocalFeatures, Matches, SuperFeatures
 
 __all__ = [
     "attention_centroids",
@@ -161,7 +161,7 @@ def plot_attention(
     show_centroids: bool = True,
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
-    normalize: str = "shared",
+    normalize: str = "each",
 ) -> Figure:
     """Grid of super-feature attention maps overlaid on the image.
 
@@ -183,7 +183,7 @@ def plot_attention(
         show_centroids: mark the centroid of each map.
         title: optional figure title.
         figsize: figure size in inches; default from ``ncols`` and the image aspect.
-        normalize: ``"shared"`` (one scale) or ``"each"`` (each map over its own peak).
+        normalize: ``"each"`` (default, as `lit plot-attention`: each map over its own peak) or ``"shared"`` (one scale).
 
     Returns:
         The figure.
@@ -240,7 +240,7 @@ def plot_attention(
     ncols = min(ncols, k)
     nrows = -(-k // ncols)
     if figsize is None:
-        panel_w = min(2.0, 7.0 / ncols)
+        panel_w = min(2.0, 7.0 / ncols, 1.9 * W / H + 0.1)  # portrait photos: panels at most ~2 inches high
         figsize = (
             panel_w * ncols + 0.8,
             nrows * ((panel_w - 0.1) * H / W + (0.45 if normalize == "each" else 0.3)) + (0.3 if title else 0.0),
@@ -289,13 +289,32 @@ def plot_attention(
 _INLIER_COLOUR, _OUTLIER_COLOUR = "#1a9641", "#d7191c"
 
 
+def _match_positions(positions_a, positions_b, similarity):
+    """``(positions_a, positions_b, similarity)`` of the matches: as given, or taken from
+    ``(LocalFeatures, LocalFeatures, Matches)``."""
+    if not isinstance(similarity, Matches):
+        if isinstance(positions_a, LocalFeatures) or isinstance(positions_b, LocalFeatures):
+            raise UsageError("plot_matches: with LocalFeatures, give the Matches as the similarity argument: "
+                             "plot_matches(img_a, img_b, fa, fb, m)")
+        return positions_a, positions_b, similarity
+    if not (isinstance(positions_a, LocalFeatures) and isinstance(positions_b, LocalFeatures)):
+        raise UsageError("plot_matches: with Matches, give the LocalFeatures of both images: plot_matches(img_a, img_b, "
+                         "fa, fb, m)")
+    for name, f in (("image a", positions_a), ("image b", positions_b)):
+        if f.positions is None:
+            raise UsageError(f"plot_matches: the features of {name} have no positions")
+    m = similarity
+    pa, pb = positions_a.positions, positions_b.positions
+    return pa[m.indices_a.to(pa.device)], pb[m.indices_b.to(pb.device)], m.similarity
+
+
 def plot_matches(
     image_a,
     image_b,
     positions_a,
     positions_b,
     similarity,
-    threshold: float | None = 0.9,
+    threshold: float | None = None,
     max_lines: int | None = 100,
     title: str | None = None,
     *,
@@ -305,29 +324,35 @@ def plot_matches(
 ) -> Figure:
     """Two images side by side with lines linking matched positions.
 
+    Image b is displayed at the height of image a. It plots the matches it is given (the
+    match rule is the matcher's business: :meth:`SuperFeatureModel.match` or
+    :func:`lit.match` decided them): lines and their end points are coloured by
+    similarity with a colour bar, at most ``max_lines`` of them, the most similar (drawn
+    last, on top). The title gives the number of matches (and how many are drawn when
+    fewer). ``threshold`` optionally keeps only matches with similarity ``>= threshold``.
+
     With ``inliers`` (which matches survived geometric verification, e.g.
     ``lit.pipeline.verify_matches``), lines are drawn in two colours instead: inliers in
     green, the other matches in red, and the title counts both.
 
-    Image b is displayed at the height of image a. Lines and their end points are
-    coloured by similarity on a ``threshold``..1 scale with a colour bar; only matches
-    with similarity ``>= threshold`` are counted and drawn (``None``: all), and at most
-    ``max_lines`` of them, the most similar (drawn last, on top). The title gives the
-    number of matches (and how many are drawn when fewer).
+    Typical use (positions are in pixels of the images the features were extracted
+    from, which :func:`lit.pipeline.match_images` returns with them)::
 
-    Typical use with :func:`lit.match`::
+        img_a, img_b, fa, fb, m, rule = lit.pipeline.match_images(model, "a.jpg", "b.jpg")
+        plot_matches(img_a, img_b, fa, fb, m)
 
-        m = lit.match(fa, fb)
-        plot_matches(img_a, img_b, fa.positions[m.indices_a], fb.positions[m.indices_b],
-                     m.similarity)
+    or with raw positions: ``plot_matches(img_a, img_b, positions_a, positions_b, similarity)``.
 
     Args:
         image_a: first image (any accepted form).
         image_b: second image.
-        positions_a: ``(x, y)`` pixel position of each match in image a.
-        positions_b: ``(x, y)`` pixel position of each match in image b.
-        similarity: similarity of each match.
-        threshold: minimum similarity drawn and bottom of the colour scale, or ``None``.
+        positions_a: ``(x, y)`` pixel position of each match in image a, or the
+            :class:`~lit.types.LocalFeatures` of image a (with ``positions``).
+        positions_b: the same for image b.
+        similarity: similarity of each match, or the :class:`~lit.types.Matches`
+            between the two feature sets (their positions are then taken from it).
+        threshold: ``None`` (default): draw every match given; a number: only matches
+            with similarity ``>= threshold``, and the bottom of the colour scale.
         max_lines: at most this many lines (``None``: all).
         title: optional text put before the match count.
         cmap: matplotlib colour map of the similarity.
@@ -346,6 +371,7 @@ def plot_matches(
         - similarity: :math:`(M,)`.
     """
     img_a, img_b = _image_array(image_a), _image_array(image_b)
+    positions_a, positions_b, similarity = _match_positions(positions_a, positions_b, similarity)
     pa = _as_numpy(positions_a, "positions_a")
     pb = _as_numpy(positions_b, "positions_b")
     sim = _as_numpy(similarity, "similarity", dtype=None).reshape(-1)
@@ -441,13 +467,25 @@ def plot_matches(
 
 
 def _short(text: str, width: int) -> str:
-    """At most two lines of at most ``width`` characters; long words lose their middle."""
+    """At most two lines of at most ``width`` characters (three for a path). Lines break at
+    spaces and after the ``/`` of paths (``scene/`` then ``photo.jpg``); a path too long
+    loses its leading folders (``…/scene/photo.jpg``: the photo and its scene stay
+    readable); long words lose their middle."""
     width = max(8, width)
-    keep = width - 1
-    words = [w if len(w) <= width else w[: (keep + 1) // 2] + "…" + w[len(w) - keep // 2 :] for w in str(text).split(" ")]
-    lines = textwrap.wrap(
-        " ".join(words), width=width, break_long_words=False, max_lines=2, placeholder=" …"
-    )
+    text = str(text)
+    lines = _wrap_path(text, width)
+    if len(lines) > 2 and "/" in text:  # a path: up to 3 lines, leading folders dropped first
+        head, _, path = text.rpartition(" ") if " " in text else ("", "", text)
+        parts = path.split("/")
+        for drop in range(0, len(parts)):
+            shorter = (head + " " if head else "") + ("…/" if drop else "") + "/".join(parts[drop:])
+            lines = _wrap_path(shorter, width)
+            if len(lines) <= 3:
+                break
+        if len(lines) <= 3:
+            return "\n".join(lines)
+    if len(lines) > 2:
+        lines = textwrap.wrap(" ".join(lines), width=width, break_long_words=False, max_lines=2, placeholder=" …")
     out = []
     for line in lines:
         if len(line) > width:
@@ -455,6 +493,15 @@ def _short(text: str, width: int) -> str:
             line = line[: (keep + 1) // 2] + "…" + line[len(line) - keep // 2 :]
         out.append(line)
     return "\n".join(out)
+
+
+def _wrap_path(text: str, width: int) -> list[str]:
+    """``textwrap.wrap`` that may also break after a ``/`` (never at a hyphen)."""
+    keep = width - 2
+    words = [w if len(w) <= width - 1 else w[: (keep + 1) // 2] + "…" + w[len(w) - keep // 2 :]
+             for w in text.replace("/", "/\x00 ").split(" ")]
+    return [line.replace("/\x00 ", "/").replace("/\x00", "/") for line in textwrap.wrap(
+        " ".join(words), width=width + 1, break_long_words=False, break_on_hyphens=False)]
 
 
 def plot_retrieval(
@@ -466,6 +513,7 @@ def plot_retrieval(
     titles: Sequence[str] | None = None,
     *,
     query_title: str = "query",
+    query_text: str | None = None,
     panel_height: float = 1.6,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
@@ -477,13 +525,14 @@ def plot_retrieval(
     rank (``#1`` ...) or with ``titles``.
 
     Args:
-        query: the query image (any accepted form).
+        query: the query image (any accepted form); ``None`` for a text query.
         results: ranked database images, best first; only the first ``topk`` are shown.
         scores: optional score of each result.
         relevant: optional relevance (bool) of each result.
         topk: how many results to show.
         titles: optional title of each result (e.g. file names), shortened to fit.
         query_title: title of the query panel.
+        query_text: a text query, written in the query panel (with ``query=None``).
         panel_height: height of each image in inches (sets the default figure size).
         figsize: figure size in inches, overriding ``panel_height``.
 
@@ -519,7 +568,10 @@ def plot_retrieval(
             raise UsageError(f"{name} has {len(v)} entries for {n_res} results")
 
     shown = min(topk, n_res)
-    images = [_image_array(query)] + [_image_array(r) for r in results[:shown]]
+    if query is None and query_text is None:
+        raise UsageError("plot_retrieval: give a query image or a query_text")
+    blank = np.ones((64, 64, 3), np.float32)  # the panel of a text query
+    images = [blank if query is None else _image_array(query)] + [_image_array(r) for r in results[:shown]]
     ratios = [im.shape[1] / im.shape[0] for im in images]
     spacer = 0.12
     width_ratios = [ratios[0], spacer] + ratios[1:] if shown else [ratios[0]]
@@ -544,6 +596,9 @@ def plot_retrieval(
         if p == 0:
             color, lw = _QUERY_COLOR, 3.0
             ax.set_title(_short(query_title, width_chars), fontsize=_TITLE_SIZE, fontweight="bold")
+            if query is None:
+                ax.text(0.5, 0.5, "\n".join(textwrap.wrap(f"“{query_text}”", 14, max_lines=5, placeholder=" …")),
+                        transform=ax.transAxes, ha="center", va="center", fontsize=_TITLE_SIZE, wrap=True)
         else:
             r = p - 1
             label = titles[r] if titles is not None else f"#{r + 1}"

@@ -80,12 +80,14 @@ def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tu
     return paths, np.array(labels), names
 
 
-def retrieval_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
-    """mAP and Recall@1 of an (n x n) score matrix, self excluded, positives = same label."""
+def retrieval_metrics(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = ()) -> dict:
+    """mAP and Recall@1 (top-1 correct) of an (n x n) score matrix, self excluded,
+    positives = same label; with ``ks`` also the mean precision at each k (``mp@k``:
+    the share of the first k results that show the query's scene)."""
     from lit.evaluate import compute_ap
 
     n = len(labels)
-    aps, r1 = [], []
+    aps, r1, pk = [], [], {k: [] for k in ks}
     for q in range(n):
         s = scores[q].astype(np.float64).copy()
         s[q] = -np.inf
@@ -95,8 +97,12 @@ def retrieval_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
             continue
         aps.append(compute_ap(np.flatnonzero(rel), int(rel.sum())))
         r1.append(bool(rel[0]))
-    return {"map": 100 * float(np.mean(aps)), "recall@1": 100 * float(np.mean(r1)), "queries": len(aps),
-            "ap": [100 * float(a) for a in aps]}
+        for k in ks:
+            pk[k].append(float(rel[:k].mean()))
+    out = {"map": 100 * float(np.mean(aps)), "recall@1": 100 * float(np.mean(r1)), "queries": len(aps),
+           "ap": [100 * float(a) for a in aps]}
+    out.update({f"mp@{k}": 100 * float(np.mean(v)) for k, v in pk.items()})
+    return out
 
 
 def paired_comparison(ap_a, ap_b, groups, boot: int = 10000, seed: int = 0) -> dict:
@@ -275,3 +281,60 @@ def gem_scores(paths: list[str], device: str, image_size: int = 512, output_stri
             vecs.append(torch.nn.functional.normalize(gem(f, 3.0).flatten(1), dim=1)[0].cpu())
     v = torch.stack(vecs)
     return (v @ v.T).numpy()
+
+
+def evaluate_folder(root: str | os.PathLike, model: str = "lit-effl0", *, device: str = "cpu",
+                    codebook: str = "auto", codebook_size: int | None = None, seeds: int = 1,
+                    ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+    """Retrieval quality of a super-feature model on a folder-per-scene photo set (``lit
+    evaluate --folder``): every photo is a query, its positives are the other photos of its
+    scene folder; ASMK scores, the codebook learned as :func:`codebook_photos` says
+    (``auto``: photos that are not evaluated), mean over ``seeds`` k-means seeds.
+
+    Returns:
+        ``{"root", "model", "images", "scenes", "codebook", "codebook_images", "map",
+        "map_std", "recall@1", "mp@k"..., "queries", "per_scene": {scene: mAP}, "table"}``
+        (percentages; ``table`` is the printed summary).
+
+    Raises:
+        UsageError: the folder has no scene folder with two photos or more.
+    """
+    if not os.path.isdir(root):
+        raise UsageError(f"{root}: not a folder (give a folder with one sub-folder of photos per scene)")
+    paths, labels, scenes = scene_images(root)
+    counts = np.bincount(labels, minlength=len(scenes)) if len(labels) else np.zeros(0, int)
+    if not (counts >= 2).any():
+        raise UsageError(f"{root}: needs scene sub-folders with two photos or more each (found {len(scenes)} folders, "
+                         f"{len(paths)} photos)")
+    cb_paths, cb_what = codebook_photos(codebook, root, paths)
+    log.info(f"{len(paths)} photos of {len(scenes)} scenes; codebook learned on {cb_what}")
+    net = superfeature_model(model, device)
+    feats = _extract_progress(net, paths, "evaluated photos")
+    cb_feats = None if cb_paths == paths else _extract_progress(net, cb_paths, "codebook photos")
+    runs = [retrieval_metrics(asmk_scores(feats, codebook_size, seed=s, codebook_feats=cb_feats), labels, ks)
+            for s in range(seeds)]
+    res = {k: float(np.mean([r[k] for r in runs])) for k in ("map", "recall@1", *(f"mp@{k}" for k in ks))}
+    res["map_std"] = float(np.std([r["map"] for r in runs]))
+    ap = np.mean([r["ap"] for r in runs], axis=0)
+    with_pos = np.array([counts[lab] > 1 for lab in labels])
+    per_scene = {scenes[g]: float(ap[labels[with_pos] == g].mean()) for g in np.unique(labels[with_pos])}
+    out = {"root": os.fspath(root), "model": model, "images": len(paths), "scenes": len(scenes), "codebook": cb_what,
+           "codebook_images": len(cb_paths), "seeds": seeds, "queries": runs[0]["queries"], **res, "per_scene": per_scene}
+    cols = ["mAP", "R@1 (top-1)", *(f"mP@{k}" for k in ks)]
+    vals = [res["map"], res["recall@1"], *(res[f"mp@{k}"] for k in ks)]
+    lines = [f"{model} on {root}: {len(paths)} photos, {len(scenes)} scenes, {out['queries']} queries "
+             f"(codebook: {cb_what}{f'; mean of {seeds} k-means seeds' if seeds > 1 else ''})",
+             "  ".join(f"{c:>11s}" for c in cols), "  ".join(f"{v:11.1f}" for v in vals), "", "per scene (mAP):"]
+    lines += [f"  {name:40s} {value:6.1f}" for name, value in sorted(per_scene.items(), key=lambda kv: kv[1])]
+    out["table"] = "\n".join(lines)
+    return out
+
+
+def _extract_progress(model, paths: list[str], what: str) -> list:
+    """:func:`extract_all` with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from lit._image import load_image
+
+    return [model.extract(load_image(p, model.cfg.runtime.image_size))
+            for p in tqdm(paths, desc=f"extract {what}", unit="img", leave=False)]

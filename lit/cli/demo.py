@@ -9,7 +9,9 @@ HELP = "offline demo: extract, index, search and plot a small bundled photo set"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--out", default="figures", help="folder for the figures (default figures/)")
+    p.add_argument("--out", default="demo-figures",
+                   help="folder for the figures (default demo-figures/, a folder of its own: the README's figures/ "
+                        "are rebuilt only with --out figures)")
     p.add_argument("--work-dir", default=None, help="folder for features and index (default: a temporary folder)")
     add_device_argument(p)
 

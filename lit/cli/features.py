@@ -26,8 +26,11 @@ def _print_info(info: dict, show_failed: int) -> None:
     print(f"  names relative to: {info['root'] or '(not recorded)'}")
     if st:
         print(f"  extraction: scales {','.join(f'{x:g}' for x in st['scales'])}, "
-              f"{st['features_num']} features, image size {st['image_size']}")
-    print(f"  model fingerprint: {info['fingerprint'][:16]}")
+              f"at most {st['features_num']} features per image (features_num), image size {st['image_size']}")
+    print(f"  model: {info.get('model') or '(not recorded)'}, fingerprint {info['fingerprint'][:16]}")
+    text = info.get("text_embeddings") or {}
+    print("  text search embeddings: " + (", ".join(f"{t} ({n} of {info['images']} images)" for t, n in text.items())
+                                         or "none (`lit text embed` adds them)"))
     print(f"  failed: {len(info['failed'])}")
     for err in list(info["failed"].values())[:show_failed]:
         print(f"    {err}")
@@ -54,5 +57,6 @@ def run(args) -> int:
     summary = merge_feature_files(args.files, args.out, overwrite=args.overwrite)
     print(f"merged {len(args.files)} files into {display_name(args.out)}: {summary.images} images, "
           f"{len(summary.duplicates)} duplicates stored once, {summary.failed} failures kept"
-          + (f", names relative to {summary.root}" if summary.root else ""))
+          + (f", names relative to {summary.root}" if summary.root else "")
+          + "".join(f", {t} text embeddings of {n} images kept" for t, n in summary.embeddings.items()))
     return 0

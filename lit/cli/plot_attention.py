@@ -47,6 +47,14 @@ def run(args) -> int:
         if os.path.exists(args.out) and not args.overwrite:
             raise UsageError(f"{args.out}: already exists (pass --overwrite to replace it)")
     model = load_model(args)
+    trained = model.cfg.runtime.training_scales or model.cfg.runtime.scales
+    used = model.cfg.runtime.scales
+    lo, hi = min(*used, *trained), max(*used, *trained)
+    if not lo <= args.scale <= hi:
+        import sys
+
+        print(f"lit plot-attention: warning: --scale {args.scale:g} is outside the scales this model extracts and was "
+              f"trained at ({lo:g}-{hi:g}): its attention maps may not mean much there", file=sys.stderr)
     img = load_image(args.image, model.cfg.runtime.image_size if args.image_size is None else args.image_size)
     sf = model.superfeatures(img, scale=args.scale)
     n = sf.attention.shape[0]

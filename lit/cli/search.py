@@ -18,12 +18,18 @@ NAME = "search"
 HELP = "search an ASMK index with query images or a query feature file"
 DESCRIPTION = """Rank the indexed images for each query.
 
-score: the ASMK similarity (SPEC section 3): over the visual words query and database image
+score: the ASMK similarity (docs/method.md): over the visual words query and database image
 share, the sum of the selective kernel max(0, 1 - 2 hamming/128)^3, divided by the square root
 of the number of words of each image. Higher is more similar; only the order within one
 query matters. It is 1 for an image against itself with one word per descriptor, but queries
 count each descriptor in its 5 nearest words (multiple assignment), so even the image itself
-scores well below 1 (0.026 for a held-out photo with the default codebook).
+scores well below 1 (0.026 for a held-out photo with the default codebook). Images that share
+no visual word with the query (score 0) are not listed (--keep-unscored lists them).
+
+Text queries (--text): score is the overlap of the query's and the photo's class
+distributions (the ranking); calibrated is that score in standard deviations above the scores
+of meaningless texts on the same photo, comparable across queries; a query whose best
+calibrated score is under 3 gets a note that it has no confident result.
 
 Names: database names are relative to the index's image root, query names to the query
 root; JSON records both roots. Queries must come from the model and extraction settings of
@@ -55,6 +61,9 @@ def add_arguments(p) -> None:
                    help="query expansion: add the verified super-features of the top K verified images to the query "
                    "and search again (default 0)")
     p.add_argument("--db-features", help="the database feature file for --rerank (default: the one the index records)")
+    p.add_argument("--keep-unscored", action="store_true",
+                   help="also list images with score 0 (no visual word in common with the query; by default a list "
+                        "stops at the last positive score), in printed and written results")
     p.add_argument("--text", action="append", help="a text query, e.g. 'a church at night' (repeatable)")
     p.add_argument("--text-file", help="text file with one text query per line")
     p.add_argument("--text-model", default=None, help="text model for --text (default: lit-text-effl0; "
@@ -85,8 +94,8 @@ def run(args) -> int:
         found, notes = cli_text_search(args.index, args.text or [], args.text_file, args.text_model, args.topk, dev)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        results = [pipeline.QueryResult(r["query"], tuple(pipeline.Hit(h["rank"], h["name"], h["score"]) for h in r["results"]))
-                   for r in found]
+        results = [pipeline.QueryResult(r["query"], tuple(pipeline.Hit(h["rank"], h["name"], h["score"], calibrated=h["calibrated"])
+                                                          for h in r["results"])) for r in found]
         return _write_results(args, results, read_info(args.index).image_root, None, text=True)
     index, info = pipeline.open_index(args.index, device=dev)  # a file, a sharded index (torchrun: this rank's part)
     model = None
@@ -111,6 +120,7 @@ def run(args) -> int:
     try:
         results = pipeline.search(index, info, queries.features, queries.names, topk=args.topk,
                                   exclude_self=args.exclude_self, query_root=queries.root, rerank=rerank,
+                                  keep_unscored=args.keep_unscored,
                                   expand=args.expand if rerank else 0, reranker=reranker)
     finally:
         if reranker is not None:
@@ -125,12 +135,19 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
     from .. import pipeline
     from ..errors import UsageError
 
+    if text and args.pairs:
+        raise UsageError("--pairs lists image pairs (hloc): text queries do not belong in it; use --json or --csv")
     if args.json:
         pipeline.write_json(results, args.json, db_root, query_root)
     if args.csv:
         pipeline.write_csv(results, args.csv)
     if args.pairs:
         pipeline.write_pairs(results, args.pairs)
+    n_hits = sum(len(r.hits) for r in results)
+    for path in (args.json, args.csv, args.pairs):
+        if path:
+            print(f"wrote {path} ({len(results)} quer{'y' if len(results) == 1 else 'ies'}, {n_hits} results)",
+                  file=sys.stderr)
     if args.plot:
         check_figure_path(args.plot)
         db_root = args.db_root or db_root
@@ -139,13 +156,11 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
                              "(or rebuild it with `lit index --image-root`)")
         from .. import viz
 
-        if text:  # a text query: a blank panel titled with the text
-            import torch
-
+        if text:  # a text query: its words in the query panel
             for res, path in zip(results, pipeline.plot_paths(args.plot, len(results)), strict=True):
                 hits = res.hits[: args.plot_topk]
-                fig = viz.plot_retrieval(torch.ones(3, 64, 64), [os.path.join(db_root, h.name) for h in hits],
-                                         scores=[h.score for h in hits], query_title=res.query[:40],
+                fig = viz.plot_retrieval(None, [os.path.join(db_root, h.name) for h in hits],
+                                         scores=[h.score for h in hits], query_title="text query", query_text=res.query,
                                          titles=[f"#{h.rank} {h.name}" for h in hits])
                 print(f"wrote {viz.save_figure(fig, path)}", file=sys.stderr)
         else:
@@ -156,5 +171,6 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
             print(res.query)
             for h in res.hits:
                 verified = f"  ({h.inliers} inliers)" if h.inliers else ""
-                print(f"  {h.rank:4d}  {h.score:.4g}  {h.name}{verified}")
+                calibrated = "" if h.calibrated is None else f"  (calibrated {h.calibrated:+.1f})"
+                print(f"  {h.rank:4d}  {h.score:.4g}{calibrated}  {h.name}{verified}")
     return 0

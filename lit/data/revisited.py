@@ -60,7 +60,9 @@ class RevisitedDataset:
         if not self.gnd_path.is_file():
             hint = (f"; download it with lit.data.download_dataset({name!r}, {str(self.root)!r})"
                     if name in REVISITED_NAMES else "")
-            raise NotFoundError(f"{self.gnd_path}: ground-truth file not found{hint}")
+            cli = f"; download it with `lit download {name} --root {self.root}`" if name in REVISITED_NAMES else ""
+            raise NotFoundError(f"{self.gnd_path}: ground-truth file not found{hint}",
+                                cli=f"{self.gnd_path}: ground-truth file not found{cli}")
         self.cfg: dict[str, Any] = load_ground_truth(self.gnd_path)
         #: True for classic Oxford5k/Paris6k ground truth (``ok``/``junk`` instead of easy/hard)
         self.classic = any("easy" not in g for g in self.cfg["gnd"])
@@ -168,7 +170,9 @@ def r1m_image_list(root: str | os.PathLike, list_file: str | os.PathLike | None 
     if not image_dir.is_dir():
         raise NotFoundError(
             f"{lst}: R1M image list not found (nor {image_dir}); download it with "
-            f"lit.data.download_dataset('revisitop1m', {str(root)!r})")
+            f"lit.data.download_dataset('revisitop1m', {str(root)!r})",
+            cli=f"{lst}: R1M image list not found (nor {image_dir}); download it with "
+                f"`lit download revisitop1m --root {root}`")
     warnings.warn(f"{lst} not found: listing {image_dir} in sorted order instead of the official order",
                   stacklevel=2)
     return sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file())

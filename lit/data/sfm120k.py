@@ -136,7 +136,9 @@ class SfM120k:
         if not self.db_path.is_file():
             raise NotFoundError(
                 f"{self.db_path}: SfM database file not found; download it with "
-                f"lit.data.download_dataset({name.lower()!r}, {str(self.root)!r})")
+                f"lit.data.download_dataset({name.lower()!r}, {str(self.root)!r})",
+                cli=f"{self.db_path}: SfM database file not found; download it with "
+                    f"`lit download {name.lower()} --root {self.root}`")
         if ims_root is None:
             ims_root = self.dir / "ims"
             fallback = self.root / "retrieval-SfM-120k" / "ims"

@@ -18,7 +18,8 @@ every policy exists once:
   ``lit add``, ``lit remove``);
 - :mod:`~lit.pipeline.results`: JSON, CSV and pairs files;
 - :mod:`~lit.pipeline.merge`: several feature files as one;
-- :mod:`~lit.pipeline.match`: two images matched under the model's own rule;
+- :mod:`~lit.pipeline.match`: images matched under the model's own rule (two, or the pairs
+  of a pairs file, written as JSON or hloc's HDF5 matches layout);
 - :mod:`~lit.pipeline.rerank`: the second stage of a search: geometric verification of the
   top of the ASMK list (its core in :mod:`~lit.pipeline.verify`) and query expansion.
 
@@ -58,7 +59,14 @@ from .index import (
     index_collection,
     make_index,
 )
-from .match import match_images
+from .match import (
+    PairMatches,
+    match_images,
+    match_pairs,
+    pair_key,
+    write_matches_h5,
+    write_matches_json,
+)
 from .merge import MergeSummary, merge_feature_files
 from .rerank import (
     DEFAULT_RERANK,
@@ -70,7 +78,15 @@ from .rerank import (
     search_reranker,
     verify_matches,
 )
-from .results import plot_paths, results_to_dict, scene_of, write_csv, write_json, write_pairs
+from .results import (
+    plot_paths,
+    read_pairs,
+    results_to_dict,
+    scene_of,
+    write_csv,
+    write_json,
+    write_pairs,
+)
 from .search import (
     Hit,
     Queries,
@@ -85,11 +101,13 @@ from .search import (
 
 __all__ = [
     "CODEBOOK_WORDS_PER_SQRT", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS", "SMALL_SET_RESTARTS",
-    "CodebookChoice", "DEFAULT_RERANK", "PairCheck", "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verify_matches", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary",
-    "PipelineError", "Queries", "QueryResult", "RankPartIndex", "build_index", "check_fingerprint", "choose_codebook",
+    "CodebookChoice", "DEFAULT_RERANK", "ExtractionSummary", "FingerprintError", "Hit", "IndexInfo", "IndexSummary",
+    "MatchRule", "MergeSummary", "PairCheck", "PairMatches", "PipelineError", "Queries", "QueryResult", "RankPartIndex",
+    "RerankSettings", "Reranker", "build_index", "check_fingerprint", "choose_codebook", "expand_query", "reranker_for",
+    "search_reranker", "verify_matches",
     "codebook_size", "common_root", "extract_to_file", "gather_images", "image_names", "index_collection",
-    "kmeans_restarts", "load_codebook", "make_index", "match_images", "merge_feature_files",
-    "model_fingerprint", "open_index", "plot_paths", "quantisation_error", "queries_from_features",
-    "queries_from_images", "rank_share", "results_to_dict", "scene_of", "search", "small_set_warning",
-    "train_codebook", "write_csv", "write_json", "write_pairs",
+    "kmeans_restarts", "load_codebook", "make_index", "match_images", "match_pairs", "merge_feature_files",
+    "model_fingerprint", "open_index", "pair_key", "plot_paths", "quantisation_error", "queries_from_features",
+    "queries_from_images", "rank_share", "read_pairs", "results_to_dict", "scene_of", "search", "small_set_warning",
+    "train_codebook", "write_csv", "write_json", "write_matches_h5", "write_matches_json", "write_pairs",
 ]

@@ -4,8 +4,10 @@ these)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -14,6 +16,8 @@ from .._image import display_name
 from ..asmk import ASMK
 from ..errors import NotFoundError, PipelineError, UsageError
 from ..index_file import load_index
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CODEBOOK_WORDS_PER_SQRT", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS", "SMALL_SET_RESTARTS",
@@ -86,9 +90,10 @@ def quantisation_error(descriptors: torch.Tensor, codebook: torch.Tensor, chunk:
 
 
 def train_codebook(descriptors, size: int, seed: int = 0, restarts: int | None = None,
-                   device: str | torch.device = "cpu", iterations: int = 20) -> torch.Tensor:
+                   device: str | torch.device = "cpu", iterations: int = 20, progress: bool = False) -> torch.Tensor:
     """k-means codebook, best of ``restarts`` runs (default :func:`kmeans_restarts`) by
-    :func:`quantisation_error`; run r uses seed ``seed * restarts + r``.
+    :func:`quantisation_error`; run r uses seed ``seed * restarts + r``. With ``progress``,
+    each finished run is logged with its time (the runs of large sets take minutes).
 
     Shape:
         - descriptors: :math:`(N, D)`; returns :math:`(K, D)` on ``device``.
@@ -98,10 +103,14 @@ def train_codebook(descriptors, size: int, seed: int = 0, restarts: int | None =
         raise UsageError(f"restarts must be >= 1, got {restarts}")
     best, best_err = None, math.inf
     for r in range(restarts):
+        t0 = time.perf_counter()
         cb = ASMK.train(descriptors, size=size, iterations=iterations, seed=seed * restarts + r, device=device).codebook
         err = quantisation_error(descriptors, cb) if restarts > 1 else 0.0
         if err < best_err:
             best, best_err = cb, err
+        if progress:
+            log.info(f"  k-means run {r + 1}/{restarts} done in {time.perf_counter() - t0:.1f} s"
+                     + (f" (quantisation error {err:.4g})" if restarts > 1 else ""))
     return best
 
 

@@ -267,8 +267,10 @@ def extract_to_file(
     with FeatureStore(out, "a", descriptor_dim=model.cfg.reduction_dim or model.cfg.lit.dim,
                       fingerprint=model_fingerprint(model, scales, features_num, image_size, amp=amp, half=half),
                       half=half, root=new_root,
-                      settings={"scales": list(scales), "features_num": features_num, "image_size": image_size}) as store:
+                      settings=_settings(model, scales, features_num, image_size, embedder)) as store:
         base = _names_root(store, root, default_root, paths)
+        if store.root is not None and len(store):
+            _check_under_stored_root(store, paths)
         todo = _plan(store, image_names(paths, base) if paths else [], paths, entries, retry_failed, summary)
         _extract(model, store, todo, summary, scales=scales, features_num=features_num, image_size=image_size,
                  amp=amp, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels, embedder=embedder,
@@ -318,6 +320,13 @@ def check_extraction_options(model, scales, features_num, image_size, *, batch_s
     if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
         raise _option("max_pixels", "--max-pixels", max_pixels, "None or an integer >= 1")
     return scales, int(features_num), None if image_size is None else int(image_size)
+def _settings(model, scales, features_num, image_size, embedder) -> dict:
+    """What a new feature file records of how it was made (``lit features info`` shows it)."""
+    settings = {"scales": list(scales), "features_num": features_num, "image_size": image_size}
+    if getattr(model, "source", None):
+        settings["model"] = model.source
+    settings["text_tower"] = getattr(embedder, "name", None)  # None: extracted without text embeddings
+    return settings
 
 
 def _make_folder(out: str) -> None:
@@ -343,6 +352,19 @@ def _names_root(store: FeatureStore, root, default_root, paths: Sequence[str]) -
         return stored
     given = root if root is not None else default_root
     return os.fspath(given) if given is not None else (common_root(paths) if paths else ".")
+
+
+def _check_under_stored_root(store: FeatureStore, paths: Sequence[str]) -> None:
+    """Refuse images outside the folder an existing file's names are relative to, saying
+    what to do instead (a new file, then a merge)."""
+    for p in paths:
+        rel = os.path.relpath(os.path.abspath(os.fspath(p)), store.root)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            msg = (f"{display_name(p)} is outside {display_name(store.root)}, the folder that the names in "
+                   f"{display_name(store.path)} are relative to: extract these images into a new feature file, "
+                   "then join the two with ")
+            raise FeatureFileError(msg + "lit.pipeline.merge_feature_files",
+                                   cli=msg + f"`lit features merge {display_name(store.path)} NEW.h5 --out ALL.h5`")
 
 
 def _plan(store: FeatureStore, names: Sequence[str], paths: Sequence[str], entries, retry_failed: bool,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -86,7 +87,7 @@ def choose_codebook(collection: FeatureCollection, *, codebook=None, codebook_so
     runs = kmeans_restarts(len(train))
     log.info(f"training a codebook of {k} words on {len(train)} descriptors"
              + (f" (best of {runs} k-means runs)" if runs > 1 else ""))
-    cb = train_codebook(train, k, seed=seed, restarts=runs, device=device, iterations=iterations)
+    cb = train_codebook(train, k, seed=seed, restarts=runs, device=device, iterations=iterations, progress=True)
     return CodebookChoice(cb, source, len(train))
 
 
@@ -104,8 +105,12 @@ def index_collection(codebook, collection: FeatureCollection, *, lo: int = 0, hi
     """
     if index is None:
         index = ASMK(codebook, device=device, **params)
+    hi_ = len(collection) if hi is None else hi
+    t0 = time.perf_counter()
+    log.info(f"quantising {collection.count_features(lo, hi_)} descriptors of {hi_ - lo} images into the index")
     for desc, ids in collection.iter_descriptors(lo, hi):
         index.add(desc, ids + id_offset)
+    log.info(f"  done in {time.perf_counter() - t0:.1f} s")
     return index
 
 

@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .._fileio import atomic_path
 from .._image import display_name
 from ..distributed import find_shards
@@ -25,6 +27,8 @@ class MergeSummary:
     duplicates: list[str] = field(default_factory=list)
     failed: int = 0
     root: str | None = None
+    #: global embeddings kept (text search): image tower -> images that have one
+    embeddings: dict[str, int] = field(default_factory=dict)
 
 
 def merge_feature_files(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> MergeSummary:
@@ -35,7 +39,9 @@ def merge_feature_files(inputs: Sequence[str | os.PathLike], out: str | os.PathL
 
     Names are re-based on the common folder of the inputs' roots (files without a
     recorded root keep their names); an image present in several inputs is stored once
-    (the first one wins); failures are kept unless the image is present in some input.
+    (the first one wins, with every field it has: super-features and the global
+    embeddings of each image tower, for text search); failures are kept unless the image
+    is present in some input.
 
     Raises:
         FeatureFileError: fewer than two inputs are readable feature files, fingerprints
@@ -74,16 +80,26 @@ def merge_feature_files(inputs: Sequence[str | os.PathLike], out: str | os.PathL
                                                    root=root, settings=first.settings or None) as dst:
             have: set[str] = set()
             failures: dict[str, str] = {}
+            embedded: dict[str, tuple[list[int], list[np.ndarray]]] = {}  # tower -> (rows of dst, embeddings)
             for st in stores:
                 rebase = (lambda n, st=st: image_names([os.path.join(st.root, n)], root)[0]) if root is not None else (lambda n: n)
                 st.all_descriptors()  # validates the whole file first
+                towers = {t: st.embeddings(t)[1:] for t in st.towers}  # tower -> (embeddings, valid)
                 for i, name in enumerate(st.names):
                     new = rebase(name)
                     if new in have:
                         summary.duplicates.append(new)
                         continue
                     have.add(new)
+                    for tower, (emb, valid) in towers.items():
+                        if valid[i]:
+                            rows, vecs = embedded.setdefault(tower, ([], []))
+                            rows.append(len(dst))
+                            vecs.append(emb[i])
                     dst.append(new, st[i])
+            for tower, (rows, vecs) in embedded.items():
+                dst.write_embeddings(rows, tower, np.stack(vecs))
+                summary.embeddings[tower] = len(rows)
                 for name, err in st.failed.items():
                     failures.setdefault(rebase(name), err)
             failures = {k: v for k, v in failures.items() if k not in have}

@@ -9,23 +9,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._fileio import atomic_write
+from .._image import display_name
+from ..errors import NotFoundError, PipelineError
 from .search import QueryResult
 
-__all__ = ["plot_paths", "results_to_dict", "scene_of", "write_csv", "write_json", "write_pairs"]
+__all__ = ["plot_paths", "read_pairs", "results_to_dict", "scene_of", "write_csv", "write_json", "write_pairs"]
 
 
 def _hit(h) -> dict:
     d = {"rank": h.rank, "name": h.name, "score": h.score}
     if getattr(h, "inliers", None) is not None:  # re-ranked: the verified matches
         d["inliers"] = h.inliers
+    if getattr(h, "calibrated", None) is not None:  # text queries: standard deviations above chance
+        d["calibrated"] = h.calibrated
     return d
 
 
 def results_to_dict(results: Sequence[QueryResult], db_root: str | None, query_root: str | None) -> dict:
     return {"db_root": db_root, "query_root": query_root,
             "score": "ASMK similarity (see `lit search --help`); higher is more similar, comparable within one query",
-            "queries": [{"query": r.query, "results": [_hit(h) for h in r.hits]}
-                        for r in results]}
+            "queries": [{"query": r.query, "results": [_hit(h) for h in r.hits]} for r in results]}
 
 
 def write_json(results: Sequence[QueryResult], path: str | os.PathLike, db_root: str | None = None,
@@ -38,28 +41,77 @@ def write_json(results: Sequence[QueryResult], path: str | os.PathLike, db_root:
 
 
 def write_csv(results: Sequence[QueryResult], path: str | os.PathLike) -> None:
-    """CSV with header ``query,rank,name,score`` (scores with 6 significant digits); file
+    """CSV with header ``query,rank,name,score`` (scores with 6 significant digits; text
+    queries add ``calibrated``); file
     names are written as bytes (surrogateescape), like the file system has them."""
     with atomic_write(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
-        w.writerow(["query", "rank", "name", "score"])
+        calibrated = any(h.calibrated is not None for r in results for h in r.hits)  # text queries
+        w.writerow(["query", "rank", "name", "score", *(["calibrated"] if calibrated else [])])
         for r in results:
             for h in r.hits:
-                w.writerow([r.query, h.rank, h.name, f"{h.score:.6g}"])
+                w.writerow([r.query, h.rank, h.name, f"{h.score:.6g}",
+                            *([f"{h.calibrated:.4g}" if h.calibrated is not None else ""] if calibrated else [])])
 
 
 def write_pairs(results: Sequence[QueryResult], path: str | os.PathLike) -> None:
-    """``query_name db_name`` per line (hloc / kapture pairs), each name relative to its root."""
+    """``query_name db_name`` per line (hloc's pairs list, which kapture's
+    ``kapture_import_image_pairs`` reads too), each name relative to its root.
+
+    hloc splits each line at white space, so a name with a space, tab or newline cannot be
+    written (there is no escape in the format): such a name is refused, nothing is written.
+
+    Raises:
+        PipelineError: a name holds white space.
+    """
+    for r in results:
+        for name in (r.query, *(h.name for h in r.hits)):
+            if any(c.isspace() for c in name):
+                raise PipelineError(f"{display_name(name)!r}: a pairs file (hloc) cannot hold names with spaces, as its "
+                                    "readers split lines at white space: rename the file, or write JSON or CSV instead")
     with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         for r in results:
             for h in r.hits:
                 f.write(f"{r.query} {h.name}\n")
 
 
+def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The ``(name_a, name_b)`` pairs of a pairs file (hloc / kapture: two names per line
+    separated by white space; blank lines and ``#`` comments skipped; names with ``/``).
+
+    Raises:
+        NotFoundError: no such file.
+        PipelineError: a line that does not hold exactly two names (the line number says
+            which; names with spaces cannot be written in this format).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise NotFoundError(f"{display_name(path)}: no such pairs file")
+    pairs = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            if len(fields) != 2:
+                raise PipelineError(f"{display_name(path)}, line {number}: expected two names separated by a space, "
+                                    f"got {len(fields)} fields ({display_name(line)!r}); names cannot hold spaces")
+            pairs.append((fields[0], fields[1]))
+    if not pairs:
+        raise PipelineError(f"{display_name(path)}: no pairs in the file")
+    return pairs
+
+
 def scene_of(name: str) -> str | None:
-    """The scene folder of a name (its first folder), ``None`` for a bare file name."""
-    parts = Path(name).parts
-    return parts[0] if len(parts) > 1 else None
+    """The scene of a stored name: the folder holding the photo (``a/b/c.jpg`` -> ``b``),
+    ``None`` for a bare file name.
+
+    The folder holding the photo, not the first one, so that names re-based by a merge
+    (``photos/church/1.jpg`` and ``photos2/church/2.jpg``) keep their scenes.
+    """
+    parent = Path(name).parent
+    return parent.name if parent.name else None
 
 
 def plot_paths(path: str | os.PathLike, n: int) -> list[str]:

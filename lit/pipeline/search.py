@@ -140,7 +140,9 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
     """Extract query images (files, folders, a list file) with ``model``.
 
     Names are relative to ``root`` when given, else to the deepest folder holding every
-    input (:func:`gather_images`), with ``/`` like stored names. Unreadable images are
+    input (:func:`gather_images`), with ``/`` like stored names; without ``root``, a name
+    given as files (not folders) keeps the folder holding its photo (``scene/02.jpg``
+    for the single file ``photos/scene/02.jpg``), its scene for the marks of plots. Unreadable images are
     skipped with a logged line.
 
     Raises:
@@ -149,6 +151,11 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
     """
     paths, common = gather_images(inputs, list_file)
     query_root = os.path.abspath(os.fspath(root)) if root is not None else common
+    if (root is None and common and not any(os.path.isdir(i) for i in inputs)
+            and any("/" not in n for n in image_names(paths, common))):
+        # photos given as files of one folder: keep the folder holding them in their names
+        # (``scene/02.jpg``, not ``02.jpg``), which is what marks results as the same scene
+        query_root = os.path.dirname(common.rstrip(os.sep)) or common
     rt = model.cfg.runtime
     scales = tuple(scales) if scales else rt.scales
     features_num = features_num or rt.features_num
@@ -173,12 +180,15 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
 @dataclass(frozen=True)
 class Hit:
     """One result: ``score`` is the ASMK score, or after re-ranking ``inliers + ASMK score`` for
-    a verified image; ``inliers``: its geometrically verified matches (``None``: not checked)."""
+    a verified image; ``inliers``: its geometrically verified matches (``None``: not checked);
+    ``calibrated``: the text-search score in standard deviations above chance
+    (:mod:`lit.text.calibration`), ``None`` for image queries."""
 
     rank: int
     name: str
     score: float
     inliers: int | None = None
+    calibrated: float | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,7 @@ def search(
     rerank: int = 0,
     expand: int = 0,
     reranker=None,
+    keep_unscored: bool = False,
 ) -> list[QueryResult]:
     """Rank the database for each query.
 
@@ -228,6 +239,9 @@ def search(
             verified images and search again (``0``: no expansion).
         reranker: the :class:`lit.pipeline.rerank.Reranker` that verifies (needed with
             ``rerank`` or ``expand``; :func:`lit.pipeline.rerank.reranker_for`).
+        keep_unscored: also list database images with score 0 (they share no visual word
+            with the query: their order is only the database order). By default a list
+            stops at the last positive score.
 
     Returns:
         One :class:`QueryResult` per query, hits best first, ranks from 1.
@@ -274,6 +288,9 @@ def search(
             out[qi][1:4] = ids, scores, inliers
     results = []
     for qname, ids, scores, inliers, _ in out:
+        if not keep_unscored:  # scores are sorted: the rest share no visual word with the query
+            cut = next((k for k, s in enumerate(scores) if not s > 0), len(scores))
+            ids, scores, inliers = ids[:cut], scores[:cut], inliers[:cut]
         hits = [Hit(r + 1, info.names[i], float(s), k) for r, (i, s, k) in enumerate(zip(ids, scores, inliers, strict=True))]
         results.append(QueryResult(qname, tuple(hits if topk is None else hits[:topk])))
     return results

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import NotFoundError, UsageError
 from ..index_file import read_text
+from .calibration import CONFIDENT_Z, calibrate, reference_scores
 from .factory import load_text_model
 from .model import TextModel
 
@@ -59,9 +60,14 @@ def search_index_by_text(index: str | os.PathLike, texts, model: TextModel | str
         topk: results per query (``None``: all).
 
     Returns:
-        ``(results, notes)``: one ``{"query": text, "results": [{"rank", "name", "score"}]}`` per
-        query (the shape of image search results), and remarks for the user (truncated or
-        non-English queries, photos without embeddings).
+        ``(results, notes)``: one ``{"query": text, "confident", "results": [{"rank", "name",
+        "score", "calibrated"}]}`` per query (the shape of image search results), and remarks
+        for the user (truncated or non-English queries, photos without embeddings, queries
+        without a confident result). ``score`` is the dot product in the joint space (the
+        ranking); ``calibrated`` is that score in standard deviations above the scores of
+        meaningless texts on the same photo (:mod:`lit.text.calibration`), comparable across
+        queries; ``confident``: the query's best calibrated score reaches
+        :data:`~lit.text.calibration.CONFIDENT_Z`.
 
     Raises:
         ValueError: empty query, index without embeddings, or a model of another image tower.
@@ -80,11 +86,20 @@ def search_index_by_text(index: str | os.PathLike, texts, model: TextModel | str
     dev = queries.embeddings.device
     image = model.image_space(torch.from_numpy(emb).to(dev))
     ranks, scores = rank_images(queries.embeddings, image, torch.from_numpy(valid).to(dev), topk)
+    z = calibrate(queries.embeddings @ image.T, reference_scores(model, image))
+    z = z.masked_fill(~torch.from_numpy(valid).to(z.device)[None], float("-inf"))
+    best_z = z.max(1).values.cpu().numpy()
+    z = z.gather(1, ranks).cpu().numpy()
     ranks, scores = ranks.cpu().numpy(), scores.cpu().numpy()
     results = []
     for qi, text in enumerate(queries.texts):
-        hits = [{"rank": r + 1, "name": names[int(ranks[qi, r])], "score": float(scores[qi, r])} for r in range(ranks.shape[1])]
-        results.append({"query": text, "results": hits})
+        hits = [{"rank": r + 1, "name": names[int(ranks[qi, r])], "score": float(scores[qi, r]),
+                 "calibrated": float(z[qi, r])} for r in range(ranks.shape[1])]
+        confident = bool(best_z[qi] >= CONFIDENT_Z)
+        results.append({"query": text, "results": hits, "confident": confident})
+        if not confident:
+            notes.append(f"no confident result for {text!r}: its best calibrated score is {best_z[qi]:.1f}, under "
+                         f"{CONFIDENT_Z:g} (meaningless, or nothing like it in the collection)")
     return results, notes
 
 

@@ -95,11 +95,52 @@ def train_from_config(config: str | os.PathLike, out: str | os.PathLike | None =
     note = prepare_out_dir(out, resume=resume, overwrite=overwrite)
     if note:
         log.info(note)
+    log.info(f"lit train: {config} -> {out}; building the model and the data (k-means and whitening on the "
+             "training photos can take a minute)")
     with cleanup_new_dirs(out):
         trainer = Trainer(cfg, out, device=device, resume=resume)
-    vset = trainer.validation
-    if vset is not None and cfg.validate_every and len(vset.db_paths) < MIN_VALIDATION_IMAGES:
-        log.warning(f"validation on {len(vset.db_paths)} images ({len(vset.queries)} queries): its mAP is noisy and "
-                    f"saturates at 100; hold out at least {MIN_VALIDATION_IMAGES} (data.val_images)")
-    trainer.fit()
+    handler = _log_file(trainer)
+    try:
+        _header(trainer)
+        vset = trainer.validation
+        if vset is not None and cfg.validate_every and len(vset.db_paths) < MIN_VALIDATION_IMAGES:
+            log.warning(f"validation on {len(vset.db_paths)} images ({len(vset.queries)} queries): its mAP is noisy and "
+                        f"saturates at 100; hold out at least {MIN_VALIDATION_IMAGES} (data.val_images)")
+        trainer.fit()
+    finally:
+        if handler is not None:
+            logging.getLogger("lit").removeHandler(handler)
+            handler.close()
     return trainer
+
+
+def _log_file(trainer: Trainer) -> logging.Handler | None:
+    """Everything lit logs during training also goes to ``train.log`` in the results folder
+    (main process), appended on ``--resume``."""
+    if not trainer.dist.is_main:
+        return None
+    handler = logging.FileHandler(trainer.out_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("lit")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+def _header(trainer: Trainer) -> None:
+    """What the run trains on: photos, scenes, the validation split, tuples per epoch."""
+    cfg, ds, vset = trainer.cfg, trainer.dataset, trainer.validation
+    n = len(ds.db)
+    scenes = len(set(ds.db.clusters))
+    o, d = cfg.optim, cfg.data
+    per_epoch = min(d.queries_per_epoch, n) if ds.db.pairs is None else min(d.queries_per_epoch, len(ds.db.pairs))
+    steps = per_epoch // o.tuples_per_step
+    log.info(f"training on {n} photos ({scenes} scenes or clusters) from {d.root or d.source}; validation: "
+             + (f"{len(vset.db_paths)} held-out photos, {len(vset.queries)} queries" if vset is not None else "none")
+             + f"; {steps * o.tuples_per_step} tuples per epoch ({steps} steps of {o.tuples_per_step}), "
+             f"{o.epochs} epochs; log in {trainer.out_dir / 'train.log'}")
+    if per_epoch < d.queries_per_epoch:
+        log.warning(f"data.queries_per_epoch={d.queries_per_epoch} but there are only {per_epoch} training queries: "
+                    f"each epoch uses every one once ({steps * o.tuples_per_step} tuples)")

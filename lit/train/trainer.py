@@ -83,7 +83,7 @@ from ..models.model import SuperFeatureModel, has_native_bf16
 from .config import LossConfig, TrainConfig, config_to_dict, save_config
 from .ddp import DistContext
 from .tuples import ImageDatabase, TrainingTuple, TupleDataset, ValidationSet, _seed, split_folder
-from .validation import validation_map
+from .validation import describe_rule_check, match_rule_check, validation_map
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch(\d{4,})\.pt$")
 _log = logging.getLogger(__name__)
@@ -539,15 +539,34 @@ class Trainer:
         in the metrics). Returns the metrics history.
         """
         epochs = self.cfg.optim.epochs if epochs is None else int(epochs)
+        before = None
         if self.epoch == 0 and not self.history and self._should_validate(0):
             record = {"epoch": 0, "val_map": self.validate()}
             self._record(record)
+            before = self._check_match_rule() if self.epoch < epochs else None
         while self.epoch < epochs:
             self.train_epoch()
+        meta = {"epoch": self.epoch}
+        after = self._check_match_rule() if before is not None or self._should_validate(self.epoch) else None
+        if after is not None:
+            meta["match_rule_check"] = {"before": before, "after": after}
+            self.log(describe_rule_check(after, before))
+            if self.dist.is_main and before is not None and (
+                    after["same_place_matched"] < before["same_place_matched"]
+                    or after["different_place_matched"] > before["different_place_matched"]):
+                _log.warning("the match rule kept from the initial model fits the trained model worse than it fitted "
+                             "the initial one (above): recalibrate it (weights/README.md) or pass --threshold / --margin "
+                             "to `lit match`")
         if self.dist.is_main:
-            save_checkpoint(self.model, self.out_dir / "model.pt", meta={"epoch": self.epoch})
+            save_checkpoint(self.model, self.out_dir / "model.pt", meta=meta)
         self.dist.barrier()
         return self.history
+
+    def _check_match_rule(self) -> dict | None:
+        """:func:`match_rule_check` of the model on the validation photos (main process)."""
+        if self.validation is None or not self.dist.is_main:
+            return None
+        return match_rule_check(self.model, self.validation)
 
     def _should_validate(self, epoch: int) -> bool:
         every = self.cfg.validate_every

@@ -76,3 +76,55 @@ def validation_map(
         q = global_descriptors(model, vset.load_query, range(len(vset.queries)), **kw)
     mean_ap, _ = mean_average_precision(q @ db.T, vset.positives, vset.junk)
     return mean_ap
+
+
+@torch.no_grad()
+def match_rule_check(model, vset: ValidationSet, max_queries: int = 12) -> dict:
+    """How the model's match rule (:meth:`SuperFeatureModel.match_rule`) does on validation photos.
+
+    For up to ``max_queries`` queries, the query is matched with its first positive (a
+    same-place pair) and with the first database image that is neither positive nor junk
+    (a different-place pair), under the model's own rule. A rule that still fits matches
+    most same-place pairs and few different-place ones.
+
+    Returns:
+        ``{"rule", "same_place_pairs", "same_place_matched", "different_place_pairs",
+        "different_place_matched", "same_place_matches", "different_place_matches"}``
+        (``*_matched``: pairs with at least one match; ``*_matches``: mean matches per pair).
+    """
+    rule = model.match_rule()
+    was_training = model.training
+    model.eval()
+    cache: dict[tuple[str, int], object] = {}
+
+    def feats(kind: str, i: int):
+        if (kind, i) not in cache:
+            img = vset.load_query(i) if kind == "q" else vset.load_db(i)
+            cache[(kind, i)] = model.extract(img.to(model.device))
+        return cache[(kind, i)]
+
+    same, different = [], []
+    for i, pos in enumerate(vset.positives[:max_queries]):
+        q = vset.queries[i]
+        positives = [p for p in pos if q.view_seed is not None or p != q.source]
+        if positives:
+            same.append(len(rule.match(feats("q", i), feats("db", positives[0]))))
+        excluded = set(pos) | set(vset.junk[i]) | {q.source}
+        others = [j for j in range(len(vset.db_paths)) if j not in excluded]
+        if others:
+            different.append(len(rule.match(feats("q", i), feats("db", others[0]))))
+    model.train(was_training)
+    return {"rule": rule.describe(),
+            "same_place_pairs": len(same), "same_place_matched": sum(n > 0 for n in same),
+            "same_place_matches": float(np.mean(same)) if same else float("nan"),
+            "different_place_pairs": len(different), "different_place_matched": sum(n > 0 for n in different),
+            "different_place_matches": float(np.mean(different)) if different else float("nan")}
+
+
+def describe_rule_check(check: dict, before: dict | None = None) -> str:
+    """One line for the training log: pairs matched under the rule (and at the start)."""
+    def part(key: str) -> str:
+        n, k = check[f"{key}_pairs"], check[f"{key}_matched"]
+        was = f", {before[f'{key}_matched']}/{before[f'{key}_pairs']} before training" if before else ""
+        return f"{k}/{n} {key.replace('_', '-')} pairs matched (mean {check[f'{key}_matches']:.1f} matches{was})"
+    return f"match rule ({check['rule']}) on validation photos: {part('same_place')}, {part('different_place')}"
