@@ -63,3 +63,10 @@ def test_wheel_contains_every_package_of_lit(wheel):
     assert not missing, f"add these packages to setup.cfg [options] packages: {missing}"
     modules = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "lit").rglob("*.py") if "__pycache__" not in p.parts)
     assert not [m for m in modules if m not in names]
+
+
+def test_wheel_contains_the_search_page(wheel):
+    names = set(wheel.namelist())
+    static = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "lit" / "serve" / "static").rglob("*") if p.is_file())
+    assert {"lit/serve/static/index.html", "lit/serve/static/app.js", "lit/serve/static/style.css"} <= set(static)
+    assert all(p in names for p in static)

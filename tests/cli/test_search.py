@@ -73,7 +73,7 @@ def test_search_prints_topk_excludes_self_and_one_name_convention(collection, tm
     shutil.copy(collection["index"], tmp_path / "copy.h5")
     out = tmp_path / "r.json"
     pairs = tmp_path / "p.txt"
-    proc = cli("search", tmp_path / "copy.h5", "--query-features", collection["feats"], "--exclude-self", "--topk", "3",
+    proc = cli("search", tmp_path / "copy.h5", "--query-features", collection["feats"], "--exclude-self", "--topk", "3", "--keep-unscored",
                "--json", out, "--pairs", pairs, "--verbose", "--device", "cpu")
     data = json.loads(out.read_text())
     assert data["db_root"] == str(collection["photos"])
@@ -84,7 +84,7 @@ def test_search_prints_topk_excludes_self_and_one_name_convention(collection, tm
     assert len(lines) == 4 * (1 + 3)  # every asked result printed
     assert sorted(q["query"] for q in data["queries"]) == ["a/1.jpg", "a/2.jpg", "b/1.jpg", "b/2.jpg"]
     # query images given as a folder: the same names (relative to that folder) and the same results
-    cli("search", tmp_path / "copy.h5", collection["photos"], "--exclude-self", "--topk", "3", "--model",
+    cli("search", tmp_path / "copy.h5", collection["photos"], "--exclude-self", "--topk", "3", "--keep-unscored", "--model",
         collection["models"][0], "--device", "cpu", "--json", tmp_path / "r2.json")
     data2 = json.loads((tmp_path / "r2.json").read_text())
     assert [q["query"] for q in data2["queries"]] == [q["query"] for q in data["queries"]]

@@ -36,4 +36,4 @@ def test_plot_paths_one_figure_per_query():
 
 
 def test_scene_of():
-    assert pipeline.scene_of("a/b/c.jpg") == "a" and pipeline.scene_of("c.jpg") is None
+    assert pipeline.scene_of("a/b/c.jpg") == "b" and pipeline.scene_of("c.jpg") is None

@@ -22,7 +22,7 @@ def test_fingerprint_check_refuses_or_warns(caplog):
 def test_search_matches_the_index_and_excludes_self(tmp_path):
     feats = write_feature_file(tmp_path / "f.h5")
     index, info = pipeline.build_index(tmp_path / "f.h5", size=8)
-    res = pipeline.search(index, info, feats, list(info.names), topk=None)
+    res = pipeline.search(index, info, feats, list(info.names), topk=None, keep_unscored=True)
     ranks, scores = index.search(torch.cat([f.descriptors for f in feats]),
                                  np.repeat(np.arange(4), 40), topk=None)
     for q, r in enumerate(res):
@@ -41,5 +41,5 @@ def test_exclude_self_by_real_path_when_roots_are_known(tmp_path):
     index, info = pipeline.build_index(tmp_path / "f.h5", size=8, image_root=tmp_path / "db")
     # the same image named from another root: db/scene_a/1.jpg == ./db/scene_a/1.jpg
     res = pipeline.search(index, info, feats[:1], ["db/scene_a/1.jpg"], topk=None, exclude_self=True,
-                          query_root=str(tmp_path))
+                          query_root=str(tmp_path), keep_unscored=True)
     assert "scene_a/1.jpg" not in [h.name for h in res[0].hits] and len(res[0].hits) == 3
