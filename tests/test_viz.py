@@ -14,8 +14,17 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import lit
-from lit.types import LocalFeatures, SuperFeatures
-from lit.viz import attention_centroids, plot_attention, plot_matches, plot_retrieval, save_figure
+from lit import viz
+from lit.errors import UsageError
+from lit.types import LocalFeatures, Matches, SuperFeatures
+from lit.viz import (
+    _short,
+    attention_centroids,
+    plot_attention,
+    plot_matches,
+    plot_retrieval,
+    save_figure,
+)
 
 PHOTOS = os.path.join(os.path.dirname(lit.__file__), "assets", "photos")  # bundled, with attribution
 SACRE_1 = os.path.join(PHOTOS, "sacre_coeur", "sacre_coeur1.jpg")  # 1024 x 731, landscape
@@ -124,7 +133,7 @@ def test_centroids_agree_with_model_convention():
 
 
 def test_plot_attention_shows_strongest_first(small_image, small_superfeatures, tmp_path):
-    fig = plot_attention(small_image, small_superfeatures, top=6, ncols=3)
+    fig = plot_attention(small_image, small_superfeatures, top=6, ncols=3, normalize="shared")
     check_png(fig, tmp_path / "att.png")
     order = torch.argsort(small_superfeatures.strengths, descending=True)[:6].tolist()
     panels = [ax for ax in fig.axes if ax.images]
@@ -137,7 +146,7 @@ def test_plot_attention_shows_strongest_first(small_image, small_superfeatures, 
 
 def test_plot_attention_uses_one_colour_scale(small_image, small_superfeatures):
     idx = [7, 0, 3]
-    fig = plot_attention(small_image, small_superfeatures, indices=idx)
+    fig = plot_attention(small_image, small_superfeatures, indices=idx, normalize="shared")
     overlays = [ax.images[1] for ax in fig.axes if ax.images]
     assert len(overlays) == 3
     vmax = float(small_superfeatures.attention[idx].max())
@@ -415,3 +424,102 @@ def test_svg_figures_are_accepted(tmp_path):
 
     path = save_figure(Figure(), tmp_path / "x.svg")
     assert open(path).read(200).lstrip().startswith("<?xml")
+
+
+# plot_attention: each map over its own peak by default (as the command line), and portrait
+# photos do not give a towering figure.
+
+def _sf(h, w, n=16):
+    att = torch.zeros(n, h, w)
+    att[:, 0, 0] = torch.linspace(1.0, 0.01, n)  # maps that peak in one cell, some very weakly
+    return SuperFeatures(torch.randn(n, 8), torch.linspace(2, 1, n), att)
+
+
+def test_default_normalises_each_map_by_its_own_peak():
+    fig = plot_attention(torch.rand(3, 64, 48), _sf(4, 3))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert any("peak" in t for t in titles), titles  # "each": the peak is written in every panel title
+
+
+def test_portrait_photo_panels_stay_about_two_inches_high():
+    w, h = plot_attention(torch.rand(3, 200, 100), _sf(8, 4)).get_size_inches()
+    assert h <= 4 * 2.5 + 0.5 and w <= 8.8
+
+
+# plot_matches draws the matches it is given, from raw positions or from Matches and LocalFeatures.
+
+def _feats(k):
+    return LocalFeatures(torch.randn(k, 8), torch.ones(k), torch.ones(k), torch.arange(k),
+                         torch.arange(2 * k, dtype=torch.float32).view(k, 2))
+
+
+def _lines(fig):
+    (lines,) = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    return lines
+
+
+def test_matches_under_a_model_rule_below_0_9_are_all_drawn():
+    fa, fb = _feats(5), _feats(6)
+    sim = torch.tensor([0.781, 0.76, 0.747])
+    m = Matches(torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5]), sim, torch.ones(3), torch.ones(3))
+    fig = plot_matches(torch.rand(3, 20, 20), torch.rand(3, 20, 20), fa, fb, m)
+    assert fig.axes[0].get_title().startswith("3 matches")
+    segments = _lines(fig).get_segments()
+    assert len(segments) == 3
+    # the least similar is drawn first: match (4, 5), from fa.positions[4] to fb.positions[5]
+    assert segments[0][0].tolist() == fa.positions[4].tolist()
+    raw = plot_matches(torch.rand(3, 20, 20), torch.rand(3, 20, 20), fa.positions[:3], fb.positions[:3], sim)
+    assert raw.axes[0].get_title().startswith("3 matches")
+
+
+def test_an_explicit_threshold_still_filters():
+    sim = torch.tensor([0.95, 0.8])
+    fig = plot_matches(torch.rand(3, 20, 20), torch.rand(3, 20, 20), torch.zeros(2, 2), torch.ones(2, 2), sim,
+                       threshold=0.9)
+    assert fig.axes[0].get_title().startswith("1 match")
+
+
+def test_features_without_their_matches_are_refused():
+    fa = _feats(3)
+    with pytest.raises(UsageError, match="give the Matches"):
+        plot_matches(torch.rand(3, 20, 20), torch.rand(3, 20, 20), fa, fa, torch.ones(3))
+
+
+# Retrieval figures keep the scene and the file of each name, and show a text query's words.
+
+def test_a_long_name_keeps_its_scene_and_file():
+    assert _short("#1 photos/wxbs-wlabs-dh/01.jpg", 22) == "#1 photos/\nwxbs-wlabs-dh/01.jpg"
+    short = _short("#2 a/b/c/d/e/f/g/h/i/j/k/l/m/scene/01.jpg", 14)
+    assert short.startswith("#2 …/") and short.endswith("scene/01.jpg") and short.count("\n") <= 2
+    assert _short("a church at night in the city of prague with snow", 22) == "a church at night in\nthe city of prague …"
+
+
+def test_text_query_panel_shows_the_words():
+    fig = plot_retrieval(None, [torch.rand(3, 20, 30)], scores=[0.5], query_title="text query",
+                         query_text="a church at night")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("a church at night" in t.replace("\n", " ") for t in texts)
+
+
+
+def _line_colours(fig):
+    from matplotlib.collections import LineCollection
+
+    cols = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    return np.concatenate([c.get_colors() for c in cols])
+
+
+def test_plot_matches_draws_inliers_and_outliers_in_two_colours():
+    img = torch.rand(3, 40, 60)
+    pa = torch.tensor([[5.0, 5.0], [20.0, 10.0], [30.0, 30.0], [50.0, 20.0]])
+    sim = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    inliers = torch.tensor([True, False, True, False])
+    fig = viz.plot_matches(img, img, pa, pa + 1, sim, threshold=None, inliers=inliers)
+    colours = {tuple(np.round(c, 3)) for c in _line_colours(fig)}
+    assert len(colours) == 2
+    assert "2 verified" in fig.axes[0].get_title() and "2 not" in fig.axes[0].get_title()
+    assert len(fig.axes) == 1  # no similarity colour bar
+    plain = viz.plot_matches(img, img, pa, pa + 1, sim, threshold=None)
+    assert len(plain.axes) == 2  # coloured by similarity, with its colour bar
+    with pytest.raises(ValueError, match="inlier"):
+        viz.plot_matches(img, img, pa, pa + 1, sim, threshold=None, inliers=inliers[:3])
