@@ -4,7 +4,10 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# the suite runs in ``PYTEST_XDIST_WORKER_COUNT`` processes (pytest-xdist, README's test command):
+# the cores are shared among them, so that torch's threads do not oversubscribe the machine
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture

@@ -192,13 +192,13 @@ def test_knn_on_the_fake_device_equals_cpu():
 
 
 def _train_photos(root, n=24):
-    from test_train import make_photos
+    from training import make_photos
 
     make_photos(root, n=n)
 
 
 def test_trainer_epoch_on_the_fake_device_matches_cpu(tmp_path):
-    from test_train import tiny_config_dict
+    from training import tiny_config_dict
 
     from lit.train import Trainer, config_from_dict
 

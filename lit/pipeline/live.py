@@ -420,14 +420,14 @@ class LiveIndex:
             }
 
     def search(self, queries, query_names: Sequence[str], *, topk: int | None = 10, exclude_self: bool = False,
-               query_root: str | None = None) -> list[QueryResult]:
+               query_root: str | None = None, keep_unscored: bool = False) -> list[QueryResult]:
         """Rank the photos for each query, as :func:`lit.pipeline.search.search` (queries are
         :class:`lit.types.LocalFeatures` of the index's model)."""
         self._ensure_loaded()
         with self._rw.read():
             info = replace(self._base, names=tuple(self._slot_names))
             return search(self._asmk, info, queries, query_names, topk=topk, exclude_self=exclude_self,
-                          query_root=query_root)
+                          query_root=query_root, keep_unscored=keep_unscored)
 
     def search_text(self, texts: Sequence[str], *, topk: int | None = 10) -> list[QueryResult]:
         """Rank the photos for each text by the text model (``text_model`` of :meth:`open`)."""

@@ -206,6 +206,9 @@ def create_app(service: SearchService, *, token: str | None = None, max_upload_b
         name: Annotated[str | None, Form(description="the name of a photo in the index")] = None,
         topk: Annotated[int, Form(description=f"results (1 to {MAX_TOPK})")] = 10,
         exclude_self: Annotated[bool, Form(description="leave the query photo itself out")] = False,
+        keep_unscored: Annotated[bool, Form(description="also list photos with score 0 (no visual word in common "
+                                                        "with the query; by default a list stops at the last "
+                                                        "positive score, as lit search)")] = False,
     ):
         given = [k for k, v in (("image", image), ("text", text), ("name", name)) if v is not None]
         if len(given) != 1:
@@ -213,10 +216,12 @@ def create_app(service: SearchService, *, token: str | None = None, max_upload_b
                              + (f" (got {', '.join(given)})" if given else ""))
         if image is not None:
             data = await image.read()
-            return await blocking(service.search_upload, data, image.filename, topk=topk, exclude_self=exclude_self)
+            return await blocking(service.search_upload, data, image.filename, topk=topk, exclude_self=exclude_self,
+                                  keep_unscored=keep_unscored)
         if text is not None:
             return await blocking(service.search_text, text, topk=topk)
-        return await blocking(service.search_name, name, topk=topk, exclude_self=exclude_self)
+        return await blocking(service.search_name, name, topk=topk, exclude_self=exclude_self,
+                              keep_unscored=keep_unscored)
 
     @app.get("/api/images", summary="the indexed photos' names")
     async def names(offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=10000)] = 100):

@@ -256,18 +256,20 @@ class SearchService:
 
         return self._uploads.get(key, make), label
 
-    def search_upload(self, data: bytes, filename: str | None, *, topk: int = 10, exclude_self: bool = False) -> dict:
+    def search_upload(self, data: bytes, filename: str | None, *, topk: int = 10, exclude_self: bool = False,
+                      keep_unscored: bool = False) -> dict:
         """Search with an uploaded photo; its name (for ``exclude_self``) is its file name."""
         check_topk(topk)
         feats, label = self._upload(data, filename, self._query, "features")
-        found = self.index.search([feats], [label], topk=topk, exclude_self=exclude_self)
+        found = self.index.search([feats], [label], topk=topk, exclude_self=exclude_self, keep_unscored=keep_unscored)
         return {"kind": "image", **self._results(found)}
 
-    def search_name(self, name: str, *, topk: int = 10, exclude_self: bool = False) -> dict:
+    def search_name(self, name: str, *, topk: int = 10, exclude_self: bool = False,
+                    keep_unscored: bool = False) -> dict:
         """Search with a photo already in the index."""
         check_topk(topk)
         feats = self._indexed_features(self._known(name))
-        found = self.index.search([feats], [name], topk=topk, exclude_self=exclude_self)
+        found = self.index.search([feats], [name], topk=topk, exclude_self=exclude_self, keep_unscored=keep_unscored)
         return {"kind": "name", **self._results(found)}
 
     def search_text(self, text: str, *, topk: int = 10) -> dict:

@@ -62,9 +62,10 @@ def test_extract_index_search_pipeline(tmp_path, folder, ckpt, cli):
     rows = list(csv.DictReader(res_csv.open()))
     assert [r["name"] for r in rows] == expected
     lines = pairs.read_text().splitlines()
-    # one name convention: the query relative to its root (the folder of the one query file), like the database names
-    assert [ln.split() for ln in lines] == [["good1.jpg", name] for name in expected]
-    assert json.loads(res_json.read_text())["query_root"] == str(folder)
+    # one name convention: the query relative to its root; a single query file keeps its folder (the folder above
+    # it is the root), so that its scene is known, like the database names
+    assert [ln.split() for ln in lines] == [[f"{folder.name}/good1.jpg", name] for name in expected]
+    assert json.loads(res_json.read_text())["query_root"] == str(folder.parent)
     assert Image.open(plot).size[0] > 200
 
 

@@ -28,7 +28,7 @@ def test_search_matches_the_index_and_excludes_self(tmp_path):
     for q, r in enumerate(res):
         assert [h.name for h in r.hits] == [info.names[i] for i in ranks[q].tolist()]
         np.testing.assert_allclose([h.score for h in r.hits], scores[q].numpy(), rtol=1e-6)
-    ex = pipeline.search(index, info, feats, list(info.names), topk=2, exclude_self=True)
+    ex = pipeline.search(index, info, feats, list(info.names), topk=2, exclude_self=True, keep_unscored=True)
     for q, r in enumerate(ex):
         assert len(r.hits) == 2 and info.names[q] not in [h.name for h in r.hits]
         assert [h.rank for h in r.hits] == [1, 2]

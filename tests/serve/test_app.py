@@ -38,22 +38,22 @@ def test_an_uploaded_photo_ranks_as_the_pipeline_ranks_it(shared_client, shared_
     import lit.pipeline as pipeline
 
     res = shared_client.post("/api/search", files={"image": ("DSC_0410.JPG", photo(built_index), "image/jpeg")},
-                             data={"topk": "8"})
+                             data={"topk": "8", "keep_unscored": "true"})
     assert res.status_code == 200, res.text
     body = res.json()
     assert body["query"] == "DSC_0410.JPG" and [r["rank"] for r in body["results"]] == list(range(1, 9))
     index, info = pipeline.open_index(built_index[1])
     q = pipeline.queries_from_images(shared_service.model, [str(built_index[0] / STREET)], info)
-    expected = pipeline.search(index, info, q.features, q.names, topk=8)[0]
+    expected = pipeline.search(index, info, q.features, q.names, topk=8, keep_unscored=True)[0]
     assert [r["name"] for r in body["results"]] == [h.name for h in expected.hits]
     assert [r["score"] for r in body["results"]] == pytest.approx([h.score for h in expected.hits])
     # the same photo by its name in the index: the same ranking
-    by_name = shared_client.post("/api/search", data={"name": STREET, "topk": "8"}).json()
+    by_name = shared_client.post("/api/search", data={"name": STREET, "topk": "8", "keep_unscored": "true"}).json()
     assert by_name["results"] == body["results"]
 
 
 def test_exclude_self_leaves_the_query_photo_out(shared_client):
-    res = shared_client.post("/api/search", data={"name": STREET, "topk": "8", "exclude_self": "true"}).json()
+    res = shared_client.post("/api/search", data={"name": STREET, "topk": "8", "exclude_self": "true", "keep_unscored": "true"}).json()
     names = [r["name"] for r in res["results"]]
     assert STREET not in names and len(names) == 7
 
@@ -177,7 +177,7 @@ def test_an_added_photo_is_found_persisted_and_gone_after_delete(client, service
     assert res.status_code == 201, res.text
     assert res.json() == {"name": "new/t.jpg", "replaced": False, "images": 9}
     assert (service.upload_dir / "new" / "t.jpg").read_bytes() == new
-    found = client.post("/api/search", files={"image": ("t.jpg", new, "image/jpeg")}, data={"topk": "9"}).json()
+    found = client.post("/api/search", files={"image": ("t.jpg", new, "image/jpeg")}, data={"topk": "9", "keep_unscored": "true"}).json()
     names = [r["name"] for r in found["results"]]
     assert "new/t.jpg" in names
     score = {r["name"]: r["score"] for r in found["results"]}
@@ -192,7 +192,7 @@ def test_an_added_photo_is_found_persisted_and_gone_after_delete(client, service
     gone = client.delete("/api/images/new/t.jpg")
     assert gone.status_code == 200 and gone.json() == {"removed": "new/t.jpg", "images": 8}
     assert not (service.upload_dir / "new" / "t.jpg").exists()
-    after = client.post("/api/search", files={"image": ("t.jpg", new, "image/jpeg")}, data={"topk": "9"}).json()
+    after = client.post("/api/search", files={"image": ("t.jpg", new, "image/jpeg")}, data={"topk": "9", "keep_unscored": "true"}).json()
     assert "new/t.jpg" not in [r["name"] for r in after["results"]] and len(after["results"]) == 8
     assert_error(client.get("/api/images/new/t.jpg"), 404)
     # an indexed photo of the image root: out of the index, its file untouched
@@ -228,7 +228,7 @@ def test_searches_run_alongside_adds_and_deletes_and_see_a_whole_index(client, i
 
     def reader(i):
         for _ in range(4):
-            res = (client.post("/api/search", data={"name": STREET, "topk": "20"}) if i % 2
+            res = (client.post("/api/search", data={"name": STREET, "topk": "20", "keep_unscored": "true"}) if i % 2
                    else client.post("/api/search", data={"text": "a house", "topk": "20"}))
             if res.status_code != 200:
                 failures.append(res.text)

@@ -35,10 +35,10 @@ def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model, cli):
     queries.write_text("a cat\n\n# comment\na cup of coffee\n")
     out = tmp_path / "r.json"
     cli("search", index, "--text", "a church", "--text-file", queries, "--json", out, "--topk", "2",
-        "--csv", tmp_path / "r.csv", "--pairs", tmp_path / "p.txt", "--plot", tmp_path / "r.png", "--db-root", photo_dir)
+        "--csv", tmp_path / "r.csv", "--plot", tmp_path / "r.png", "--db-root", photo_dir)
     res = json.loads(out.read_text())["queries"]  # lit.pipeline.write_json: {"db_root", "query_root", "queries"}
     assert [r["query"] for r in res] == ["a church", "a cat", "a cup of coffee"]
-    assert [sorted(h) for h in res[0]["results"]] == [["name", "rank", "score"]] * 2
+    assert [sorted(h) for h in res[0]["results"]] == [["calibrated", "name", "rank", "score"]] * 2
     assert res[0]["results"][0]["name"].startswith("sacre_coeur")
     assert [r["results"][0]["name"] for r in res[1:]] == ["cat.png", "coffee.png"]
     # the same search through the Python API
@@ -46,7 +46,8 @@ def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model, cli):
     assert [[h["name"] for h in r["results"]] for r in api] == [[h["name"] for h in r["results"]] for r in res]
     np.testing.assert_allclose([h["score"] for r in api for h in r["results"]],
                                [h["score"] for r in res for h in r["results"]], rtol=1e-5)
-    assert (tmp_path / "p.txt").read_text().splitlines()[0] == f"a church {res[0]['results'][0]['name']}"
+    refused = cli("search", index, "--text", "a church", "--pairs", tmp_path / "p.txt", ok=False)
+    assert refused.returncode == 2 and "text queries" in refused.stderr and not (tmp_path / "p.txt").exists()
     assert Image.open(tmp_path / "r_001.png").size[0] > 200  # one figure per query
     bad = cli("search", index, "--text", "  ", ok=False)
     assert bad.returncode == 2 and "empty" in bad.stderr
