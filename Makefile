@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/lit demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: install
 	$(BIN)/python -m pip install -q ruff
