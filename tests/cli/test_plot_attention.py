@@ -31,3 +31,15 @@ def test_plot_attention_options_are_honoured_or_refused(collection, tmp_path, mo
     assert "<svg" in (tmp_path / "att.svg").read_text()
     assert Image.open(out_dir / first.split()[-1]).size[0] > 200
     assert np.asarray(Image.open(out_dir / first.split()[-1]).convert("L")).std() > 10
+
+
+def test_a_scale_the_model_does_not_extract_is_drawn_with_a_warning(collection, tmp_path, cli):
+    img = tmp_path / "01.jpg"
+    shutil.copy(collection["photos"] / "a" / "1.jpg", img)
+    model = collection["models"][0]
+    common = ("plot-attention", img, "--model", model, "--device", "cpu", "--top", "2")
+    odd = cli(*common, "--scale", "1.5", "--out", tmp_path / "odd.png")
+    assert "warning: --scale 1.5 is outside the scales this model extracts" in odd.stderr
+    assert Image.open(tmp_path / "odd.png").size[0] > 100
+    usual = cli(*common, "--scale", "1", "--out", tmp_path / "usual.png")
+    assert "warning" not in usual.stderr
