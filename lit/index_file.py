@@ -363,6 +363,8 @@ def read_info(path: str | os.PathLike) -> IndexInfo:
         return info
     if len(infos) == 1:
         journal = read_journal(path, vectors=False, generation=infos[0].generation) if len(parts) == 1 else None
+        if journal is not None and journal.manifest.base != infos[0].generation:
+            return read_info(path)  # compacted while we read: the journal is the new base's, read that base
         return _live_info(infos[0], journal) if journal is not None else infos[0]
     first = infos[0]
     if any(i.fingerprint != first.fingerprint or i.image_root != first.image_root for i in infos[1:]):
@@ -406,6 +408,8 @@ def _load_live(path: str, device) -> tuple[ASMK, IndexInfo]:
                 break
             index = ASMK.from_group(f, device, source=path)
         journal = read_journal(path, generation=info.generation)
+        if journal is not None and journal.manifest.base != info.generation:
+            continue  # compacted while we read: this journal belongs to the new base, read it
         if journal is None:
             if _base_generation(path) != info.generation:
                 continue  # compacted while we read: read the new base
