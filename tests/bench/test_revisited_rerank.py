@@ -4,23 +4,11 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
+from photo_folders import landmark_view, texture
 
 from lit.bench.revisited import RevisitedConfig, run_revisited
 from lit.errors import UsageError
 from lit.models import save_checkpoint
-
-
-def _texture(rng, size=(96, 72)):
-    small = rng.random((6, 8, 3))
-    return np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize(size, Image.BICUBIC))
-
-
-def _view(base, rng):
-    h, w, _ = base.shape
-    dx, dy = rng.integers(0, 8, 2)
-    crop = base[dy:h - 8 + dy, dx:w - 8 + dx].astype(np.float64) + rng.normal(0, 6, (h - 8, w - 8, 3))
-    return Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((w, h))
 
 
 @pytest.fixture
@@ -29,15 +17,15 @@ def tiny_dataset(tmp_path, tiny_model):
     root = tmp_path / "data"
     jpg = root / "tinyox" / "jpg"
     jpg.mkdir(parents=True)
-    bases = [_texture(rng) for _ in range(3)]
+    bases = [texture(rng) for _ in range(3)]
     imlist, labels, qimlist, gnd = [], [], [], []
     for li, base in enumerate(bases):
         for k in range(4):
-            _view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
+            landmark_view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
             imlist.append(f"land{li}_{k}")
             labels.append(li)
     for li, base in enumerate(bases):
-        _view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
+        landmark_view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
         qimlist.append(f"query{li}")
         same = [i for i, lab in enumerate(labels) if lab == li]
         gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": same[:2], "hard": same[2:3], "junk": same[3:]})
