@@ -36,3 +36,16 @@ def landmark_view(base, rng):
     crop = base[dy:h - 8 + dy, dx:w - 8 + dx].astype(np.float64)
     crop = crop + rng.normal(0, 6, crop.shape)
     return Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((w, h))
+
+
+def two_scene_photos(folder):
+    """Two scenes of two overlapping crops each (a/1.jpg, a/2.jpg: Sacre-Coeur; b/...: a
+    terrace), 160 x 120 cuts of the bundled photos. Returns ``folder``."""
+    from paths import PHOTOS
+
+    for scene, src in (("a", "sacre_coeur/sacre_coeur1.jpg"), ("b", "terrace/terrace0.jpg")):
+        (folder / scene).mkdir(parents=True)
+        img = Image.open(os.path.join(PHOTOS, src)).convert("RGB").resize((160, 120))
+        img.crop((0, 0, 140, 110)).save(folder / scene / "1.jpg")
+        img.crop((15, 8, 160, 120)).save(folder / scene / "2.jpg")
+    return folder

@@ -1,12 +1,10 @@
 """Fixtures of the command-line tests."""
 
-import os
 
 import pytest
 import torch
 from cli_runner import run_lit as run
-from paths import PHOTOS
-from PIL import Image
+from photo_folders import two_scene_photos
 
 from lit.models import SuperFeatureModel, save_checkpoint
 
@@ -25,12 +23,7 @@ def collection(tmp_path_factory):
         torch.manual_seed(seed)
         paths[seed] = tmp / f"model{seed}.pt"
         save_checkpoint(SuperFeatureModel(cfg).eval(), paths[seed])
-    photos = tmp / "photos"
-    for scene, src in (("a", "sacre_coeur/sacre_coeur1.jpg"), ("b", "terrace/terrace0.jpg")):
-        (photos / scene).mkdir(parents=True)
-        img = Image.open(os.path.join(PHOTOS, src)).convert("RGB").resize((160, 120))
-        img.crop((0, 0, 140, 110)).save(photos / scene / "1.jpg")
-        img.crop((15, 8, 160, 120)).save(photos / scene / "2.jpg")
+    photos = two_scene_photos(tmp / "photos")
     feats = tmp / "feats.h5"
     run("extract", photos, "--out", feats, "--model", paths[0], "--device", "cpu", "--quiet")
     index = tmp / "index.h5"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from PIL import Image
+from photo_folders import two_scene_photos
 
 from lit.cli import main
 from lit.models import (
@@ -29,12 +29,7 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     ckpt = tmp / "model.pt"
     save_checkpoint(SuperFeatureModel(cfg).eval(), ckpt)
-    photos = tmp / "photos"
-    for scene, src in (("a", "sacre_coeur/sacre_coeur1.jpg"), ("b", "terrace/terrace0.jpg")):
-        (photos / scene).mkdir(parents=True)
-        img = Image.open(os.path.join(PHOTOS, src)).convert("RGB").resize((160, 120))
-        img.crop((0, 0, 140, 110)).save(photos / scene / "1.jpg")
-        img.crop((15, 8, 160, 120)).save(photos / scene / "2.jpg")
+    photos = two_scene_photos(tmp / "photos")
     feats, index = tmp / "feats.h5", tmp / "index.h5"
     assert main(["extract", str(photos), "--out", str(feats), "--model", str(ckpt), "--device", "cpu", "--quiet"]) == 0
     assert main(["index", str(feats), "--out", str(index), "--device", "cpu", "--image-root", str(photos)]) == 0
