@@ -49,3 +49,30 @@ def two_scene_photos(folder):
         img.crop((0, 0, 140, 110)).save(folder / scene / "1.jpg")
         img.crop((15, 8, 160, 120)).save(folder / scene / "2.jpg")
     return folder
+
+
+def revisited_dataset(root, rng, landmarks=3, views=4, name="tinyox"):
+    """A tiny dataset in the revisited benchmark's on-disk layout under ``root/name``:
+    ``landmarks`` textures with ``views`` database photos and one query each (jpg/), and
+    gnd_<name>.pkl whose easy / hard / junk lists are the first ``views - 2``, the next and
+    the last photos of the query's landmark. Drawn from ``rng`` in that order."""
+    import pickle
+
+    jpg = root / name / "jpg"
+    jpg.mkdir(parents=True)
+    bases = [texture(rng) for _ in range(landmarks)]
+    imlist, labels, qimlist, gnd = [], [], [], []
+    for li, base in enumerate(bases):
+        for k in range(views):
+            landmark_view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
+            imlist.append(f"land{li}_{k}")
+            labels.append(li)
+    for li, base in enumerate(bases):
+        landmark_view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
+        qimlist.append(f"query{li}")
+        same = [i for i, lab in enumerate(labels) if lab == li]
+        gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": same[:views - 2],
+                    "hard": same[views - 2:views - 1], "junk": same[views - 1:]})
+    with open(root / name / f"gnd_{name}.pkl", "wb") as f:
+        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    return root

@@ -342,27 +342,9 @@ def test_cli_extract_rerun_with_amp_is_a_clear_error(tmp_path, images_dir, ckpt,
 
 @pytest.fixture
 def tiny_world(tmp_path, tiny_model):
-    import pickle
+    from photo_folders import revisited_dataset
 
-    from photo_folders import landmark_view, texture
-
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    jpg = root / "tinyox" / "jpg"
-    jpg.mkdir(parents=True)
-    imlist, gnd = [], []
-    bases = [texture(rng) for _ in range(2)]
-    for li, base in enumerate(bases):
-        for k in range(3):
-            landmark_view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
-            imlist.append(f"land{li}_{k}")
-    qimlist = []
-    for li, base in enumerate(bases):
-        landmark_view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
-        qimlist.append(f"query{li}")
-        gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": [3 * li], "hard": [3 * li + 1], "junk": [3 * li + 2]})
-    with open(root / "tinyox" / "gnd_tinyox.pkl", "wb") as f:
-        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    root = revisited_dataset(tmp_path / "data", np.random.default_rng(0), landmarks=2, views=3)
     ckpt = tmp_path / "model.pt"
     save_checkpoint(tiny_model, ckpt)
     return root, ckpt

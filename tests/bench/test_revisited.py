@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from photo_folders import landmark_view, texture
+from photo_folders import revisited_dataset, texture
 from PIL import Image
 
 from lit.models import save_checkpoint
@@ -17,25 +17,7 @@ from lit.models import save_checkpoint
 def tiny_world(tmp_path, tiny_model):
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
-    jpg = root / "tinyox" / "jpg"
-    jpg.mkdir(parents=True)
-    bases = [texture(rng) for _ in range(3)]
-    imlist, labels = [], []
-    for li, base in enumerate(bases):
-        for k in range(4):
-            name = f"land{li}_{k}"
-            landmark_view(base, rng).save(jpg / f"{name}.jpg", quality=95)
-            imlist.append(name)
-            labels.append(li)
-    qimlist, gnd = [], []
-    for li, base in enumerate(bases):
-        name = f"query{li}"
-        landmark_view(base, rng).save(jpg / f"{name}.jpg", quality=95)
-        qimlist.append(name)
-        same = [i for i, lab in enumerate(labels) if lab == li]
-        gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": same[:2], "hard": same[2:3], "junk": same[3:]})
-    with open(root / "tinyox" / "gnd_tinyox.pkl", "wb") as f:
-        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    revisited_dataset(root, rng)
     # an SfM-120k style database for the codebook
     sfm = root / "retrieval-SfM-120k"
     cids = [f"{i:08x}abcdef" for i in range(6)]

@@ -1,10 +1,8 @@
 """The revisited benchmark with re-ranking, on a tiny dataset in the real on-disk formats."""
 
-import pickle
-
 import numpy as np
 import pytest
-from photo_folders import landmark_view, texture
+from photo_folders import revisited_dataset
 
 from lit.bench.revisited import RevisitedConfig, run_revisited
 from lit.errors import UsageError
@@ -15,22 +13,7 @@ from lit.models import save_checkpoint
 def tiny_dataset(tmp_path, tiny_model):
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
-    jpg = root / "tinyox" / "jpg"
-    jpg.mkdir(parents=True)
-    bases = [texture(rng) for _ in range(3)]
-    imlist, labels, qimlist, gnd = [], [], [], []
-    for li, base in enumerate(bases):
-        for k in range(4):
-            landmark_view(base, rng).save(jpg / f"land{li}_{k}.jpg", quality=95)
-            imlist.append(f"land{li}_{k}")
-            labels.append(li)
-    for li, base in enumerate(bases):
-        landmark_view(base, rng).save(jpg / f"query{li}.jpg", quality=95)
-        qimlist.append(f"query{li}")
-        same = [i for i, lab in enumerate(labels) if lab == li]
-        gnd.append({"bbx": np.array([4.0, 2.0, 90.0, 70.0]), "easy": same[:2], "hard": same[2:3], "junk": same[3:]})
-    with open(root / "tinyox" / "gnd_tinyox.pkl", "wb") as f:
-        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    revisited_dataset(root, rng)
     ckpt = tmp_path / "model.pt"
     save_checkpoint(tiny_model, ckpt)
     np.save(tmp_path / "codebook.npy", rng.standard_normal((8, tiny_model.cfg.reduction_dim)).astype(np.float32))
