@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
 import warnings
 from collections.abc import Sequence
 
@@ -27,17 +30,35 @@ DEFAULT_MAX_PIXELS = 180_000_000
 _REDUCE_PIXELS = 64_000_000  # above this, resize_max box-reduces before Lanczos
 
 
-def display_name(name: str | bytes | os.PathLike) -> str:
-    """A printable, valid-UTF-8 form of a file name, for messages, JSON and CSV.
+#: Characters that would change what a terminal shows or split a line: C0 and C1 controls,
+#: DEL, line and paragraph separators, and bidirectional overrides.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
-    Names that are valid UTF-8 are returned unchanged; bytes that are not (a Latin-1
-    ``caf\\xe9.jpg`` read by Python as ``'caf\\udce9.jpg'``) are written as ``\\xNN``.
-    The stored name itself keeps the exact bytes (:func:`encode_name`).
+
+def _escape_char(match: re.Match) -> str:
+    c = match.group()
+    if c in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}"
+
+
+def display_name(name: str | bytes | os.PathLike) -> str:
+    """A printable, one-line, valid-UTF-8 form of a file name (or any text a user gave), for
+    messages, the console, JSON and CSV: the one rule of how lit shows names.
+
+    Names that are valid UTF-8 and printable are returned unchanged. Bytes that are not
+    UTF-8 (a Latin-1 ``caf\\xe9.jpg`` read by Python as ``'caf\\udce9.jpg'``) are written
+    as ``\\xNN``; control characters as ``\\n``, ``\\t``, ``\\r``, ``\\xNN`` (below 0x80)
+    or ``\\uNNNN`` (C1 controls, line separators, bidirectional overrides), so that a name
+    never splits a line or drives the terminal. The stored name itself keeps the exact bytes
+    (:func:`encode_name`); JSON results add them where the shown name differs
+    (:func:`lit.pipeline.results_to_dict`).
     """
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
-    return raw.decode("utf-8", "backslashreplace")
+    return _UNPRINTABLE.sub(_escape_char, raw.decode("utf-8", "backslashreplace"))
 
 
 def encode_name(name: str | os.PathLike) -> bytes:
@@ -52,6 +73,49 @@ def decode_name(raw: bytes) -> str:
 
 def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} MP"
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def missing_problem(path: str | os.PathLike) -> str:
+    """Why ``path`` cannot be reached, for a path that ``os.stat`` refuses: ``symlink loop``,
+    ``broken symlink``, ``permission denied`` or ``no such file``."""
+    path = os.fspath(path)
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop (a symbolic link that leads back to itself)"
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            return f"broken symlink (it points to {display_name(os.readlink(path))}, which does not exist)"
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied"
+        if err.errno == errno.ENOTDIR:
+            return "no such file (a part of the path is not a folder)"
+        if err.errno != errno.ENOENT:
+            return display_name(err.strerror or str(err))
+    return "no such file"
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """What keeps ``path`` from being read as an image file, without opening it (a FIFO
+    would block): ``None`` for a non-empty regular file (or a link to one), else e.g.
+    ``no such file``, ``symlink loop``, ``a folder, not an image file``, ``not a regular
+    file (a FIFO (named pipe))``, ``empty file (0 bytes)``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return missing_problem(path)
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
+        return f"not a regular file ({kind})"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
 
 
 def open_image(path: str | os.PathLike, image_size: int | None = None,
@@ -74,12 +138,9 @@ def open_image(path: str | os.PathLike, image_size: int | None = None,
     """
     path = os.fspath(path)
     shown = display_name(path)
-    if not os.path.exists(path):
-        raise ImageReadError(f"{shown}: no such file")
-    if os.path.isdir(path):
-        raise ImageReadError(f"{shown}: a folder, not an image file")
-    if os.path.getsize(path) == 0:
-        raise ImageReadError(f"{shown}: empty file (0 bytes)")
+    problem = file_problem(path)
+    if problem is not None:
+        raise ImageReadError(f"{shown}: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -88,7 +149,7 @@ def open_image(path: str | os.PathLike, image_size: int | None = None,
                 img = Image.open(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
-        with img:
+        try:
             w, h = img.size
             if w < 1 or h < 1:
                 raise ImageReadError(f"{shown}: empty image ({w}x{h} pixels)")
@@ -105,8 +166,20 @@ def open_image(path: str | os.PathLike, image_size: int | None = None,
                     "raise it with --max-pixels)"
                 )
             img.load()
-            out = ImageOps.exif_transpose(img)
-            return img.copy() if out is None or out is img else out
+        except BaseException:
+            img.close()
+            raise
+        # one decoded copy of the pixels at a time: the rotated image replaces the decoded one,
+        # and a file that load() has closed is returned as it is (no copy)
+        out = ImageOps.exif_transpose(img)
+        if out is not None and out is not img:
+            img.close()
+            return out
+        if getattr(img, "fp", None) is None:
+            return img
+        copy = img.copy()  # multi-frame files (GIF, TIFF) stay open after load(): close the file
+        img.close()
+        return copy
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -152,6 +225,18 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def _target_size(w: int, h: int, image_size: int) -> tuple[int, int]:
+    ratio = image_size / max(w, h)
+    return max(1, round(w * ratio)), max(1, round(h * ratio))
+
+
+def _box_factor(w: int, h: int, image_size: int) -> int:
+    """The box reduction applied before Lanczos: only for very large images (more than
+    ``_REDUCE_PIXELS``), by an integer factor that keeps at least twice the target size."""
+    factor = max(w, h) // (2 * image_size)
+    return factor if w * h > _REDUCE_PIXELS and factor >= 2 else 1
+
+
 def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
     """Downscale (never upscale) so that the longer side is at most ``image_size``.
 
@@ -160,19 +245,59 @@ def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
     if image_size is None:
         return img
     w, h = img.size
-    longer = max(w, h)
-    if longer <= image_size:
+    if max(w, h) <= image_size:
         return img
-    ratio = image_size / longer
-    size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+    size = _target_size(w, h, image_size)
     if img.mode not in ("RGB", "L", "RGBA", "LA", "F"):  # Lanczos needs 8-bit or float bands
         img = img.convert("F") if img.mode.startswith("I") else img.convert("RGB")
-    factor = longer // (2 * image_size)
-    if w * h > _REDUCE_PIXELS and factor >= 2:
+    factor = _box_factor(w, h, image_size)
+    if factor > 1:
         # very large images: a box reduction first (still at least twice the target size),
         # then Lanczos; ordinary photos are resized by Lanczos alone
         return img.reduce(factor).resize(size, Image.LANCZOS)
     return img.resize(size, Image.LANCZOS)
+
+
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_STRIP_PIXELS = 4_000_000  # pixels converted to float at a time by _deep_to_float
+
+
+def _as_float(img: Image.Image) -> Image.Image:
+    try:
+        return img.convert("F")
+    except ValueError:  # pragma: no cover - a 16-bit layout PIL converts through "I" only
+        return img.convert("I").convert("F")
+
+
+def _deep_to_float(img: Image.Image, image_size: int | None) -> Image.Image:
+    """A 16/32-bit grey image as a float (``F``) image of its raw values, resized like
+    :func:`resize_max`, without a float copy of a very large image: one that is box-reduced
+    first is converted and reduced in strips of whole reduction blocks, so memory stays
+    near the decoded size (2 bytes a pixel for 16-bit) instead of 4-8 times it."""
+    w, h = img.size
+    if image_size is None or max(w, h) <= image_size:
+        return _as_float(img)
+    size = _target_size(w, h, image_size)
+    factor = _box_factor(w, h, image_size)
+    if factor == 1:
+        return _as_float(img).resize(size, Image.LANCZOS)
+    small = Image.new("F", (-(-w // factor), -(-h // factor)))
+    rows = max(1, _STRIP_PIXELS // (w * factor)) * factor
+    for top in range(0, h, rows):
+        strip = _as_float(img.crop((0, top, w, min(h, top + rows)))).reduce(factor)
+        small.paste(strip, (0, top // factor))
+    return small.resize(size, Image.LANCZOS)
+
+
+def _deep_to_tensor(img: Image.Image, image_size: int | None) -> torch.Tensor:
+    """16/32-bit grey (``I;16``, ``I``) to RGB in ``[0, 1]``, resized at full precision."""
+    if img.mode.startswith("I;16"):
+        peak = 65535.0
+    else:  # "I": 16-bit values unless every value fits 8 bits
+        peak = 65535.0 if (img.getextrema()[1] or 0) > 255 else 255.0
+    grey = np.asarray(_deep_to_float(img, image_size), dtype=np.float32).astype(np.float64) / peak
+    t = torch.from_numpy(np.ascontiguousarray(np.clip(grey, 0.0, 1.0).astype(np.float32)))
+    return t.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
 def load_image(
@@ -182,6 +307,11 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Load a path or PIL image as the network input of SPEC section 1.
+
+    Memory: besides the decoded file (width x height x 1 byte for grey, 2 for 16-bit grey,
+    4 for RGB and RGBA: at most 720 MB at :data:`DEFAULT_MAX_PIXELS`), only the reduced
+    image is held: very large images are box-reduced before any conversion to float or
+    RGB (16-bit ones in strips), and large JPEGs are decoded reduced (:func:`open_image`).
 
     Args:
         image: path or PIL image.
@@ -205,31 +335,46 @@ def load_image(
         if not (x2 > x1 and y2 > y1):
             raise UsageError(f"invalid bounding box {tuple(bbox)}: need x2 > x1 and y2 > y1")
         img = img.crop((round(x1), round(y1), round(x2), round(y2)))
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # keep 16-bit precision through the resize by going through float
-        t = pil_to_tensor(img)
-        if image_size is not None and max(img.size) > image_size:
-            gray = Image.fromarray(t[0].numpy(), mode="F")
-            return pil_to_tensor(resize_max(gray, image_size))
-        return t
+    if img.mode in _DEEP_MODES:  # keep 16-bit precision through the resize by going through float
+        return _deep_to_tensor(img, image_size)
     return pil_to_tensor(resize_max(img, image_size))
+
+
+def scan_images(folder: str | os.PathLike, recursive: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image-like files under ``folder`` (by extension, sorted; unreadable ones are kept, so
+    that extraction can report them) and what the scan left out, with the reason: files
+    without an image extension (``garbage.heic``) and folders named like images
+    (``x.jpg/``, whose contents are still searched).
+
+    Returns:
+        ``(images, ignored)``: paths, and ``(path, reason)`` pairs, both sorted by path.
+
+    Raises:
+        UsageError: ``folder`` is not a folder.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise UsageError(f"{display_name(folder)}: not a directory")
+    images, ignored = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for d in dirs:
+            if d.lower().endswith(IMAGE_EXTENSIONS):
+                ignored.append((os.path.join(root, d), "a folder"))
+        for f in files:
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(os.path.join(root, f))
+            else:
+                ignored.append((os.path.join(root, f), "not an image extension"))
+        if not recursive:
+            break
+    return sorted(images), sorted(ignored)
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
     """Sorted image-like files under ``folder`` (by extension; unreadable ones are kept,
-    so that extraction can report them)."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise UsageError(f"{folder}: not a directory")
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for f in files:
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(os.path.join(root, f))
-        if not recursive:
-            break
-    return sorted(out)
+    so that extraction can report them). :func:`scan_images` also says what was left out."""
+    return scan_images(folder, recursive)[0]
 
 
 def difference_hash(image: str | os.PathLike | Image.Image, size: int = 8) -> int:
