@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import warnings
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._names import decode_name, display_name, encode_name  # noqa: F401  (re-exported)
 from .errors import ImageReadError, ImageTooLargeError, ImageTooSmallError, UsageError  # noqa: F401  (re-exported)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -28,47 +28,6 @@ DEFAULT_MAX_PIXELS = 180_000_000
 
 
 _REDUCE_PIXELS = 64_000_000  # above this, resize_max box-reduces before Lanczos
-
-
-#: Characters that would change what a terminal shows or split a line: C0 and C1 controls,
-#: DEL, line and paragraph separators, and bidirectional overrides.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(match: re.Match) -> str:
-    c = match.group()
-    if c in _SHORT_ESCAPES:
-        return _SHORT_ESCAPES[c]
-    return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}"
-
-
-def display_name(name: str | bytes | os.PathLike) -> str:
-    """A printable, one-line, valid-UTF-8 form of a file name (or any text a user gave), for
-    messages, the console, JSON and CSV: the one rule of how lit shows names.
-
-    Names that are valid UTF-8 and printable are returned unchanged. Bytes that are not
-    UTF-8 (a Latin-1 ``caf\\xe9.jpg`` read by Python as ``'caf\\udce9.jpg'``) are written
-    as ``\\xNN``; control characters as ``\\n``, ``\\t``, ``\\r``, ``\\xNN`` (below 0x80)
-    or ``\\uNNNN`` (C1 controls, line separators, bidirectional overrides), so that a name
-    never splits a line or drives the terminal. The stored name itself keeps the exact bytes
-    (:func:`encode_name`); JSON results add them where the shown name differs
-    (:func:`lit.pipeline.results_to_dict`).
-    """
-    if isinstance(name, os.PathLike):
-        name = os.fspath(name)
-    raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
-    return _UNPRINTABLE.sub(_escape_char, raw.decode("utf-8", "backslashreplace"))
-
-
-def encode_name(name: str | os.PathLike) -> bytes:
-    """The exact bytes of a file name (``os.fsencode``: undecodable bytes survive)."""
-    return os.fsencode(name)
-
-
-def decode_name(raw: bytes) -> str:
-    """Inverse of :func:`encode_name`: the ``str`` that ``open`` and ``os.listdir`` use."""
-    return os.fsdecode(bytes(raw))
 
 
 def _megapixels(n: int) -> str:

@@ -76,7 +76,7 @@ from ._hdf5 import (
     translating,
     write_errno,
 )
-from ._image import decode_name, display_name, encode_name
+from ._names import decode_name, display_name, encode_name
 from .distributed import find_shards
 from .errors import FeatureFileError, LitError, StorageError, UsageError
 from .types import LocalFeatures

@@ -18,12 +18,14 @@ def add_arguments(p) -> None:
 
 
 def _print_info(info: dict, show_failed: int) -> None:
+    from .._names import display_name
+
     st = info["settings"]
-    print(info["path"])
+    print(display_name(info["path"]))
     print(f"  {info['images']} images, {info['features']} features "
           f"({info['features_per_image']['min']}-{info['features_per_image']['max']} per image), "
           f"{info['descriptor_dim']}-d {info['dtype']}, {info['size_bytes'] / 1e6:.1f} MB")
-    print(f"  names relative to: {info['root'] or '(not recorded)'}")
+    print(f"  names relative to: {display_name(info['root']) if info['root'] else '(not recorded)'}")
     if st:
         print(f"  extraction: scales {','.join(f'{x:g}' for x in st['scales'])}, "
               f"at most {st['features_num']} features per image (features_num), image size {st['image_size']}")
@@ -33,7 +35,7 @@ def _print_info(info: dict, show_failed: int) -> None:
                                          or "none (`lit text embed` adds them)"))
     print(f"  failed: {len(info['failed'])}")
     for err in list(info["failed"].values())[:show_failed]:
-        print(f"    {err}")
+        print(f"    {display_name(err)}")
     if len(info["failed"]) > show_failed:
         print(f"    ... (+{len(info['failed']) - show_failed} more; --json lists all)")
 

@@ -125,7 +125,6 @@ _LIMITED_WRITER = textwrap.dedent("""
     import resource, signal, sys
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
-    sys.path.insert(0, sys.argv[3])
     from lit.errors import LitError
     from test_faults import _write_images
     try:
@@ -150,8 +149,9 @@ def test_a_write_that_fails_stops_with_one_line_and_a_rerun_gives_the_clean_file
     real full tmpfs."""
     _write_images(tmp_path / "clean.h5")
     hit = tmp_path / "hit.h5"
-    proc = subprocess.run([sys.executable, "-c", _LIMITED_WRITER, str(hit), "700000", os.path.dirname(__file__)],
-                          capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _LIMITED_WRITER, str(hit), "700000"], capture_output=True, text=True,
+                          timeout=300, env=env)
     assert proc.returncode == 2, proc  # the script's status for a LitError, not a signal (segfault)
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
     assert "StorageError" in proc.stderr and "images kept, rerun to continue" in proc.stderr, proc.stderr
