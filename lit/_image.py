@@ -62,7 +62,7 @@ def file_problem(path: str | os.PathLike) -> str | None:
     """What keeps ``path`` from being read as an image file, without opening it (a FIFO
     would block): ``None`` for a non-empty regular file (or a link to one), else e.g.
     ``no such file``, ``symlink loop``, ``a folder, not an image file``, ``not a regular
-    file (a FIFO (named pipe))``, ``empty file (0 bytes)``."""
+    file: a FIFO (named pipe)``, ``empty file (0 bytes)``."""
     try:
         st = os.stat(path)
     except OSError:
@@ -71,7 +71,7 @@ def file_problem(path: str | os.PathLike) -> str | None:
         return "a folder, not an image file"
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
-        return f"not a regular file ({kind})"
+        return f"not a regular file: {kind}"
     if st.st_size == 0:
         return "empty file (0 bytes)"
     return None

@@ -186,7 +186,7 @@ def test_special_files_are_named_for_what_they_are_without_being_opened(tmp_path
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
     (tmp_path / "x.jpg").mkdir()
-    cases = {"pipe.jpg": "not a regular file (a FIFO", "loop.jpg": "symlink loop", "dangling.jpg": "broken symlink",
+    cases = {"pipe.jpg": "not a regular file: a FIFO", "loop.jpg": "symlink loop", "dangling.jpg": "broken symlink",
              "x.jpg": "a folder"}
     for name, problem in cases.items():
         with pytest.raises(ImageReadError, match=re.escape(problem)) as err:
