@@ -28,6 +28,7 @@ DEFAULT_MAX_PIXELS = 180_000_000
 
 
 _REDUCE_PIXELS = 64_000_000  # above this, resize_max box-reduces before Lanczos
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def _megapixels(n: int) -> str:
@@ -128,10 +129,11 @@ def open_image(path: str | os.PathLike, image_size: int | None = None,
         except BaseException:
             img.close()
             raise
-        # one decoded copy of the pixels at a time: the rotated image replaces the decoded one,
+        # one decoded copy of the pixels at a time: the rotated image replaces the decoded one
+        # (exif_transpose copies even when there is nothing to rotate: only called to rotate),
         # and a file that load() has closed is returned as it is (no copy)
-        out = ImageOps.exif_transpose(img)
-        if out is not None and out is not img:
+        if img.getexif().get(_ORIENTATION, 1) in range(2, 9):
+            out = ImageOps.exif_transpose(img)
             img.close()
             return out
         if getattr(img, "fp", None) is None:
