@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["decode_name", "display_name", "encode_name", "name_bytes_hex"]
+__all__ = ["decode_name", "display_name", "encode_name", "json_fields", "name_bytes_hex"]
 
 #: Characters that would change what a terminal shows or split a line: C0 and C1 controls,
 #: DEL, line and paragraph separators, and bidirectional overrides.
@@ -60,3 +60,13 @@ def name_bytes_hex(name: str) -> str | None:
     (undecodable bytes, control characters), else ``None``: what makes a shown name
     reversible (``decode_name(bytes.fromhex(h))``)."""
     return None if display_name(name) == name else encode_name(name).hex()
+
+
+def json_fields(key: str, name: str | None) -> dict:
+    """A name as JSON fields: ``{key: shown name}``, plus ``{key + "_bytes": hex}`` where the
+    shown name differs from the real one (:func:`name_bytes_hex`): valid UTF-8 (no lone
+    surrogates) and reversible."""
+    if name is None:
+        return {key: None}
+    raw = name_bytes_hex(name)
+    return {key: display_name(name)} if raw is None else {key: display_name(name), key + "_bytes": raw}

@@ -17,6 +17,18 @@ def add_arguments(p) -> None:
     p.add_argument("--show-failed", type=int, default=20, help="info: failed files listed (default 20)")
 
 
+def _shown(value):
+    from .._names import display_name
+
+    if isinstance(value, str):
+        return display_name(value)
+    if isinstance(value, dict):
+        return {_shown(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(v) for v in value]
+    return value
+
+
 def _print_info(info: dict, show_failed: int) -> None:
     from .._names import display_name
 
@@ -48,8 +60,8 @@ def run(args) -> int:
 
     if args.action == "info":
         infos = [feature_file_info(p) for p in args.files]
-        if args.json:
-            print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
+        if args.json:  # valid UTF-8: names and messages as display_name shows them (no lone surrogates)
+            print(json.dumps(_shown(infos if len(infos) > 1 else infos[0]), indent=1))
             return 0
         for info in infos:
             _print_info(info, args.show_failed)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._fileio import atomic_write
-from .._names import decode_name, display_name, name_bytes_hex
+from .._names import decode_name, display_name, json_fields
 from ..errors import NotFoundError, PipelineError
 from .search import QueryResult
 
@@ -20,10 +20,7 @@ __all__ = ["json_name", "plot_paths", "read_pairs", "results_to_dict", "scene_of
 def _named(d: dict, key: str, name: str | None) -> dict:
     """``d[key]``: the name as shown (:func:`lit.display_name`); ``d[key + "_bytes"]``: its
     exact bytes in hex, only where the shown name differs."""
-    d[key] = None if name is None else display_name(name)
-    raw = None if name is None else name_bytes_hex(name)
-    if raw is not None:
-        d[key + "_bytes"] = raw
+    d.update(json_fields(key, name))
     return d
 
 
