@@ -198,10 +198,34 @@ def _box_factor(w: int, h: int, image_size: int) -> int:
     return factor if w * h > _REDUCE_PIXELS and factor >= 2 else 1
 
 
+def _lanczos_ready(img: Image.Image) -> Image.Image:
+    """``img`` in a mode Lanczos resizes (8-bit or float bands)."""
+    if img.mode in ("RGB", "L", "RGBA", "LA", "F"):
+        return img
+    return img.convert("F") if img.mode.startswith("I") else img.convert("RGB")
+
+
+def _reduce_in_strips(img: Image.Image, factor: int, convert) -> Image.Image:
+    """``convert(img).reduce(factor)``, computed strip by strip (whole reduction blocks of
+    rows, about ``_STRIP_PIXELS`` pixels each), so that no full-size converted copy of a
+    very large image exists (RGBA is premultiplied, 16-bit made float, ...). The same pixels
+    as the whole-image reduction."""
+    w, h = img.size
+    rows = max(1, _STRIP_PIXELS // (w * factor)) * factor
+    small = None
+    for top in range(0, h, rows):
+        strip = convert(img.crop((0, top, w, min(h, top + rows)))).reduce(factor)
+        if small is None:
+            small = Image.new(strip.mode, (-(-w // factor), -(-h // factor)))
+        small.paste(strip, (0, top // factor))
+    return small
+
+
 def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
     """Downscale (never upscale) so that the longer side is at most ``image_size``.
 
-    Keeps the aspect ratio (each side rounded) and antialiases (Lanczos).
+    Keeps the aspect ratio (each side rounded) and antialiases (Lanczos); very large
+    images are box-reduced first, in strips (:func:`_reduce_in_strips`).
     """
     if image_size is None:
         return img
@@ -209,18 +233,16 @@ def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
     if max(w, h) <= image_size:
         return img
     size = _target_size(w, h, image_size)
-    if img.mode not in ("RGB", "L", "RGBA", "LA", "F"):  # Lanczos needs 8-bit or float bands
-        img = img.convert("F") if img.mode.startswith("I") else img.convert("RGB")
     factor = _box_factor(w, h, image_size)
     if factor > 1:
         # very large images: a box reduction first (still at least twice the target size),
         # then Lanczos; ordinary photos are resized by Lanczos alone
-        return img.reduce(factor).resize(size, Image.LANCZOS)
-    return img.resize(size, Image.LANCZOS)
+        return _reduce_in_strips(img, factor, _lanczos_ready).resize(size, Image.LANCZOS)
+    return _lanczos_ready(img).resize(size, Image.LANCZOS)
 
 
 _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_STRIP_PIXELS = 4_000_000  # pixels converted to float at a time by _deep_to_float
+_STRIP_PIXELS = 4_000_000  # pixels converted at a time by _reduce_in_strips
 
 
 def _as_float(img: Image.Image) -> Image.Image:
@@ -232,9 +254,9 @@ def _as_float(img: Image.Image) -> Image.Image:
 
 def _deep_to_float(img: Image.Image, image_size: int | None) -> Image.Image:
     """A 16/32-bit grey image as a float (``F``) image of its raw values, resized like
-    :func:`resize_max`, without a float copy of a very large image: one that is box-reduced
-    first is converted and reduced in strips of whole reduction blocks, so memory stays
-    near the decoded size (2 bytes a pixel for 16-bit) instead of 4-8 times it."""
+    :func:`resize_max`, without a float copy of a very large image (converted and reduced
+    in strips), so memory stays near the decoded size (2 bytes a pixel for 16-bit) instead
+    of 4-8 times it."""
     w, h = img.size
     if image_size is None or max(w, h) <= image_size:
         return _as_float(img)
@@ -242,12 +264,7 @@ def _deep_to_float(img: Image.Image, image_size: int | None) -> Image.Image:
     factor = _box_factor(w, h, image_size)
     if factor == 1:
         return _as_float(img).resize(size, Image.LANCZOS)
-    small = Image.new("F", (-(-w // factor), -(-h // factor)))
-    rows = max(1, _STRIP_PIXELS // (w * factor)) * factor
-    for top in range(0, h, rows):
-        strip = _as_float(img.crop((0, top, w, min(h, top + rows)))).reduce(factor)
-        small.paste(strip, (0, top // factor))
-    return small.resize(size, Image.LANCZOS)
+    return _reduce_in_strips(img, factor, _as_float).resize(size, Image.LANCZOS)
 
 
 def _deep_to_tensor(img: Image.Image, image_size: int | None) -> torch.Tensor:

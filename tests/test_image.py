@@ -212,3 +212,17 @@ def test_display_name_escapes_undecodable_bytes_and_control_characters():
     assert display_name("\x1b[31mred\x07") == "\\x1b[31mred\\x07"
     assert display_name("x\u202ey\u2028\x85") == "x\\u202ey\\u2028\\u0085"
     assert display_name("été/東京 1.jpg") == "été/東京 1.jpg"  # printable text is kept as it is
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "P", "CMYK"])
+def test_very_large_images_reduced_in_strips_are_the_whole_image_reduced(monkeypatch, mode):
+    import lit._image as im
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, size=(301, 250, 4), dtype=np.uint8), "RGBA")
+    img = img.convert(mode) if mode != "P" else img.convert("RGB").convert("P")
+    whole = im._lanczos_ready(img).reduce(3).resize((42, 50), Image.LANCZOS)
+    monkeypatch.setattr(im, "_REDUCE_PIXELS", 1000)
+    monkeypatch.setattr(im, "_STRIP_PIXELS", 250 * 7)
+    got = im.resize_max(img, 50)
+    assert got.mode == whole.mode and np.array_equal(np.asarray(got), np.asarray(whole))
