@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "IGNORED_SHOWN", "MAX_SCALE", "ExtractionSummary", "FoundImages", "check_extraction_options", "common_root",
     "extract_to_file", "find_images", "gather_images", "image_names", "model_fingerprint", "rank_share",
-    "read_list_file",
+    "read_list_file", "too_small_message",
 ]
 
 
@@ -285,9 +285,10 @@ class _ImageList(torch.utils.data.Dataset):
             return name, None, msg if display_name(path) in msg else f"{display_name(path)}: {msg}", None
 
 
-def _too_small(err: ImageReadError, size: tuple[int, int] | None, tensor: torch.Tensor, image_size) -> str:
-    """The model's "too small" message, with the size of the file where the resize changed it
-    (a 5000x5 photo is not "512x1")."""
+def too_small_message(err: ImageReadError, size: tuple[int, int] | None, tensor: torch.Tensor, image_size) -> str:
+    """The model's "too small" message (``err``, about the resized ``tensor``), with the
+    file's own ``size`` where the resize to ``image_size`` changed it (a 5000x5 photo is
+    not "512x1")."""
     msg = str(err)
     h, w = tensor.shape[-2:]
     if isinstance(err, ImageTooSmallError) and size is not None and tuple(size) != (w, h):
@@ -530,7 +531,7 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
             outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
         except ImageReadError as err:  # too small: the whole batch has this size
             for n, t in pending:
-                fail(n, f"{display_name(path_of[n])}: {_too_small(err, size_of.get(n), t, image_size)}")
+                fail(n, f"{display_name(path_of[n])}: {too_small_message(err, size_of.get(n), t, image_size)}")
             bar.update(len(pending))
             for n, _ in pending:
                 size_of.pop(n, None)
