@@ -175,6 +175,34 @@ def test_a_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
     assert _contents(path)[0] == ["a.jpg"]
 
 
+def test_a_full_disk_while_lit_index_rewrites_an_index_leaves_the_old_one(tmp_path):
+    """``lit index --overwrite`` whose file may not grow past half of the new index
+    (RLIMIT_FSIZE, as a full disk): one line, exit 2, the old index untouched and searching
+    as before."""
+    feats = _feature_file(tmp_path / "feats.h5")
+    old = _feature_file(tmp_path / "old.h5", names=NAMES[:6])
+    out = tmp_path / "index.h5"
+    index, info = pipeline.build_index(old, seed=0)
+    write_index(out, index, info)
+    before, size = _results(old, out), os.path.getsize(out)
+    index, info = pipeline.build_index(feats, seed=0)
+    limit = os.path.getsize(write_index(tmp_path / "new.h5", index, info)) // 2
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
+        from lit.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, "index", str(feats), "--out", str(out), "--overwrite",
+                           "--codebook-size", "8", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lit index: error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "while writing it; the file it replaces is unchanged" in errors[0], proc.stderr
+    assert os.path.getsize(out) == size and _results(old, out) == before
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
 def test_kill_9_during_an_index_rewrite_leaves_the_old_index_searchable(tmp_path):
     """Killed after the ASMK data and before the names (``benchmarks/fault_tour.py``,
     ``index_kills``, kills at the other injected points and at random moments)."""
