@@ -288,8 +288,8 @@ def load_image(
 
     Memory: besides the decoded file (width x height x 1 byte for grey, 2 for 16-bit grey,
     4 for RGB and RGBA: at most 720 MB at :data:`DEFAULT_MAX_PIXELS`), only the reduced
-    image is held: very large images are box-reduced before any conversion to float or
-    RGB (16-bit ones in strips), and large JPEGs are decoded reduced (:func:`open_image`).
+    image is held: very large images are converted (to float, premultiplied RGBA, RGB) and
+    box-reduced in strips, and large JPEGs are decoded reduced (:func:`open_image`).
 
     Args:
         image: path or PIL image.
