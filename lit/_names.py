@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["decode_name", "display_name", "encode_name", "json_fields", "name_bytes_hex"]
+__all__ = ["decode_name", "display_name", "encode_name", "escape_undecodable", "json_fields", "name_bytes_hex"]
 
 #: Characters that would change what a terminal shows or split a line: C0 and C1 controls,
 #: DEL, line and paragraph separators, and bidirectional overrides.
@@ -39,10 +39,17 @@ def display_name(name: str | bytes | os.PathLike) -> str:
     (:func:`encode_name`); JSON results add them where the shown name differs
     (:func:`lit.pipeline.results_to_dict`).
     """
+    return _UNPRINTABLE.sub(_escape_char, escape_undecodable(name))
+
+
+def escape_undecodable(name: str | bytes | os.PathLike) -> str:
+    """``name`` as valid UTF-8 with only its undecodable bytes escaped (``\\xNN``): what
+    :func:`display_name` showed before it escaped control characters too (feature files of
+    that time store their names so)."""
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
-    return _UNPRINTABLE.sub(_escape_char, raw.decode("utf-8", "backslashreplace"))
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def encode_name(name: str | os.PathLike) -> bytes:
