@@ -16,7 +16,9 @@ Parts (each a key of the JSON):
   with ``--photos``, `lit extract` itself under the limit;
 - ``tmpfs`` (root only): `lit extract`-like writes onto a 5 MB tmpfs, then resumed elsewhere;
 - ``index_kills``: ``--kills`` rewrites of an index killed (SIGKILL) at random moments: the
-  old index must still search identically.
+  old index must still search identically;
+- ``index_kill_points``: rewrites killed at injected points (before the ASMK data, before
+  the names, instead of the rename): the old index must still search identically.
 """
 
 from __future__ import annotations
@@ -208,6 +210,42 @@ def index_kills(features: str, folder: str, kills: int, seed: int) -> dict:
             "stray_temporaries_after_next_write": _stray_after_write(out, index, info)}
 
 
+KILL_AT = textwrap.dedent("""
+    import os, sys
+    import lit._fileio as fio
+    import lit.index_file
+    from lit import pipeline
+    point, features, out = sys.argv[1:4]
+    real = lit.index_file.write_asmk
+    def dying(group, index, attrs=None):
+        if point == "asmk":
+            os.kill(os.getpid(), 9)
+        real(group, index, attrs=attrs)
+        if point == "pipeline":
+            os.kill(os.getpid(), 9)
+    lit.index_file.write_asmk = dying
+    if point == "rename":
+        fio.os.replace = lambda *a: os.kill(os.getpid(), 9)
+    index, info = pipeline.build_index(features, seed=1)
+    lit.index_file.write_index(out, index, info)
+""")
+
+
+def index_kill_points(features: str, folder: str) -> dict:
+    """An index rewrite killed at injected points: before the ASMK data, between it and the
+    names (``/pipeline``), and instead of the final rename."""
+    out = os.path.join(folder, "points.idx.h5")
+    index, info = pipeline.build_index(features, seed=0)
+    write_index(out, index, info)
+    before = results(features, out)
+    rows = {}
+    for point in ("asmk", "pipeline", "rename"):
+        p = subprocess.run([sys.executable, "-c", KILL_AT, point, features, out], capture_output=True, text=True)
+        rows[point] = {"killed": p.returncode == -signal.SIGKILL, "old_index_searches_identically":
+                       results(features, out) == before}
+    return rows
+
+
 def _stray_after_write(out, index, info) -> int:
     write_index(out, index, info)
     folder = os.path.dirname(out)
@@ -242,6 +280,7 @@ def main() -> None:
         report["disk_full"] = disk_full(folder, [int(v) for v in args.limits.split(",")], args.images)
         report["tmpfs"] = tmpfs(folder, args.images)
         report["index_kills"] = index_kills(feats, folder, args.kills, args.seed)
+        report["index_kill_points"] = index_kill_points(feats, folder)
         report["seconds"] = round(time.perf_counter() - t, 1)
     print(json.dumps(report, indent=1))
 

@@ -19,12 +19,13 @@ _LAZY = {
     "ImageReadError": "lit.errors", "ImageTooLargeError": "lit.errors", "ImageTooSmallError": "lit.errors",
     "LitError": "lit.errors",
     "LocalFeatures": "lit.types", "Matches": "lit.types", "SuperFeatures": "lit.types",
-    "display_name": "lit._image", "load_image": "lit._image",
+    "display_name": "lit._names", "load_image": "lit._image",
     "list_models": "lit.hub",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._image import display_name, load_image
+    from ._image import load_image
+    from ._names import display_name
     from .errors import ImageReadError, ImageTooLargeError, ImageTooSmallError, LitError
     from .hub import list_models
     from .types import LocalFeatures, Matches, SuperFeatures

@@ -15,13 +15,15 @@ import contextlib
 import glob
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from typing import IO
 
+from ._names import display_name
 from .errors import NotFoundError, UsageError
 
-__all__ = ["atomic_path", "atomic_write", "file_sha256", "fsync_folder"]
+__all__ = ["atomic_path", "atomic_write", "check_output_file", "file_sha256", "fsync_folder"]
 
 _CHUNK = 1 << 20
 
@@ -47,6 +49,28 @@ def fsync_folder(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_KINDS = ((stat.S_ISDIR, "is a folder"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+          (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"), (stat.S_ISSOCK, "is a socket"))
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse an output path that exists and is not a regular file (``/dev/null``, a
+    folder, a FIFO): lit's outputs are files it reads back (feature files) or replaces
+    whole by a rename (:func:`atomic_path`), which would put a file in the device's place.
+
+    Raises:
+        UsageError: saying what ``path`` is.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing (created by the writer) or unreachable (the writer says why)
+        return
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "is not a regular file")
+        raise UsageError(f"{display_name(os.fspath(path))}: {kind}, not a regular file: give the path of a file "
+                         "to write")
 
 
 def _fsync_file(path: str) -> None:
@@ -93,10 +117,12 @@ def atomic_path(target: str | os.PathLike, *, keep_mode: bool = True) -> Iterato
         keep_mode: give the new file the permission bits of the file it replaces.
 
     Raises:
+        UsageError: ``target`` exists and is not a regular file (:func:`check_output_file`).
         OSError: the folder is missing or not writable (before anything is written), or
             the write itself failed (``ENOSPC``...); ``target`` is then unchanged.
     """
     target = os.fspath(target)
+    check_output_file(target)
     folder = os.path.dirname(os.path.abspath(target))
     for stale in _stale_temporaries(target):  # left by a writer killed earlier
         with contextlib.suppress(OSError):

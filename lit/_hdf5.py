@@ -122,10 +122,11 @@ def quiet_after_write_failure() -> None:
 
 
 def detach(f: h5py.File) -> None:
-    """After a failed write: point the file's descriptor at ``/dev/null``, so that HDF5's
-    remaining flushes (closing, interpreter exit) succeed without touching the file, which
-    keeps what it held when the write failed (HDF5 otherwise fails on every release and
-    crashes at exit)."""
+    """After a failed write: point the file's descriptor at an in-memory file
+    (``memfd_create``; ``/dev/null`` where there is none), so that HDF5's remaining writes,
+    its resizing of the file and its flushes (closing, interpreter exit) succeed without
+    touching the file, which keeps what it held when the write failed (HDF5 otherwise fails
+    on every release and crashes at exit)."""
     try:
         fd = f.id.get_vfd_handle()
     except Exception:  # noqa: BLE001 - not the sec2 driver, or the id is gone

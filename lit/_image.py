@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 
@@ -10,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._names import decode_name, display_name, encode_name  # noqa: F401  (re-exported)
 from .errors import ImageReadError, ImageTooLargeError, ImageTooSmallError, UsageError  # noqa: F401  (re-exported)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -25,33 +28,54 @@ DEFAULT_MAX_PIXELS = 180_000_000
 
 
 _REDUCE_PIXELS = 64_000_000  # above this, resize_max box-reduces before Lanczos
-
-
-def display_name(name: str | bytes | os.PathLike) -> str:
-    """A printable, valid-UTF-8 form of a file name, for messages, JSON and CSV.
-
-    Names that are valid UTF-8 are returned unchanged; bytes that are not (a Latin-1
-    ``caf\\xe9.jpg`` read by Python as ``'caf\\udce9.jpg'``) are written as ``\\xNN``.
-    The stored name itself keeps the exact bytes (:func:`encode_name`).
-    """
-    if isinstance(name, os.PathLike):
-        name = os.fspath(name)
-    raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def encode_name(name: str | os.PathLike) -> bytes:
-    """The exact bytes of a file name (``os.fsencode``: undecodable bytes survive)."""
-    return os.fsencode(name)
-
-
-def decode_name(raw: bytes) -> str:
-    """Inverse of :func:`encode_name`: the ``str`` that ``open`` and ``os.listdir`` use."""
-    return os.fsdecode(bytes(raw))
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} MP"
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def missing_problem(path: str | os.PathLike) -> str:
+    """Why ``path`` cannot be reached, for a path that ``os.stat`` refuses: ``symlink loop``,
+    ``broken symlink``, ``permission denied`` or ``no such file``."""
+    path = os.fspath(path)
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop (a symbolic link that leads back to itself)"
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            return f"broken symlink (it points to {display_name(os.readlink(path))}, which does not exist)"
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied"
+        if err.errno == errno.ENOTDIR:
+            return "no such file (a part of the path is not a folder)"
+        if err.errno != errno.ENOENT:
+            return display_name(err.strerror or str(err))
+    return "no such file"
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """What keeps ``path`` from being read as an image file, without opening it (a FIFO
+    would block): ``None`` for a non-empty regular file (or a link to one), else e.g.
+    ``no such file``, ``symlink loop``, ``a folder, not an image file``, ``not a regular
+    file: a FIFO (named pipe)``, ``empty file (0 bytes)``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return missing_problem(path)
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
+        return f"not a regular file: {kind}"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
 
 
 def open_image(path: str | os.PathLike, image_size: int | None = None,
@@ -74,12 +98,9 @@ def open_image(path: str | os.PathLike, image_size: int | None = None,
     """
     path = os.fspath(path)
     shown = display_name(path)
-    if not os.path.exists(path):
-        raise ImageReadError(f"{shown}: no such file")
-    if os.path.isdir(path):
-        raise ImageReadError(f"{shown}: a folder, not an image file")
-    if os.path.getsize(path) == 0:
-        raise ImageReadError(f"{shown}: empty file (0 bytes)")
+    problem = file_problem(path)
+    if problem is not None:
+        raise ImageReadError(f"{shown}: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -88,7 +109,7 @@ def open_image(path: str | os.PathLike, image_size: int | None = None,
                 img = Image.open(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
-        with img:
+        try:
             w, h = img.size
             if w < 1 or h < 1:
                 raise ImageReadError(f"{shown}: empty image ({w}x{h} pixels)")
@@ -105,8 +126,21 @@ def open_image(path: str | os.PathLike, image_size: int | None = None,
                     "raise it with --max-pixels)"
                 )
             img.load()
+        except BaseException:
+            img.close()
+            raise
+        # one decoded copy of the pixels at a time: the rotated image replaces the decoded one
+        # (exif_transpose copies even when there is nothing to rotate: only called to rotate),
+        # and a file that load() has closed is returned as it is (no copy)
+        if img.getexif().get(_ORIENTATION, 1) in range(2, 9):
             out = ImageOps.exif_transpose(img)
-            return img.copy() if out is None or out is img else out
+            img.close()
+            return out
+        if getattr(img, "fp", None) is None:
+            return img
+        copy = img.copy()  # multi-frame files (GIF, TIFF) stay open after load(): close the file
+        img.close()
+        return copy
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -152,27 +186,96 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def _target_size(w: int, h: int, image_size: int) -> tuple[int, int]:
+    ratio = image_size / max(w, h)
+    return max(1, round(w * ratio)), max(1, round(h * ratio))
+
+
+def _box_factor(w: int, h: int, image_size: int) -> int:
+    """The box reduction applied before Lanczos: only for very large images (more than
+    ``_REDUCE_PIXELS``), by an integer factor that keeps at least twice the target size."""
+    factor = max(w, h) // (2 * image_size)
+    return factor if w * h > _REDUCE_PIXELS and factor >= 2 else 1
+
+
+def _lanczos_ready(img: Image.Image) -> Image.Image:
+    """``img`` in a mode Lanczos resizes (8-bit or float bands)."""
+    if img.mode in ("RGB", "L", "RGBA", "LA", "F"):
+        return img
+    return img.convert("F") if img.mode.startswith("I") else img.convert("RGB")
+
+
+def _reduce_in_strips(img: Image.Image, factor: int, convert) -> Image.Image:
+    """``convert(img).reduce(factor)``, computed strip by strip (whole reduction blocks of
+    rows, about ``_STRIP_PIXELS`` pixels each), so that no full-size converted copy of a
+    very large image exists (RGBA is premultiplied, 16-bit made float, ...). The same pixels
+    as the whole-image reduction."""
+    w, h = img.size
+    rows = max(1, _STRIP_PIXELS // (w * factor)) * factor
+    small = None
+    for top in range(0, h, rows):
+        strip = convert(img.crop((0, top, w, min(h, top + rows)))).reduce(factor)
+        if small is None:
+            small = Image.new(strip.mode, (-(-w // factor), -(-h // factor)))
+        small.paste(strip, (0, top // factor))
+    return small
+
+
 def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
     """Downscale (never upscale) so that the longer side is at most ``image_size``.
 
-    Keeps the aspect ratio (each side rounded) and antialiases (Lanczos).
+    Keeps the aspect ratio (each side rounded) and antialiases (Lanczos); very large
+    images are box-reduced first, in strips (:func:`_reduce_in_strips`).
     """
     if image_size is None:
         return img
     w, h = img.size
-    longer = max(w, h)
-    if longer <= image_size:
+    if max(w, h) <= image_size:
         return img
-    ratio = image_size / longer
-    size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
-    if img.mode not in ("RGB", "L", "RGBA", "LA", "F"):  # Lanczos needs 8-bit or float bands
-        img = img.convert("F") if img.mode.startswith("I") else img.convert("RGB")
-    factor = longer // (2 * image_size)
-    if w * h > _REDUCE_PIXELS and factor >= 2:
+    size = _target_size(w, h, image_size)
+    factor = _box_factor(w, h, image_size)
+    if factor > 1:
         # very large images: a box reduction first (still at least twice the target size),
         # then Lanczos; ordinary photos are resized by Lanczos alone
-        return img.reduce(factor).resize(size, Image.LANCZOS)
-    return img.resize(size, Image.LANCZOS)
+        return _reduce_in_strips(img, factor, _lanczos_ready).resize(size, Image.LANCZOS)
+    return _lanczos_ready(img).resize(size, Image.LANCZOS)
+
+
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_STRIP_PIXELS = 4_000_000  # pixels converted at a time by _reduce_in_strips
+
+
+def _as_float(img: Image.Image) -> Image.Image:
+    try:
+        return img.convert("F")
+    except ValueError:  # pragma: no cover - a 16-bit layout PIL converts through "I" only
+        return img.convert("I").convert("F")
+
+
+def _deep_to_float(img: Image.Image, image_size: int | None) -> Image.Image:
+    """A 16/32-bit grey image as a float (``F``) image of its raw values, resized like
+    :func:`resize_max`, without a float copy of a very large image (converted and reduced
+    in strips), so memory stays near the decoded size (2 bytes a pixel for 16-bit) instead
+    of 4-8 times it."""
+    w, h = img.size
+    if image_size is None or max(w, h) <= image_size:
+        return _as_float(img)
+    size = _target_size(w, h, image_size)
+    factor = _box_factor(w, h, image_size)
+    if factor == 1:
+        return _as_float(img).resize(size, Image.LANCZOS)
+    return _reduce_in_strips(img, factor, _as_float).resize(size, Image.LANCZOS)
+
+
+def _deep_to_tensor(img: Image.Image, image_size: int | None) -> torch.Tensor:
+    """16/32-bit grey (``I;16``, ``I``) to RGB in ``[0, 1]``, resized at full precision."""
+    if img.mode.startswith("I;16"):
+        peak = 65535.0
+    else:  # "I": 16-bit values unless every value fits 8 bits
+        peak = 65535.0 if (img.getextrema()[1] or 0) > 255 else 255.0
+    grey = np.asarray(_deep_to_float(img, image_size), dtype=np.float32).astype(np.float64) / peak
+    t = torch.from_numpy(np.ascontiguousarray(np.clip(grey, 0.0, 1.0).astype(np.float32)))
+    return t.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
 def load_image(
@@ -182,6 +285,11 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Load a path or PIL image as the network input of SPEC section 1.
+
+    Memory: besides the decoded file (width x height x 1 byte for grey, 2 for 16-bit grey,
+    4 for RGB and RGBA: at most 720 MB at :data:`DEFAULT_MAX_PIXELS`), only the reduced
+    image is held: very large images are converted (to float, premultiplied RGBA, RGB) and
+    box-reduced in strips, and large JPEGs are decoded reduced (:func:`open_image`).
 
     Args:
         image: path or PIL image.
@@ -205,31 +313,46 @@ def load_image(
         if not (x2 > x1 and y2 > y1):
             raise UsageError(f"invalid bounding box {tuple(bbox)}: need x2 > x1 and y2 > y1")
         img = img.crop((round(x1), round(y1), round(x2), round(y2)))
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # keep 16-bit precision through the resize by going through float
-        t = pil_to_tensor(img)
-        if image_size is not None and max(img.size) > image_size:
-            gray = Image.fromarray(t[0].numpy(), mode="F")
-            return pil_to_tensor(resize_max(gray, image_size))
-        return t
+    if img.mode in _DEEP_MODES:  # keep 16-bit precision through the resize by going through float
+        return _deep_to_tensor(img, image_size)
     return pil_to_tensor(resize_max(img, image_size))
+
+
+def scan_images(folder: str | os.PathLike, recursive: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image-like files under ``folder`` (by extension, sorted; unreadable ones are kept, so
+    that extraction can report them) and what the scan left out, with the reason: files
+    without an image extension (``garbage.heic``) and folders named like images
+    (``x.jpg/``, whose contents are still searched).
+
+    Returns:
+        ``(images, ignored)``: paths, and ``(path, reason)`` pairs, both sorted by path.
+
+    Raises:
+        UsageError: ``folder`` is not a folder.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise UsageError(f"{display_name(folder)}: not a directory")
+    images, ignored = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for d in dirs:
+            if d.lower().endswith(IMAGE_EXTENSIONS):
+                ignored.append((os.path.join(root, d), "a folder"))
+        for f in files:
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(os.path.join(root, f))
+            else:
+                ignored.append((os.path.join(root, f), "not an image extension"))
+        if not recursive:
+            break
+    return sorted(images), sorted(ignored)
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
     """Sorted image-like files under ``folder`` (by extension; unreadable ones are kept,
-    so that extraction can report them)."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise UsageError(f"{folder}: not a directory")
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for f in files:
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(os.path.join(root, f))
-        if not recursive:
-            break
-    return sorted(out)
+    so that extraction can report them). :func:`scan_images` also says what was left out."""
+    return scan_images(folder, recursive)[0]
 
 
 def difference_hash(image: str | os.PathLike | Image.Image, size: int = 8) -> int:

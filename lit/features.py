@@ -76,7 +76,7 @@ from ._hdf5 import (
     translating,
     write_errno,
 )
-from ._image import decode_name, display_name, encode_name
+from ._names import decode_name, display_name, encode_name, escape_undecodable
 from .distributed import find_shards
 from .errors import FeatureFileError, LitError, StorageError, UsageError
 from .types import LocalFeatures
@@ -345,7 +345,10 @@ class FeatureStore:
                                        f"{n} images): {_ADVICE}")
             if "names_raw" in self.h5 and self.h5["names_raw"].shape[0] >= n:
                 names = [decode_name(_raw_bytes(r)) for r in self.h5["names_raw"][:n]]
-                bad = next((i for i, (a, b) in enumerate(zip(names, shown, strict=True)) if display_name(a) != b), None)
+                # the shown copy: display_name's form, or (files of earlier versions) the name
+                # with only its undecodable bytes escaped
+                bad = next((i for i, (a, b) in enumerate(zip(names, shown, strict=True))
+                            if b != display_name(a) and b != escape_undecodable(a)), None)
                 if bad is not None:
                     raise FeatureFileError(f"{display_name(self.path)}: feature file damaged (the name of image {bad} "
                                            f"differs between its two copies): {_ADVICE}")

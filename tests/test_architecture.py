@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1] / "lit"
 #: The layers, lowest first (README "Architecture"). A module may import its own layer and
 #: the ones below; ``__main__`` modules are entry points and may import anything.
 LAYERS = (
-    ("lit.errors", "lit._checks", "lit._device", "lit._fileio", "lit._hdf5", "lit._image", "lit._download", "lit._pickle",
-     "lit._resources", "lit.types", "lit.distributed"),
+    ("lit.errors", "lit._checks", "lit._device", "lit._fileio", "lit._hdf5", "lit._image", "lit._names", "lit._download",
+     "lit._pickle", "lit._resources", "lit.types", "lit.distributed"),
     ("lit.models", "lit.matching", "lit.features", "lit.asmk", "lit.index_file", "lit.hub",
      "lit.losses", "lit.evaluate", "lit.data", "lit.metric", "lit.train", "lit.weights"),
     ("lit.pipeline",),

@@ -175,3 +175,21 @@ def test_feature_file_in_use_and_missing_folder(tmp_path, tiny_model, ckpt):
     assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(FeatureFileError, match="does not exist"):
         FeatureStore(tmp_path / "nowhere" / "x.h5", "a", descriptor_dim=16)
+
+
+def test_names_with_control_characters_read_back_from_files_of_either_name_rule(tmp_path):
+    """Names are stored twice: exact bytes and as shown. A newline is shown escaped now
+    (``a\\nb.jpg``); files written when only undecodable bytes were escaped still read."""
+    from lit.types import LocalFeatures
+
+    odd = "scene/two\nlines.jpg"
+    feats = LocalFeatures(torch.ones(3, 8), torch.ones(3), torch.ones(3), torch.arange(3), torch.zeros(3, 2))
+    with FeatureStore(tmp_path / "f.h5", "a", descriptor_dim=8, fingerprint="fp") as st:
+        st.append(odd, feats)
+    with FeatureStore(tmp_path / "f.h5") as st:
+        assert st.names == [odd] and st.display_names == ["scene/two\\nlines.jpg"]
+    with h5py.File(tmp_path / "f.h5", "r+") as h5:  # the shown copy as an earlier lit wrote it
+        h5["names"][0] = odd
+        assert h5["names"][0].decode() == odd
+    with FeatureStore(tmp_path / "f.h5") as st:
+        assert st.names == [odd]

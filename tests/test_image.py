@@ -1,12 +1,17 @@
 """Image reading: every PIL mode, EXIF rotation, resizing and bad files."""
 
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from lit import ImageReadError, load_image
-from lit._image import list_images
+from lit._image import display_name, list_images, scan_images
 
 
 def _gradient(w=40, h=30):
@@ -127,3 +132,97 @@ def test_difference_hash_finds_copies_not_other_photos(tmp_path):
     cat.resize((cat.width // 3, cat.height // 3), Image.LANCZOS).save(tmp_path / "small.jpg", quality=60)
     assert hash_distance(difference_hash(cat), difference_hash(tmp_path / "small.jpg")) <= 4
     assert hash_distance(difference_hash(cat), difference_hash(coffee)) >= 16
+
+
+_PEAK_PROBE = """
+import sys
+import lit._image as im
+im._REDUCE_PIXELS = 1_000_000  # the strip path of very large images, at a size a test can afford
+def kb(field):
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field)).split()[1])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident size (VmHWM) starts again from the present one
+before = kb("VmRSS")
+x = im.load_image(sys.argv[1], 512)
+print(kb("VmHWM") - before, *x.shape)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="measures the peak resident size through /proc (Linux)")
+def test_a_large_16_bit_png_is_resized_within_a_small_multiple_of_its_decoded_size(tmp_path):
+    """Decoded, a 4000x4000 16-bit PNG takes 32 MB; converting it whole to float64 RGB took
+    over 10 times that (a 13000x13000 one peaked at 4.76 GB). ``benchmarks/decode_memory.py``
+    measures the 13000x13000 case."""
+    side = 4000
+    ramp = (np.arange(side, dtype=np.uint32) * 65535 // (side - 1)).astype(np.uint16)
+    Image.fromarray(np.broadcast_to(ramp, (side, side)).copy()).save(tmp_path / "deep.png", compress_level=1)
+    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(tmp_path / "deep.png")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak_kb, *shape = map(int, proc.stdout.split())
+    decoded_kb = side * side * 2 // 1024
+    assert shape == [3, 512, 512]
+    assert peak_kb < 3 * decoded_kb, f"peak {peak_kb // 1024} MB for {decoded_kb // 1024} MB decoded"
+
+
+def test_strips_of_a_16_bit_image_reduce_exactly_like_the_whole_image(monkeypatch):
+    import lit._image as im
+
+    rng = np.random.default_rng(0)
+    deep = Image.fromarray(rng.integers(0, 65536, size=(301, 250), dtype=np.uint16))
+    monkeypatch.setattr(im, "_REDUCE_PIXELS", 1000)
+    monkeypatch.setattr(im, "_STRIP_PIXELS", 250 * 7)  # strips of a few rows: many strips, a short last one
+    got = np.asarray(im._deep_to_float(deep, 50))
+    whole = np.asarray(deep.convert("F").reduce(3).resize((42, 50), Image.LANCZOS))
+    np.testing.assert_array_equal(got, whole)
+    t = load_image(deep, image_size=50)
+    np.testing.assert_allclose(t[0].numpy(), np.clip(whole / 65535.0, 0, 1), rtol=0, atol=1e-7)
+
+
+def test_special_files_are_named_for_what_they_are_without_being_opened(tmp_path, rgb):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it would block until a writer comes
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (tmp_path / "x.jpg").mkdir()
+    cases = {"pipe.jpg": "not a regular file: a FIFO", "loop.jpg": "symlink loop", "dangling.jpg": "broken symlink",
+             "x.jpg": "a folder"}
+    for name, problem in cases.items():
+        with pytest.raises(ImageReadError, match=re.escape(problem)) as err:
+            load_image(tmp_path / name)
+        assert name in str(err.value) and "no such file" not in str(err.value)
+
+
+def test_a_folder_scan_says_what_it_left_out(tmp_path, rgb):
+    (tmp_path / "x.jpg").mkdir()
+    rgb.save(tmp_path / "x.jpg" / "inside.png")
+    rgb.save(tmp_path / "a.png")
+    (tmp_path / "garbage.heic").write_bytes(b"\0" * 10)
+    images, ignored = scan_images(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in images] == ["a.png", os.path.join("x.jpg", "inside.png")]
+    assert [(os.path.relpath(p, tmp_path), why) for p, why in ignored] == [
+        ("garbage.heic", "not an image extension"), ("x.jpg", "a folder")]
+
+
+def test_display_name_escapes_undecodable_bytes_and_control_characters():
+    assert display_name(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert display_name(b"caf\xe9.jpg") == "caf\\xe9.jpg"
+    assert display_name("a\nb\tc\r.jpg") == "a\\nb\\tc\\r.jpg"
+    assert display_name("\x1b[31mred\x07") == "\\x1b[31mred\\x07"
+    assert display_name("x\u202ey\u2028\x85") == "x\\u202ey\\u2028\\u0085"
+    assert display_name("été/東京 1.jpg") == "été/東京 1.jpg"  # printable text is kept as it is
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "P", "CMYK"])
+def test_very_large_images_reduced_in_strips_are_the_whole_image_reduced(monkeypatch, mode):
+    import lit._image as im
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, size=(301, 250, 4), dtype=np.uint8), "RGBA")
+    img = img.convert(mode) if mode != "P" else img.convert("RGB").convert("P")
+    whole = im._lanczos_ready(img).reduce(3).resize((42, 50), Image.LANCZOS)
+    monkeypatch.setattr(im, "_REDUCE_PIXELS", 1000)
+    monkeypatch.setattr(im, "_STRIP_PIXELS", 250 * 7)
+    got = im.resize_max(img, 50)
+    assert got.mode == whole.mode and np.array_equal(np.asarray(got), np.asarray(whole))

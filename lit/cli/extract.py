@@ -41,10 +41,11 @@ def run(args) -> int:
 
     from .._image import DEFAULT_MAX_PIXELS, display_name
     from ..errors import UsageError
-    from ..pipeline import extract_to_file, gather_images, rank_share
+    from ..pipeline import extract_to_file, find_images, rank_share
     from ..text import default_image_embedder
 
-    paths, root = gather_images(args.inputs, args.list)
+    found = find_images(args.inputs, args.list)
+    paths, root = found.paths, found.root
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     paths, out, report = rank_share(paths, args.out)  # torchrun: this rank's block and shard
@@ -59,7 +60,7 @@ def run(args) -> int:
         num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
         amp=torch.bfloat16 if args.amp else None, retry_failed=not args.no_retry,
         max_pixels=(args.max_pixels or None) if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
-        embedder=embedder,
+        embedder=embedder, ignored=found.ignored,
     )
     print(report(summary).splitlines()[0])
     bad = len(summary.failed or {}) + summary.skipped_failed

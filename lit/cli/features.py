@@ -17,13 +17,27 @@ def add_arguments(p) -> None:
     p.add_argument("--show-failed", type=int, default=20, help="info: failed files listed (default 20)")
 
 
+def _shown(value):
+    from .._names import display_name
+
+    if isinstance(value, str):
+        return display_name(value)
+    if isinstance(value, dict):
+        return {_shown(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(v) for v in value]
+    return value
+
+
 def _print_info(info: dict, show_failed: int) -> None:
+    from .._names import display_name
+
     st = info["settings"]
-    print(info["path"])
+    print(display_name(info["path"]))
     print(f"  {info['images']} images, {info['features']} features "
           f"({info['features_per_image']['min']}-{info['features_per_image']['max']} per image), "
           f"{info['descriptor_dim']}-d {info['dtype']}, {info['size_bytes'] / 1e6:.1f} MB")
-    print(f"  names relative to: {info['root'] or '(not recorded)'}")
+    print(f"  names relative to: {display_name(info['root']) if info['root'] else '(not recorded)'}")
     if st:
         print(f"  extraction: scales {','.join(f'{x:g}' for x in st['scales'])}, "
               f"at most {st['features_num']} features per image (features_num), image size {st['image_size']}")
@@ -33,7 +47,7 @@ def _print_info(info: dict, show_failed: int) -> None:
                                          or "none (`lit text embed` adds them)"))
     print(f"  failed: {len(info['failed'])}")
     for err in list(info["failed"].values())[:show_failed]:
-        print(f"    {err}")
+        print(f"    {display_name(err)}")
     if len(info["failed"]) > show_failed:
         print(f"    ... (+{len(info['failed']) - show_failed} more; --json lists all)")
 
@@ -46,8 +60,8 @@ def run(args) -> int:
 
     if args.action == "info":
         infos = [feature_file_info(p) for p in args.files]
-        if args.json:
-            print(json.dumps(infos if len(infos) > 1 else infos[0], indent=1))
+        if args.json:  # valid UTF-8: names and messages as display_name shows them (no lone surrogates)
+            print(json.dumps(_shown(infos if len(infos) > 1 else infos[0]), indent=1))
             return 0
         for info in infos:
             _print_info(info, args.show_failed)

@@ -121,12 +121,13 @@ def _run_pairs(args, model, pairs, threshold, margin) -> int:
     import sys
 
     from .. import pipeline
+    from .._names import display_name
 
     results, rule = pipeline.match_pairs(
         model, pairs, args.image_root, args.db_root, threshold=threshold, margin=margin, ratio=args.ratio,
         scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size)
     for r in results:
-        print(f"{r.name_a} {r.name_b}: {len(r.matches)} match{'' if len(r.matches) == 1 else 'es'}, "
+        print(f"{display_name(r.name_a)} {display_name(r.name_b)}: {len(r.matches)} match{'' if len(r.matches) == 1 else 'es'}, "
               f"score {r.matches.score:.4g}")
     if os.path.splitext(args.out)[1].lower() == ".json":
         pipeline.write_matches_json(results, args.out, rule)

@@ -167,10 +167,12 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
             for path in viz.plot_search_results(results, args.plot, db_root, query_root, topk=args.plot_topk):
                 print(f"wrote {path}", file=sys.stderr)
     if not (args.json or args.csv or args.pairs) or args.verbose:
+        from .._names import display_name  # one line per result: names and typed text escaped
+
         for res in results:
-            print(res.query)
+            print(display_name(res.query))
             for h in res.hits:
                 verified = f"  ({h.inliers} inliers)" if h.inliers else ""
                 calibrated = "" if h.calibrated is None else f"  (calibrated {h.calibrated:+.1f})"
-                print(f"  {h.rank:4d}  {h.score:.4g}{calibrated}  {h.name}{verified}")
+                print(f"  {h.rank:4d}  {h.score:.4g}{calibrated}  {display_name(h.name)}{verified}")
     return 0

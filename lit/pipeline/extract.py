@@ -23,17 +23,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._image import DEFAULT_MAX_PIXELS, ImageReadError, display_name, list_images, load_image
+from .._fileio import check_output_file
+from .._image import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    display_name,
+    load_image,
+    missing_problem,
+    open_image,
+    scan_images,
+)
 from ..distributed import env_from_environ, shard_path, split_range
-from ..errors import FeatureFileError, UsageError
+from ..errors import FeatureFileError, ImageTooSmallError, NotFoundError, UsageError
 from ..features import FeatureStore
 from ..models.model import check_scales
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_SCALE", "ExtractionSummary", "check_extraction_options", "common_root", "extract_to_file", "gather_images", "image_names", "model_fingerprint",
-    "rank_share",
+    "IGNORED_SHOWN", "MAX_SCALE", "ExtractionSummary", "FoundImages", "check_extraction_options", "common_root",
+    "extract_to_file", "find_images", "gather_images", "image_names", "model_fingerprint", "rank_share",
+    "read_list_file", "too_small_message",
 ]
 
 
@@ -96,40 +106,108 @@ def image_names(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> 
 
 
 def gather_images(inputs: Sequence[str], list_file: str | None = None) -> tuple[list[str], str | None]:
-    """Image paths from folders, files and a list file, and the root of their names.
+    """Image paths from folders, files and a list file, and the root of their names
+    (:func:`find_images` without what the folder scans left out)."""
+    found = find_images(inputs, list_file)
+    return found.paths, found.root
 
-    Folders are searched recursively for images (:func:`lit._image.list_images`); lines of
-    the list file (blank and ``#`` lines skipped) are paths relative to its folder. The root
-    is :func:`lit.features.common_root` of the folder and file arguments and the listed
-    files: one folder gives that folder.
+
+@dataclass
+class FoundImages:
+    """What :func:`find_images` gathered.
+
+    Attributes:
+        paths: the image paths, in order (folders' images sorted).
+        root: the folder their names are relative to by default.
+        ignored: ``(path, reason)`` of the entries that folder scans left out: files
+            without an image extension, folders named like images (``x.jpg/``).
+    """
+
+    paths: list[str]
+    root: str | None
+    ignored: list[tuple[str, str]]
+
+
+def read_list_file(path: str | os.PathLike, what: str = "list file", names: bool = True) -> list[str]:
+    """The lines of a list file (image paths, query texts): stripped, blank and ``#``
+    lines skipped, a UTF-8 byte-order mark removed.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (``"list file"``, ``"query file"``).
+        names: the lines are file names: bytes that are not UTF-8 are kept
+            (``surrogateescape``; names need not be UTF-8). ``False``: the lines are text,
+            which must be UTF-8.
 
     Raises:
-        UsageError: an argument that does not exist, a missing list file, or no image at all.
+        NotFoundError: no such file.
+        UsageError: a folder, a symlink loop or another non-regular file, or
+            (``names=False``) a line that is not UTF-8 (the line and the byte are named).
+    """
+    path = os.fspath(path)
+    shown = display_name(path)
+    if os.path.isdir(path):
+        raise UsageError(f"{shown}: is a folder, not a {what}")
+    if not os.path.isfile(path):
+        problem = missing_problem(path) if not os.path.exists(path) else "not a regular file"
+        if problem == "no such file":
+            raise NotFoundError(f"{shown}: no such {what}")
+        raise UsageError(f"{shown}: {problem} ({what})")
+    with open(path, "rb") as f:
+        raw = f.read()
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a byte-order mark (Windows editors)
+    lines = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8", "surrogateescape" if names else "strict")
+        except UnicodeDecodeError as err:
+            raise UsageError(f"{shown}, line {number}: not UTF-8 text (byte 0x{line[err.start]:02x} at column "
+                             f"{err.start + 1}; a Latin-1 or Windows-1252 file?): save the {what} as UTF-8") from None
+        lines.append(text.strip())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def find_images(inputs: Sequence[str], list_file: str | None = None) -> FoundImages:
+    """Image paths from folders, files and a list file, the root of their names, and what
+    the folder scans left out.
+
+    Folders are searched recursively for images (:func:`lit._image.scan_images`); lines of
+    the list file (:func:`read_list_file`) are paths relative to its folder. The root is
+    :func:`common_root` of the folder and file arguments and the listed files: one folder
+    gives that folder.
+
+    Raises:
+        UsageError: an argument that does not exist (a symlink loop is called one), a
+            missing list file, or no image at all.
     """
     paths: list[str] = []
     anchors: list[str] = []
+    ignored: list[tuple[str, str]] = []
     for item in inputs:
         if os.path.isdir(item):
-            paths.extend(list_images(item))
+            images, left_out = scan_images(item)
+            paths.extend(images)
+            ignored.extend(left_out)
             anchors.append(item)
         elif os.path.exists(item):
             paths.append(item)
             anchors.append(item)
         else:
-            raise UsageError(f"{display_name(item)}: no such file or directory")
+            problem = missing_problem(item)
+            raise UsageError(f"{display_name(item)}: " + ("no such file or directory" if problem == "no such file"
+                                                          else problem))
     if list_file:
-        if not os.path.isfile(list_file):
-            raise UsageError(f"{list_file}: no such list file")
         base = os.path.dirname(list_file)
-        with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # names need not be UTF-8
-            for line in f:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    paths.append(line if os.path.isabs(line) else os.path.join(base, line))
-                    anchors.append(paths[-1])
+        for line in read_list_file(list_file):
+            paths.append(line if os.path.isabs(line) else os.path.join(base, line))
+            anchors.append(paths[-1])
     if not paths:
         raise UsageError("no images given (folders are searched for .jpg/.png/... files)")
-    return paths, common_root(anchors)
+    return FoundImages(paths, common_root(anchors), ignored)
+
+
+#: How many of the files a folder scan left out the extraction report names.
+IGNORED_SHOWN = 5
 
 
 @dataclass
@@ -143,6 +221,8 @@ class ExtractionSummary:
         retried: earlier failures tried again by this run.
         skipped_failed: earlier failures not retried (``retry_failed=False``).
         duplicates: inputs given more than once (stored once).
+        ignored: ``(path, reason)`` of what the folder scans left out (not images by their
+            extension, folders named like images): counted and named in the report.
         seconds: wall time.
     """
 
@@ -154,6 +234,7 @@ class ExtractionSummary:
     skipped_failed: int = 0
     duplicates: int = 0
     total: int = 0
+    ignored: list[tuple[str, str]] | None = None
 
     @property
     def status(self) -> int:
@@ -173,7 +254,13 @@ class ExtractionSummary:
             parts.append(f"{self.skipped_failed} earlier failures not retried (--no-retry)")
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicate inputs stored once")
-        lines = [", ".join(parts) + f", in {self.seconds:.1f} s"]
+        first = ", ".join(parts) + f", in {self.seconds:.1f} s"
+        if self.ignored:  # what a folder scan left out: on the first line, which `lit extract` prints
+            shown = [f"{display_name(p)} ({why})" for p, why in self.ignored[:IGNORED_SHOWN]]
+            more = len(self.ignored) - len(shown)
+            first += (f"; ignored {len(self.ignored)} file{'s' if len(self.ignored) != 1 else ''}: "
+                      + ", ".join(shown) + (f" and {more} more" if more else ""))
+        lines = [first]
         lines += [f"  failed: {display_name(err)}" for err in failed.values()]
         return "\n".join(lines)
 
@@ -187,12 +274,27 @@ class _ImageList(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
+        """``(name, image tensor, None, size of the file)``, or ``(name, None, error, None)``."""
         name, path, bbox = self.items[i]
-        try:
-            return name, load_image(path, self.image_size, bbox=bbox, max_pixels=self.max_pixels), None
+        try:  # a crop needs the full-resolution pixels: no reduced decoding then
+            img = open_image(path, image_size=None if bbox is not None else self.image_size,
+                             max_pixels=self.max_pixels)
+            return name, load_image(img, self.image_size, bbox=bbox), None, img.size
         except (ImageReadError, ValueError, OSError, MemoryError) as err:
             msg = display_name(str(err))
-            return name, None, msg if display_name(path) in msg else f"{display_name(path)}: {msg}"
+            return name, None, msg if display_name(path) in msg else f"{display_name(path)}: {msg}", None
+
+
+def too_small_message(err: ImageReadError, size: tuple[int, int] | None, tensor: torch.Tensor, image_size) -> str:
+    """The model's "too small" message (``err``, about the resized ``tensor``), with the
+    file's own ``size`` where the resize to ``image_size`` changed it (a 5000x5 photo is
+    not "512x1")."""
+    msg = str(err)
+    h, w = tensor.shape[-2:]
+    if isinstance(err, ImageTooSmallError) and size is not None and tuple(size) != (w, h):
+        msg = msg.replace(f"({w}x{h} pixels)",
+                          f"({size[0]}x{size[1]} pixels, {w}x{h} after the resize to at most {image_size} px)", 1)
+    return msg
 
 
 def _cap_workers(num_workers: int) -> int:
@@ -220,6 +322,7 @@ def extract_to_file(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     default_root: str | os.PathLike | None = None,
     embedder=None,
+    ignored: Sequence[tuple[str, str]] | None = None,
 ) -> ExtractionSummary:
     """Extract super-features of many images into a feature file, resumably.
 
@@ -245,6 +348,8 @@ def extract_to_file(
         embedder: an image tower (``.name`` and ``.embed(images) -> (B, D)``, e.g.
             :func:`lit.text.image_embedder`) whose global embedding of each image is stored
             too, for text search (``None``: none).
+        ignored: what gathering the images left out (:attr:`FoundImages.ignored`), to be
+            counted and named in the summary's report.
 
     Returns:
         An :class:`ExtractionSummary` (``.status`` is the exit status of ``lit extract``);
@@ -259,9 +364,10 @@ def extract_to_file(
     entries = [(entry if isinstance(entry, tuple) else (entry, None)) for entry in images]
     paths = [os.fspath(p) for p, _ in entries]
     out = os.fspath(out)
+    check_output_file(out)  # /dev/null, a folder, a FIFO: refused before anything is extracted
     _make_folder(out)
     start = time.perf_counter()
-    summary = ExtractionSummary(failed={})
+    summary = ExtractionSummary(failed={}, ignored=list(ignored or []))
     new_root = root if root is not None else default_root if default_root is not None else (
         common_root(paths) if paths else None)
     with FeatureStore(out, "a", descriptor_dim=model.cfg.reduction_dim or model.cfg.lit.dim,
@@ -408,6 +514,7 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
     bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr, desc="extract")
     path_of = {it[0]: it[1] for it in todo}
     pending: list[tuple[str, torch.Tensor]] = []  # equal-size images waiting for a batch
+    size_of: dict[str, tuple[int, int]] = {}  # the files' own sizes, for messages
     extracted: list[str] = []
 
     def fail(name: str, error: str) -> None:
@@ -423,9 +530,11 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
         try:
             outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
         except ImageReadError as err:  # too small: the whole batch has this size
-            for n, _ in pending:
-                fail(n, f"{display_name(path_of[n])}: {err}")
+            for n, t in pending:
+                fail(n, f"{display_name(path_of[n])}: {too_small_message(err, size_of.get(n), t, image_size)}")
             bar.update(len(pending))
+            for n, _ in pending:
+                size_of.pop(n, None)
             pending.clear()
             return
         if embedder is not None:  # rows written before the features commit them
@@ -436,11 +545,13 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
             extracted.append(n)
         summary.done += len(pending)
         bar.update(len(pending))
+        for n, _ in pending:
+            size_of.pop(n, None)
         pending.clear()
 
     try:
         with logging_redirect_tqdm(loggers=[logging.getLogger("lit")]):
-            for name, tensor, error in loader:
+            for name, tensor, error, size in loader:
                 if error is not None:
                     flush()  # keep the file in input order
                     fail(name, error)
@@ -448,6 +559,7 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
                     continue
                 if pending and pending[0][1].shape != tensor.shape:
                     flush()
+                size_of[name] = size
                 pending.append((name, tensor))
                 if len(pending) >= batch_size:
                     flush()

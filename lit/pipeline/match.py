@@ -20,6 +20,7 @@ from PIL import Image
 
 from .._fileio import atomic_path, atomic_write
 from .._image import load_image
+from .._names import json_fields
 from ..matching import MatchRule
 from ..types import Matches
 
@@ -128,13 +129,16 @@ def match_pairs(model, pairs: Sequence[tuple[str, str]], root_a: str | os.PathLi
 
 def write_matches_json(results: Sequence[PairMatches], path: str | os.PathLike, rule: MatchRule) -> None:
     """JSON ``{"rule", "pairs": [{"a", "b", "matches", "score", "indices_a", "indices_b",
-    "similarity", "positions_a", "positions_b"}]}`` (positions in original image pixels)."""
+    "similarity", "positions_a", "positions_b"}]}`` (positions in original image pixels); names
+    as :func:`lit.display_name` shows them, with ``a_bytes`` / ``b_bytes`` (hex) where that
+    differs from the file's name (:func:`lit.pipeline.json_name` reads either)."""
     doc = {"rule": rule.describe(), "threshold": rule.threshold, "margin": rule.margin,
-           "pairs": [{"a": r.name_a, "b": r.name_b, "matches": len(r.matches), "score": r.matches.score,
+           "pairs": [{**json_fields("a", r.name_a), **json_fields("b", r.name_b), "matches": len(r.matches),
+                      "score": r.matches.score,
                       "indices_a": r.matches.indices_a.tolist(), "indices_b": r.matches.indices_b.tolist(),
                       "similarity": r.matches.similarity.tolist(), "positions_a": r.positions_a.tolist(),
                       "positions_b": r.positions_b.tolist()} for r in results]}
-    with atomic_write(path, "w", errors="surrogateescape") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
 
 

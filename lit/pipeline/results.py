@@ -9,15 +9,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._fileio import atomic_write
-from .._image import display_name
+from .._names import decode_name, display_name, json_fields
 from ..errors import NotFoundError, PipelineError
 from .search import QueryResult
 
-__all__ = ["plot_paths", "read_pairs", "results_to_dict", "scene_of", "write_csv", "write_json", "write_pairs"]
+__all__ = ["json_name", "plot_paths", "read_pairs", "results_to_dict", "scene_of", "write_csv", "write_json",
+           "write_pairs"]
+
+
+def _named(d: dict, key: str, name: str | None) -> dict:
+    """``d[key]``: the name as shown (:func:`lit.display_name`); ``d[key + "_bytes"]``: its
+    exact bytes in hex, only where the shown name differs."""
+    d.update(json_fields(key, name))
+    return d
+
+
+def json_name(d: dict, key: str) -> str | None:
+    """The exact name of field ``key`` of a result written by :func:`write_json` (its
+    ``KEY_bytes`` where present, else the shown name): ``os.fsencode`` gives the file's
+    bytes."""
+    raw = d.get(key + "_bytes")
+    return decode_name(bytes.fromhex(raw)) if raw is not None else d.get(key)
 
 
 def _hit(h) -> dict:
-    d = {"rank": h.rank, "name": h.name, "score": h.score}
+    d = _named({"rank": h.rank}, "name", h.name)
+    d["score"] = h.score
     if getattr(h, "inliers", None) is not None:  # re-ranked: the verified matches
         d["inliers"] = h.inliers
     if getattr(h, "calibrated", None) is not None:  # text queries: standard deviations above chance
@@ -26,31 +43,37 @@ def _hit(h) -> dict:
 
 
 def results_to_dict(results: Sequence[QueryResult], db_root: str | None, query_root: str | None) -> dict:
-    return {"db_root": db_root, "query_root": query_root,
-            "score": "ASMK similarity (see `lit search --help`); higher is more similar, comparable within one query",
-            "queries": [{"query": r.query, "results": [_hit(h) for h in r.hits]} for r in results]}
+    """Results as JSON-ready data (valid UTF-8: no lone surrogates). Names, queries and roots
+    are shown by :func:`lit.display_name`; where that differs from the real name
+    (undecodable bytes, control characters) a ``*_bytes`` field beside it holds the exact
+    bytes in hex (``name_bytes``, ``query_bytes``, ``db_root_bytes``, ``query_root_bytes``;
+    :func:`json_name` reads either)."""
+    out = _named(_named({}, "db_root", db_root), "query_root", query_root)
+    out["score"] = "ASMK similarity (see `lit search --help`); higher is more similar, comparable within one query"
+    out["queries"] = [{**_named({}, "query", r.query), "results": [_hit(h) for h in r.hits]} for r in results]
+    return out
 
 
 def write_json(results: Sequence[QueryResult], path: str | os.PathLike, db_root: str | None = None,
                query_root: str | None = None) -> None:
     """JSON: ``{"db_root", "query_root", "score", "queries": [{"query", "results": [{"rank",
-    "name", "score"}]}]}``; names that are not valid UTF-8 are written with ``\\udcXX`` escapes
-    (``os.fsencode`` restores the bytes)."""
-    with atomic_write(path, "w", errors="surrogateescape") as f:
+    "name", "score"}]}]}`` (:func:`results_to_dict`: names as :func:`lit.display_name` shows
+    them, with ``name_bytes`` in hex where that differs from the file's name)."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(results_to_dict(results, db_root, query_root), f, indent=1)
 
 
 def write_csv(results: Sequence[QueryResult], path: str | os.PathLike) -> None:
     """CSV with header ``query,rank,name,score`` (scores with 6 significant digits; text
-    queries add ``calibrated``); file
-    names are written as bytes (surrogateescape), like the file system has them."""
-    with atomic_write(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+    queries add ``calibrated``), valid UTF-8: names and queries as :func:`lit.display_name`
+    shows them (``caf\\xe9.jpg``, ``a\\nb.jpg``: one row per line); JSON keeps the exact bytes."""
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         calibrated = any(h.calibrated is not None for r in results for h in r.hits)  # text queries
         w.writerow(["query", "rank", "name", "score", *(["calibrated"] if calibrated else [])])
         for r in results:
             for h in r.hits:
-                w.writerow([r.query, h.rank, h.name, f"{h.score:.6g}",
+                w.writerow([display_name(r.query), h.rank, display_name(h.name), f"{h.score:.6g}",
                             *([f"{h.calibrated:.4g}" if h.calibrated is not None else ""] if calibrated else [])])
 
 
@@ -60,6 +83,9 @@ def write_pairs(results: Sequence[QueryResult], path: str | os.PathLike) -> None
 
     hloc splits each line at white space, so a name with a space, tab or newline cannot be
     written (there is no escape in the format): such a name is refused, nothing is written.
+    Names are written byte for byte (``caf\\xe9.jpg`` as the byte 0xE9, as the file system
+    has it: the readers open the files by these names); :func:`read_pairs` reads them back
+    exactly.
 
     Raises:
         PipelineError: a name holds white space.
@@ -88,7 +114,7 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
     if not os.path.isfile(path):
         raise NotFoundError(f"{display_name(path)}: no such pairs file")
     pairs = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # a byte-order mark is dropped
         for number, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._image import ImageReadError, display_name, load_image
+from .._image import ImageReadError, ImageTooSmallError, display_name, load_image, open_image
 from ..asmk import SearchResult
 from ..asmk.sharded import ShardedIndex, merge_results
 from ..distributed import DistEnv, env_from_environ, process_group
@@ -33,7 +33,7 @@ from ..errors import FingerprintError, UsageError
 from ..features import open_features
 from ..index_file import IndexInfo, load_index
 from ..types import LocalFeatures
-from .extract import gather_images, image_names, model_fingerprint
+from .extract import gather_images, image_names, model_fingerprint, too_small_message
 from .rerank import expand_query
 
 log = logging.getLogger(__name__)
@@ -165,12 +165,16 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
     names, feats = [], []
     for path, name in zip(paths, image_names(paths, query_root), strict=True):
         try:
-            img = load_image(path, size)
+            decoded = open_image(path, size)
+            img = load_image(decoded, size)
         except ImageReadError as err:
             log.warning(f"skipped: {err}", extra={"lit_plain": True})
             continue
+        try:
+            feats.append(model.extract(img, scales=scales, features_num=features_num))
+        except ImageTooSmallError as err:  # named with the file's own size, not the resized one
+            raise ImageTooSmallError(f"{display_name(path)}: {too_small_message(err, decoded.size, img, size)}") from None
         names.append(name)
-        feats.append(model.extract(img, scales=scales, features_num=features_num))
     if not feats:
         raise UsageError("no readable query images")
     return Queries(feats, names, query_root)

@@ -6,27 +6,27 @@ import os
 
 import torch
 
-from ..errors import NotFoundError, UsageError
+from .._names import display_name
+from ..errors import UsageError
 from ..index_file import read_text
+from ..pipeline import read_list_file
 from .calibration import CONFIDENT_Z, calibrate, reference_scores
 from .factory import load_text_model
 from .model import TextModel
 
 
 def read_text_file(path: str | os.PathLike) -> list[str]:
-    """One query per line; blank lines and lines starting with ``#`` are skipped.
+    """One query per line; blank lines and lines starting with ``#`` are skipped, a UTF-8
+    byte-order mark is removed (:func:`lit.pipeline.read_list_file`).
 
     Raises:
-        ValueError: the file holds no query.
+        UsageError: no such file, a folder, text that is not UTF-8 (one line naming the
+            file and the line), or no query at all.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise NotFoundError(f"{path}: no such query file")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
-    queries = [line for line in lines if line and not line.startswith("#")]
+    queries = read_list_file(path, what="query file", names=False)
     if not queries:
-        raise UsageError(f"{path}: no text queries (one per line; blank and '#' lines are skipped)")
+        raise UsageError(f"{display_name(os.fspath(path))}: no text queries (one per line; blank and '#' lines are "
+                         "skipped)")
     return queries
 
 

@@ -149,3 +149,51 @@ def test_max_pixels_option_and_large_jpeg_decoded_reduced(tmp_path, bad_folder, 
         warnings.simplefilter("error")  # no DecompressionBombWarning: lit's own limit replaces PIL's
         with pytest.raises(lit.ImageReadError, match="12k.png: cannot decode image"):  # its pixel data is cut
             load_image(tmp_path / "12k.png", 96)
+
+
+def test_special_files_are_named_for_what_they_are_and_ignored_entries_counted(tmp_path, ckpt, cli):
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(os.path.join(PHOTOS, "sacre_coeur", sorted(os.listdir(os.path.join(PHOTOS, "sacre_coeur")))[0]),
+                d / "a.jpg")
+    os.mkfifo(d / "pipe.jpg")  # opening it would block until a writer comes
+    (d / "loop.jpg").symlink_to(d / "loop.jpg")
+    Image.new("RGB", (5000, 5), (90, 120, 150)).save(d / "thin.png")
+    (d / "x.jpg").mkdir()  # a folder named like a photo
+    (d / "garbage.heic").write_bytes(b"\0" * 64)  # a format lit does not read
+    proc = cli("extract", d, "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu", "--quiet", ok=False)
+    assert proc.returncode == 3, proc.stderr
+    lines = {line.split(": ", 2)[1].rsplit("/", 1)[-1]: line for line in proc.stderr.splitlines()
+             if line.startswith("skipped: ")}
+    assert "not a regular file: a FIFO" in lines["pipe.jpg"]
+    assert "symlink loop" in lines["loop.jpg"] and "no such file" not in lines["loop.jpg"]
+    assert "too small (5000x5 pixels, 96x1 after the resize to at most 96 px)" in lines["thin.png"], lines["thin.png"]
+    summary = proc.stdout.splitlines()[0]
+    assert summary.startswith("extracted 1 images, skipped 0 already done, 3 failed")
+    assert "ignored 2 files: " in summary and f"{d / 'garbage.heic'} (not an image extension)" in summary
+    assert f"{d / 'x.jpg'} (a folder)" in summary
+    loop = cli("extract", d / "loop.jpg", "--out", tmp_path / "g.h5", "--model", ckpt, "--device", "cpu", ok=False)
+    assert loop.returncode == 2 and "symlink loop" in loop.stderr and "no such file" not in loop.stderr
+
+
+@pytest.mark.parametrize("out, said", [("/dev/null", "is a character device, not a regular file"),
+                                       ("{tmp}", "is a folder, not a regular file")])
+def test_an_output_that_is_not_a_regular_file_is_refused_before_extracting(tmp_path, ckpt, cli, out, said):
+    photo = os.path.join(PHOTOS, "sacre_coeur", sorted(os.listdir(os.path.join(PHOTOS, "sacre_coeur")))[0])
+    proc = cli("extract", photo, "--out", out.format(tmp=tmp_path), "--model", ckpt, "--device", "cpu", "--quiet",
+               ok=False)
+    assert proc.returncode == 2 and said in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert "extracted" not in proc.stdout
+
+
+def test_a_list_file_may_start_with_a_byte_order_mark(tmp_path, ckpt, cli):
+    scene = os.path.join(PHOTOS, "sacre_coeur")
+    shutil.copy(os.path.join(scene, sorted(os.listdir(scene))[0]), tmp_path / "a.jpg")
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.jpg\r\n")  # as Windows editors save UTF-8
+    cli("extract", "--list", tmp_path / "list.txt", "--out", tmp_path / "f.h5", "--model", ckpt, "--device", "cpu",
+        "--quiet")
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert list(store.names) == ["a.jpg"]
+    folder = cli("extract", "--list", tmp_path, "--out", tmp_path / "g.h5", "--model", ckpt, "--device", "cpu",
+                 ok=False)
+    assert folder.returncode == 2 and "is a folder, not a list file" in folder.stderr

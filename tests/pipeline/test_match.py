@@ -1,9 +1,14 @@
 """lit.pipeline.match: the match rule of a registered model and of model.match is the model's own."""
 
+import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
+
+from lit import pipeline
+from lit.matching import MatchRule
 
 
 def test_registry_rule_is_the_models(tiny_model, tmp_path):
@@ -51,3 +56,17 @@ def test_model_match_uses_its_rule(tiny_model, monkeypatch):
     # pair beats the background by a margin of 0.001
     tiny_model.set_match_rule(MatchRule(threshold=None, margin=0.001, background=fa.descriptors))
     assert len(lit.match(fa, fb, threshold=None)) > 0 and len(tiny_model.match(img_a, img_b)[2]) == 0
+
+
+def test_matches_json_is_valid_utf_8_and_keeps_the_bytes_of_odd_names(tmp_path):
+    import json
+
+    from lit.types import Matches
+
+    latin1 = os.fsdecode(b"s/caf\xe9.jpg")
+    m = Matches(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.95]), torch.ones(1), torch.ones(1))
+    pair = pipeline.PairMatches(latin1, "s/b.jpg", m, 5, 5, np.zeros((1, 2), np.float32), np.ones((1, 2), np.float32))
+    pipeline.write_matches_json([pair], tmp_path / "m.json", MatchRule(threshold=0.9))
+    doc = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["pairs"][0]
+    assert doc["a"] == "s/caf\\xe9.jpg" and pipeline.json_name(doc, "a") == latin1
+    assert doc["b"] == "s/b.jpg" and "b_bytes" not in doc

@@ -43,3 +43,16 @@ def test_exclude_self_by_real_path_when_roots_are_known(tmp_path):
     res = pipeline.search(index, info, feats[:1], ["db/scene_a/1.jpg"], topk=None, exclude_self=True,
                           query_root=str(tmp_path), keep_unscored=True)
     assert "scene_a/1.jpg" not in [h.name for h in res[0].hits] and len(res[0].hits) == 3
+
+
+def test_a_query_too_small_for_the_model_is_named_with_its_own_size(tmp_path, tiny_model):
+    from PIL import Image
+
+    from lit.errors import ImageTooSmallError
+    from lit.index_file import IndexInfo
+
+    Image.new("RGB", (5000, 5), (120, 30, 200)).save(tmp_path / "thin.png")
+    info = IndexInfo(names=["a.jpg"], image_root=None, fingerprint=None)
+    with pytest.raises(ImageTooSmallError) as err:
+        pipeline.queries_from_images(tiny_model, [str(tmp_path / "thin.png")], info)
+    assert str(err.value).startswith(f"{tmp_path / 'thin.png'}: too small (5000x5 pixels, 96x1 after the resize")

@@ -51,6 +51,8 @@ def test_cli_text_search_round_trip(tmp_path, photo_dir, text_model, cli):
     assert Image.open(tmp_path / "r_001.png").size[0] > 200  # one figure per query
     bad = cli("search", index, "--text", "  ", ok=False)
     assert bad.returncode == 2 and "empty" in bad.stderr
+    typed = cli("search", index, "--text", "a cat\x1b]0;pwned\x07\x1b[2J", "--topk", "1").stdout  # typed text is shown, not run
+    assert "\x1b" not in typed and "\x07" not in typed and typed.startswith("a cat\\x1b]0;pwned\\x07\\x1b[2J\n")
 
 
 def test_index_without_embeddings_says_how_to_add_them(tmp_path, photo_dir, cli):
@@ -63,3 +65,19 @@ def test_index_without_embeddings_says_how_to_add_them(tmp_path, photo_dir, cli)
     cli("text", "embed", feats, "--root", photo_dir, "--index", index, "--quiet")
     res = cli("search", index, "--text", "a cat", "--topk", "1").stdout
     assert "cat.png" in res
+
+
+def test_query_files_are_utf_8_text_and_their_problems_are_one_line(tmp_path):
+    from lit.text.search import read_text_file
+
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfa church\r\n# skipped\n\na cat\n")  # as Windows editors save
+    assert read_text_file(tmp_path / "bom.txt") == ["a church", "a cat"]
+    (tmp_path / "latin1.txt").write_bytes("a church\nun caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(lit.errors.UsageError) as err:
+        read_text_file(tmp_path / "latin1.txt")
+    msg = str(err.value)
+    assert msg.count("\n") == 0 and msg.startswith(f"{tmp_path / 'latin1.txt'}, line 2: not UTF-8 text (byte 0xe9"), msg
+    with pytest.raises(lit.errors.UsageError, match="is a folder, not a query file"):
+        read_text_file(tmp_path)
+    with pytest.raises(lit.errors.NotFoundError, match="no such query file"):
+        read_text_file(tmp_path / "missing.txt")
