@@ -18,7 +18,7 @@ __all__ = ["plot_paths", "read_pairs", "results_to_dict", "scene_of", "write_csv
 
 def _hit(h) -> dict:
     d = {"rank": h.rank, "name": h.name, "score": h.score}
-    if getattr(h, "inliers", None) is not None:  # re-ranked: the verified matches
+    if getattr(h, "inliers", None) is not None:  # re-ranked: the support of the verified matches
         d["inliers"] = h.inliers
     if getattr(h, "calibrated", None) is not None:  # text queries: standard deviations above chance
         d["calibrated"] = h.calibrated
