@@ -5,11 +5,12 @@ For each rule of tentative matches (the model's background test at several margi
 nearest neighbours above a cosine floor, a ratio test, the k nearest neighbours of each query
 super-feature), RANSAC as re-ranking runs it (similarity, inliers within ``--threshold`` of the
 image size, scale tolerance ``--scale-tolerance``), and per pair: the tentative matches, the
-inliers and the support (distinct query templates among the inliers). Reported: the mean
+inliers, the support (distinct query templates among the inliers) and the inliers weighted
+by their cosine cubed (ASMK's selectivity). Reported: the mean
 matches of same-scene and of unrelated pairs, the median support of same-scene pairs, the 99th
 percentile and the maximum of unrelated pairs, the queries whose best same-scene support beats
 their best unrelated one, and the mAP of re-ranking all candidates with each minimum support
-(mean over ``--seeds`` k-means seeds; ASMK alone first). Also the ASMK rank of each query's
+(or inliers, or weighted inliers; mean over ``--seeds`` k-means seeds; ASMK alone first). Also the ASMK rank of each query's
 positives when the first is not first.
 
     python benchmarks/rerank_diagnose.py --cache feats.pt    # the cache of benchmarks/rerank.py
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--scale-tolerance", type=float, default=1.5)
     p.add_argument("--hypotheses", type=int, default=128)
     p.add_argument("--min-support", default="4,5,6,7,8,9,10,12", help="minimum supports to re-rank with")
+    p.add_argument("--min-weight", default="2,3,3.5,4,4.5,5,6", help="minimum weighted inliers to re-rank with")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
            "asmk_ranks_of_positives_not_first": ranks, "rules": []}
     print(f"ASMK alone: mAP {out['asmk_map']:.1f}", file=sys.stderr)
     for kind, value in rules:
-        matches, inl, sup = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
+        matches, inl, sup, wgt = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
         for q in range(n):
             cs = [c for c in range(n) if c != q]
             ms = [tentative(unit[q], unit[c], kind, value, bgs[q], bgs[c]) for c in cs]
@@ -148,6 +150,9 @@ def main(argv=None) -> int:
                 k = len(qi)
                 matches[q, c], inl[q, c] = k, int(v.inliers[j, :k].sum())
                 sup[q, c] = len(torch.unique(db[q].superfeature_ids[qi][v.inliers[j, :k]]))
+                ci = ms[j][1]
+                cos = (unit[q][qi] * unit[c][ci]).sum(1).clamp_min(0)
+                wgt[q, c] = float((cos[v.inliers[j, :k]] ** 3).sum())
         best_same = np.where(same, sup, -1).max(1)
         best_other = np.where(other, sup, -1).max(1)
         res = {"rule": kind, "value": value, "matches_same_scene": float(matches[same].mean()),
@@ -155,7 +160,8 @@ def main(argv=None) -> int:
                "support_unrelated_p99": float(np.percentile(sup[other], 99)), "support_unrelated_max": float(sup[other].max()),
                "queries_same_beats_unrelated": int((best_same > best_other).sum()),
                "map_by_min_support": {f"{m:g}": rerank_map(sup, m) for m in minima},
-               "map_by_min_inliers": {f"{m:g}": rerank_map(inl, m) for m in minima}}
+               "map_by_min_inliers": {f"{m:g}": rerank_map(inl, m) for m in minima},
+               "map_by_min_weighted_inliers": {w: rerank_map(wgt, float(w)) for w in args.min_weight.split(",")}}
         out["rules"].append(res)
         print(f"{kind} {value}: matches {res['matches_same_scene']:.1f} / {res['matches_unrelated']:.1f}, support "
               f"{res['support_same_scene_median']:.0f} / p99 {res['support_unrelated_p99']:.0f}, mAP by min support "
