@@ -34,14 +34,6 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def average_precision(names: list[str], positives: set[str]) -> tuple[float, float]:
-    from lit.evaluate import compute_ap
-
-    rel = np.array([n in positives for n in names])
-    ap = compute_ap(np.flatnonzero(rel), len(positives)) if positives else float("nan")
-    return 100 * float(ap), 100 * float(rel[:5].sum() / 5)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=None, help="folder with one sub-folder per scene (default: the multi-view set)")
@@ -49,8 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="lit-effl0", help="lit-effl0, fire (weights must be in the cache) or a checkpoint")
     p.add_argument("--configs", default="0,20,50,100,100+1,100+2", help="rerank N [+ expand K], comma-separated")
     p.add_argument("--seeds", type=int, default=4, help="k-means seeds")
-    p.add_argument("--margin", default=None, help="background margin of verified matches (default: the policy's)")
-    p.add_argument("--min-inliers", type=int, default=None)
+    p.add_argument("--floor", default=None, help="lowest cosine of a tentative match, 'model' or 'none' (default: the policy's)")
+    p.add_argument("--margin", default=None, help="background margin of tentative matches, 'model' or 'none' (default: none)")
+    p.add_argument("--min-support", type=int, default=None, help="distinct query templates among the inliers that verify")
+    p.add_argument("--hypotheses", type=int, default=None, help="RANSAC hypotheses per candidate")
     p.add_argument("--threshold", type=float, default=None, help="inlier distance, fraction of the image size")
     p.add_argument("--transform", default=None, help="similarity or affine")
     p.add_argument("--scale-tolerance", default=None, help="factor, or 'none'")
@@ -71,6 +65,7 @@ def main(argv=None) -> int:
         LIT_EFFL0_HELD_OUT,
         codebook_photos,
         extract_all,
+        ranking_metrics,
         scene_images,
     )
     from lit.index_file import IndexInfo
@@ -110,10 +105,14 @@ def main(argv=None) -> int:
 
     settings = RerankSettings(image_size=model.cfg.runtime.image_size)
     over = {}
-    if args.margin is not None:
-        over["margin"] = None if args.margin == "none" else ("model" if args.margin == "model" else float(args.margin))
-    if args.min_inliers is not None:
-        over["min_inliers"] = args.min_inliers
+    for key in ("floor", "margin"):
+        value = getattr(args, key)
+        if value is not None:
+            over[key] = None if value == "none" else ("model" if value == "model" else float(value))
+    if args.min_support is not None:
+        over["min_support"] = args.min_support
+    if args.hypotheses is not None:
+        over["hypotheses"] = args.hypotheses
     if args.threshold is not None:
         over["threshold"] = args.threshold
     if args.transform is not None:
@@ -137,11 +136,9 @@ def main(argv=None) -> int:
             res = search(index, info, db, names, topk=None, exclude_self=True, rerank=n, expand=k,
                          reranker=reranker if (n or k) else None)
             sec = (time.perf_counter() - t) / len(names)
-            ap = [average_precision([h.name for h in r.hits], pos) for r, pos in zip(res, positives, strict=True)]
-            ok = [a for a, pos in zip(ap, positives, strict=True) if pos]
-            runs.setdefault(f"{n}+{k}", []).append({
-                "map": float(np.mean([a[0] for a in ok])), "mp@5": float(np.mean([a[1] for a in ok])),
-                "s_per_query": sec, "ap": [a[0] for a in ok]})
+            m = ranking_metrics([np.array([h.name in pos for h in r.hits]) for r, pos in zip(res, positives, strict=True)],
+                                [len(pos) for pos in positives], ks=(5,))
+            runs.setdefault(f"{n}+{k}", []).append({"map": m["map"], "mp@5": m["mp@5"], "s_per_query": sec, "ap": m["ap"]})
     table = {}
     for key, rs in runs.items():
         table[key] = {"rerank": int(key.split("+")[0]), "expand": int(key.split("+")[1]),
@@ -164,7 +161,9 @@ def main(argv=None) -> int:
     reranker.rerank(db[1 % len(db)], list(range(n_t)), [0.0] * n_t, n_t)
     warm, warm_cpu = time.perf_counter() - t, time.process_time() - c
     f0 = reranker.database(0)
-    per_image = sum(x.element_size() * x.numel() for x in f0 if x is not None) + 4 * len(f0)  # + background sims
+    per_image = sum(x.element_size() * x.numel() for x in f0 if x is not None)
+    if reranker.rule.background is not None:  # + the cached background similarities
+        per_image += 4 * len(f0)
     if not args.per_query:
         for r in table.values():
             del r["ap"]

@@ -80,29 +80,41 @@ def scene_images(root: str | os.PathLike, scenes: list[str] | None = None) -> tu
     return paths, np.array(labels), names
 
 
-def retrieval_metrics(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = ()) -> dict:
-    """mAP and Recall@1 (top-1 correct) of an (n x n) score matrix, self excluded,
-    positives = same label; with ``ks`` also the mean precision at each k (``mp@k``:
-    the share of the first k results that show the query's scene)."""
+def ranking_metrics(relevant: list[np.ndarray], positives: list[int] | None = None, ks: tuple[int, ...] = ()) -> dict:
+    """mAP, Recall@1 and mean precision at each ``k`` of ranked lists: ``relevant[q]`` says
+    which entries of query ``q``'s list (best first) show its scene, ``positives[q]`` how
+    many there are in all (default: those in the list; a positive missing from the list
+    counts as never found). Queries without positives are left out."""
     from lit.evaluate import compute_ap
 
-    n = len(labels)
     aps, r1, pk = [], [], {k: [] for k in ks}
-    for q in range(n):
-        s = scores[q].astype(np.float64).copy()
-        s[q] = -np.inf
-        order = np.argsort(-s, kind="stable")[: n - 1]
-        rel = labels[order] == labels[q]
-        if rel.sum() == 0:
+    for q, rel in enumerate(relevant):
+        rel = np.asarray(rel, dtype=bool)
+        total = int(rel.sum()) if positives is None else int(positives[q])
+        if total == 0:
             continue
-        aps.append(compute_ap(np.flatnonzero(rel), int(rel.sum())))
-        r1.append(bool(rel[0]))
+        aps.append(compute_ap(np.flatnonzero(rel), total))
+        r1.append(bool(rel[:1].any()))
         for k in ks:
-            pk[k].append(float(rel[:k].mean()))
+            pk[k].append(float(rel[:k].sum() / k))
     out = {"map": 100 * float(np.mean(aps)), "recall@1": 100 * float(np.mean(r1)), "queries": len(aps),
            "ap": [100 * float(a) for a in aps]}
     out.update({f"mp@{k}": 100 * float(np.mean(v)) for k, v in pk.items()})
     return out
+
+
+def retrieval_metrics(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = ()) -> dict:
+    """mAP and Recall@1 (top-1 correct) of an (n x n) score matrix, self excluded,
+    positives = same label; with ``ks`` also the mean precision at each k (``mp@k``:
+    the share of the first k results that show the query's scene)."""
+    n = len(labels)
+    relevant = []
+    for q in range(n):
+        s = scores[q].astype(np.float64).copy()
+        s[q] = -np.inf
+        order = np.argsort(-s, kind="stable")[: n - 1]
+        relevant.append(labels[order] == labels[q])
+    return ranking_metrics(relevant, ks=ks)
 
 
 def paired_comparison(ap_a, ap_b, groups, boot: int = 10000, seed: int = 0) -> dict:

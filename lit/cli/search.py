@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -35,13 +36,14 @@ Names: database names are relative to the index's image root, query names to the
 root; JSON records both roots. Queries must come from the model and extraction settings of
 the index (fingerprint check; --force overrides).
 
-Re-ranking (--rerank N): the top N of each ASMK list are matched with the query
-(the model's match rule, all scales, background margin relaxed to 0) and the attention
-centroids of the matches must agree with one similarity transformation (seeded RANSAC); an
-image with at least 4 such inliers is verified and scores inliers + its ASMK score, so
-verified images come first (by inliers), the others keep their ASMK order below them, and
-ranks below N do not move. --expand K then adds the verified super-features of the top K
-verified images to the query and searches again."""
+Re-ranking (--rerank N): the top N of each ASMK list are matched with the query (mutual
+nearest super-features over all scales, cosine >= 0.5) and the attention centroids of the
+matches must agree with one similarity transformation (seeded RANSAC); an image whose
+inliers show at least 7 distinct query super-features (templates) is verified and scores
+that support + its ASMK score ("inliers" in the results), so verified images come first,
+the others keep their ASMK order below them, and ranks below N do not move. --expand K
+then adds the verified super-features of the top K verified images to the query and
+searches again."""
 
 
 def add_arguments(p) -> None:
@@ -53,9 +55,9 @@ def add_arguments(p) -> None:
                    "or for --query-features the index's image root when it is the index's own feature file)")
     p.add_argument("--topk", type=int, default=10, help="results per query, printed and written (default 10)")
     p.add_argument("--exclude-self", action="store_true", help="leave the query itself out of its results")
-    p.add_argument("--rerank", type=int, nargs="?", const=100, default=0, metavar="N",
-                   help="re-rank the top N of each list (--rerank alone: 100) by geometrically verified super-feature "
-                   "matches, read from the index's feature file with the match rule of --model (the index's model); "
+    p.add_argument("--rerank", type=_short_list, default=0, metavar="N",
+                   help="re-rank the top N of each list (e.g. 100) by geometrically verified super-feature "
+                   "matches, read from the index's feature file with the model of --model (the index's model); "
                    "default 0: ASMK alone")
     p.add_argument("--expand", type=int, default=0, metavar="K",
                    help="query expansion: add the verified super-features of the top K verified images to the query "
@@ -77,6 +79,18 @@ def add_arguments(p) -> None:
     p.add_argument("--verbose", action="store_true", help="also print the results when writing files")
     p.add_argument("--force", action="store_true", help="search even when the queries come from another model than the index")
     add_model_arguments(p)
+
+
+def _short_list(text: str) -> int:
+    """``--rerank``'s value: a count >= 0 (a file name there is refused, not read as N)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects the number of images to re-rank (e.g. --rerank 100), got {text!r}"
+                                         ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expects a number of images >= 0, got {n}")
+    return n
 
 
 def run(args) -> int:

@@ -4,18 +4,21 @@ query expansion: the second stage of a search (``lit search --rerank N --expand 
 Policy (the defaults were chosen on the multi-view training scenes only; README
 "Re-ranking" gives the table):
 
-- the top ``N`` of each query's ASMK list are matched with the query under the model's match
-  rule, all scales, with the background margin relaxed to :data:`VERIFY_MARGIN` (a model
-  with a background bank; FIRe's cosine threshold is kept as it is): the geometry then
-  rejects the chance matches that the stricter margin rejects in ``lit match``;
+- tentative matches, as in classic spatial verification: the mutual nearest neighbours of
+  the query's and each candidate's super-features over all scales, with a cosine of at
+  least :data:`VERIFY_FLOOR` -- far looser than a model's match rule (lit-effl0's background
+  test leaves too few matches between photos of the same place in other light or season to
+  verify); the geometry then rejects the chance matches;
 - the attention centroids of the matches must agree with one similarity transformation
   (:func:`lit.pipeline.verify.ransac`, seeded) within :data:`VERIFY_THRESHOLD` of the image
   size, and with the ratio of the super-features' image scales within a factor
   :data:`SCALE_TOLERANCE`;
-- a candidate with at least :data:`MIN_INLIERS` inliers is *verified*; its score becomes
-  ``inliers + ASMK score`` (the ASMK score is at most 1), so verified images come first, by
-  inliers, and the others keep their ASMK order and score below them; ranks below ``N`` are
-  untouched;
+- the *support* of a candidate is the number of distinct query super-feature templates
+  among the inliers (a template found at several scales attends to one region: its matches
+  are one piece of evidence, not several); a candidate with a support of at least
+  :data:`MIN_SUPPORT` is *verified*; its score becomes ``support + ASMK score`` (the ASMK
+  score is at most 1), so verified images come first, by support, and the others keep their
+  ASMK order and score below them; ranks below ``N`` are untouched;
 - expansion (``K > 0``): the inlier super-features of the top ``K`` verified images are
   added to the query (ASMK aggregates them per visual word with the query's own: average
   query expansion in ASMK's terms), the database is searched again and the new top ``N`` are
@@ -47,20 +50,20 @@ from .verify import MODELS, match_many, ransac
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_RERANK", "MIN_INLIERS", "SCALE_TOLERANCE", "VERIFY_MARGIN", "VERIFY_THRESHOLD", "PairCheck",
+    "DEFAULT_RERANK", "MIN_SUPPORT", "SCALE_TOLERANCE", "VERIFY_FLOOR", "VERIFY_THRESHOLD", "PairCheck",
     "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verification_rule", "verify_matches",
 ]
 
 #: Short-list length re-ranked by default (``lit search --rerank``).
 DEFAULT_RERANK = 100
-#: Background margin of the matches verified (models with a background bank).
-VERIFY_MARGIN = 0.0
+#: Lowest cosine similarity of a tentative match (mutual nearest neighbours).
+VERIFY_FLOOR = 0.5
 #: Inlier distance, as a fraction of the image size the features were extracted at.
 VERIFY_THRESHOLD = 40 / 512
 #: Largest factor between a transformation's scale and the matched super-features' scale ratio.
-SCALE_TOLERANCE = 2.0
-#: Inliers that make a candidate verified.
-MIN_INLIERS = 4
+SCALE_TOLERANCE = 1.5
+#: Support (distinct query templates among the inliers) that makes a candidate verified.
+MIN_SUPPORT = 7
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,12 @@ class RerankSettings:
         model: ``"similarity"`` or ``"affine"`` (:data:`lit.pipeline.verify.MODELS`).
         threshold: inlier distance as a fraction of ``image_size``.
         image_size: the size (longest side, pixels) the features were extracted at.
-        min_inliers: inliers that make a candidate verified.
-        margin: background margin of the verified matches (``"model"``: the model's own).
+        min_support: support (distinct query templates among the inliers) that makes a
+            candidate verified.
+        floor: lowest cosine of a tentative match (mutual nearest neighbours); ``"model"``:
+            the model's own threshold (lit-effl0 has none).
+        margin: background margin of the tentative matches, for a model with a background
+            bank (``None``: no background test; ``"model"``: the model's own margin).
         scale_tolerance: see :func:`lit.pipeline.verify.ransac` (``None``: no scale test).
         hypotheses: RANSAC hypotheses per candidate.
         seed: RANSAC seed.
@@ -81,8 +88,9 @@ class RerankSettings:
     model: str = "similarity"
     threshold: float = VERIFY_THRESHOLD
     image_size: int = 512
-    min_inliers: int = MIN_INLIERS
-    margin: float | None | str = VERIFY_MARGIN
+    min_support: int = MIN_SUPPORT
+    floor: float | None | str = VERIFY_FLOOR
+    margin: float | None | str = None
     scale_tolerance: float | None = SCALE_TOLERANCE
     hypotheses: int = 128
     seed: int = 0
@@ -90,9 +98,9 @@ class RerankSettings:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise UsageError(f"verification model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if not self.threshold > 0 or self.image_size < 1 or self.min_inliers < 1 or self.hypotheses < 1:
-            raise UsageError("threshold, image_size, min_inliers and hypotheses must be positive, got "
-                             f"{self.threshold}, {self.image_size}, {self.min_inliers}, {self.hypotheses}")
+        if not self.threshold > 0 or self.image_size < 1 or self.min_support < 1 or self.hypotheses < 1:
+            raise UsageError("threshold, image_size, min_support and hypotheses must be positive, got "
+                             f"{self.threshold}, {self.image_size}, {self.min_support}, {self.hypotheses}")
 
 
 class PairCheck(NamedTuple):
@@ -102,26 +110,39 @@ class PairCheck(NamedTuple):
         - query_idx, cand_idx: :math:`(M,)` rows of the matched super-features.
         - inliers: :math:`(M,)` bool, the matches that agree with ``transform``.
         - transform: :math:`(2, 3)` query pixels to candidate pixels.
+        - query_templates: :math:`(M,)` template index of each matched query super-feature
+          (``None``: unknown, each match its own).
     """
 
     query_idx: torch.Tensor
     cand_idx: torch.Tensor
     inliers: torch.Tensor
     transform: torch.Tensor
+    query_templates: torch.Tensor | None = None
 
     @property
     def num_inliers(self) -> int:
         return int(self.inliers.sum())
 
+    @property
+    def support(self) -> int:
+        """Distinct query templates among the inliers (a template matched at several scales
+        counts once)."""
+        if self.query_templates is None:
+            return self.num_inliers
+        return len(torch.unique(self.query_templates[self.inliers]))
 
-def verification_rule(rule: MatchRule, margin: float | None | str = VERIFY_MARGIN) -> MatchRule:
-    """The rule verified matches follow: ``rule`` with its background margin replaced (models
-    with a background bank; ``"model"`` keeps it)."""
-    if rule.background is None or margin == "model":
-        return rule
-    if margin is None:
-        return MatchRule(rule.threshold)
-    return MatchRule(rule.threshold, float(margin), rule.background)
+
+def verification_rule(rule: MatchRule, floor: float | None | str = VERIFY_FLOOR,
+                      margin: float | None | str = None) -> MatchRule:
+    """The rule of the tentative matches that are verified: mutual nearest neighbours with a
+    cosine of at least ``floor`` (``"model"``: the model's threshold) and, for a model with a
+    background bank, its background test with ``margin`` (``None``: none; ``"model"``: the
+    model's margin)."""
+    threshold = rule.threshold if floor == "model" else (None if floor is None else float(floor))
+    if rule.background is None or margin is None:
+        return MatchRule(threshold)
+    return MatchRule(threshold, rule.margin if margin == "model" else float(margin), rule.background)
 
 
 class Reranker:
@@ -143,7 +164,7 @@ class Reranker:
                  cache: int = 4096) -> None:
         self.get = database if callable(database) else database.__getitem__
         self.settings = settings or RerankSettings()
-        self.rule = verification_rule(rule, self.settings.margin)
+        self.rule = verification_rule(rule, self.settings.floor, self.settings.margin)
         self.device = resolve_device(device) if device is not None else torch.device("cpu")
         self._cache: OrderedDict[int, tuple[LocalFeatures, torch.Tensor | None]] = OrderedDict()
         self._cache_size = cache
@@ -220,8 +241,9 @@ class Reranker:
         out = []
         for j in range(b):
             keep = pm.valid[j]
-            out.append(PairCheck(pm.query_idx[j][keep].cpu(), pm.cand_idx[j][keep].cpu(), v.inliers[j][keep].cpu(),
-                                 v.transform[j].cpu()))
+            qi = pm.query_idx[j][keep]
+            out.append(PairCheck(qi.cpu(), pm.cand_idx[j][keep].cpu(), v.inliers[j][keep].cpu(), v.transform[j].cpu(),
+                                 q.superfeature_ids[qi].cpu()))
         return out
 
     def rerank(self, query: LocalFeatures, ids: Sequence[int], scores: Sequence[float], top: int
@@ -229,9 +251,10 @@ class Reranker:
         """Re-rank the first ``top`` of a ranked list (``ids`` with ASMK ``scores``, best first).
 
         Returns:
-            ``(ids, scores, inliers, checks)``: the new order, the new scores (``inliers +
-            ASMK score`` for verified images, the ASMK score otherwise), the inliers of each
-            (``None`` below ``top``) and the checks of the first ``top`` in the new order.
+            ``(ids, scores, support, checks)``: the new order, the new scores (``support +
+            ASMK score`` for verified images, the ASMK score otherwise), the support of each
+            (:attr:`PairCheck.support`; ``None`` below ``top``) and the checks of the first
+            ``top`` in the new order.
         """
         if top < 0:
             raise UsageError(f"the re-ranked short list must be >= 0 images, got {top}")
@@ -242,15 +265,15 @@ class Reranker:
         checks = self.verify(query, ids[:n])
         head = []
         for pos, (i, s, c) in enumerate(zip(ids[:n], scores[:n], checks, strict=True)):
-            k = c.num_inliers
-            verified = k >= self.settings.min_inliers
+            k = c.support
+            verified = k >= self.settings.min_support
             head.append((0 if verified else 1, -k if verified else 0, pos, i, s + k if verified else s, k, c))
         head.sort(key=lambda h: h[:3])
         return ([h[3] for h in head] + ids[n:], [h[4] for h in head] + scores[n:],
                 [h[5] for h in head] + [None] * (len(ids) - n), [h[6] for h in head])
 
-    def is_verified(self, inliers: int | None) -> bool:
-        return inliers is not None and inliers >= self.settings.min_inliers
+    def is_verified(self, support: int | None) -> bool:
+        return support is not None and support >= self.settings.min_support
 
 
 def expand_query(query: LocalFeatures, neighbours: Sequence[LocalFeatures], checks: Sequence[PairCheck]
@@ -366,4 +389,4 @@ def verify_matches(feats_a: LocalFeatures, feats_b: LocalFeatures, matches, sett
     ratio = feats_a.scales.cpu()[ia].float() / feats_b.scales.cpu()[ib].float()
     v = ransac(src[None], dst[None], model=s.model, threshold=s.threshold * s.image_size, hypotheses=s.hypotheses,
                seed=s.seed, scale_ratio=ratio[None], scale_tolerance=s.scale_tolerance)
-    return PairCheck(ia, ib, v.inliers[0], v.transform[0])
+    return PairCheck(ia, ib, v.inliers[0], v.transform[0], feats_a.superfeature_ids.cpu()[ia])

@@ -35,7 +35,7 @@ def json_name(d: dict, key: str) -> str | None:
 def _hit(h) -> dict:
     d = _named({"rank": h.rank}, "name", h.name)
     d["score"] = h.score
-    if getattr(h, "inliers", None) is not None:  # re-ranked: the verified matches
+    if getattr(h, "inliers", None) is not None:  # re-ranked: the support of the verified matches
         d["inliers"] = h.inliers
     if getattr(h, "calibrated", None) is not None:  # text queries: standard deviations above chance
         d["calibrated"] = h.calibrated

@@ -184,7 +184,9 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
 @dataclass(frozen=True)
 class Hit:
     """One result: ``score`` is the ASMK score, or after re-ranking ``inliers + ASMK score`` for
-    a verified image; ``inliers``: its geometrically verified matches (``None``: not checked);
+    a verified image; ``inliers``: the support of its geometrically verified matches, the
+    distinct query super-features (templates) among them (``None``: not checked;
+    :attr:`lit.pipeline.rerank.PairCheck.support`);
     ``calibrated``: the text-search score in standard deviations above chance
     (:mod:`lit.text.calibration`), ``None`` for image queries."""
 

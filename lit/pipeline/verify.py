@@ -11,7 +11,8 @@ most matches agree with:
   two matches per hypothesis;
 - ``"affine"``: 6 degrees of freedom, from three matches.
 
-Hypotheses are drawn with a seeded generator on the CPU (the same on every device), scored
+Hypotheses are drawn with a seeded generator on the CPU (the same on every device; one draw
+for all pairs, so that a pair's result does not depend on the other pairs of the batch), scored
 all at once (``B x H`` hypotheses against ``M`` matches, padded), the best one per pair is
 refined by least squares on its inliers. A match is an inlier when the transformed query
 centroid lands within ``threshold`` pixels of the candidate's centroid and, with
@@ -238,8 +239,10 @@ def ransac(
     order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # valid first
     counts = valid.sum(1).cpu()
     gen = torch.Generator().manual_seed(int(seed))
-    u = torch.rand(b, hypotheses, k, generator=gen, dtype=torch.float64)
-    pick = (u * counts[:, None, None].clamp_min(1)).long()  # (B, H, k) positions among valid
+    # one draw for every pair: a pair's hypotheses depend on the seed and its own matches only,
+    # not on the other pairs of the batch (a candidate verifies alike in any short list)
+    u = torch.rand(hypotheses, k, generator=gen, dtype=torch.float64)
+    pick = (u[None] * counts[:, None, None].clamp_min(1)).long()  # (B, H, k) positions among valid
     # distinct indices within a sample: shift duplicates (a pair with fewer than k matches stays degenerate)
     if k >= 2:
         pick[..., 1] = torch.where(pick[..., 1] == pick[..., 0], (pick[..., 1] + 1) % counts[:, None].clamp_min(1),

@@ -15,6 +15,7 @@ from lit.bench.multiview import (
     asmk_scores,
     codebook_photos,
     paired_comparison,
+    ranking_metrics,
     retrieval_metrics,
     scene_images,
 )
@@ -70,6 +71,16 @@ def test_perfect_scores_give_100():
     labels = np.array([0, 0, 1, 1, 1, 2, 2])
     scores = (labels[:, None] == labels[None, :]).astype(float)
     assert retrieval_metrics(scores, labels)["map"] == 100.0
+
+
+def test_ranked_lists_count_a_positive_missing_from_the_list_as_never_found():
+    # query 0: its 2 positives at ranks 1 and 3; query 1: one of its 2 positives at rank 2, the
+    # other not listed (a truncated list); query 2: no positive, left out
+    got = ranking_metrics([np.array([1, 0, 1, 0]), np.array([0, 1]), np.array([0, 0])], [2, 2, 0], ks=(2,))
+    assert got["queries"] == 2 and got["recall@1"] == 50.0 and got["mp@2"] == 50.0
+    assert got["ap"][0] == pytest.approx(100 * (1 + (0.5 + 2 / 3) / 2) / 2)
+    assert got["ap"][1] == pytest.approx(100 * (0 + 0.5) / 2 / 2)
+    assert ranking_metrics([np.array([0, 1])])["map"] == ranking_metrics([np.array([0, 1])], [1])["map"]
 
 
 def _scene_set(root, rng):

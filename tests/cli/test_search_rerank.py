@@ -69,3 +69,12 @@ def test_rerank_refuses_features_of_another_model_and_a_missing_feature_file(wor
     code = main(["search", str(world["index"]), "--query-features", str(world["feats"]), "--model", str(world["ckpt"]),
                  "--device", "cpu", "--expand", "2", "--rerank", "0"])
     assert code == 2 and "needs re-ranking" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["query.jpg", "-1"])
+def test_rerank_refuses_a_value_that_is_not_a_count(world, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", str(world["index"]), "--rerank", value, "query.jpg", "--device", "cpu"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--rerank" in err and "number of images" in err and "Traceback" not in err

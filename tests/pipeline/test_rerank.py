@@ -8,7 +8,7 @@ from lit.asmk import ASMK
 from lit.index_file import IndexInfo
 from lit.matching import MatchRule
 from lit.pipeline import Reranker, RerankSettings, search
-from lit.pipeline.rerank import MIN_INLIERS
+from lit.pipeline.rerank import MIN_SUPPORT, VERIFY_FLOOR, PairCheck, verification_rule
 from lit.types import LocalFeatures
 
 PHOTOS = "lit/assets/photos"
@@ -66,7 +66,24 @@ def test_verification_rejects_unrelated_photos(effl0):
     street = effl0.extract(load_image(f"{PHOTOS}/street/DSC_0410.JPG", 512))
     others = [effl0.extract(load_image(f"{PHOTOS}/{p}", 512)) for p in ("warsaw/01.jpg", "zanky/01.jpg")]
     checks = Reranker(others, effl0.match_rule()).verify(street, [0, 1])
-    assert all(c.num_inliers < MIN_INLIERS for c in checks)
+    assert all(c.support < MIN_SUPPORT for c in checks)
+
+
+def test_support_counts_a_template_matched_at_several_scales_once():
+    check = PairCheck(torch.arange(5), torch.arange(5), torch.tensor([True, True, True, True, False]), torch.eye(2, 3),
+                      torch.tensor([3, 3, 7, 3, 9]))
+    assert check.num_inliers == 4 and check.support == 2
+    assert check._replace(query_templates=None).support == 4
+
+
+def test_tentative_matches_are_mutual_neighbours_above_the_floor_without_the_background_test():
+    bank = torch.randn(6, 16)
+    effl0_like = MatchRule(None, 0.1, bank)
+    assert verification_rule(effl0_like) == MatchRule(VERIFY_FLOOR) and verification_rule(effl0_like).background is None
+    kept = verification_rule(effl0_like, "model", "model")
+    assert (kept.threshold, kept.margin) == (None, 0.1) and kept.background is bank
+    assert verification_rule(MatchRule(0.9), "model").threshold == 0.9
+    assert verification_rule(MatchRule(0.9)).threshold == VERIFY_FLOOR
 
 
 # ---------------------------------------------------------------- synthetic features
@@ -104,7 +121,7 @@ def test_reranking_moves_verified_images_up_and_leaves_ranks_below_n_untouched()
         assert all(k is None for k in inliers[top:]) and len(checks) == top
         assert sorted(new[:top]) == sorted(ids[:top])
     new, new_scores, inliers, _ = r.rerank(feats[0], ids, scores, len(ids))
-    assert new[0] == 1 and inliers[0] >= MIN_INLIERS and new_scores[0] == pytest.approx(inliers[0] + scores[-1])
+    assert new[0] == 1 and inliers[0] >= MIN_SUPPORT and new_scores[0] == pytest.approx(inliers[0] + scores[-1])
     assert new[1:] == ids[:-1] and new_scores[1:] == scores[:-1]  # unverified: ASMK order and score
 
 
@@ -117,13 +134,13 @@ def test_search_with_rerank_zero_equals_plain_search_exactly():
     assert search(index, info, feats, names, topk=5, rerank=0, reranker=r) == plain
     assert search(index, info, feats, names, topk=5, rerank=0, expand=0) == plain
     reranked = search(index, info, feats, list(info.names), topk=None, rerank=6, reranker=r, exclude_self=True)
-    assert [h.name for h in reranked[0].hits][0] == "img01" and reranked[0].hits[0].inliers >= MIN_INLIERS
+    assert [h.name for h in reranked[0].hits][0] == "img01" and reranked[0].hits[0].inliers >= MIN_SUPPORT
 
 
 def test_expansion_without_a_verified_neighbour_equals_no_expansion():
     feats = _scene()
     index, info = _index(feats)
-    strict = Reranker(feats, MatchRule(0.8), RerankSettings(threshold=0.05, image_size=512, min_inliers=1000))
+    strict = Reranker(feats, MatchRule(0.8), RerankSettings(threshold=0.05, image_size=512, min_support=1000))
     names = list(info.names)  # the database images as queries, themselves left out
     a = search(index, info, feats, names, topk=None, rerank=6, expand=2, reranker=strict, exclude_self=True)
     b = search(index, info, feats, names, topk=None, rerank=6, expand=0, reranker=strict, exclude_self=True)

@@ -52,6 +52,22 @@ def test_ransac_is_deterministic_with_a_seed_and_treats_batch_rows_independently
     assert one.num_inliers[0] >= 10 and a.num_inliers[1] >= 10
 
 
+def test_a_pair_verifies_alike_whatever_the_other_pairs_of_the_batch():
+    # many outliers and few hypotheses: the draw decides, and it must be the pair's own
+    pairs = [_pairs_with_outliers(_similarity(10 * i, 1.0, 5, 5), n_in=8, n_out=40 + 5 * i, seed=i) for i in range(4)]
+    m = max(len(s) for s, _ in pairs)
+    src, dst, valid = torch.zeros(4, m, 2), torch.zeros(4, m, 2), torch.zeros(4, m, dtype=torch.bool)
+    for i, (s, d) in enumerate(pairs):
+        src[i, : len(s)], dst[i, : len(s)], valid[i, : len(s)] = s, d, True
+    kw = {"threshold": 5.0, "hypotheses": 16, "seed": 0}
+    batch = ransac(src, dst, valid, **kw)
+    back = ransac(src.flip(0), dst.flip(0), valid.flip(0), **kw)
+    for i in range(4):
+        alone = ransac(src[i:i + 1], dst[i:i + 1], valid[i:i + 1], **kw)
+        assert torch.equal(batch.inliers[i], alone.inliers[0]) and torch.equal(back.inliers[3 - i], alone.inliers[0])
+        assert torch.allclose(batch.transform[i], alone.transform[0])
+
+
 def test_ransac_finds_nothing_with_fewer_matches_than_a_sample():
     v = ransac(torch.zeros(2, 1, 2), torch.zeros(2, 1, 2), threshold=5.0)
     assert v.num_inliers.tolist() == [0, 0]
