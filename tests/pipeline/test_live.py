@@ -162,6 +162,24 @@ def test_adding_costs_no_rewrite_of_the_index_file(tmp_path):
     assert manifest.commit == 2 and manifest.added == 2 and len(manifest.removed) == 1
 
 
+def test_adding_and_removing_read_only_the_names_they_change(tmp_path, monkeypatch):
+    """`lit add` / `lit remove` find the names they change in the base's name table: the
+    collection's names are not read (their cost grows with the change, not the index)."""
+    from lit import index_file
+
+    cb = codebook()
+    index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", MANY), cb)
+    b = write_features(tmp_path / "b.h5", ["a/003", "b/000"])
+    monkeypatch.setattr(index_file, "_read_names", lambda *a: pytest.fail("every name of the index read"))
+    report = add_images(index, features=b, device="cpu")
+    assert report.replaced == ["a/003"] and report.added == ["b/000"]
+    removed = remove_images(index, ["a/005", "b/000", "a/003", "no/such"], device="cpu")
+    assert removed.removed == ["a/005", "b/000", "a/003"] and removed.unknown == ["no/such"]
+    assert remove_images(index, ["a/005"], device="cpu").unknown == ["a/005"]
+    monkeypatch.undo()
+    assert list(read_info(index).names) == [n for n in MANY if n not in ("a/003", "a/005")]
+
+
 def test_compaction_runs_on_threshold_and_leaves_a_plain_index(tmp_path):
     cb = codebook()
     index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", A), cb)
