@@ -114,6 +114,10 @@ COMPACT_FRACTION = 0.25
 MAX_JOURNAL_SEGMENTS = 64
 #: Appended in-memory segments beyond this are merged with each other.
 MAX_SEGMENTS = 1
+#: When the entries of removed photos pass this fraction of the entries held in memory, they
+#: are dropped and the segments merged into one (in memory; ids kept): a search scores at
+#: most this fraction more entries than one of a fresh index of the same photos.
+MAX_REMOVED_ENTRIES = 0.05
 #: New photos whose mean quantisation error exceeds the codebook's by this factor are
 #: reported: the codebook may not fit them.
 DRIFT_FACTOR = 1.5
@@ -330,7 +334,7 @@ class LiveIndex:
         if journal is not None:
             apply_journal(asmk, len(base.names), journal)
         asmk.ivf.reserve(self._n_slots)
-        asmk.ivf.merge_extra()
+        _bound_search_cost(asmk)
         chunks = None
         tower = ""
         if self._has_text:
@@ -734,8 +738,7 @@ class LiveIndex:
                 self._asmk.ivf.reserve(int(seg_ids[-1]) + 1)
                 if replaced:
                     self._asmk.remove(torch.tensor(replaced, dtype=torch.int64))
-                if self._asmk.ivf.num_extra_segments > MAX_SEGMENTS:
-                    self._asmk.ivf.merge_extra()
+                _bound_search_cost(self._asmk)
             if self._text_chunks is not None:
                 dim = self._text_chunks[0][0].shape[1]
                 self._text_chunks.append(self._seg_text(data, dim))
@@ -776,6 +779,7 @@ class LiveIndex:
                     self._removed |= set(slots)
                     if self._asmk is not None:
                         self._asmk.remove(torch.tensor(slots, dtype=torch.int64))
+                        _bound_search_cost(self._asmk)
                     self._text_cache = None
                 report.compacted = self._maybe_compact(report)
         report.seconds = time.perf_counter() - start
@@ -846,6 +850,17 @@ class LiveIndex:
 
     def __repr__(self) -> str:
         return f"LiveIndex({display_name(self.path)!r}, images={len(self)})"
+
+
+def _bound_search_cost(asmk: ASMK) -> None:
+    """Keep the in-memory index within a fixed bound of a fresh one's search cost (module
+    docstring): at most :data:`MAX_SEGMENTS` appended segments, and removed photos' entries
+    at most :data:`MAX_REMOVED_ENTRIES` of the entries."""
+    ivf = asmk.ivf
+    if ivf.num_extra_segments > MAX_SEGMENTS:
+        ivf.merge_extra()  # the appended segments' size
+    if ivf.removed_entries() > MAX_REMOVED_ENTRIES * ivf.num_entries:
+        ivf.compact()  # O(collection), once per MAX_REMOVED_ENTRIES of the entries removed
 
 
 @contextlib.contextmanager

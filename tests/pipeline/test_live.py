@@ -180,6 +180,28 @@ def test_adding_and_removing_read_only_the_names_they_change(tmp_path, monkeypat
     assert list(read_info(index).names) == [n for n in MANY if n not in ("a/003", "a/005")]
 
 
+def test_searches_score_few_entries_of_removed_photos(tmp_path):
+    """In memory, removed photos' entries are dropped once they pass MAX_REMOVED_ENTRIES of
+    the entries (a search's extra work over a fresh index stays bounded); results unchanged."""
+    from lit.pipeline import live as live_module
+
+    cb = codebook()
+    index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", MANY), cb, use_idf=True)
+    with LiveIndex.open(index, device="cpu") as live:
+        live.add_features(write_features(tmp_path / "b.h5", B))
+        live.remove(["a/000"])
+        stats = live.stats()
+        assert 0 < stats["removed_entries_pending"] <= live_module.MAX_REMOVED_ENTRIES * stats["entries"]
+        live.remove(["a/001", "a/002", "b/003"])  # past the bound: dropped, segments merged
+        stats = live.stats()
+        assert stats["removed_entries_pending"] == 0 and stats["removed_pending"] == 4
+        names = live.names()
+        assert_same(live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None), from_scratch(tmp_path, names, cb,
+                                                                                             use_idf=True))
+    with LiveIndex.open(index, device="cpu") as again:  # a reader loading the journal: the same bound
+        assert again.stats()["removed_entries_pending"] == 0
+
+
 def test_compaction_runs_on_threshold_and_leaves_a_plain_index(tmp_path):
     cb = codebook()
     index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", A), cb)
