@@ -114,10 +114,11 @@ COMPACT_FRACTION = 0.25
 MAX_JOURNAL_SEGMENTS = 64
 #: Appended in-memory segments beyond this are merged with each other.
 MAX_SEGMENTS = 1
-#: When the entries of removed photos pass this fraction of the entries held in memory, they
-#: are dropped and the segments merged into one (in memory; ids kept): a search scores at
-#: most this fraction more entries than one of a fresh index of the same photos.
-MAX_REMOVED_ENTRIES = 0.05
+#: When the entries of removed photos, or those of the appended segment, pass this fraction
+#: of the entries held in memory, the segments are merged into one and the removed entries
+#: dropped (in memory; ids kept): a search scores at most this fraction more entries than
+#: one of a fresh index of the same photos, plus one small segment's fixed cost per query.
+MERGE_FRACTION = 0.05
 #: New photos whose mean quantisation error exceeds the codebook's by this factor are
 #: reported: the codebook may not fit them.
 DRIFT_FACTOR = 1.5
@@ -454,7 +455,8 @@ class LiveIndex:
                 "journal_segments": len(m.segments) if m else 0,
                 "journal_added": m.added if m else 0,
                 "removed_pending": len(self._removed),
-                "removed_entries_pending": asmk.ivf.removed_entries(),
+                "removed_entries_pending": asmk.ivf.removed_entries(),  # still scored in memory
+                "segments_in_memory": 1 + asmk.ivf.num_extra_segments,
                 "entries": asmk.ivf.num_entries,
                 "codebook_source": self._base.codebook_source,
                 "codebook_descriptors": self._base.codebook_descriptors,
@@ -855,12 +857,13 @@ class LiveIndex:
 def _bound_search_cost(asmk: ASMK) -> None:
     """Keep the in-memory index within a fixed bound of a fresh one's search cost (module
     docstring): at most :data:`MAX_SEGMENTS` appended segments, and removed photos' entries
-    at most :data:`MAX_REMOVED_ENTRIES` of the entries."""
+    and appended entries each at most :data:`MERGE_FRACTION` of the entries."""
     ivf = asmk.ivf
     if ivf.num_extra_segments > MAX_SEGMENTS:
         ivf.merge_extra()  # the appended segments' size
-    if ivf.removed_entries() > MAX_REMOVED_ENTRIES * ivf.num_entries:
-        ivf.compact()  # O(collection), once per MAX_REMOVED_ENTRIES of the entries removed
+    appended = sum(int(seg.image_ids.shape[0]) for seg in ivf.segments()[1:])
+    if max(ivf.removed_entries(), appended) > MERGE_FRACTION * ivf.num_entries:
+        ivf.compact()  # O(collection), once per MERGE_FRACTION of the entries added or removed
 
 
 @contextlib.contextmanager

@@ -180,21 +180,26 @@ def test_adding_and_removing_read_only_the_names_they_change(tmp_path, monkeypat
     assert list(read_info(index).names) == [n for n in MANY if n not in ("a/003", "a/005")]
 
 
-def test_searches_score_few_entries_of_removed_photos(tmp_path):
-    """In memory, removed photos' entries are dropped once they pass MAX_REMOVED_ENTRIES of
-    the entries (a search's extra work over a fresh index stays bounded); results unchanged."""
+def test_searches_do_a_bounded_extra_work_over_a_fresh_index(tmp_path, monkeypatch):
+    """In memory, removed photos' entries are dropped and appended segments merged once
+    they pass MERGE_FRACTION of the entries (a search's extra work over a fresh index stays
+    bounded); results unchanged."""
     from lit.pipeline import live as live_module
 
+    monkeypatch.setattr(live_module, "COMPACT_FRACTION", 1.0)  # the journal stays on disk
     cb = codebook()
     index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", MANY), cb, use_idf=True)
     with LiveIndex.open(index, device="cpu") as live:
-        live.add_features(write_features(tmp_path / "b.h5", B))
         live.remove(["a/000"])
+        live.add_features(write_features(tmp_path / "b0.h5", B[:1]))
         stats = live.stats()
-        assert 0 < stats["removed_entries_pending"] <= live_module.MAX_REMOVED_ENTRIES * stats["entries"]
-        live.remove(["a/001", "a/002", "b/003"])  # past the bound: dropped, segments merged
+        assert 0 < stats["removed_entries_pending"] <= live_module.MERGE_FRACTION * stats["entries"]
+        assert stats["segments_in_memory"] == 2  # the base's and the appended one
+        live.add_features(write_features(tmp_path / "b.h5", B[1:]))  # past the bound: merged
+        assert live.stats()["segments_in_memory"] == 1 and live.stats()["removed_entries_pending"] == 0
+        live.remove(["a/001", "a/002", "a/006", "b/003"])  # past the bound: dropped
         stats = live.stats()
-        assert stats["removed_entries_pending"] == 0 and stats["removed_pending"] == 4
+        assert stats["removed_entries_pending"] == 0 and stats["removed_pending"] == 5
         names = live.names()
         assert_same(live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None), from_scratch(tmp_path, names, cb,
                                                                                              use_idf=True))
