@@ -16,17 +16,23 @@ Per database size N (``--sizes``):
   threshold is lifted while these are timed (a small index would compact after a few
   hundred changes); compaction is timed on its own (``compact_s``) and, run once every
   ``COMPACT_FRACTION x N`` changes, costs ``amortised_compaction_per_100_s`` per 100;
-- for N >= ``--search-from``: the search time of ``--queries`` query images (topk 100,
-  median of ``--repeats``) after 1,000 adds (10 x 100) and 1,000 removes kept in the journal
-  (tombstones and appended segments), against a fresh index of the same images (a copy,
-  compacted), timed in alternation so that the machine's load hits both alike; the same
-  after compaction; the first search after the last change (idf and norms recomputed);
-  and whether the results are the same.
+- for N >= ``--search-from``: search times of ``--queries`` query images (topk 100) on
+  three indexes of the same images: *churned* (1,000 adds in 10 commits and 1,000 removes
+  in 10 commits kept in the journal: tombstones, an appended segment, as the open
+  ``LiveIndex`` that made them holds them), *compacted* (a copy of that journal opened and
+  compacted in place) and *fresh* (another copy compacted on disk and opened from its base
+  file alone, as a rebuilt index is). They are timed in ``--rounds`` rounds, each index
+  once per round in a rotating order so that the machine's load hits all alike, with
+  ``--search-threads`` torch threads (1: on a shared machine more threads mostly wait for
+  each other): wall time and the process's CPU time, medians, and the median per-round
+  ratio to the fresh index (``search_churned_vs_fresh_cpu`` ...; criterion: within 10 %,
+  compacted equal); whether the results are the same; the first search after the last
+  change (idf and norms recomputed).
 
 Usage::
 
-    nice -n 10 python benchmarks/live_index.py                         # 1k, 10k, 100k images
-    python benchmarks/live_index.py --sizes 1000,10000 --repeats 3     # quick
+    python benchmarks/live_index.py                                    # 1k, 10k, 100k images
+    python benchmarks/live_index.py --sizes 1000,10000 --repeats 3 --rounds 5   # quick
 
 Prints one JSON object.
 """

@@ -18,14 +18,24 @@ entries of the present images only.
 (a sort and a ``bincount`` of their entries) and writes it to one new file; a removal
 writes the removed ids into the journal's manifest. Neither reads nor rewrites the
 collection: the one-shot path (:func:`add_images`, :func:`remove_images`) reads the
-codebook and the names, not the inverted file. In memory, appended segments beyond
-:data:`MAX_SEGMENTS` are merged with each other (their own size, not the collection's), so
-a query loops over a main segment and one small one; idf and norms are recomputed at the
-first search after a change, one vectorised pass over the entries. *Compaction* merges
-everything into a new base file (dropping removed photos' entries, renumbering): it is
-O(collection) and runs when the journal passes :data:`COMPACT_FRACTION` of the base (added
-plus removed photos) or :data:`MAX_JOURNAL_SEGMENTS` files, so its cost per added photo is
-bounded (amortised O(1) per photo); :meth:`LiveIndex.compact` runs it at will.
+codebook, the journal's names and, for the names it changes, the base file's name table
+(:class:`lit.index_file.BaseNames`: a few hashed entries per name), not the inverted file
+nor the collection's names. Compaction merges everything into a new base file (dropping
+removed photos' entries, renumbering): it is O(collection) and runs when the journal
+passes :data:`COMPACT_FRACTION` of the base (added plus removed photos) or
+:data:`MAX_JOURNAL_SEGMENTS` files, so its cost per added photo is bounded (amortised O(1)
+per photo); :meth:`LiveIndex.compact` runs it at will.
+
+**Search cost.** In memory a query loops over the main segment and at most
+:data:`MAX_SEGMENTS` appended one (appended segments are merged with each other: their own
+size); removed photos are tombstones, left out of the ranking by an in-place mask. When the
+entries of removed photos or of the appended segment pass :data:`MERGE_FRACTION` of the
+entries, the segments are merged into one in memory and the removed entries dropped
+(O(collection), once per that fraction of the entries changed). So a search of a changed
+index scores at most :data:`MERGE_FRACTION` (5 %) more entries than a fresh index of the
+same photos, plus one small segment's fixed cost per query: within 10 % by construction;
+after compaction the index *is* a fresh one. idf and norms are recomputed at the first
+search after a change, one vectorised pass over the entries.
 
 **Crash safety.** HDF5 has no transactions, so the index file itself is never changed in
 place: changes go to a journal beside it, ``INDEX.live/`` (:mod:`lit.index_file`): every
