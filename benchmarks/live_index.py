@@ -40,6 +40,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -203,6 +204,8 @@ def compare_searches(indexes: dict, qs, qnames, rounds: int, threads: int) -> di
     wall = {k: [] for k in keys}
     cpu = {k: [] for k in keys}
     results = {k: indexes[k].search(qs, qnames, topk=100) for k in keys}  # warm: idf and norms computed
+    gc.collect()
+    gc.freeze()  # the three indexes' objects out of the collector's way: its passes are noise here
     try:
         for r in range(rounds):
             for k in keys[r % len(keys):] + keys[: r % len(keys)]:
@@ -212,6 +215,7 @@ def compare_searches(indexes: dict, qs, qnames, rounds: int, threads: int) -> di
                 wall[k].append(time.perf_counter() - w)
     finally:
         torch.set_num_threads(saved)
+        gc.unfreeze()
     out = {"search_threads": threads, "search_rounds": rounds, "search_queries": len(qs)}
     for k in keys:
         out[f"search_{k}_wall_s"] = statistics.median(wall[k])

@@ -187,6 +187,7 @@ def test_searches_do_a_bounded_extra_work_over_a_fresh_index(tmp_path, monkeypat
     from lit.pipeline import live as live_module
 
     monkeypatch.setattr(live_module, "COMPACT_FRACTION", 1.0)  # the journal stays on disk
+    monkeypatch.setattr(live_module, "MERGE_FRACTION", 0.05)  # one photo of 40 stays below it
     cb = codebook()
     index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", MANY), cb, use_idf=True)
     with LiveIndex.open(index, device="cpu") as live:
