@@ -364,7 +364,8 @@ class BaseNames(Sequence):
     def __eq__(self, other) -> bool:
         return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
 
-    __hash__ = None
+    def __hash__(self) -> int:
+        return hash(self.names())
 
     def __repr__(self) -> str:
         return f"BaseNames({display_name(self.path)!r}, {self._count})"

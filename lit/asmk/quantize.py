@@ -361,18 +361,18 @@ def _settle_float32(descriptors: Tensor, codebook: Tensor, idx: Tensor, dist: Te
     Shape:
         - idx, dist: :math:`(N, q)`, ``q = min(m + 1, K)``; output: :math:`(N, m)` int64.
     """
-    x = descriptors.detach().to("cpu", torch.float32)
-    c32 = codebook.detach().to("cpu", torch.float32)
-    idx, dist = idx.cpu(), dist.cpu().to(torch.float64)
-    tol = _F32_SLACK * (x.shape[1] + 2) * (x.norm(dim=1).to(torch.float64) + float(c32.norm(dim=1).max())) ** 2
+    x = descriptors.detach().to(torch.float32)
+    c = codebook.detach().to(x.device, torch.float32)
+    idx, dist = idx.to(x.device), dist.to(x.device, torch.float64)
+    tol = _F32_SLACK * (x.shape[1] + 2) * (x.norm(dim=1).to(torch.float64) + float(c.norm(dim=1).max())) ** 2
     near = ((dist[:, 1:] - dist[:, :-1]) <= tol.unsqueeze(1)).any(dim=1) if dist.shape[1] > 1 else \
-        torch.zeros(len(x), dtype=torch.bool)
+        torch.zeros(len(x), dtype=torch.bool, device=x.device)
     near |= (idx < 0).any(dim=1) | ~torch.isfinite(dist).all(dim=1)  # overflowed rows too
     out = idx[:, :m].clone()
     rows = near.nonzero().flatten()
-    if rows.numel():
-        c64 = c32.to(torch.float64)
-        out[rows] = _exact64_kernel(x[rows], c64, (c64 * c64).sum(dim=1) / 2, m)
+    if rows.numel():  # on the CPU: few rows
+        c64 = c.cpu().to(torch.float64)
+        out[rows] = _exact64_kernel(x[rows].cpu(), c64, (c64 * c64).sum(dim=1) / 2, m).to(out.device)
     return out.to(descriptors.device)
 
 
