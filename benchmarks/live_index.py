@@ -16,17 +16,23 @@ Per database size N (``--sizes``):
   threshold is lifted while these are timed (a small index would compact after a few
   hundred changes); compaction is timed on its own (``compact_s``) and, run once every
   ``COMPACT_FRACTION x N`` changes, costs ``amortised_compaction_per_100_s`` per 100;
-- for N >= ``--search-from``: the search time of ``--queries`` query images (topk 100,
-  median of ``--repeats``) after 1,000 adds (10 x 100) and 1,000 removes kept in the journal
-  (tombstones and appended segments), against a fresh index of the same images (a copy,
-  compacted), timed in alternation so that the machine's load hits both alike; the same
-  after compaction; the first search after the last change (idf and norms recomputed);
-  and whether the results are the same.
+- for N >= ``--search-from``: search times of ``--queries`` query images (topk 100) on
+  three indexes of the same images: *churned* (1,000 adds in 10 commits and 1,000 removes
+  in 10 commits kept in the journal: tombstones, an appended segment, as the open
+  ``LiveIndex`` that made them holds them), *compacted* (a copy of that journal opened and
+  compacted in place) and *fresh* (another copy compacted on disk and opened from its base
+  file alone, as a rebuilt index is). They are timed in ``--rounds`` rounds, each index
+  once per round in a rotating order so that the machine's load hits all alike, with
+  ``--search-threads`` torch threads (1: on a shared machine more threads mostly wait for
+  each other): wall time and the process's CPU time, medians, and the median per-round
+  ratio to the fresh index (``search_churned_vs_fresh_cpu`` ...; criterion: within 10 %,
+  compacted equal); whether the results are the same; the first search after the last
+  change (idf and norms recomputed).
 
 Usage::
 
-    nice -n 10 python benchmarks/live_index.py                         # 1k, 10k, 100k images
-    python benchmarks/live_index.py --sizes 1000,10000 --repeats 3     # quick
+    python benchmarks/live_index.py                                    # 1k, 10k, 100k images
+    python benchmarks/live_index.py --sizes 1000,10000 --repeats 3 --rounds 5   # quick
 
 Prints one JSON object.
 """
@@ -34,6 +40,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -48,7 +55,7 @@ from lit.asmk import ASMK
 from lit.features import FeatureStore
 from lit.index_file import IndexInfo, write_index
 from lit.pipeline import live as live_module
-from lit.pipeline.live import LiveIndex, add_images, remove_images
+from lit.pipeline.live import LiveIndex, add_images, compact_index, remove_images
 from lit.types import LocalFeatures
 
 DIM = 128
@@ -152,7 +159,7 @@ def run_size(data: Data, n: int, args, folder: str) -> dict:
 
     qs = queries(data, n, args.queries)
     qnames = [f"q{i}" for i in range(len(qs))]
-    with LiveIndex.open(path, device="cpu") as live:  # compacted above: a fresh index of its images
+    with LiveIndex.open(path, device="cpu") as live:  # compacted above
         for b in range(10):  # 1,000 adds in 10 commits, 1,000 removes in 10 commits: kept in the journal
             live.add_features(feature_file(data, next_id, 100, os.path.join(folder, f"grow-{n}-{b}.h5")))
             next_id += 100
@@ -160,46 +167,66 @@ def run_size(data: Data, n: int, args, folder: str) -> dict:
         stats = live.stats()
         row["journal_segments"] = stats["journal_segments"]
         row["removed_pending"] = stats["removed_pending"]
-        row["removed_entries_pending"] = stats["removed_entries_pending"]
+        row["removed_entries_scored"] = stats["removed_entries_pending"]
+        row["entries"] = stats["entries"]
         start = time.perf_counter()
         live.search(qs, qnames, topk=100)
         row["search_first_after_change_s"] = time.perf_counter() - start  # idf and norms recomputed
-        # a fresh index of the same images: a copy of the files, compacted
-        copy = os.path.join(folder, f"fresh-{n}.h5")
-        shutil.copyfile(path, copy)
-        shutil.copytree(path + ".live", copy + ".live")
-        with LiveIndex.open(copy, device="cpu") as fresh:
-            fresh.compact()
-            fresh.search(qs, qnames, topk=100)
-            journal_t, fresh_t, got, want = interleaved(live, fresh, qs, qnames, args.repeats)
-            row["search_fresh_s"] = fresh_t
-            row["search_after_1000_adds_1000_removes_s"] = journal_t
-            row["same_results_as_fresh"] = same(got, want)
-            start = time.perf_counter()
-            live.compact()
-            row["compact_loaded_s"] = time.perf_counter() - start
-            live.search(qs, qnames, topk=100)
-            compacted_t, fresh_t2, got, want = interleaved(live, fresh, qs, qnames, args.repeats)
-            row["search_after_compaction_s"] = compacted_t
-            row["search_fresh_again_s"] = fresh_t2
-            row["same_results_after_compaction"] = same(got, want)
-    row["search_slowdown_with_journal"] = row["search_after_1000_adds_1000_removes_s"] / row["search_fresh_s"] - 1
-    row["search_slowdown_after_compaction"] = row["search_after_compaction_s"] / row["search_fresh_again_s"] - 1
+        # the compacted index: a copy of the journal, opened and compacted in place; the
+        # fresh one: another copy compacted on disk, then opened from its base file alone
+        copies = {}
+        for tag in ("compacted", "fresh"):
+            copies[tag] = os.path.join(folder, f"{tag}-{n}.h5")
+            shutil.copyfile(path, copies[tag])
+            shutil.copytree(path + ".live", copies[tag] + ".live")
+        start = time.perf_counter()
+        compacted = LiveIndex.open(copies["compacted"], device="cpu")
+        compacted.compact()
+        row["compact_loaded_s"] = time.perf_counter() - start
+        compact_index(copies["fresh"], device="cpu")
+        shutil.rmtree(copies["fresh"] + ".live")
+        fresh = LiveIndex.open(copies["fresh"], device="cpu")
+        with compacted, fresh:
+            row.update(compare_searches({"fresh": fresh, "churned": live, "compacted": compacted}, qs, qnames,
+                                        args.rounds, args.search_threads))
     live_module.COMPACT_FRACTION = threshold
     return row
 
 
-def interleaved(a, b, qs, qnames, repeats: int):
-    """Median search times of two indexes, measured in alternation (the machine's load hits both)."""
-    ta, tb = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ra = a.search(qs, qnames, topk=100)
-        ta.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        rb = b.search(qs, qnames, topk=100)
-        tb.append(time.perf_counter() - start)
-    return statistics.median(ta), statistics.median(tb), ra, rb
+def compare_searches(indexes: dict, qs, qnames, rounds: int, threads: int) -> dict:
+    """Search times of indexes measured in rounds, each index once per round in a rotating
+    order (the machine's load hits all alike), with ``threads`` threads: wall time and the
+    process's CPU time (what the search computed, whatever else the machine runs); medians
+    and the median per-round ratio to ``fresh``. And whether the results are the same."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    keys = list(indexes)
+    wall = {k: [] for k in keys}
+    cpu = {k: [] for k in keys}
+    results = {k: indexes[k].search(qs, qnames, topk=100) for k in keys}  # warm: idf and norms computed
+    gc.collect()
+    gc.freeze()  # the three indexes' objects out of the collector's way: its passes are noise here
+    try:
+        for r in range(rounds):
+            for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+                w, c = time.perf_counter(), time.process_time()
+                indexes[k].search(qs, qnames, topk=100)
+                cpu[k].append(time.process_time() - c)
+                wall[k].append(time.perf_counter() - w)
+    finally:
+        torch.set_num_threads(saved)
+        gc.unfreeze()
+    out = {"search_threads": threads, "search_rounds": rounds, "search_queries": len(qs)}
+    for k in keys:
+        out[f"search_{k}_wall_s"] = statistics.median(wall[k])
+        out[f"search_{k}_cpu_s"] = statistics.median(cpu[k])
+        if k != "fresh":
+            out[f"search_{k}_vs_fresh_wall"] = statistics.median(a / b for a, b in zip(wall[k], wall["fresh"],
+                                                                                       strict=True))
+            out[f"search_{k}_vs_fresh_cpu"] = statistics.median(a / b for a, b in zip(cpu[k], cpu["fresh"],
+                                                                                      strict=True))
+            out[f"same_results_{k}_as_fresh"] = same(results[k], results["fresh"])
+    return out
 
 
 def same(got, want) -> bool:
@@ -214,7 +241,9 @@ def main() -> None:
     p.add_argument("--per-image", type=int, default=50)
     p.add_argument("--words", type=int, default=1024)
     p.add_argument("--queries", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timings of adds and removes (median)")
+    p.add_argument("--rounds", type=int, default=15, help="rounds of searches (each index once per round)")
+    p.add_argument("--search-threads", type=int, default=1, help="torch threads while searches are timed")
     p.add_argument("--search-from", type=int, default=10000, help="measure searches from this size on")
     args = p.parse_args()
     torch.manual_seed(0)

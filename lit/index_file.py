@@ -51,6 +51,7 @@ import os
 import time
 import uuid
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -77,10 +78,12 @@ PIPELINE_VERSION = 1
 TEXT_GROUP = "text"
 TEXT_FORMAT = "lit-text"
 TEXT_VERSION = 1
+_NAMES_PER_BUCKET = 8  # mean names per bucket of the name lookup table
+_TABLE_CHUNK = 4096  # values per chunk of its datasets: a lookup reads a few chunks, not the table
 _ASMK_TYPE = "lit.asmk.ASMK"
 
 __all__ = [
-    "IndexFileError", "IndexInfo", "Journal", "Manifest", "Part", "SegmentData", "TextEmbeddings", "WriterBusy",
+    "BaseNames", "IndexFileError", "IndexInfo", "Journal", "Manifest", "Part", "SegmentData", "TextEmbeddings", "WriterBusy",
     "apply_journal", "clean_journal", "compact_live", "file_kind", "journal_slots", "live_folder", "load_index",
     "load_index_base", "part_info", "read_info", "read_info_base", "read_journal", "read_manifest", "read_part", "read_segment",
     "read_text", "text_part", "update_text", "write_index", "write_manifest", "write_segment", "writer_lock",
@@ -224,8 +227,37 @@ def _write_groups(f: h5py.File, info: IndexInfo, text: TextEmbeddings | None) ->
     raw = [os.fsencode(n) for n in info.names]  # bytes: names that are not valid UTF-8 survive
     g.create_dataset("names", data=np.array(raw, dtype=object), dtype=h5py.special_dtype(vlen=bytes))
     g.attrs["names_crc32"] = _names_crc(raw)  # the names live in HDF5's heap, which has no checksum
+    _write_name_table(g, raw)
     if text is not None:
         _write_text(f, text)
+
+
+def _name_hashes(raw: list[bytes]) -> np.ndarray:
+    """64-bit hashes of names (blake2b), as uint64."""
+    return np.array([int.from_bytes(hashlib.blake2b(n, digest_size=8).digest(), "little") for n in raw],
+                    dtype=np.uint64).reshape(-1)
+
+
+def _hash_buckets(hashes: np.ndarray, bits: int) -> np.ndarray:
+    """The bucket of each hash: its top ``bits`` bits."""
+    if bits == 0:
+        return np.zeros(hashes.shape, np.int64)
+    return (hashes >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _write_name_table(g: h5py.Group, raw: list[bytes]) -> None:
+    """The name lookup table of ``/pipeline`` (:class:`BaseNames`): the names' hashes sorted,
+    the id of each, and where each bucket (top ``name_hash_bits`` bits) starts."""
+    hashes = _name_hashes(raw)
+    order = np.argsort(hashes, kind="stable")
+    bits = max(0, int(np.ceil(np.log2(max(1, len(raw)) / _NAMES_PER_BUCKET))))
+    starts = np.searchsorted(_hash_buckets(hashes[order], bits), np.arange((1 << bits) + 1)).astype(np.int64)
+    chunks = {"chunks": (_TABLE_CHUNK,)} if len(raw) > _TABLE_CHUNK else {}
+    g.create_dataset("name_hashes", **checked(hashes[order], **chunks))
+    g.create_dataset("name_ids", **checked(order.astype(np.int64), **chunks))
+    g.create_dataset("name_buckets", **checked(starts, **({"chunks": (_TABLE_CHUNK,)} if len(starts) > _TABLE_CHUNK
+                                                          else {})))
+    g.attrs["name_hash_bits"] = bits
 
 
 def _write_text(f: h5py.File, text: TextEmbeddings) -> None:
@@ -296,7 +328,99 @@ def read_part(path: str | os.PathLike) -> Part | None:
             return None
         return Part(int(a.get("shard.rank", 0)), int(a.get("shard.world", 1)), int(a["shard.lo"]), int(a["shard.hi"]))
 
-def _read_pipeline(f: h5py.File, path: str) -> IndexInfo | None:
+def _read_names(g: h5py.Group, path: str) -> tuple[str, ...]:
+    raw = [bytes(n) for n in g["names"][()]]
+    if "names_crc32" in g.attrs and int(g.attrs["names_crc32"]) != _names_crc(raw):
+        raise IndexFileError(f"{display_name(path)}: index file damaged (its image names fail their checksum): "
+                             f"{_ADVICE}")
+    return tuple(os.fsdecode(n) for n in raw)
+
+
+class BaseNames(Sequence):
+    """The image names of a base file, read from it when first needed (:func:`read_info_base`
+    with ``names=False``): its length is known at once, and :meth:`lookup` finds the ids of
+    a few names by the file's name table without reading the others (a change of a live
+    index costs its own names, not the collection's).
+
+    The file must still be the base it was opened as (its generation): a writer holds the
+    journal's lock, which a compaction needs too; else :class:`IndexFileError` says the
+    index changed.
+    """
+
+    def __init__(self, path: str, count: int, generation: str) -> None:
+        self.path, self._count, self.generation = path, int(count), generation
+        self._names: tuple[str, ...] | None = None
+        self._ids: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):
+        return self.names()[i]
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.names())
+
+    def __repr__(self) -> str:
+        return f"BaseNames({display_name(self.path)!r}, {self._count})"
+
+    @contextlib.contextmanager
+    def _group(self):
+        with _reading(self.path), h5py.File(self.path, "r") as f:
+            g = f[PIPELINE_GROUP]
+            if _str(g.attrs.get("generation", "")) != self.generation:
+                raise IndexFileError(f"{display_name(self.path)}: the index file was replaced while it was read "
+                                     "(compacted or rebuilt): open it again")
+            yield g
+
+    def names(self) -> tuple[str, ...]:
+        """Every name (read once)."""
+        if self._names is None:
+            with self._group() as g:
+                self._names = _read_names(g, self.path)
+        return self._names
+
+    def lookup(self, names: Iterable[str]) -> dict[str, int]:
+        """The id of each of ``names`` that the base holds (the others are left out)."""
+        names = list(dict.fromkeys(names))
+        if self._names is not None or not names:
+            if self._ids is None and names:
+                self._ids = {n: i for i, n in enumerate(self._names)}
+            return {n: self._ids[n] for n in names if n in self._ids} if names else {}
+        with self._group() as g:
+            if "name_hashes" not in g:  # a file of an earlier lit: read every name
+                self._names = _read_names(g, self.path)
+                return self.lookup(names)
+            raw = [os.fsencode(n) for n in names]
+            hashes = _name_hashes(raw)
+            buckets = _hash_buckets(hashes, int(g.attrs["name_hash_bits"]))
+            wanted = np.unique(np.concatenate([buckets, buckets + 1]))
+            starts = dict(zip(wanted.tolist(), g["name_buckets"][wanted.tolist()].tolist(), strict=True))
+            spans = [(starts[b], starts[b + 1]) for b in buckets.tolist()]
+            rows = np.unique(np.concatenate([np.arange(a, c, dtype=np.int64) for a, c in spans]))
+            if not rows.size:
+                return {}
+            table_hashes = g["name_hashes"][rows.tolist()]
+            table_ids = g["name_ids"][rows.tolist()]
+            candidates = {}
+            for name, b, h in zip(names, raw, hashes.tolist(), strict=True):
+                ids = table_ids[table_hashes == np.uint64(h)]
+                if ids.size:
+                    candidates[name] = (b, ids.tolist())
+            slots = sorted({i for _, ids in candidates.values() for i in ids})
+            if not slots:
+                return {}
+            stored = dict(zip(slots, (bytes(n) for n in g["names"][slots]), strict=True))  # no hash collision
+        return {n: i for n, (b, ids) in candidates.items() for i in ids if stored[i] == b}
+
+
+def _read_pipeline(f: h5py.File, path: str, *, names: bool = True) -> IndexInfo | None:
     if PIPELINE_GROUP not in f:
         return None
     g = f[PIPELINE_GROUP]
@@ -306,18 +430,19 @@ def _read_pipeline(f: h5py.File, path: str) -> IndexInfo | None:
                              f"(this lit reads {PIPELINE_FORMAT!r} {PIPELINE_VERSION})")
     a = g.attrs
     try:
-        raw = [bytes(n) for n in g["names"][()]]
-        if "names_crc32" in a and int(a["names_crc32"]) != _names_crc(raw):
-            raise IndexFileError(f"{display_name(path)}: index file damaged (its image names fail their checksum): "
-                                 f"{_ADVICE}")
-        names = tuple(os.fsdecode(n) for n in raw)
+        generation = _str(a.get("generation", ""))
+        if names or not generation:
+            names = _read_names(g, path)
+            generation = generation or _legacy_generation(f, names)
+        else:
+            names = BaseNames(path, g["names"].shape[0], generation)
         return IndexInfo(names=names, image_root=_str(a["image_root"]) or None,
                          fingerprint=_str(a["fingerprint"]) or None, features=_str(a["features"]),
                          codebook_source=_str(a["codebook_source"]), codebook_size=int(a["codebook_size"]),
                          codebook_descriptors=int(a["codebook_descriptors"]), descriptors=int(a["descriptors"]),
                          settings=json.loads(_str(a["settings"])) or None if "settings" in a else None,
                          codebook_error=float(a.get("codebook_error", 0.0)),
-                         generation=_str(a.get("generation", "")) or _legacy_generation(f, names))
+                         generation=generation)
     except (KeyError, OSError, ValueError, TypeError) as err:
         raise IndexFileError(f"{display_name(path)}: damaged index metadata ({err})") from None
 
@@ -646,6 +771,8 @@ def read_segment(path: str | os.PathLike, name: str, *, vectors: bool = True) ->
                 f["vectors"][()] if vectors else np.zeros((0, 0), np.uint8), f["descriptors"][()],
                 [_str(d) for d in f["digests"][()]], text, valid, float(f.attrs.get("error", 0.0)))
     except (OSError, KeyError, ValueError) as err:
+        if not os.path.isfile(file):  # removed by a compaction between the check and the read
+            raise NotFoundError(f"{display_name(file)}: journal segment missing") from None
         raise IndexFileError(f"{display_name(file)}: damaged journal segment ({err})") from None
 
 
@@ -824,12 +951,17 @@ def _journal_text(text: TextEmbeddings, base_names, journal: Journal) -> TextEmb
                           text.features)
 
 
-def read_info_base(path: str | os.PathLike) -> IndexInfo:
-    """The :class:`IndexInfo` of an index file's base, without its journal."""
+def read_info_base(path: str | os.PathLike, *, names: bool = True) -> IndexInfo:
+    """The :class:`IndexInfo` of an index file's base, without its journal.
+
+    Args:
+        names: read the names now; ``False``: they are a :class:`BaseNames`, read when
+            first needed (files of an earlier lit without generation: read now).
+    """
     path = os.fspath(path)
     _check_is_index(path)
     with h5py.File(path, "r") as f:
-        info = _read_pipeline(f, path)
+        info = _read_pipeline(f, path, names=names)
     if info is None:
         return read_info(path)
     return info

@@ -1,4 +1,5 @@
-"""lit.index_file: the index file is self-contained; an old index with a sidecar still loads, with a note."""
+"""lit.index_file: the index file is self-contained; an old index with a sidecar still loads, with a note;
+a few names are found without reading the others."""
 
 import dataclasses
 import json
@@ -13,7 +14,7 @@ from feature_files import BAD_NAME, write_feature_file
 from lit import pipeline
 from lit.asmk import ASMK
 from lit.errors import IndexFileError
-from lit.index_file import load_index, write_index
+from lit.index_file import IndexInfo, load_index, write_index
 
 
 def test_index_file_is_self_contained(tmp_path):
@@ -50,3 +51,49 @@ def test_old_index_with_sidecar_still_loads_with_a_note(tmp_path, caplog):
     (tmp_path / "old.h5.names.json").unlink()
     with pytest.raises(IndexFileError, match="without image names"):
         load_index(tmp_path / "old.h5")
+
+
+def _index_of_names(path, names):
+    index = ASMK(np.eye(8, dtype=np.float32), binary=True)
+    write_index(path, index, IndexInfo(names=tuple(names)))
+    return path
+
+
+@pytest.mark.parametrize("count", [1, 9000])  # one bucket; several chunks of the lookup table
+def test_names_are_looked_up_without_reading_the_others(tmp_path, count, monkeypatch):
+    from lit import index_file
+
+    names = [f"img/{i:05d}.jpg" for i in range(count - 1)] + [BAD_NAME]
+    path = _index_of_names(tmp_path / "i.h5", names)
+    info = index_file.read_info_base(path, names=False)
+    assert len(info.names) == count
+
+    def no_full_read(*args):
+        raise AssertionError("every name read")
+
+    monkeypatch.setattr(index_file, "_read_names", no_full_read)
+    asked = [names[-1], names[0], "no/such.jpg", names[count // 2]]
+    assert info.names.lookup(asked) == {names[-1]: count - 1, names[0]: 0, names[count // 2]: count // 2}
+    monkeypatch.undo()
+    assert list(info.names) == names  # read when asked for
+
+
+def test_names_of_a_file_without_a_lookup_table_are_found_by_reading_them(tmp_path):
+    from lit import index_file
+
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    path = _index_of_names(tmp_path / "i.h5", names)
+    with h5py.File(path, "a") as f:  # as lit wrote them before the table
+        for key in ("name_hashes", "name_ids", "name_buckets"):
+            del f["pipeline"][key]
+    assert index_file.read_info_base(path, names=False).names.lookup(["c.jpg", "d.jpg"]) == {"c.jpg": 2}
+
+
+def test_names_of_a_replaced_file_are_not_read_from_the_new_one(tmp_path):
+    from lit import index_file
+
+    path = _index_of_names(tmp_path / "i.h5", ["a.jpg", "b.jpg"])
+    info = index_file.read_info_base(path, names=False)
+    _index_of_names(tmp_path / "i.h5", ["c.jpg", "d.jpg"])  # another generation at the same path
+    with pytest.raises(IndexFileError, match="replaced"):
+        info.names.lookup(["a.jpg"])

@@ -110,6 +110,7 @@ class InvertedFile:
         self._extra: list[Segment] = []
         self._removed = torch.zeros(0, dtype=torch.bool, device=device)
         self._num_removed = 0
+        self._entries_of: Tensor | None = None  # entries per id (removed_entries), computed when asked for
         #: Moves on every change of the entries (caches of derived statistics key on it).
         self.version = 0
 
@@ -178,11 +179,28 @@ class InvertedFile:
         return len(self._extra)
 
     def removed_entries(self) -> int:
-        """Entries of removed images still held (dropped by :meth:`compact`)."""
+        """Entries of removed images still held (dropped by :meth:`compact`): a sum over ids,
+        from entry counts per id that are counted once and kept up to date by
+        :meth:`append_segment` (not a pass over the entries per call)."""
         if not self._num_removed:
             return 0
-        removed = self.removed
-        return sum(int(removed[seg.image_ids.to(torch.int64)].sum()) for seg in (self._segment, *self._extra))
+        counts = self._entry_counts()
+        removed = self.removed[: counts.shape[0]]
+        return int(counts[: removed.shape[0]][removed].sum())
+
+    def _entry_counts(self) -> Tensor:
+        """Entries per id, ``(n_images,)`` int64 (merged entries)."""
+        self.flush()
+        if self._entries_of is None:
+            counts = torch.zeros(self._n_images, dtype=torch.int64, device=self.device)
+            for seg in (self._segment, *self._extra):
+                counts += torch.bincount(seg.image_ids.to(torch.int64), minlength=self._n_images)[: self._n_images]
+            self._entries_of = counts
+        elif self._entries_of.shape[0] < self._n_images:  # ids reserved since: no entries
+            grown = torch.zeros(self._n_images, dtype=torch.int64, device=self.device)
+            grown[: self._entries_of.shape[0]] = self._entries_of
+            self._entries_of = grown
+        return self._entries_of
 
     @property
     def num_pending(self) -> int:
@@ -336,6 +354,7 @@ class InvertedFile:
             del words_parts, image_parts, vector_parts, block, order
         self._segment = Segment(offsets, images, vectors)
         self._pending = []
+        self._entries_of = None
         self.version += 1
 
     # ------------------------------------------------------------------ reading
@@ -462,6 +481,7 @@ class InvertedFile:
         self._segment = Segment(offsets_t, images_t, vectors_t)
         self._pending = []
         self._extra = []
+        self._entries_of = None
         self._removed = torch.zeros(0, dtype=torch.bool, device=device)
         self._num_removed = 0
         self._n_images = int(n_images)
@@ -530,6 +550,12 @@ class InvertedFile:
                           segment.vectors.to(self.device))
         if int(segment.image_ids.shape[0]):
             self._extra.append(segment)
+            if self._entries_of is not None:  # keep the counts up to date: the segment's cost
+                top = max(self._entries_of.shape[0], int(segment.image_ids.max()) + 1)
+                grown = torch.zeros(top, dtype=torch.int64, device=self.device)
+                grown[: self._entries_of.shape[0]] = self._entries_of
+                grown += torch.bincount(segment.image_ids.to(torch.int64), minlength=top)
+                self._entries_of = grown
         if image_ids.numel():
             self._mark_present(image_ids, int(image_ids.max()))
         else:
@@ -596,6 +622,7 @@ class InvertedFile:
         assert int(images_t.shape[0]) == total
         self._segment = Segment(offsets, images_t, vectors_t)
         self._extra = []
+        self._entries_of = None
         if new_ids is not None:
             top = int(new_ids.max()) + 1 if new_ids.numel() else 0
             n = top if n_images is None else int(n_images)

@@ -16,6 +16,12 @@ first, ties to the lower index):
   re-ranked exactly in float64, so the result is the exact ranking (:func:`_bf16_kernel`);
 - ``"faiss"``: ``faiss.knn`` (the machine's float32 GEMM speed on CPU);
 - ``"torch"``: a blocked float32 GEMM on any device.
+
+The float32 kernels search one word more than asked; rows where two of those distances are
+closer than the float32 error bound are searched again in float64
+(:func:`_settle_float32`), so every kernel gives the exact ranking, and the words of a
+descriptor never depend on the other descriptors searched with it (an index grown by
+``lit add`` assigns as one built from scratch).
 """
 
 from __future__ import annotations
@@ -128,10 +134,10 @@ def nearest_words(
 
     The torch kernel keeps at most about :data:`SEARCH_BYTES` of distances at a time;
     faiss blocks internally (4096 descriptors x 1024 centroids). The float32 backends
-    compute the same formula with different summation orders, so a descriptor almost
-    exactly between two centroids (distances equal to the last float32 bits) may be
-    assigned differently by them and by the exact ``"bf16"`` path; each backend is
-    deterministic.
+    compute the same formula with different summation orders (which depend on the other
+    descriptors of the call), so they search ``m + 1`` words and search the rows whose
+    distances are closer than the float32 error bound again in float64: every backend
+    gives the exact ranking of the float32 inputs, whatever else is searched with them.
 
     This function prepares the codebook on every call; an index searching the same
     codebook again and again keeps a :class:`Quantizer` instead (same results).
@@ -257,15 +263,13 @@ class Quantizer:
             if prep is not None:
                 return _bf16_kernel(x32, prep, int(m), chunk_size, self._workspace)
             backend = "faiss" if auto and _faiss is not None else "torch"
+        q = min(int(m) + 1, k)  # one word more: the gap to it says whether float32 could err
         if backend == "faiss":
-            idx = _faiss_kernel(descriptors, codebook, int(m))
-            bad = torch.nonzero((idx < 0).any(dim=1)).flatten()  # distances overflowed to inf/NaN
-            if bad.numel():
-                cpu = codebook.cpu()
-                idx[bad] = _torch_kernel(descriptors.cpu()[bad], cpu.t().contiguous(), (cpu * cpu).sum(dim=1), m, None)
-            return idx.to(descriptors.device)
-        f32 = self._float32_form()
-        return _torch_kernel(descriptors, f32.c_t, f32.c_sq, m, chunk_size)
+            idx, dist = _faiss_kernel(descriptors, codebook, q, values=True)  # overflowed rows: settled below
+        else:
+            f32 = self._float32_form()
+            idx, dist = _torch_kernel(descriptors, f32.c_t, f32.c_sq, q, chunk_size, values=True)
+        return _settle_float32(descriptors, codebook, idx, dist, int(m))
 
     # ------------------------------------------------------------------ prepared forms
 
@@ -307,29 +311,69 @@ class Quantizer:
 # ----------------------------------------------------------------------------- float32 kernels
 
 
-def _torch_kernel(descriptors: Tensor, c_t: Tensor, c_sq: Tensor, m: int, chunk_size: int | None) -> Tensor:
-    """Blocked float32 GEMM search: ``||c||^2 - 2 x.c`` per chunk, ties to the lower index."""
+def _torch_kernel(descriptors: Tensor, c_t: Tensor, c_sq: Tensor, m: int, chunk_size: int | None,
+                  values: bool = False):
+    """Blocked float32 GEMM search: ``||c||^2 - 2 x.c`` per chunk, ties to the lower index
+    (``values``: also those distances of the words, ``(idx, dist)``)."""
     n, k = descriptors.shape[0], c_t.shape[1]
     out = torch.empty((n, m), dtype=torch.int64, device=descriptors.device)
+    out_dist = torch.empty((n, m), dtype=torch.float32, device=descriptors.device) if values else None
     if chunk_size is None:
         chunk_size = max(1, SEARCH_BYTES // (4 * k))
     for start in range(0, n, chunk_size):
         x = descriptors[start : start + chunk_size]
         dist = torch.addmm(c_sq.unsqueeze(0), x, c_t, beta=1.0, alpha=-2.0)
         if m == 1:  # min keeps the first (lowest) index of equal values
-            out[start : start + x.shape[0], 0] = dist.min(dim=1).indices
+            best = dist.min(dim=1).indices.unsqueeze(1)
         else:
-            out[start : start + x.shape[0]] = smallest_stable(dist, m)
-    return out
+            best = smallest_stable(dist, m)
+        out[start : start + x.shape[0]] = best
+        if values:
+            out_dist[start : start + x.shape[0]] = torch.gather(dist, 1, best)
+    return (out, out_dist) if values else out
 
 
-def _faiss_kernel(descriptors: Tensor, codebook: Tensor, m: int) -> Tensor:
-    """``faiss.knn`` on the CPU; rows whose distances overflowed hold -1."""
+def _faiss_kernel(descriptors: Tensor, codebook: Tensor, m: int, values: bool = False):
+    """``faiss.knn`` on the CPU; rows whose distances overflowed hold -1 (``values``: also
+    the distances, ``(idx, dist)``)."""
     x = np.ascontiguousarray(descriptors.detach().cpu().numpy(), dtype=np.float32)
     c = np.ascontiguousarray(codebook.detach().cpu().numpy(), dtype=np.float32)
     # faiss keeps the lower index on equal distances and sorts by (distance, index)
-    _, idx = _faiss.knn(x, c, int(m))
-    return torch.from_numpy(idx)
+    dist, idx = _faiss.knn(x, c, int(m))
+    return (torch.from_numpy(idx), torch.from_numpy(dist)) if values else torch.from_numpy(idx)
+
+
+#: Twice the error of a float32 distance ``|x|^2 + |c|^2 - 2 x.c`` (or ``|c|^2 - 2 x.c``) is
+#: at most this x (D + 2) (|x| + max|c|)^2 (sums of D + 2 terms, with a margin of 2).
+_F32_SLACK = 4 * 2.0**-24
+
+
+def _settle_float32(descriptors: Tensor, codebook: Tensor, idx: Tensor, dist: Tensor, m: int) -> Tensor:
+    """The exact ranking from a float32 search of ``m + 1`` words per row: rows where two of
+    those distances are closer than the float32 error bound (a near tie the GEMM's
+    summation order may decide, and which the batch a descriptor is searched with may
+    change) are searched again by float64 brute force; the others are exact already.
+
+    So the words of a descriptor do not depend on the other descriptors of its call (an
+    index grown by additions assigns as one built at once), at the cost of the rows near
+    a tie (a few percent of real descriptors; none of well-separated ones).
+
+    Shape:
+        - idx, dist: :math:`(N, q)`, ``q = min(m + 1, K)``; output: :math:`(N, m)` int64.
+    """
+    x = descriptors.detach().to(torch.float32)
+    c = codebook.detach().to(x.device, torch.float32)
+    idx, dist = idx.to(x.device), dist.to(x.device, torch.float64)
+    tol = _F32_SLACK * (x.shape[1] + 2) * (x.norm(dim=1).to(torch.float64) + float(c.norm(dim=1).max())) ** 2
+    near = ((dist[:, 1:] - dist[:, :-1]) <= tol.unsqueeze(1)).any(dim=1) if dist.shape[1] > 1 else \
+        torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    near |= (idx < 0).any(dim=1) | ~torch.isfinite(dist).all(dim=1)  # overflowed rows too
+    out = idx[:, :m].clone()
+    rows = near.nonzero().flatten()
+    if rows.numel():  # on the CPU: few rows
+        c64 = c.cpu().to(torch.float64)
+        out[rows] = _exact64_kernel(x[rows].cpu(), c64, (c64 * c64).sum(dim=1) / 2, m).to(out.device)
+    return out.to(descriptors.device)
 
 
 # ----------------------------------------------------------------------------- bfloat16 kernel
@@ -405,8 +449,8 @@ def _bf16_kernel(x: Tensor, prep: _Bf16Codebook, m: int, chunk_size: int | None,
 
     Rows that step 4 cannot settle are retried with the 256 best approximate scores of the
     whole row, then by float64 brute force. The result is the exact (float64) ranking of
-    the float32 inputs, ties to the lower index; the float32 backends agree with it except
-    where their own rounding decides between two nearly equidistant centroids.
+    the float32 inputs, ties to the lower index, as the float32 backends after their float64
+    re-check of near ties (:func:`_settle_float32`).
 
     Args:
         x: float32 CPU descriptors.

@@ -225,13 +225,11 @@ def top_k(blocks: Iterable[tuple[int, Tensor]], n_queries: int, k: int, lo: int,
     if k == 0:
         return SearchResult(ranks, values)
     col_ids = torch.arange(lo, hi, device=device)
-    if excluded is not None and bool(excluded.any()):
-        col_ids = col_ids[~excluded]
-    else:
+    if excluded is None or not bool(excluded.any()):
         excluded = None
     for first, block in blocks:
-        if excluded is not None:
-            block = block[:, ~excluded]
+        if excluded is not None:  # in place (the block is ours): below every score, never among the k
+            block.masked_fill_(excluded, float("-inf"))
         r, v = F.topk_stable(block, col_ids, k)
         ranks[first : first + block.shape[0]] = r
         values[first : first + block.shape[0]] = v

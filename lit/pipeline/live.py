@@ -18,14 +18,26 @@ entries of the present images only.
 (a sort and a ``bincount`` of their entries) and writes it to one new file; a removal
 writes the removed ids into the journal's manifest. Neither reads nor rewrites the
 collection: the one-shot path (:func:`add_images`, :func:`remove_images`) reads the
-codebook and the names, not the inverted file. In memory, appended segments beyond
-:data:`MAX_SEGMENTS` are merged with each other (their own size, not the collection's), so
-a query loops over a main segment and one small one; idf and norms are recomputed at the
-first search after a change, one vectorised pass over the entries. *Compaction* merges
-everything into a new base file (dropping removed photos' entries, renumbering): it is
-O(collection) and runs when the journal passes :data:`COMPACT_FRACTION` of the base (added
-plus removed photos) or :data:`MAX_JOURNAL_SEGMENTS` files, so its cost per added photo is
-bounded (amortised O(1) per photo); :meth:`LiveIndex.compact` runs it at will.
+codebook, the journal's names and, for the names it changes, the base file's name table
+(:class:`lit.index_file.BaseNames`: a few hashed entries per name), not the inverted file
+nor the collection's names. Compaction merges everything into a new base file (dropping
+removed photos' entries, renumbering): it is O(collection) and runs when the journal
+passes :data:`COMPACT_FRACTION` of the base (added plus removed photos) or
+:data:`MAX_JOURNAL_SEGMENTS` files, so its cost per added photo is bounded (amortised O(1)
+per photo); :meth:`LiveIndex.compact` runs it at will.
+
+**Search cost.** In memory a query loops over the main segment and at most
+:data:`MAX_SEGMENTS` appended one (appended segments are merged with each other: their own
+size); removed photos are tombstones, left out of the ranking by an in-place mask. When the
+entries of removed photos or of the appended segment pass :data:`MERGE_FRACTION` of the
+entries, the segments are merged into one in memory and the removed entries dropped
+(O(collection), once per that fraction of the entries changed). So a search of a changed
+index scores at most :data:`MERGE_FRACTION` (2 %) more entries than a fresh index of the
+same photos (the removed ones; the appended ones a fresh index holds too), plus, per query,
+the fixed cost of one small segment and of a mask over the removed ids (about 1 % of a
+100k-image search; more of a small index's, whose searches take milliseconds: measured by
+``benchmarks/live_index.py``); after compaction the index *is* a fresh one. idf and norms
+are recomputed at the first search after a change, one vectorised pass over the entries.
 
 **Crash safety.** HDF5 has no transactions, so the index file itself is never changed in
 place: changes go to a journal beside it, ``INDEX.live/`` (:mod:`lit.index_file`): every
@@ -80,6 +92,7 @@ from ..errors import PipelineError, UsageError
 from ..features import open_features
 from ..index_file import (
     TEXT_GROUP,
+    BaseNames,
     IndexInfo,
     Manifest,
     SegmentData,
@@ -87,7 +100,6 @@ from ..index_file import (
     apply_journal,
     clean_journal,
     compact_live,
-    journal_slots,
     live_folder,
     load_index_base,
     read_info_base,
@@ -114,6 +126,11 @@ COMPACT_FRACTION = 0.25
 MAX_JOURNAL_SEGMENTS = 64
 #: Appended in-memory segments beyond this are merged with each other.
 MAX_SEGMENTS = 1
+#: When the entries of removed photos, or those of the appended segment, pass this fraction
+#: of the entries held in memory, the segments are merged into one and the removed entries
+#: dropped (in memory; ids kept): a search scores at most this fraction more entries than
+#: one of a fresh index of the same photos, plus one small segment's fixed cost per query.
+MERGE_FRACTION = 0.02
 #: New photos whose mean quantisation error exceeds the codebook's by this factor are
 #: reported: the codebook may not fit them.
 DRIFT_FACTOR = 1.5
@@ -273,7 +290,7 @@ class LiveIndex:
     def _sync(self, force: bool = False) -> None:
         """Read the state on disk when it differs from the one in memory (another process
         committed, or nothing is loaded yet)."""
-        base = read_info_base(self.path)
+        base = read_info_base(self.path, names=False)  # the names are read when needed (BaseNames)
         manifest = read_manifest(self.path)
         if manifest is not None and manifest.base != base.generation:
             manifest = None  # stale: a crashed compaction, or a base rebuilt by `lit index`
@@ -282,9 +299,15 @@ class LiveIndex:
             return
         journal = read_journal(self.path, vectors=False, generation=base.generation) if manifest else None
         with self._rw.write():
-            self._base = base
+            if getattr(self, "_base", None) is None or self._base.generation != base.generation:
+                self._base, self._base_ids = base, None
             self._manifest = journal.manifest if journal is not None else None
-            self._slot_names, self._removed = journal_slots(base.names, journal)
+            # slots: the base's images, then each segment's; a name's slot is found in the
+            # journal's names (in memory) or in the base's name table (only the names asked for)
+            self._journal_names = [n for seg in journal.segments for n in seg.names] if journal is not None else []
+            n_base = len(self._base.names)
+            self._journal_slot = {n: n_base + i for i, n in enumerate(self._journal_names)}
+            self._removed = set(journal.manifest.removed) if journal is not None else set()
             self._digests: dict[int, str] = {}
             slot = len(base.names)
             for seg in journal.segments if journal is not None else []:
@@ -292,10 +315,11 @@ class LiveIndex:
                     if d:
                         self._digests[slot + i] = d
                 slot += len(seg.names)
-            self._slot_of = {n: i for i, n in enumerate(self._slot_names) if i not in self._removed}
             with h5py_file(self.path) as f:
                 header = read_header(f, source=self.path)
                 self._has_text = TEXT_GROUP in f
+                tower = f[TEXT_GROUP].attrs.get("tower", "") if self._has_text else ""
+                self._file_tower = tower.decode() if isinstance(tower, bytes) else str(tower)
             params = {k[len("params."):]: v for k, v in header.attrs.items() if k.startswith("params.")}
             self._params = params
             self._codebook = header.codebook
@@ -322,8 +346,8 @@ class LiveIndex:
             break
         if journal is not None:
             apply_journal(asmk, len(base.names), journal)
-        asmk.ivf.reserve(len(self._slot_names))
-        asmk.ivf.merge_extra()
+        asmk.ivf.reserve(self._n_slots)
+        _bound_search_cost(asmk)
         chunks = None
         tower = ""
         if self._has_text:
@@ -333,6 +357,8 @@ class LiveIndex:
             for seg in journal.segments if journal is not None else []:
                 chunks.append(self._seg_text(seg, chunks[0][0].shape[1]))
         with self._rw.write():
+            if base.generation == self._base.generation and not isinstance(base.names, BaseNames):
+                self._base, self._base_ids = base, None  # its names, read with the inverted file
             self._asmk = asmk
             self._text_chunks, self._text_tower, self._text_cache = chunks, tower, None
 
@@ -358,12 +384,44 @@ class LiveIndex:
             self._aggregator = ASMK(self._codebook, device=self.device, **self._params)
         return self._aggregator
 
+    # ------------------------------------------------------------------ slots
+    @property
+    def _n_slots(self) -> int:
+        """Slots: the base's images and the journal's, removed ones included."""
+        return len(self._base.names) + len(self._journal_names)
+
+    def _slot_names(self) -> list[str]:
+        """Every slot's name (reads the base's names: O(collection))."""
+        return [*self._base.names, *self._journal_names]
+
+    def _find(self, names: Iterable[str]) -> dict[str, int]:
+        """The slot of each of ``names`` that the index holds (not removed): the journal's
+        names in memory first, then the base's name table for the others (their own cost,
+        not the collection's)."""
+        out, rest = {}, []
+        for name in dict.fromkeys(names):
+            slot = self._journal_slot.get(name)
+            if slot is not None and slot not in self._removed:
+                out[name] = slot
+            else:
+                rest.append(name)
+        if rest:
+            base = self._base.names
+            if isinstance(base, BaseNames):
+                found = base.lookup(rest)
+            else:
+                if self._base_ids is None:
+                    self._base_ids = {n: i for i, n in enumerate(base)}
+                found = {n: self._base_ids[n] for n in rest if n in self._base_ids}
+            out.update((n, i) for n, i in found.items() if i not in self._removed)
+        return out
+
     # ------------------------------------------------------------------ reading
     @property
     def info(self) -> IndexInfo:
         """The index's :class:`IndexInfo` with the current names (journal applied)."""
         with self._rw.read():
-            names = tuple(n for i, n in enumerate(self._slot_names) if i not in self._removed)
+            names = tuple(n for i, n in enumerate(self._slot_names()) if i not in self._removed)
             return replace(self._base, names=names)
 
     def names(self) -> list[str]:
@@ -372,7 +430,7 @@ class LiveIndex:
 
     def __len__(self) -> int:
         with self._rw.read():
-            return len(self._slot_names) - len(self._removed)
+            return self._n_slots - len(self._removed)
 
     @property
     def has_text(self) -> bool:
@@ -380,7 +438,8 @@ class LiveIndex:
         return self._has_text
 
     def __contains__(self, name: str) -> bool:
-        return name in self._slot_of
+        with self._rw.read():
+            return bool(self._find([name]))
 
     @property
     def model(self):
@@ -399,7 +458,7 @@ class LiveIndex:
         with self._rw.read():
             m = self._manifest
             return {
-                "images": len(self._slot_names) - len(self._removed),
+                "images": self._n_slots - len(self._removed),
                 "words": int(self._codebook.shape[0]),
                 "dim": int(self._codebook.shape[1]),
                 "binary": bool(self._params.get("binary", True)),
@@ -408,7 +467,8 @@ class LiveIndex:
                 "journal_segments": len(m.segments) if m else 0,
                 "journal_added": m.added if m else 0,
                 "removed_pending": len(self._removed),
-                "removed_entries_pending": asmk.ivf.removed_entries(),
+                "removed_entries_pending": asmk.ivf.removed_entries(),  # still scored in memory
+                "segments_in_memory": 1 + asmk.ivf.num_extra_segments,
                 "entries": asmk.ivf.num_entries,
                 "codebook_source": self._base.codebook_source,
                 "codebook_descriptors": self._base.codebook_descriptors,
@@ -425,7 +485,7 @@ class LiveIndex:
         :class:`lit.types.LocalFeatures` of the index's model)."""
         self._ensure_loaded()
         with self._rw.read():
-            info = replace(self._base, names=tuple(self._slot_names))
+            info = replace(self._base, names=tuple(self._slot_names()))
             return search(self._asmk, info, queries, query_names, topk=topk, exclude_self=exclude_self,
                           query_root=query_root, keep_unscored=keep_unscored)
 
@@ -449,7 +509,7 @@ class LiveIndex:
                     valid[np.fromiter(self._removed, np.int64)] = False
                 self._text_cache = (emb, valid)
             emb, valid = self._text_cache
-            names = list(self._slot_names)
+            names = self._slot_names()
         q = self.text_model.embed_texts(list(texts))
         image = self.text_model.image_space(torch.from_numpy(emb).to(q.embeddings.device))
         scores = (q.embeddings @ image.to(q.embeddings).T).masked_fill(
@@ -521,6 +581,7 @@ class LiveIndex:
     def _plan(self, paths, names, report: AddReport) -> list[tuple[str, str, str]]:
         """``(name, path, digest)`` of the photos to extract; identical ones skipped."""
         todo, seen = [], set()
+        held = self._find(names)
         for name, path in zip(names, paths, strict=True):
             if name in seen:
                 continue
@@ -529,7 +590,7 @@ class LiveIndex:
                 report.failed[name] = f"{display_name(path)}: no such file"
                 continue
             digest = _digest(path)
-            slot = self._slot_of.get(name)
+            slot = held.get(name)
             if slot is not None:
                 old = self._digests.get(slot)
                 same = old == digest if old else os.stat(path).st_mtime <= self._base_mtime
@@ -627,9 +688,7 @@ class LiveIndex:
         return report
 
     def _text_tower_name(self) -> str:
-        if self._text_tower:
-            return self._text_tower
-        return read_text(self.path, journal=False).tower
+        return self._text_tower or self._file_tower  # the base's attribute: no embedding read
 
     def _commit_add(self, names, feats: dict, embs: dict, digests: dict, report: AddReport) -> None:
         """Aggregate, write the segment, commit the manifest, apply in memory."""
@@ -661,13 +720,14 @@ class LiveIndex:
                            text_emb, text_valid, err)
         manifest = self._manifest or Manifest(base=self._base.generation)
         file = write_segment(self.path, data, base=self._base.generation)
-        replaced = [self._slot_of[n] for n in order if n in self._slot_of]
-        first = len(self._slot_names)
+        held = self._find(order)
+        replaced = [held[n] for n in order if n in held]
+        first = self._n_slots
         new = Manifest(manifest.base, manifest.commit + 1, (*manifest.segments, (file, len(order))),
                        tuple(sorted(set(manifest.removed) | set(replaced))), dict(manifest.notes))
         write_manifest(self.path, new)  # the commit
-        report.added = [n for n in order if n not in self._slot_of]
-        report.replaced = [n for n in order if n in self._slot_of]
+        report.added = [n for n in order if n not in held]
+        report.replaced = [n for n in order if n in held]
         report.quantization_error = err
         report.reference_error = self._base.codebook_error
         if report.reference_error > 0 and err > DRIFT_FACTOR * report.reference_error:
@@ -678,10 +738,10 @@ class LiveIndex:
             log.warning(report.drift)
         with self._rw.write():
             self._manifest = new
-            self._slot_names.extend(order)
+            self._journal_names.extend(order)
             self._removed |= set(replaced)
             for i, n in enumerate(order):
-                self._slot_of[n] = first + i
+                self._journal_slot[n] = first + i
                 if digests.get(n):
                     self._digests[first + i] = digests[n]
             if self._asmk is not None:
@@ -692,8 +752,7 @@ class LiveIndex:
                 self._asmk.ivf.reserve(int(seg_ids[-1]) + 1)
                 if replaced:
                     self._asmk.remove(torch.tensor(replaced, dtype=torch.int64))
-                if self._asmk.ivf.num_extra_segments > MAX_SEGMENTS:
-                    self._asmk.ivf.merge_extra()
+                _bound_search_cost(self._asmk)
             if self._text_chunks is not None:
                 dim = self._text_chunks[0][0].shape[1]
                 self._text_chunks.append(self._seg_text(data, dim))
@@ -715,8 +774,10 @@ class LiveIndex:
         report = RemoveReport()
         with self._writing():
             slots = []
-            for name in dict.fromkeys(names):
-                slot = self._slot_of.get(name)
+            names = list(dict.fromkeys(names))
+            held = self._find(names)
+            for name in names:
+                slot = held.get(name)
                 if slot is None:
                     report.unknown.append(name)
                 else:
@@ -730,10 +791,9 @@ class LiveIndex:
                 with self._rw.write():
                     self._manifest = new
                     self._removed |= set(slots)
-                    for name in report.removed:
-                        del self._slot_of[name]
                     if self._asmk is not None:
                         self._asmk.remove(torch.tensor(slots, dtype=torch.int64))
+                        _bound_search_cost(self._asmk)
                     self._text_cache = None
                 report.compacted = self._maybe_compact(report)
         report.seconds = time.perf_counter() - start
@@ -765,9 +825,10 @@ class LiveIndex:
         asmk = self._ensure_loaded()
         text = None
         with self._rw.write():
-            keep = [i for i in range(len(self._slot_names)) if i not in self._removed]
-            names = tuple(self._slot_names[i] for i in keep)
-            compact_live(asmk, len(self._slot_names), self._removed)
+            every = self._slot_names()
+            keep = [i for i in range(len(every)) if i not in self._removed]
+            names = tuple(every[i] for i in keep)
+            compact_live(asmk, len(every), self._removed)
             if self._text_chunks is not None:
                 emb = np.concatenate([c[0] for c in self._text_chunks])[keep]
                 valid = np.concatenate([c[1] for c in self._text_chunks])[keep]
@@ -775,13 +836,12 @@ class LiveIndex:
                 self._text_chunks, self._text_cache = [(emb, valid)], None
             info = replace(self._base, names=names, descriptors=self._base.descriptors)
             write_index(self.path, asmk, info, text=text)  # the new base (new generation)
-            base = read_info_base(self.path)
+            base = replace(read_info_base(self.path, names=False), names=names)
             digests = {new: self._digests[old] for new, old in enumerate(keep) if old in self._digests}
             write_manifest(self.path, Manifest(base=base.generation, notes=dict(self._manifest.notes)))
-            self._base = base
+            self._base, self._base_ids = base, None
             self._manifest = read_manifest(self.path)
-            self._slot_names, self._removed = list(names), set()
-            self._slot_of = {n: i for i, n in enumerate(names)}
+            self._journal_names, self._journal_slot, self._removed = [], {}, set()
             self._digests = digests
             self._base_mtime = os.stat(self.path).st_mtime
         clean_journal(self.path, self._manifest)
@@ -804,6 +864,18 @@ class LiveIndex:
 
     def __repr__(self) -> str:
         return f"LiveIndex({display_name(self.path)!r}, images={len(self)})"
+
+
+def _bound_search_cost(asmk: ASMK) -> None:
+    """Keep the in-memory index within a fixed bound of a fresh one's search cost (module
+    docstring): at most :data:`MAX_SEGMENTS` appended segments, and removed photos' entries
+    and appended entries each at most :data:`MERGE_FRACTION` of the entries."""
+    ivf = asmk.ivf
+    if ivf.num_extra_segments > MAX_SEGMENTS:
+        ivf.merge_extra()  # the appended segments' size
+    appended = sum(int(seg.image_ids.shape[0]) for seg in ivf.segments()[1:])
+    if max(ivf.removed_entries(), appended) > MERGE_FRACTION * ivf.num_entries:
+        ivf.compact()  # O(collection), once per MERGE_FRACTION of the entries added or removed
 
 
 @contextlib.contextmanager

@@ -53,3 +53,27 @@ def test_segments_and_tombstones_score_as_an_index_of_the_present_images(binary,
     again = live.search(q, qid)
     assert torch.equal(again.ranks, want.ranks)
     torch.testing.assert_close(again.scores, want.scores, rtol=1e-5, atol=1e-7)
+
+
+def test_removed_entries_are_counted_across_appends_and_removals():
+    cb = torch.randn(K, D, generator=torch.Generator().manual_seed(0))
+    db = images(20, 3)
+    live = ASMK(cb, binary=True)
+    live.add(torch.cat(db[:10]), ids_of(db[:10]))
+    live.flush()
+
+    def brute():
+        removed = live.ivf.removed
+        return sum(int(removed[seg.image_ids.long()].sum()) for seg in live.ivf.segments())
+
+    live.remove(torch.tensor([1, 2]))
+    assert live.ivf.removed_entries() == brute() > 0  # counts per id taken here
+    for first in (10, 15):  # kept up to date by the appends
+        live.append_segment(*live.aggregate_segment(torch.cat(db[first:first + 5]), ids_of(db[first:first + 5], first)))
+        live.remove(torch.tensor([first, first + 3]))
+        assert live.ivf.removed_entries() == brute()
+    live.ivf.reserve(25)  # ids without entries
+    live.remove(torch.tensor([22, 3]))
+    assert live.ivf.removed_entries() == brute()
+    live.ivf.compact()  # keeps the ids, drops the removed entries
+    assert live.ivf.removed_entries() == 0 and live.ivf.num_extra_segments == 0

@@ -68,6 +68,21 @@ def test_faiss_and_torch_backends_assign_the_same_words():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_backends_rank_near_ties_exactly_whatever_else_is_searched(backend):
+    # centroids and descriptors around far-away points: float32 distances err by more than
+    # the gaps, which the float64 re-check of those rows settles
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(30, 16)) * 300
+    codebook = np.concatenate([centres + rng.normal(size=(30, 16)) * 0.01 for _ in range(4)]).astype(np.float32)
+    x = (centres[rng.integers(0, 30, 200)] + rng.normal(size=(200, 16)) * 0.01).astype(np.float32)
+    for m in (1, 3):
+        words = nearest_words(torch.from_numpy(x), torch.from_numpy(codebook), m, backend=backend)
+        assert np.array_equal(words.numpy(), _exact_reference(x, codebook, m))
+        alone = nearest_words(torch.from_numpy(x[:7]), torch.from_numpy(codebook), m, backend=backend)
+        assert torch.equal(alone, words[:7])  # the same words in a batch of 7 and of 200
+
+
 # ----------------------------------------------------------------------------- bfloat16 + exact re-check
 
 

@@ -162,6 +162,52 @@ def test_adding_costs_no_rewrite_of_the_index_file(tmp_path):
     assert manifest.commit == 2 and manifest.added == 2 and len(manifest.removed) == 1
 
 
+def test_adding_and_removing_read_only_the_names_they_change(tmp_path, monkeypatch):
+    """`lit add` / `lit remove` find the names they change in the base's name table: the
+    collection's names are not read (their cost grows with the change, not the index)."""
+    from lit import index_file
+
+    cb = codebook()
+    index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", MANY), cb)
+    b = write_features(tmp_path / "b.h5", ["a/003", "b/000"])
+    monkeypatch.setattr(index_file, "_read_names", lambda *a: pytest.fail("every name of the index read"))
+    report = add_images(index, features=b, device="cpu")
+    assert report.replaced == ["a/003"] and report.added == ["b/000"]
+    removed = remove_images(index, ["a/005", "b/000", "a/003", "no/such"], device="cpu")
+    assert removed.removed == ["a/005", "b/000", "a/003"] and removed.unknown == ["no/such"]
+    assert remove_images(index, ["a/005"], device="cpu").unknown == ["a/005"]
+    monkeypatch.undo()
+    assert list(read_info(index).names) == [n for n in MANY if n not in ("a/003", "a/005")]
+
+
+def test_searches_do_a_bounded_extra_work_over_a_fresh_index(tmp_path, monkeypatch):
+    """In memory, removed photos' entries are dropped and appended segments merged once
+    they pass MERGE_FRACTION of the entries (a search's extra work over a fresh index stays
+    bounded); results unchanged."""
+    from lit.pipeline import live as live_module
+
+    monkeypatch.setattr(live_module, "COMPACT_FRACTION", 1.0)  # the journal stays on disk
+    monkeypatch.setattr(live_module, "MERGE_FRACTION", 0.05)  # one photo of 40 stays below it
+    cb = codebook()
+    index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", MANY), cb, use_idf=True)
+    with LiveIndex.open(index, device="cpu") as live:
+        live.remove(["a/000"])
+        live.add_features(write_features(tmp_path / "b0.h5", B[:1]))
+        stats = live.stats()
+        assert 0 < stats["removed_entries_pending"] <= live_module.MERGE_FRACTION * stats["entries"]
+        assert stats["segments_in_memory"] == 2  # the base's and the appended one
+        live.add_features(write_features(tmp_path / "b.h5", B[1:]))  # past the bound: merged
+        assert live.stats()["segments_in_memory"] == 1 and live.stats()["removed_entries_pending"] == 0
+        live.remove(["a/001", "a/002", "a/006", "b/003"])  # past the bound: dropped
+        stats = live.stats()
+        assert stats["removed_entries_pending"] == 0 and stats["removed_pending"] == 5
+        names = live.names()
+        assert_same(live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None), from_scratch(tmp_path, names, cb,
+                                                                                             use_idf=True))
+    with LiveIndex.open(index, device="cpu") as again:  # a reader loading the journal: the same bound
+        assert again.stats()["removed_entries_pending"] == 0
+
+
 def test_compaction_runs_on_threshold_and_leaves_a_plain_index(tmp_path):
     cb = codebook()
     index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", A), cb)

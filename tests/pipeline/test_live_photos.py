@@ -14,7 +14,7 @@ from PIL import Image
 
 import lit
 from lit.errors import FingerprintError
-from lit.features import open_features
+from lit.features import FeatureStore, open_features
 from lit.index_file import load_index, read_text
 from lit.pipeline import extract_to_file, load_codebook, make_index
 from lit.pipeline.live import LiveIndex
@@ -126,3 +126,47 @@ def test_unreadable_files_are_named_and_skipped(built, index, model):
         report = live.add([str(photos / "new" / "broken.jpg"), str(photos / "new" / "coffee.png")])
     assert report.added == ["new/coffee.png"] and list(report.failed) == ["new/broken.jpg"]
     assert "broken.jpg" in report.failed["new/broken.jpg"] and report.status == 3
+
+
+@pytest.fixture(scope="module")
+def scene_features(tmp_path_factory, model):
+    """The bundled multi-view scenes (cut down to 160 x 120) extracted once: every photo, the
+    first four scenes and the other two, as three feature files of the same descriptors."""
+    tmp = tmp_path_factory.mktemp("scenes")
+    root = tmp / "photos"
+    scenes = sorted(d for d in os.listdir(PHOTOS) if os.path.isdir(os.path.join(PHOTOS, d)))
+    for scene in scenes:
+        (root / scene).mkdir(parents=True)
+        for f in sorted(os.listdir(os.path.join(PHOTOS, scene))):
+            Image.open(os.path.join(PHOTOS, scene, f)).convert("RGB").resize((160, 120)).save(root / scene / f)
+    extract_to_file(model, sorted(str(p) for p in root.glob("*/*")), tmp / "all.h5", root=root, progress=False)
+    with open_features(tmp / "all.h5") as coll:
+        for part, keep in (("base", scenes[:4]), ("added", scenes[4:])):
+            with FeatureStore(tmp / f"{part}.h5", "a", descriptor_dim=coll.descriptor_dim, fingerprint=coll.fingerprint,
+                              root=coll.root, settings=coll.settings) as store:
+                for i, name in enumerate(coll.names):
+                    if name.split("/")[0] in keep:
+                        store.append(name, coll[i])
+    return tmp
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_scenes_added_to_an_index_of_other_scenes_rank_and_score_as_a_rebuild(tmp_path, scene_features, binary):
+    """An index of four of the bundled scenes (codebook learned on them), the other two
+    added: every photo as a query ranks and scores as against an index of all twelve built
+    at once with the same codebook, from the same descriptors, within 1e-5."""
+    index = tmp_path / "index.h5"
+    make_index(scene_features / "base.h5", index, size=64, binary=binary, use_idf=True)
+    with LiveIndex.open(index, device="cpu") as live:
+        live.add_features(scene_features / "added.h5")
+        names = live.names()
+    make_index(scene_features / "all.h5", tmp_path / "ref.h5", codebook=load_codebook(index)[0], binary=binary,
+               use_idf=True)
+    with open_features(scene_features / "all.h5") as coll:
+        assert list(coll.names) == names  # the same order: ids agree
+        qs = [coll[i] for i in range(len(coll))]
+    got = search(*load_index(index), qs, names, topk=None)  # the file with its journal, as `lit search` reads it
+    want = search(*load_index(tmp_path / "ref.h5"), qs, names, topk=None)
+    for g, w in zip(got, want, strict=True):
+        assert [h.name for h in g.hits] == [h.name for h in w.hits]
+        np.testing.assert_allclose([h.score for h in g.hits], [h.score for h in w.hits], rtol=1e-5)
