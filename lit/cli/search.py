@@ -186,7 +186,7 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
         for res in results:
             print(display_name(res.query))
             for h in res.hits:
-                verified = f"  ({h.inliers} inliers)" if h.inliers else ""
+                verified = f"  (support {h.inliers})" if h.inliers else ""
                 calibrated = "" if h.calibrated is None else f"  (calibrated {h.calibrated:+.1f})"
                 print(f"  {h.rank:4d}  {h.score:.4g}{calibrated}  {display_name(h.name)}{verified}")
     return 0
