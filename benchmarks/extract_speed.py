@@ -21,13 +21,13 @@ Example (CPU, small)::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lit.bench import print_report
 from lit.models import ModelConfig, SuperFeatureModel
 
 
@@ -241,10 +241,7 @@ def main(argv=None):
         "max_relative_descriptor_error": max(errs),
         "asmk_score_spearman": asmk_spearman(ref_feats, fast_feats) if args.images >= 3 else None,
     }
-    print(json.dumps(res, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    print_report(res, args.json, indent=1)
 
 
 if __name__ == "__main__":

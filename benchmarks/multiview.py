@@ -7,13 +7,13 @@ described in :mod:`lit.bench.multiview`.
 """
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 import torch
 
+from lit.bench import print_report
 from lit.bench.multiview import (
     ALL,
     DEFAULT_ROOT,
@@ -102,10 +102,7 @@ def main(argv=None) -> int:
                   f"better on {c['better']}, same on {c['same']}, worse on {c['worse']} queries")
     out = {"root": str(args.root), "images": len(paths), "scenes": int(len(set(labels.tolist()))),
            "codebook": cb_what, "codebook_images": len(cb_paths), "results": results, "comparisons": comparisons}
-    print(json.dumps(out))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    print_report(out, args.json)
     return 0
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lit.bench import print_report
+
 
 def lit_cli(*args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "lit", *map(str, args)], capture_output=True, text=True)
@@ -110,10 +112,7 @@ def main(argv=None) -> int:
            "default_minus_best_seed_mean": sweep["default"]["map"] - best["map"],
            "cli_defaults_minus_best_seed_mean": cli_map - best["map"],
            "within_2_map": bool(sweep["default"]["map"] >= best["map"] - 2 and cli_map >= best["map"] - 2), "sweep": sweep}
-    print(json.dumps(out))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    print_report(out, args.json)
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -15,7 +15,6 @@ The search is :func:`lit.pipeline.search` with a :class:`lit.pipeline.Reranker`,
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,8 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+
+from lit.bench import print_report
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -179,10 +180,7 @@ def main(argv=None) -> int:
     print(f"one query, {n_t} candidates: {cold:.3f} s cold, {warm:.3f} s warm (CPU time {cold_cpu:.3f} s, {warm_cpu:.3f} s); "
           f"{per_image} bytes per cached image",
           file=sys.stderr)
-    print(json.dumps({k: v for k, v in out.items()}))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    print_report(out, args.json)
     return 0
 
 

@@ -17,13 +17,14 @@ positives when the first is not first.
 """
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lit.bench import print_report
 
 
 def tentative(q, c, kind: str, value, bg_q=None, bg_c=None):
@@ -166,10 +167,7 @@ def main(argv=None) -> int:
         print(f"{kind} {value}: matches {res['matches_same_scene']:.1f} / {res['matches_unrelated']:.1f}, support "
               f"{res['support_same_scene_median']:.0f} / p99 {res['support_unrelated_p99']:.0f}, mAP by min support "
               + " ".join(f"{v:.1f}" for v in res["map_by_min_support"].values()), file=sys.stderr, flush=True)
-    print(json.dumps(out))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    print_report(out, args.json)
     return 0
 
 

@@ -16,7 +16,6 @@ landmark queries with the other half test it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ import torch
 from text_calibration_queries import ABSENT, GIBBERISH, PRESENT
 from text_search import average_precision, real_photos
 
+from lit.bench import print_report
 from lit.text.calibration import CONFIDENT_Z, calibrate, reference_scores
 from lit.text.factory import load_text_model
 
@@ -80,10 +80,7 @@ def main(argv=None) -> int:
         "test_present_confident": int((best[landmark] >= CONFIDENT_Z).sum()), "test_present": int(landmark.sum()),
         "test_negatives_confident": int((best[test_neg] >= CONFIDENT_Z).sum()), "test_negatives": len(test_neg),
     }
-    print(json.dumps(out, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    print_report(out, args.json, indent=1)
     return 0
 
 
