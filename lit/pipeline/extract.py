@@ -513,8 +513,8 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
     pin = str(model.device).startswith("cuda")
     bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr, desc="extract")
     path_of = {it[0]: it[1] for it in todo}
-    pending: list[tuple[str, torch.Tensor]] = []  # equal-size images waiting for a batch
-    size_of: dict[str, tuple[int, int]] = {}  # the files' own sizes, for messages
+    # equal-size images waiting for a batch: (name, tensor, the file's own size for messages)
+    pending: list[tuple[str, torch.Tensor, tuple[int, int]]] = []
     extracted: list[str] = []
 
     def fail(name: str, error: str) -> None:
@@ -525,28 +525,24 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
     def flush() -> None:
         if not pending:
             return
-        batch = torch.stack([t for _, t in pending])
+        batch = torch.stack([t for _, t, _ in pending])
         batch = (batch.pin_memory() if pin else batch).to(model.device, non_blocking=True)
         try:
             outs = model.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
         except ImageReadError as err:  # too small: the whole batch has this size
-            for n, t in pending:
-                fail(n, f"{display_name(path_of[n])}: {too_small_message(err, size_of.get(n), t, image_size)}")
+            for n, t, size in pending:
+                fail(n, f"{display_name(path_of[n])}: {too_small_message(err, size, t, image_size)}")
             bar.update(len(pending))
-            for n, _ in pending:
-                size_of.pop(n, None)
             pending.clear()
             return
         if embedder is not None:  # rows written before the features commit them
             rows = list(range(len(store), len(store) + len(pending)))
-            store.write_embeddings(rows, embedder.name, embedder.embed([t for _, t in pending]))
-        for (n, _), feats in zip(pending, outs, strict=True):
+            store.write_embeddings(rows, embedder.name, embedder.embed([t for _, t, _ in pending]))
+        for (n, _, _), feats in zip(pending, outs, strict=True):
             store.append(n, feats)
             extracted.append(n)
         summary.done += len(pending)
         bar.update(len(pending))
-        for n, _ in pending:
-            size_of.pop(n, None)
         pending.clear()
 
     try:
@@ -559,8 +555,7 @@ def _extract(model, store: FeatureStore, todo, summary: ExtractionSummary, *, sc
                     continue
                 if pending and pending[0][1].shape != tensor.shape:
                     flush()
-                size_of[name] = size
-                pending.append((name, tensor))
+                pending.append((name, tensor, size))
                 if len(pending) >= batch_size:
                     flush()
             flush()
