@@ -17,13 +17,6 @@ __all__ = ["json_name", "plot_paths", "read_pairs", "results_to_dict", "scene_of
            "write_pairs"]
 
 
-def _named(d: dict, key: str, name: str | None) -> dict:
-    """``d[key]``: the name as shown (:func:`lit.display_name`); ``d[key + "_bytes"]``: its
-    exact bytes in hex, only where the shown name differs."""
-    d.update(json_fields(key, name))
-    return d
-
-
 def json_name(d: dict, key: str) -> str | None:
     """The exact name of field ``key`` of a result written by :func:`write_json` (its
     ``KEY_bytes`` where present, else the shown name): ``os.fsencode`` gives the file's
@@ -33,8 +26,7 @@ def json_name(d: dict, key: str) -> str | None:
 
 
 def _hit(h) -> dict:
-    d = _named({"rank": h.rank}, "name", h.name)
-    d["score"] = h.score
+    d = {"rank": h.rank, **json_fields("name", h.name), "score": h.score}
     if getattr(h, "inliers", None) is not None:  # re-ranked: the support of the verified matches
         d["inliers"] = h.inliers
     if getattr(h, "calibrated", None) is not None:  # text queries: standard deviations above chance
@@ -48,10 +40,9 @@ def results_to_dict(results: Sequence[QueryResult], db_root: str | None, query_r
     (undecodable bytes, control characters) a ``*_bytes`` field beside it holds the exact
     bytes in hex (``name_bytes``, ``query_bytes``, ``db_root_bytes``, ``query_root_bytes``;
     :func:`json_name` reads either)."""
-    out = _named(_named({}, "db_root", db_root), "query_root", query_root)
-    out["score"] = "ASMK similarity (see `lit search --help`); higher is more similar, comparable within one query"
-    out["queries"] = [{**_named({}, "query", r.query), "results": [_hit(h) for h in r.hits]} for r in results]
-    return out
+    return {**json_fields("db_root", db_root), **json_fields("query_root", query_root),
+            "score": "ASMK similarity (see `lit search --help`); higher is more similar, comparable within one query",
+            "queries": [{**json_fields("query", r.query), "results": [_hit(h) for h in r.hits]} for r in results]}
 
 
 def write_json(results: Sequence[QueryResult], path: str | os.PathLike, db_root: str | None = None,
