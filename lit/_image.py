@@ -28,6 +28,8 @@ DEFAULT_MAX_PIXELS = 180_000_000
 
 
 _REDUCE_PIXELS = 64_000_000  # above this, resize_max box-reduces before Lanczos
+_STRIP_PIXELS = 4_000_000  # pixels converted at a time by _reduce_in_strips
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16/32-bit grey: resized through float
 _ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -227,22 +229,19 @@ def resize_max(img: Image.Image, image_size: int | None) -> Image.Image:
     Keeps the aspect ratio (each side rounded) and antialiases (Lanczos); very large
     images are box-reduced first, in strips (:func:`_reduce_in_strips`).
     """
-    if image_size is None:
+    if image_size is None or max(img.size) <= image_size:
         return img
+    return _reduce_and_resize(img, image_size, _lanczos_ready)
+
+
+def _reduce_and_resize(img: Image.Image, image_size: int, convert) -> Image.Image:
+    """``convert(img)`` downscaled to a longer side of ``image_size`` by Lanczos; very large
+    images are box-reduced first (still at least twice the target size), in strips, so
+    that no full-size converted copy exists; ordinary photos are resized by Lanczos alone."""
     w, h = img.size
-    if max(w, h) <= image_size:
-        return img
-    size = _target_size(w, h, image_size)
     factor = _box_factor(w, h, image_size)
-    if factor > 1:
-        # very large images: a box reduction first (still at least twice the target size),
-        # then Lanczos; ordinary photos are resized by Lanczos alone
-        return _reduce_in_strips(img, factor, _lanczos_ready).resize(size, Image.LANCZOS)
-    return _lanczos_ready(img).resize(size, Image.LANCZOS)
-
-
-_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_STRIP_PIXELS = 4_000_000  # pixels converted at a time by _reduce_in_strips
+    small = _reduce_in_strips(img, factor, convert) if factor > 1 else convert(img)
+    return small.resize(_target_size(w, h, image_size), Image.LANCZOS)
 
 
 def _as_float(img: Image.Image) -> Image.Image:
@@ -257,14 +256,9 @@ def _deep_to_float(img: Image.Image, image_size: int | None) -> Image.Image:
     :func:`resize_max`, without a float copy of a very large image (converted and reduced
     in strips), so memory stays near the decoded size (2 bytes a pixel for 16-bit) instead
     of 4-8 times it."""
-    w, h = img.size
-    if image_size is None or max(w, h) <= image_size:
+    if image_size is None or max(img.size) <= image_size:
         return _as_float(img)
-    size = _target_size(w, h, image_size)
-    factor = _box_factor(w, h, image_size)
-    if factor == 1:
-        return _as_float(img).resize(size, Image.LANCZOS)
-    return _reduce_in_strips(img, factor, _as_float).resize(size, Image.LANCZOS)
+    return _reduce_and_resize(img, image_size, _as_float)
 
 
 def _deep_to_tensor(img: Image.Image, image_size: int | None) -> torch.Tensor:
