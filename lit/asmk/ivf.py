@@ -65,6 +65,15 @@ MAX_IMAGE_ID = 2**31 - 2
 _BUCKETS = 32  # word ranges of pending entries: flush merges one range at a time
 
 
+def _zero_padded(t: Tensor, n: int) -> Tensor:
+    """``t`` (1-D) grown to length ``n`` with zeros (``t`` itself when long enough)."""
+    if t.shape[0] >= n:
+        return t
+    grown = torch.zeros(n, dtype=t.dtype, device=t.device)
+    grown[: t.shape[0]] = t
+    return grown
+
+
 class Segment(NamedTuple):
     """A CSR inverted file (module docstring).
 
@@ -162,10 +171,7 @@ class InvertedFile:
     @property
     def removed(self) -> Tensor:
         """``(n_images,)`` bool: ids removed by :meth:`remove` (tombstones; never ranked)."""
-        if self._removed.shape[0] < self._n_images:
-            grown = torch.zeros(self._n_images, dtype=torch.bool, device=self.device)
-            grown[: self._removed.shape[0]] = self._removed
-            self._removed = grown
+        self._removed = _zero_padded(self._removed, self._n_images)
         return self._removed
 
     @property
@@ -196,10 +202,8 @@ class InvertedFile:
             for seg in (self._segment, *self._extra):
                 counts += torch.bincount(seg.image_ids.to(torch.int64), minlength=self._n_images)[: self._n_images]
             self._entries_of = counts
-        elif self._entries_of.shape[0] < self._n_images:  # ids reserved since: no entries
-            grown = torch.zeros(self._n_images, dtype=torch.int64, device=self.device)
-            grown[: self._entries_of.shape[0]] = self._entries_of
-            self._entries_of = grown
+        else:  # ids reserved since: no entries
+            self._entries_of = _zero_padded(self._entries_of, self._n_images)
         return self._entries_of
 
     @property
@@ -266,10 +270,7 @@ class InvertedFile:
         self._mark_present(image_ids, int(image_ids.max()))
 
     def _mark_present(self, image_ids: Tensor, top: int) -> None:
-        if top + 1 > self._present.shape[0]:
-            grown = torch.zeros(top + 1, dtype=torch.bool, device=self.device)
-            grown[: self._present.shape[0]] = self._present
-            self._present = grown
+        self._present = _zero_padded(self._present, top + 1)
         self._present[image_ids] = True
         self._n_images = max(self._n_images, top + 1)
         self.version += 1
@@ -552,10 +553,8 @@ class InvertedFile:
             self._extra.append(segment)
             if self._entries_of is not None:  # keep the counts up to date: the segment's cost
                 top = max(self._entries_of.shape[0], int(segment.image_ids.max()) + 1)
-                grown = torch.zeros(top, dtype=torch.int64, device=self.device)
-                grown[: self._entries_of.shape[0]] = self._entries_of
-                grown += torch.bincount(segment.image_ids.to(torch.int64), minlength=top)
-                self._entries_of = grown
+                self._entries_of = _zero_padded(self._entries_of, top) + torch.bincount(
+                    segment.image_ids.to(torch.int64), minlength=top)
         if image_ids.numel():
             self._mark_present(image_ids, int(image_ids.max()))
         else:
