@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["decode_name", "display_name", "encode_name", "escape_undecodable", "json_fields", "name_bytes_hex"]
+__all__ = ["decode_name", "display_name", "encode_name", "escape_undecodable", "json_fields", "name_bytes_hex", "shown_to_name"]
 
 #: Characters that would change what a terminal shows or split a line: C0 and C1 controls,
 #: DEL, line and paragraph separators, and bidirectional overrides.
@@ -50,6 +50,33 @@ def escape_undecodable(name: str | bytes | os.PathLike) -> str:
         name = os.fspath(name)
     raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
     return raw.decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|[nrt])")
+
+
+def shown_to_name(shown: str) -> str:
+    """The name that :func:`display_name` shows as ``shown``: its escapes (``\\xNN`` a byte,
+    ``\\uNNNN`` a character, ``\\n``, ``\\r``, ``\\t``) read back, the undecodable bytes
+    as :func:`decode_name` gives them. What lets a client that got a shown name (a web page,
+    a JSON reader) name the photo again.
+
+    A real name that holds such an escape literally (a backslash, then ``x41``) shows as
+    itself: look a name up as given first, and through this only when it is not found.
+    """
+    out, pos = bytearray(), 0
+    for m in _ESCAPE.finditer(shown):
+        out += shown[pos:m.start()].encode("utf-8", "surrogateescape")
+        code = m.group(1)
+        if code[0] == "x":
+            out.append(int(code[1:], 16))
+        elif code[0] == "u":
+            out += chr(int(code[1:], 16)).encode("utf-8", "surrogatepass")
+        else:
+            out += {"n": b"\n", "r": b"\r", "t": b"\t"}[code]
+        pos = m.end()
+    out += shown[pos:].encode("utf-8", "surrogateescape")
+    return decode_name(bytes(out))
 
 
 def encode_name(name: str | os.PathLike) -> bytes:

@@ -214,6 +214,21 @@ def test_display_name_escapes_undecodable_bytes_and_control_characters():
     assert display_name("été/東京 1.jpg") == "été/東京 1.jpg"  # printable text is kept as it is
 
 
+def test_a_shown_name_reads_back_to_the_name():
+    import random
+
+    from lit._names import shown_to_name
+
+    pieces = ["a", "é", "/", ".", " ", "東", "\n", "\t", "\r", "\x1b", "\x7f", "\x85", "\u2028", "\u202e",
+              os.fsdecode(b"\xe9"), os.fsdecode(b"\xff")]
+    rng = random.Random(0)
+    for _ in range(2000):
+        name = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+        assert shown_to_name(display_name(name)) == name, repr(name)
+    assert shown_to_name("caf\\xe9.jpg") == os.fsdecode(b"caf\xe9.jpg")
+    assert shown_to_name("plain/name.jpg") == "plain/name.jpg"
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "RGB", "P", "CMYK"])
 def test_very_large_images_reduced_in_strips_are_the_whole_image_reduced(monkeypatch, mode):
     import lit._image as im

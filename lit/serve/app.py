@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._image import display_name
+from .._names import json_fields
 from ..errors import ImageTooLargeError, LitError, MissingDependencyError, NotFoundError
 from .service import MAX_TOPK, SearchService, UnknownNameError
 
@@ -233,7 +234,7 @@ def create_app(service: SearchService, *, token: str | None = None, max_upload_b
         check_token(request)
         data = await image.read()
         added = await blocking(service.add, data, name if name is not None else (image.filename or ""))
-        return {"name": added.name, "replaced": added.replaced, "images": added.images}
+        return {**json_fields("name", added.name), "replaced": added.replaced, "images": added.images}
 
     @app.delete("/api/images/{name:path}", summary="remove a photo from the index")
     async def remove(request: Request, name: str):

@@ -38,6 +38,7 @@ from .._image import (
     open_image,
     resize_max,
 )
+from .._names import json_fields, shown_to_name
 from ..errors import ImageReadError, NotFoundError, UsageError
 from ..pipeline import queries_from_images
 
@@ -166,12 +167,19 @@ class SearchService:
 
     def names(self, offset: int = 0, limit: int = 100) -> dict:
         names = self.index.names()
-        return {"images": len(names), "offset": offset, "names": names[offset:offset + limit]}
+        return {"images": len(names), "offset": offset, "names": [display_name(n) for n in names[offset:offset + limit]]}
 
     def _known(self, name: str) -> str:
-        if not isinstance(name, str) or not name or name not in self.index:
-            raise UnknownNameError(f"{display_name(str(name))!r} is not in the index")
-        return name
+        """The indexed name a client means: ``name`` itself, else the name shown as ``name``
+        (answers show names through :func:`display_name`; :func:`shown_to_name` reads them
+        back, so a photo whose name is not valid UTF-8 is found by the name the page got)."""
+        if isinstance(name, str) and name:
+            if name in self.index:
+                return name
+            real = shown_to_name(name)
+            if real != name and real in self.index:
+                return real
+        raise UnknownNameError(f"{display_name(str(name))!r} is not in the index")
 
     def photo_path(self, name: str) -> Path:
         """The file of an indexed photo: the upload folder's copy, else the index's image root.
@@ -180,7 +188,7 @@ class SearchService:
             UnknownNameError: the index does not hold ``name``.
             NotFoundError: its file is gone (an index copied without its photos).
         """
-        self._known(name)
+        name = self._known(name)
         uploaded = self.upload_dir / name
         if uploaded.is_file():
             return uploaded
@@ -191,6 +199,7 @@ class SearchService:
                             f"nor in the upload folder")
 
     def _file_key(self, name: str) -> tuple:
+        name = self._known(name)
         path = self.photo_path(name)
         st = path.stat()
         return (name, str(path), st.st_mtime_ns, st.st_size)
@@ -239,7 +248,8 @@ class SearchService:
     # ------------------------------------------------------------------ search
     def _results(self, results) -> dict:
         r = results[0]
-        return {"query": r.query, "results": [{"rank": h.rank, "name": h.name, "score": h.score} for h in r.hits]}
+        return {**json_fields("query", r.query),
+                "results": [{"rank": h.rank, **json_fields("name", h.name), "score": h.score} for h in r.hits]}
 
     def _upload(self, data: bytes, filename: str | None, what: Callable[[str], object], tag: str):
         """``what(path)`` on an uploaded photo written to a temporary file, cached by the
@@ -268,7 +278,8 @@ class SearchService:
                     keep_unscored: bool = False) -> dict:
         """Search with a photo already in the index."""
         check_topk(topk)
-        feats = self._indexed_features(self._known(name))
+        name = self._known(name)
+        feats = self._indexed_features(name)
         found = self.index.search([feats], [name], topk=topk, exclude_self=exclude_self, keep_unscored=keep_unscored)
         return {"kind": "name", **self._results(found)}
 
@@ -312,14 +323,14 @@ class SearchService:
     def remove(self, name: str) -> dict:
         """Remove ``name`` from the index (persisted) and its file from the upload folder
         (never from the index's image root)."""
-        self._known(name)
+        name = self._known(name)
         report = self.index.remove([name])
         if name in getattr(report, "unknown", ()):
             raise UnknownNameError(f"{display_name(name)!r} is not in the index")
         (self.upload_dir / name).unlink(missing_ok=True)
         self._forget(name)
         log.info(f"removed {display_name(name)}")
-        return {"removed": name, "images": len(self.index)}
+        return {**json_fields("removed", name), "images": len(self.index)}
 
     def _forget(self, name: str) -> None:
         for cache in (self._features, self._attention, self._thumbs):
@@ -347,8 +358,8 @@ class SearchService:
         it (longer side at most the index's image size: ``size_a``, ``size_b``).
         """
         if upload is None:
-            self._known(a)
-        self._known(b)
+            a = self._known(a)
+        b = self._known(b)
         fa, size_a, a = self._features_and_size(a, upload)
         fb, size_b, b = self._features_and_size(b, None)
         rule = self.model.match_rule()
@@ -358,7 +369,7 @@ class SearchService:
         matches = [{"xa": float(pa[i, 0]), "ya": float(pa[i, 1]), "xb": float(pb[i, 0]), "yb": float(pb[i, 1]),
                     "similarity": float(m.similarity[i]), "scale_a": float(m.scales_a[i]), "scale_b": float(m.scales_b[i]),
                     "id_a": int(ids_a[i]), "id_b": int(ids_b[i])} for i in range(len(m))]
-        return {"a": a, "b": b, "size_a": size_a, "size_b": size_b, "rule": rule.describe(), "score": float(m.score),
+        return {**json_fields("a", a), **json_fields("b", b), "size_a": size_a, "size_b": size_b, "rule": rule.describe(), "score": float(m.score),
                 "matches": matches}
 
     def attention(self, name: str | None, *, scale: float = 1.0, ids: list[int] | None = None,
@@ -390,7 +401,7 @@ class SearchService:
             peak = float(a.max())
             q = (a / max(peak, 1e-12) * 255).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
             maps.append({"id": i, "peak": peak, "data": base64.b64encode(q.tobytes()).decode("ascii")})
-        return {"name": name, "scale": float(sf.scale), "size": size, "grid": list(sf.attention.shape[-2:]),
+        return {**json_fields("name", name), "scale": float(sf.scale), "size": size, "grid": list(sf.attention.shape[-2:]),
                 "maps": maps}
 
 
