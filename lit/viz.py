@@ -683,7 +683,7 @@ def plot_search_results(results: Sequence[QueryResult], out: str | os.PathLike, 
         if qs is not None and all(scene_of(h.name) is not None for h in hits):
             rel = [scene_of(h.name) == qs for h in hits]
         fig = plot_retrieval(qpath, dbp, scores=[h.score for h in hits], relevant=rel, topk=topk,
-                                 titles=[f"#{h.rank} {h.name}" + (f" (support {h.inliers})" if getattr(h, "inliers", None)
+                                 titles=[f"#{h.rank} {h.name}" + (f" (support {h.support})" if getattr(h, "support", None)
                                                                   else "") for h in hits], query_title=f"query: {r.query}")
         written.append(save_figure(fig, path))
     return written

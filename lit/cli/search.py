@@ -40,7 +40,7 @@ Re-ranking (--rerank N): the top N of each ASMK list are matched with the query 
 nearest super-features over all scales, cosine >= 0.5) and the attention centroids of the
 matches must agree with one similarity transformation (seeded RANSAC); an image whose
 inliers show at least 7 distinct query super-features (templates) is verified and scores
-that support + its ASMK score ("inliers" in the results), so verified images come first,
+that support + its ASMK score ("support" in the results), so verified images come first,
 the others keep their ASMK order below them, and ranks below N do not move. --expand K
 then adds the verified super-features of the top K verified images to the query and
 searches again."""
@@ -186,7 +186,7 @@ def _write_results(args, results, db_root, query_root, text: bool = False) -> in
         for res in results:
             print(display_name(res.query))
             for h in res.hits:
-                verified = f"  (support {h.inliers})" if h.inliers else ""
+                verified = f"  (support {h.support})" if h.support else ""
                 calibrated = "" if h.calibrated is None else f"  (calibrated {h.calibrated:+.1f})"
                 print(f"  {h.rank:4d}  {h.score:.4g}{calibrated}  {display_name(h.name)}{verified}")
     return 0

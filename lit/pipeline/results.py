@@ -27,8 +27,8 @@ def json_name(d: dict, key: str) -> str | None:
 
 def _hit(h) -> dict:
     d = {"rank": h.rank, **json_fields("name", h.name), "score": h.score}
-    if getattr(h, "inliers", None) is not None:  # re-ranked: the support of the verified matches
-        d["inliers"] = h.inliers
+    if getattr(h, "support", None) is not None:  # re-ranked: the support of the verified matches
+        d["support"] = h.support
     if getattr(h, "calibrated", None) is not None:  # text queries: standard deviations above chance
         d["calibrated"] = h.calibrated
     return d

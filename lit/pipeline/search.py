@@ -183,9 +183,9 @@ def queries_from_images(model, inputs: Sequence[str], info: IndexInfo, *, list_f
 # ---------------------------------------------------------------------------- search
 @dataclass(frozen=True)
 class Hit:
-    """One result: ``score`` is the ASMK score, or after re-ranking ``inliers + ASMK score`` for
-    a verified image; ``inliers``: the support of its geometrically verified matches, the
-    distinct query super-features (templates) among them (``None``: not checked;
+    """One result: ``score`` is the ASMK score, or after re-ranking ``support + ASMK score`` for
+    a verified image; ``support``: the distinct query super-features (templates) among its
+    geometrically verified matches (``None``: not checked;
     :attr:`lit.pipeline.rerank.PairCheck.support`);
     ``calibrated``: the text-search score in standard deviations above chance
     (:mod:`lit.text.calibration`), ``None`` for image queries."""
@@ -193,7 +193,7 @@ class Hit:
     rank: int
     name: str
     score: float
-    inliers: int | None = None
+    support: int | None = None
     calibrated: float | None = None
 
 
@@ -274,15 +274,15 @@ def search(
         ids, scores = lists.get(qi, ([], []))
         keep = [k for k, i in enumerate(ids) if i not in itself]
         ids, scores = [ids[k] for k in keep], [scores[k] for k in keep]
-        inliers: list[int | None] = [None] * len(ids)
+        support: list[int | None] = [None] * len(ids)
         if rerank and ids:
-            ids, scores, inliers, checks = reranker.rerank(queries[qi], ids, scores, rerank)
+            ids, scores, support, checks = reranker.rerank(queries[qi], ids, scores, rerank)
             if expand:
-                good = [k for k in range(len(checks)) if reranker.is_verified(inliers[k])][:expand]
+                good = [k for k in range(len(checks)) if reranker.is_verified(support[k])][:expand]
                 if good:
                     expanded[qi] = expand_query(queries[qi], [reranker.database(ids[k]) for k in good],
                                                 [checks[k] for k in good])
-        out.append([qname, ids, scores, inliers, itself])
+        out.append([qname, ids, scores, support, itself])
     if expanded:
         again = _asmk_lists(index, [expanded[qi] for qi in sorted(expanded)], want)
         for row, qi in enumerate(sorted(expanded)):
@@ -290,14 +290,14 @@ def search(
             itself = out[qi][4]
             keep = [k for k, i in enumerate(ids) if i not in itself]
             ids, scores = [ids[k] for k in keep], [scores[k] for k in keep]
-            ids, scores, inliers, _ = reranker.rerank(queries[qi], ids, scores, rerank)
-            out[qi][1:4] = ids, scores, inliers
+            ids, scores, support, _ = reranker.rerank(queries[qi], ids, scores, rerank)
+            out[qi][1:4] = ids, scores, support
     results = []
-    for qname, ids, scores, inliers, _ in out:
+    for qname, ids, scores, support, _ in out:
         if not keep_unscored:  # scores are sorted: the rest share no visual word with the query
             cut = next((k for k, s in enumerate(scores) if not s > 0), len(scores))
-            ids, scores, inliers = ids[:cut], scores[:cut], inliers[:cut]
-        hits = [Hit(r + 1, info.names[i], float(s), k) for r, (i, s, k) in enumerate(zip(ids, scores, inliers, strict=True))]
+            ids, scores, support = ids[:cut], scores[:cut], support[:cut]
+        hits = [Hit(r + 1, info.names[i], float(s), k) for r, (i, s, k) in enumerate(zip(ids, scores, support, strict=True))]
         results.append(QueryResult(qname, tuple(hits if topk is None else hits[:topk])))
     return results
 

@@ -49,12 +49,12 @@ def _search(world, name, *extra):
 def test_rerank_zero_is_plain_search_and_rerank_keeps_ranks_below_n(world):
     plain = _search(world, "plain")
     assert _search(world, "zero", "--rerank", "0") == plain
-    assert all("inliers" not in h for q in plain for h in q["results"])
+    assert all("support" not in h for q in plain for h in q["results"])
     two = _search(world, "two", "--rerank", "2")
     for p, r in zip(plain, two, strict=True):
         assert [h["name"] for h in p["results"]][2:] == [h["name"] for h in r["results"]][2:]
         assert sorted(h["name"] for h in p["results"][:2]) == sorted(h["name"] for h in r["results"][:2])
-        assert all(isinstance(h["inliers"], int) for h in r["results"][:2])
+        assert all(isinstance(h["support"], int) for h in r["results"][:2])
     expanded = _search(world, "expanded", "--rerank", "4", "--expand", "1")
     assert [q["query"] for q in expanded] == [q["query"] for q in plain]
 

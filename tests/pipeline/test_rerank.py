@@ -134,7 +134,7 @@ def test_search_with_rerank_zero_equals_plain_search_exactly():
     assert search(index, info, feats, names, topk=5, rerank=0, reranker=r) == plain
     assert search(index, info, feats, names, topk=5, rerank=0, expand=0) == plain
     reranked = search(index, info, feats, list(info.names), topk=None, rerank=6, reranker=r, exclude_self=True)
-    assert [h.name for h in reranked[0].hits][0] == "img01" and reranked[0].hits[0].inliers >= MIN_SUPPORT
+    assert [h.name for h in reranked[0].hits][0] == "img01" and reranked[0].hits[0].support >= MIN_SUPPORT
 
 
 def test_expansion_without_a_verified_neighbour_equals_no_expansion():
