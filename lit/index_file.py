@@ -386,6 +386,13 @@ class BaseNames(Sequence):
                 self._names = _read_names(g, self.path)
         return self._names
 
+    def know(self, names: Sequence[str]) -> None:
+        """Take the names once read by other means (with the inverted file, or just written):
+        reads and :meth:`lookup` use them from then on instead of the file."""
+        if len(names) != self._count:
+            raise ValueError(f"{len(names)} names for a base of {self._count} images")
+        self._names, self._ids = tuple(names), None
+
     def lookup(self, names: Iterable[str]) -> dict[str, int]:
         """The id of each of ``names`` that the base holds (the others are left out)."""
         names = list(dict.fromkeys(names))
@@ -432,8 +439,13 @@ def _read_pipeline(f: h5py.File, path: str, *, names: bool = True) -> IndexInfo 
     try:
         generation = _str(a.get("generation", ""))
         if names or not generation:
-            names = _read_names(g, path)
-            generation = generation or _legacy_generation(f, names)
+            read = _read_names(g, path)
+            generation = generation or _legacy_generation(f, read)
+            if names:
+                names = read
+            else:  # a file of an earlier lit (no name table): its names are read already
+                names = BaseNames(path, len(read), generation)
+                names.know(read)
         else:
             names = BaseNames(path, g["names"].shape[0], generation)
         return IndexInfo(names=names, image_root=_str(a["image_root"]) or None,

@@ -300,7 +300,7 @@ class LiveIndex:
         journal = read_journal(self.path, vectors=False, generation=base.generation) if manifest else None
         with self._rw.write():
             if getattr(self, "_base", None) is None or self._base.generation != base.generation:
-                self._base, self._base_ids = base, None
+                self._base = base
             self._manifest = journal.manifest if journal is not None else None
             # slots: the base's images, then each segment's; a name's slot is found in the
             # journal's names (in memory) or in the base's name table (only the names asked for)
@@ -358,7 +358,7 @@ class LiveIndex:
                 chunks.append(self._seg_text(seg, chunks[0][0].shape[1]))
         with self._rw.write():
             if base.generation == self._base.generation and not isinstance(base.names, BaseNames):
-                self._base, self._base_ids = base, None  # its names, read with the inverted file
+                self._base.names.know(base.names)  # read with the inverted file
             self._asmk = asmk
             self._text_chunks, self._text_tower, self._text_cache = chunks, tower, None
 
@@ -406,13 +406,7 @@ class LiveIndex:
             else:
                 rest.append(name)
         if rest:
-            base = self._base.names
-            if isinstance(base, BaseNames):
-                found = base.lookup(rest)
-            else:
-                if self._base_ids is None:
-                    self._base_ids = {n: i for i, n in enumerate(base)}
-                found = {n: self._base_ids[n] for n in rest if n in self._base_ids}
+            found = self._base.names.lookup(rest)
             out.update((n, i) for n, i in found.items() if i not in self._removed)
         return out
 
@@ -836,10 +830,11 @@ class LiveIndex:
                 self._text_chunks, self._text_cache = [(emb, valid)], None
             info = replace(self._base, names=names, descriptors=self._base.descriptors)
             write_index(self.path, asmk, info, text=text)  # the new base (new generation)
-            base = replace(read_info_base(self.path, names=False), names=names)
+            base = read_info_base(self.path, names=False)
+            base.names.know(names)
             digests = {new: self._digests[old] for new, old in enumerate(keep) if old in self._digests}
             write_manifest(self.path, Manifest(base=base.generation, notes=dict(self._manifest.notes)))
-            self._base, self._base_ids = base, None
+            self._base = base
             self._manifest = read_manifest(self.path)
             self._journal_names, self._journal_slot, self._removed = [], {}, set()
             self._digests = digests

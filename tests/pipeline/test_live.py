@@ -235,6 +235,24 @@ def test_a_journal_of_a_rebuilt_base_is_ignored(tmp_path):
         assert live.names() == A + C[:1]
 
 
+def test_an_index_of_an_earlier_lit_takes_adds_and_removals(tmp_path):
+    cb = codebook()
+    feats = write_features(tmp_path / "a.h5", A)
+    index = build(tmp_path / "index.h5", feats, cb)
+    with h5py.File(index, "a") as f:  # no generation and no name table, as lit wrote them before
+        g = f["pipeline"]
+        del g.attrs["generation"]
+        for key in ("name_hashes", "name_buckets", "name_ids"):
+            del g[key]
+    with LiveIndex.open(index, device="cpu") as live:
+        assert A[0] in live and "nowhere.jpg" not in live
+        live.add_features(write_features(tmp_path / "b.h5", B[:1]))
+        live.remove(A[:1])
+        assert live.names() == A[1:] + B[:1]
+        expected = from_scratch(tmp_path, A[1:] + B[:1], cb)
+        assert_same(live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None), expected)
+
+
 def test_a_second_writer_is_refused_or_waits(tmp_path):
     cb = codebook()
     index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", A), cb)
