@@ -272,6 +272,18 @@ def _deep_to_tensor(img: Image.Image, image_size: int | None) -> torch.Tensor:
     return t.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
+def too_small_message(err: ImageReadError, size: tuple[int, int] | None, tensor: torch.Tensor, image_size) -> str:
+    """The model's "too small" message (``err``, about the resized ``tensor``), with the
+    file's own ``size`` where the resize to ``image_size`` changed it (a 5000x5 photo is
+    not "512x1")."""
+    msg = str(err)
+    h, w = tensor.shape[-2:]
+    if isinstance(err, ImageTooSmallError) and size is not None and tuple(size) != (w, h):
+        msg = msg.replace(f"({w}x{h} pixels)",
+                          f"({size[0]}x{size[1]} pixels, {w}x{h} after the resize to at most {image_size} px)", 1)
+    return msg
+
+
 def load_image(
     image: str | os.PathLike | Image.Image,
     image_size: int | None = 1024,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .._image import ImageTooSmallError, load_image
+from .._image import ImageTooSmallError, display_name, load_image, open_image, too_small_message
 from ..errors import UsageError
 from ..matching import MatchRule, match
 from ..types import LocalFeatures, Matches, SuperFeatures
@@ -422,10 +422,12 @@ class SuperFeatureModel(nn.Module):
         try:
             feats = self.extract_batch(batch, scales=scales, features_num=features_num, amp=amp)
         except ImageTooSmallError as err:
-            if isinstance(image, (str, os.PathLike)):  # name the file
-                from .._image import display_name
-
-                raise ImageTooSmallError(f"{display_name(image)}: {err}") from None
+            size = self.cfg.runtime.image_size
+            if isinstance(image, Image.Image):  # its own size, not the resized one
+                raise ImageTooSmallError(too_small_message(err, image.size, batch, size)) from None
+            if isinstance(image, (str, os.PathLike)):  # the file named, with its own size
+                own = open_image(image, size).size
+                raise ImageTooSmallError(f"{display_name(image)}: {too_small_message(err, own, batch, size)}") from None
             raise
         return feats[0] if single else feats
 

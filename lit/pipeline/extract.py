@@ -32,9 +32,10 @@ from .._image import (
     missing_problem,
     open_image,
     scan_images,
+    too_small_message,
 )
 from ..distributed import env_from_environ, shard_path, split_range
-from ..errors import FeatureFileError, ImageTooSmallError, NotFoundError, UsageError
+from ..errors import FeatureFileError, NotFoundError, UsageError
 from ..features import FeatureStore
 from ..models.model import check_scales
 
@@ -283,18 +284,6 @@ class _ImageList(torch.utils.data.Dataset):
         except (ImageReadError, ValueError, OSError, MemoryError) as err:
             msg = display_name(str(err))
             return name, None, msg if display_name(path) in msg else f"{display_name(path)}: {msg}", None
-
-
-def too_small_message(err: ImageReadError, size: tuple[int, int] | None, tensor: torch.Tensor, image_size) -> str:
-    """The model's "too small" message (``err``, about the resized ``tensor``), with the
-    file's own ``size`` where the resize to ``image_size`` changed it (a 5000x5 photo is
-    not "512x1")."""
-    msg = str(err)
-    h, w = tensor.shape[-2:]
-    if isinstance(err, ImageTooSmallError) and size is not None and tuple(size) != (w, h):
-        msg = msg.replace(f"({w}x{h} pixels)",
-                          f"({size[0]}x{size[1]} pixels, {w}x{h} after the resize to at most {image_size} px)", 1)
-    return msg
 
 
 def _cap_workers(num_workers: int) -> int:

@@ -205,6 +205,21 @@ def test_minimum_image_size_and_scales(tiny_model):
         tiny_model.superfeatures(torch.rand(3, 64, 64), scale=0.0)
 
 
+def test_a_thin_photo_is_called_too_small_with_its_own_size(tiny_model, tmp_path):
+    from PIL import Image
+
+    size = tiny_model.cfg.runtime.image_size
+    thin = Image.new("RGB", (5000, 5), (90, 120, 150))
+    thin.save(tmp_path / "thin.png")
+    resized = f"{size}x1 after the resize to at most {size} px"
+    with pytest.raises(ImageTooSmallError) as err:
+        tiny_model.extract(tmp_path / "thin.png")
+    assert str(err.value).startswith(f"{tmp_path / 'thin.png'}: too small (5000x5 pixels, {resized})")
+    with pytest.raises(ImageTooSmallError) as err:
+        tiny_model.extract(thin)
+    assert str(err.value).startswith(f"too small (5000x5 pixels, {resized})")
+
+
 def test_image_tensor_values_are_checked(tiny_model):
     with pytest.raises(ValueError, match=r"0\.\.255\? divide by 255"):
         tiny_model.extract(torch.rand(3, 32, 32) * 255)
