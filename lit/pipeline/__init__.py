@@ -105,14 +105,15 @@ from .search import (
 )
 
 __all__ = [
-    "CODEBOOK_WORDS_PER_SQRT", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS", "SMALL_SET_RESTARTS",
-    "CodebookChoice", "DEFAULT_RERANK", "ExtractionSummary", "FingerprintError", "FoundImages", "Hit", "IndexInfo", "IndexSummary",
-    "MatchRule", "MergeSummary", "PairCheck", "PairMatches", "PipelineError", "Queries", "QueryResult", "RankPartIndex",
-    "RerankSettings", "Reranker", "build_index", "check_fingerprint", "choose_codebook", "expand_query", "reranker_for",
-    "search_reranker", "verify_matches", "check_extraction_options", "find_images", "read_list_file",
-    "codebook_size", "common_root", "extract_to_file", "gather_images", "image_names", "index_collection",
-    "json_name", "kmeans_restarts", "load_codebook", "make_index", "match_images", "match_pairs", "merge_feature_files",
-    "model_fingerprint", "open_index", "pair_key", "plot_paths", "quantisation_error", "queries_from_features",
-    "queries_from_images", "rank_share", "read_pairs", "results_to_dict", "scene_of", "search", "small_set_warning",
-    "train_codebook", "write_csv", "write_json", "write_matches_h5", "write_matches_json", "write_pairs",
+    "CODEBOOK_WORDS_PER_SQRT", "DEFAULT_RERANK", "MAX_CODEBOOK_SIZE", "SMALL_CODEBOOK_DESCRIPTORS",
+    "SMALL_SET_RESTARTS", "CodebookChoice", "ExtractionSummary", "FingerprintError", "FoundImages", "Hit",
+    "IndexInfo", "IndexSummary", "MatchRule", "MergeSummary", "PairCheck", "PairMatches", "PipelineError",
+    "Queries", "QueryResult", "RankPartIndex", "RerankSettings", "Reranker", "build_index",
+    "check_extraction_options", "check_fingerprint", "choose_codebook", "codebook_size", "common_root",
+    "expand_query", "extract_to_file", "find_images", "gather_images", "image_names", "index_collection",
+    "json_name", "kmeans_restarts", "load_codebook", "make_index", "match_images", "match_pairs",
+    "merge_feature_files", "model_fingerprint", "open_index", "pair_key", "plot_paths", "quantisation_error",
+    "queries_from_features", "queries_from_images", "rank_share", "read_list_file", "read_pairs", "reranker_for",
+    "results_to_dict", "scene_of", "search", "search_reranker", "small_set_warning", "train_codebook",
+    "verify_matches", "write_csv", "write_json", "write_matches_h5", "write_matches_json", "write_pairs",
 ]
