@@ -2,6 +2,7 @@
 random model (fast on CPU) and the shipped text tower (text search works), and the service
 over a fresh copy of it."""
 
+import os
 import shutil
 
 import pytest
@@ -39,6 +40,30 @@ def built_index(tmp_path_factory, serve_model):
     feats, index = base / "f.h5", base / "i.h5"
     extract_to_file(serve_model, list_images(root), feats, root=root, progress=False, embedder=image_embedder(None))
     make_index(feats, index, size=16)
+    return root, index
+
+
+#: Names that are not valid UTF-8 or hold a control character (``odd_index``).
+LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name: Python holds it with a lone surrogate
+NEWLINE = "new\nline.jpg"
+
+
+@pytest.fixture
+def odd_index(tmp_path, built_index, serve_model):
+    """``(photo_root, index_file)``: terrace0 as ``LATIN1``, terrace1 as ``NEWLINE`` and a
+    street photo as street.jpg, indexed with the tiny model."""
+    from lit._image import list_images
+    from lit.pipeline import extract_to_file, make_index
+
+    root = tmp_path / "odd_photos"
+    root.mkdir()
+    photos = built_index[0]
+    shutil.copyfile(photos / "terrace" / "terrace0.jpg", os.path.join(root, LATIN1))
+    shutil.copyfile(photos / "terrace" / "terrace1.jpg", root / NEWLINE)
+    shutil.copyfile(photos / "street" / "DSC_0410.JPG", root / "street.jpg")
+    feats, index = tmp_path / "odd_f.h5", tmp_path / "odd_i.h5"
+    extract_to_file(serve_model, list_images(root), feats, root=root, progress=False)
+    make_index(feats, index, size=8)
     return root, index
 
 

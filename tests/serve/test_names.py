@@ -4,36 +4,23 @@ as ``name_bytes``), and the shown name is enough to ask for the photo again."""
 
 import json
 import os
-import shutil
 from urllib.parse import quote
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (pip install 'lit[serve]') is not installed")
 
-LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name: not UTF-8, Python holds it with a lone surrogate
+LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # the names of conftest's odd_index
 NEWLINE = "new\nline.jpg"
 
 
 @pytest.fixture
-def odd_client(tmp_path_factory, built_index, serve_model):
+def odd_client(odd_index, serve_model):
     from fastapi.testclient import TestClient
 
-    from lit._image import list_images
-    from lit.pipeline import extract_to_file, make_index
     from lit.serve import create_app, open_service
 
-    base = tmp_path_factory.mktemp("odd_names")
-    root = base / "photos"
-    root.mkdir()
-    photos = built_index[0]
-    shutil.copyfile(photos / "terrace" / "terrace0.jpg", os.path.join(root, LATIN1))
-    shutil.copyfile(photos / "terrace" / "terrace1.jpg", root / NEWLINE)
-    shutil.copyfile(photos / "street" / "DSC_0410.JPG", root / "street.jpg")
-    feats, index = base / "f.h5", base / "i.h5"
-    extract_to_file(serve_model, list_images(root), feats, root=root, progress=False)
-    make_index(feats, index, size=8)
-    svc = open_service(index, model=serve_model, device="cpu", warm_up=False)
+    svc = open_service(odd_index[1], model=serve_model, device="cpu", warm_up=False)
     with TestClient(create_app(svc), raise_server_exceptions=False) as c:
         yield c
     svc.close()

@@ -1,6 +1,7 @@
 """The service's page in a real browser: Debian's chromium, headless, driven by selenium,
 against the service listening on 127.0.0.1 (a free port)."""
 
+import contextlib
 import shutil
 import threading
 import time
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.skipif(
            "apt-get where it runs as root)")
 
 
-@pytest.fixture
-def server(service):
-    """The app served by uvicorn on 127.0.0.1, a free port, in a thread; always shut down."""
+@contextlib.contextmanager
+def serving(service):
+    """The app over ``service`` served by uvicorn on 127.0.0.1, a free port, in a thread;
+    always shut down. Gives its address."""
     import uvicorn
 
     from lit.serve import create_app, listen
@@ -39,6 +41,12 @@ def server(service):
         srv.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@pytest.fixture
+def server(service):
+    with serving(service) as url:
+        yield url
 
 
 @pytest.fixture
@@ -100,3 +108,35 @@ def test_page_searches_by_photo_shows_matches_and_adds_a_photo(server, browser, 
     wait.until(lambda d: d.find_element(By.ID, "stats").text.startswith("9 photos indexed"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+def test_photos_whose_names_are_not_utf_8_show_their_escaped_names_and_thumbnails(odd_index, serve_model, browser,
+                                                                                   tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lit.serve import open_service
+
+    query = tmp_path / "query.jpg"  # the photo indexed as caf\xe9.jpg, under a plain name
+    query.write_bytes(next(p for p in odd_index[0].iterdir() if p.name.startswith("caf")).read_bytes())
+    svc = open_service(odd_index[1], model=serve_model, device="cpu", warm_up=False)
+    try:
+        with serving(svc) as url:
+            wait = WebDriverWait(browser, 120)
+            browser.get(url + "/")
+            wait.until(lambda d: d.find_element(By.ID, "stats").text.startswith("3 photos indexed"))
+            browser.find_element(By.ID, "file-input").send_keys(str(query))
+            wait.until(lambda d: d.find_element(By.ID, "query-name").text == "query.jpg"
+                       and len(d.find_elements(By.CSS_SELECTOR, ".card")) >= 2)
+            cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+            names = [c.find_element(By.CSS_SELECTOR, ".name").text for c in cards]
+            assert names[0] == "caf\\xe9.jpg" and "new\\nline.jpg" in names
+            wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                                     for i in d.find_elements(By.CSS_SELECTOR, ".card img")))
+            cards[0].click()  # its matches with the query: fetched by the shown name
+            wait.until(lambda d: "matching super-feature" in d.find_element(By.ID, "viewer-meta").text)
+            browser.save_screenshot(str(tmp_path / "odd.png"))
+            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, errors
+    finally:
+        svc.close()
