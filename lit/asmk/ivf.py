@@ -58,7 +58,7 @@ from torch import Tensor
 from ..errors import UsageError
 from .functional import packed_width
 
-__all__ = ["MAX_IMAGE_ID", "InvertedFile", "Segment"]
+__all__ = ["MAX_IMAGE_ID", "Compaction", "InvertedFile", "Segment"]
 
 #: Largest image id (ids are stored as int32).
 MAX_IMAGE_ID = 2**31 - 2
@@ -86,6 +86,16 @@ class Segment(NamedTuple):
     offsets: Tensor
     image_ids: Tensor
     vectors: Tensor
+
+
+class Compaction(NamedTuple):
+    """A compacted inverted file made by :meth:`InvertedFile.compacted`, to
+    :meth:`InvertedFile.adopt`: the one segment, the new ``n_images`` (``None``: ids kept)
+    and the version of the inverted file it was made from."""
+
+    segment: Segment
+    n_images: int | None
+    version: int
 
 
 _Piece = tuple[Tensor, Tensor, Tensor]  # pending: words int32, image ids int32, internal vectors
@@ -588,9 +598,18 @@ class InvertedFile:
             n_images: the new ``n_images`` with ``new_ids`` (default: largest new id + 1).
 
         The new segment is built one word range at a time from the old ones; entries keep
-        their order within a posting list.
+        their order within a posting list. :meth:`compacted` and :meth:`adopt` are the same
+        in two steps.
         """
         self.flush()
+        self.adopt(self.compacted(new_ids, n_images))
+
+    def compacted(self, new_ids: Tensor | None = None, n_images: int | None = None) -> Compaction:
+        """What :meth:`compact` makes, built without changing this inverted file: it may be
+        searched meanwhile (the O(collection) part of a compaction blocks no search), and
+        :meth:`adopt` then installs it. Nothing may be pending (:meth:`flush`)."""
+        if self._pending:
+            raise RuntimeError("flush() before compacted(): pending entries would be lost")
         removed = self.removed
         segments = (self._segment, *self._extra)
         k, dim = self.num_words, self.entry_dim
@@ -619,12 +638,26 @@ class InvertedFile:
         images_t = torch.cat(parts_i)[order]
         vectors_t = torch.index_select(torch.cat(parts_v, dim=dim), dim, order)
         assert int(images_t.shape[0]) == total
-        self._segment = Segment(offsets, images_t, vectors_t)
-        self._extra = []
-        self._entries_of = None
+        n = None
         if new_ids is not None:
             top = int(new_ids.max()) + 1 if new_ids.numel() else 0
             n = top if n_images is None else int(n_images)
+        return Compaction(Segment(offsets, images_t, vectors_t), n, self.version)
+
+    def adopt(self, compaction: Compaction) -> None:
+        """Install a :meth:`compacted` inverted file (O(1) but for ``present`` when ids were
+        renumbered).
+
+        Raises:
+            RuntimeError: the inverted file changed since it was made.
+        """
+        if compaction.version != self.version or self._pending:
+            raise RuntimeError("the inverted file changed after compacted(): compact it again")
+        self._segment = compaction.segment
+        self._extra = []
+        self._entries_of = None
+        if compaction.n_images is not None:
+            n, images_t = compaction.n_images, compaction.segment.image_ids
             present = torch.zeros(n, dtype=torch.bool, device=self.device)
             if images_t.numel():
                 present[images_t.to(torch.int64)] = True

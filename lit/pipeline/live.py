@@ -31,7 +31,8 @@ per photo); :meth:`LiveIndex.compact` runs it at will.
 size); removed photos are tombstones, left out of the ranking by an in-place mask. When the
 entries of removed photos or of the appended segment pass :data:`MERGE_FRACTION` of the
 entries, the segments are merged into one in memory and the removed entries dropped
-(O(collection), once per that fraction of the entries changed). So a search of a changed
+(O(collection), once per that fraction of the entries changed; built while searches go on,
+installed in one step). So a search of a changed
 index scores at most :data:`MERGE_FRACTION` (2 %) more entries than a fresh index of the
 same photos (the removed ones; the appended ones a fresh index holds too), plus, per query,
 the fixed cost of one small segment and of a mask over the removed ids (about 1 % of a
@@ -746,12 +747,27 @@ class LiveIndex:
                 self._asmk.ivf.reserve(int(seg_ids[-1]) + 1)
                 if replaced:
                     self._asmk.remove(torch.tensor(replaced, dtype=torch.int64))
-                _bound_search_cost(self._asmk)
             if self._text_chunks is not None:
                 dim = self._text_chunks[0][0].shape[1]
                 self._text_chunks.append(self._seg_text(data, dim))
                 self._text_cache = None
+        self._bound_search_cost()
         self._drop_staging(staging)
+
+    def _bound_search_cost(self) -> None:
+        """After a change (the writer's thread, holding the writer's lock): keep the index in
+        memory within a fixed bound of a fresh one's search cost (module docstring). The
+        O(collection) merge of every segment into one is built while searches go on (they
+        only read), and installed in one step."""
+        with self._rw.write():  # the appended segments' size at most
+            asmk = self._asmk
+            if asmk is None or not _merge_due(asmk):
+                return
+        with self._rw.read():
+            made = asmk.ivf.compacted()
+        with self._rw.write():
+            if self._asmk is asmk and made.version == asmk.ivf.version:  # else: changed meanwhile, merged later
+                asmk.ivf.adopt(made)
 
     def _drop_staging(self, staging: str | None) -> None:
         """After a commit: the staging feature files (this one, and any of an add that died)."""
@@ -787,8 +803,8 @@ class LiveIndex:
                     self._removed |= set(slots)
                     if self._asmk is not None:
                         self._asmk.remove(torch.tensor(slots, dtype=torch.int64))
-                        _bound_search_cost(self._asmk)
                     self._text_cache = None
+                self._bound_search_cost()
                 report.compacted = self._maybe_compact(report)
         report.seconds = time.perf_counter() - start
         return report
@@ -862,15 +878,21 @@ class LiveIndex:
 
 
 def _bound_search_cost(asmk: ASMK) -> None:
-    """Keep the in-memory index within a fixed bound of a fresh one's search cost (module
-    docstring): at most :data:`MAX_SEGMENTS` appended segments, and removed photos' entries
-    and appended entries each at most :data:`MERGE_FRACTION` of the entries."""
+    """Keep an in-memory index that nobody searches yet within a fixed bound of a fresh
+    one's search cost (:meth:`LiveIndex._bound_search_cost`)."""
+    if _merge_due(asmk):
+        asmk.ivf.compact()
+
+
+def _merge_due(asmk: ASMK) -> bool:
+    """Merge the appended segments when there are more than :data:`MAX_SEGMENTS` (their own
+    size); whether removed photos' entries or appended entries pass :data:`MERGE_FRACTION`
+    of the entries, so that every segment is due to be merged into one (module docstring)."""
     ivf = asmk.ivf
     if ivf.num_extra_segments > MAX_SEGMENTS:
-        ivf.merge_extra()  # the appended segments' size
+        ivf.merge_extra()
     appended = sum(int(seg.image_ids.shape[0]) for seg in ivf.segments()[1:])
-    if max(ivf.removed_entries(), appended) > MERGE_FRACTION * ivf.num_entries:
-        ivf.compact()  # O(collection), once per MERGE_FRACTION of the entries added or removed
+    return max(ivf.removed_entries(), appended) > MERGE_FRACTION * ivf.num_entries
 
 
 @contextlib.contextmanager

@@ -77,3 +77,26 @@ def test_removed_entries_are_counted_across_appends_and_removals():
     assert live.ivf.removed_entries() == brute()
     live.ivf.compact()  # keeps the ids, drops the removed entries
     assert live.ivf.removed_entries() == 0 and live.ivf.num_extra_segments == 0
+
+
+def test_a_compaction_made_apart_is_installed_only_on_the_inverted_file_it_was_made_from():
+    cb = torch.randn(K, D, generator=torch.Generator().manual_seed(0))
+    db = images(12, 4)
+    live = ASMK(cb, binary=True)
+    live.add(torch.cat(db[:8]), ids_of(db[:8]))
+    live.flush()
+    live.append_segment(*live.aggregate_segment(torch.cat(db[8:]), ids_of(db[8:], 8)))
+    live.remove(torch.tensor([2, 9]))
+    q = torch.cat(db[:3])
+    before = live.search(q, ids_of(db[:3]), topk=12)
+    made = live.ivf.compacted()
+    assert live.ivf.num_extra_segments == 1  # nothing changed yet
+    live.ivf.adopt(made)
+    assert live.ivf.num_extra_segments == 0 and live.ivf.removed_entries() == 0
+    after = live.search(q, ids_of(db[:3]), topk=12)
+    assert torch.equal(torch.as_tensor(before[0]), torch.as_tensor(after[0]))
+    torch.testing.assert_close(torch.as_tensor(after[1]), torch.as_tensor(before[1]))
+    stale = live.ivf.compacted()
+    live.remove(torch.tensor([4]))  # changed after it was made
+    with pytest.raises(RuntimeError, match="changed"):
+        live.ivf.adopt(stale)

@@ -208,6 +208,41 @@ def test_searches_do_a_bounded_extra_work_over_a_fresh_index(tmp_path, monkeypat
         assert again.stats()["removed_entries_pending"] == 0
 
 
+def test_searches_go_on_while_the_segments_are_merged(tmp_path, monkeypatch):
+    """The O(collection) merge in memory is built while searches run (they are not held
+    behind the writer), then installed at once; results as a fresh index's."""
+    from lit.asmk.ivf import InvertedFile
+    from lit.pipeline import live as live_module
+
+    monkeypatch.setattr(live_module, "COMPACT_FRACTION", 1.0)  # the journal stays on disk
+    monkeypatch.setattr(live_module, "MERGE_FRACTION", 0.05)
+    cb = codebook()
+    index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", MANY), cb, use_idf=True)
+    during = []
+    built = InvertedFile.compacted
+
+    def compacted_while_searching(ivf, *args, **kwargs):
+        def search():
+            during.append((live.names(), live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None)))
+
+        reader = threading.Thread(target=search, daemon=True)
+        reader.start()
+        reader.join(30)
+        assert during, "a search waited for the merge"
+        return built(ivf, *args, **kwargs)
+
+    with LiveIndex.open(index, device="cpu") as live:
+        live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None)  # loaded: the merge happens in memory
+        monkeypatch.setattr(InvertedFile, "compacted", compacted_while_searching)
+        live.remove(["a/000", "a/001", "a/002", "a/003"])  # past the bound
+        assert len(during) == 1 and live.stats()["removed_entries_pending"] == 0
+        names = live.names()
+        want = from_scratch(tmp_path, names, cb, use_idf=True)
+        assert during[0][0] == names
+        assert_same(during[0][1], want)  # the search during the merge: the removal already applied
+        assert_same(live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None), want)
+
+
 def test_compaction_runs_on_threshold_and_leaves_a_plain_index(tmp_path):
     cb = codebook()
     index = build(tmp_path / "index.h5", write_features(tmp_path / "a.h5", A), cb)
