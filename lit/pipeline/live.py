@@ -348,7 +348,8 @@ class LiveIndex:
         if journal is not None:
             apply_journal(asmk, len(base.names), journal)
         asmk.ivf.reserve(self._n_slots)
-        _bound_search_cost(asmk)
+        if _merge_due(asmk):  # nobody searches it yet
+            asmk.ivf.compact()
         chunks = None
         tower = ""
         if self._has_text:
@@ -875,13 +876,6 @@ class LiveIndex:
 
     def __repr__(self) -> str:
         return f"LiveIndex({display_name(self.path)!r}, images={len(self)})"
-
-
-def _bound_search_cost(asmk: ASMK) -> None:
-    """Keep an in-memory index that nobody searches yet within a fixed bound of a fresh
-    one's search cost (:meth:`LiveIndex._bound_search_cost`)."""
-    if _merge_due(asmk):
-        asmk.ivf.compact()
 
 
 def _merge_due(asmk: ASMK) -> bool:
