@@ -199,17 +199,20 @@ class RemoveReport:
 
 
 class _SharedLock:
-    """Many readers or one writer (threads of one process)."""
+    """Many readers or one writer (threads of one process). A waiting writer goes first:
+    readers that come after it wait, so that searches without pause cannot starve a change.
+    Not reentrant: a thread must not take it again while it holds it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False
+        self._writers_waiting = 0
 
     @contextlib.contextmanager
     def read(self):
         with self._cond:
-            while self._writing:
+            while self._writing or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -222,8 +225,15 @@ class _SharedLock:
     @contextlib.contextmanager
     def write(self):
         with self._cond:
-            while self._writing or self._readers:
-                self._cond.wait()
+            self._writers_waiting += 1
+            try:
+                while self._writing or self._readers:
+                    self._cond.wait()
+            except BaseException:  # interrupted: let the readers it held back go on
+                self._writers_waiting -= 1
+                self._cond.notify_all()
+                raise
+            self._writers_waiting -= 1
             self._writing = True
         try:
             yield

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import zlib
 
 import h5py
@@ -241,6 +242,43 @@ def test_searches_go_on_while_the_segments_are_merged(tmp_path, monkeypatch):
         assert during[0][0] == names
         assert_same(during[0][1], want)  # the search during the merge: the removal already applied
         assert_same(live.search(queries(QUERY_NAMES), QUERY_NAMES, topk=None), want)
+
+
+def test_a_waiting_change_goes_before_searches_that_come_after_it():
+    """Searches that overlap (some search always holds the index) cannot starve a change:
+    once a writer waits, later readers wait for it."""
+    from lit.pipeline.live import _SharedLock
+
+    lock, order = _SharedLock(), []
+    first_in, release_first = threading.Event(), threading.Event()
+
+    def first_reader():
+        with lock.read():
+            first_in.set()
+            release_first.wait(30)
+
+    def writer():
+        with lock.write():
+            order.append("change")
+
+    def later_reader():
+        with lock.read():
+            order.append("later search")
+
+    threads = [threading.Thread(target=first_reader, daemon=True)]
+    threads[0].start()
+    assert first_in.wait(30)
+    threads.append(threading.Thread(target=writer, daemon=True))
+    threads[1].start()
+    time.sleep(0.5)  # the writer waits for the first reader by now
+    threads.append(threading.Thread(target=later_reader, daemon=True))
+    threads[2].start()
+    time.sleep(0.3)
+    assert order == []  # the later search waits behind the waiting change
+    release_first.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["change", "later search"]
 
 
 def test_compaction_runs_on_threshold_and_leaves_a_plain_index(tmp_path):
