@@ -27,7 +27,11 @@ Per database size N (``--sizes``):
   each other): wall time and the process's CPU time, medians, and the median per-round
   ratio to the fresh index (``search_churned_vs_fresh_cpu`` ...; criterion: within 10 %,
   compacted equal); whether the results are the same; the first search after the last
-  change (idf and norms recomputed).
+  change (idf and norms recomputed);
+- while those 20 changes are made, another thread searches without pause (one query,
+  topk 100): the median and the longest search time (``search_during_changes_*``) against
+  the in-memory merges the changes made (``merges_during_changes``, the longest build
+  ``merge_build_max_s``): a search that waited for a merge would last as long as it.
 
 Usage::
 
@@ -40,18 +44,21 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 
 import numpy as np
 import torch
 
 from lit.asmk import ASMK
+from lit.asmk.ivf import InvertedFile
 from lit.features import FeatureStore
 from lit.index_file import IndexInfo, write_index
 from lit.pipeline import live as live_module
@@ -160,10 +167,12 @@ def run_size(data: Data, n: int, args, folder: str) -> dict:
     qs = queries(data, n, args.queries)
     qnames = [f"q{i}" for i in range(len(qs))]
     with LiveIndex.open(path, device="cpu") as live:  # compacted above
-        for b in range(10):  # 1,000 adds in 10 commits, 1,000 removes in 10 commits: kept in the journal
-            live.add_features(feature_file(data, next_id, 100, os.path.join(folder, f"grow-{n}-{b}.h5")))
-            next_id += 100
-            live.remove([name(i) for i in range(1000 + b * 100, 1100 + b * 100)])
+        with searching_during(live, qs[:1], qnames[:1]) as during:
+            for b in range(10):  # 1,000 adds in 10 commits, 1,000 removes in 10 commits: kept in the journal
+                live.add_features(feature_file(data, next_id, 100, os.path.join(folder, f"grow-{n}-{b}.h5")))
+                next_id += 100
+                live.remove([name(i) for i in range(1000 + b * 100, 1100 + b * 100)])
+        row.update(during)
         stats = live.stats()
         row["journal_segments"] = stats["journal_segments"]
         row["removed_pending"] = stats["removed_pending"]
@@ -191,6 +200,41 @@ def run_size(data: Data, n: int, args, folder: str) -> dict:
                                         args.rounds, args.search_threads))
     live_module.COMPACT_FRACTION = threshold
     return row
+
+
+@contextlib.contextmanager
+def searching_during(live: LiveIndex, qs, qnames):
+    """Another thread searches ``live`` without pause while the block runs; gives (filled in
+    when the block ends) the search times and the in-memory merges' build times."""
+    out: dict = {}
+    merges, latencies, stop = [], [], threading.Event()
+    built = InvertedFile.compacted
+
+    def timed_compacted(ivf, *args, **kwargs):
+        start = time.perf_counter()
+        made = built(ivf, *args, **kwargs)
+        merges.append(time.perf_counter() - start)
+        return made
+
+    def searcher():
+        while not stop.is_set():
+            start = time.perf_counter()
+            live.search(qs, qnames, topk=100)
+            latencies.append(time.perf_counter() - start)
+
+    InvertedFile.compacted = timed_compacted
+    thread = threading.Thread(target=searcher, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        InvertedFile.compacted = built
+    out.update({"searches_during_changes": len(latencies),
+                "search_during_changes_median_s": statistics.median(latencies) if latencies else None,
+                "search_during_changes_max_s": max(latencies, default=None),
+                "merges_during_changes": len(merges), "merge_build_max_s": max(merges, default=None)})
 
 
 def compare_searches(indexes: dict, qs, qnames, rounds: int, threads: int) -> dict:
