@@ -55,12 +55,17 @@ def test_segments_and_tombstones_score_as_an_index_of_the_present_images(binary,
     torch.testing.assert_close(again.scores, want.scores, rtol=1e-5, atol=1e-7)
 
 
-def test_removed_entries_are_counted_across_appends_and_removals():
-    cb = torch.randn(K, D, generator=torch.Generator().manual_seed(0))
-    db = images(20, 3)
-    live = ASMK(cb, binary=True)
-    live.add(torch.cat(db[:10]), ids_of(db[:10]))
+def flushed_index(batch):
+    """A binary ASMK index of ``batch`` (ids from 0), its entries in the inverted file."""
+    live = ASMK(torch.randn(K, D, generator=torch.Generator().manual_seed(0)), binary=True)
+    live.add(torch.cat(batch), ids_of(batch))
     live.flush()
+    return live
+
+
+def test_removed_entries_are_counted_across_appends_and_removals():
+    db = images(20, 3)
+    live = flushed_index(db[:10])
 
     def brute():
         removed = live.ivf.removed
@@ -80,11 +85,8 @@ def test_removed_entries_are_counted_across_appends_and_removals():
 
 
 def test_a_compaction_made_apart_is_installed_only_on_the_inverted_file_it_was_made_from():
-    cb = torch.randn(K, D, generator=torch.Generator().manual_seed(0))
     db = images(12, 4)
-    live = ASMK(cb, binary=True)
-    live.add(torch.cat(db[:8]), ids_of(db[:8]))
-    live.flush()
+    live = flushed_index(db[:8])
     live.append_segment(*live.aggregate_segment(torch.cat(db[8:]), ids_of(db[8:], 8)))
     live.remove(torch.tensor([2, 9]))
     q = torch.cat(db[:3])
