@@ -16,28 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-PROBE = """
-import sys, time
-from lit._image import load_image
-def kb(field):
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith(field)).split()[1])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak resident size (VmHWM) starts again from the present one
-before = kb("VmRSS")
-t = time.perf_counter()
-x = load_image(sys.argv[1], 1024)
-seconds = time.perf_counter() - t
-print(kb("VmHWM") - before, round(seconds, 2), *x.shape)
-"""
+from lit.bench import load_image_peak
 
 BYTES_PER_PIXEL = {"I;16": 2, "RGBA": 4, "RGB": 4, "L": 1}
 
@@ -67,15 +52,13 @@ def main() -> None:
             t = time.perf_counter()
             make(path, mode, args.side)
             made = time.perf_counter() - t
-            env = {**os.environ, "PYTHONPATH": args.source}  # the lit to measure
-            p = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True, env=env)
             row = {"mode": mode, "file_kb": os.path.getsize(path) // 1024, "write_s": round(made, 1),
                    "decoded_mb": round(args.side * args.side * BYTES_PER_PIXEL[mode] / 2**20)}
-            if p.returncode == 0:
-                peak_kb, seconds, *shape = p.stdout.split()
-                row.update(peak_mb=round(int(peak_kb) / 1024), load_s=float(seconds), tensor=[int(v) for v in shape])
-            else:
-                row["error"] = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"status {p.returncode}"
+            try:
+                peak_kb, seconds, shape = load_image_peak(path, 1024, source=args.source)  # the lit to measure
+                row.update(peak_mb=round(peak_kb / 1024), load_s=round(seconds, 2), tensor=shape)
+            except RuntimeError as err:
+                row["error"] = str(err)
             report["images"].append(row)
             os.remove(path)
     print(json.dumps(report, indent=1))

@@ -2,8 +2,6 @@
 
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -134,21 +132,6 @@ def test_difference_hash_finds_copies_not_other_photos(tmp_path):
     assert hash_distance(difference_hash(cat), difference_hash(coffee)) >= 16
 
 
-_PEAK_PROBE = """
-import sys
-import lit._image as im
-im._REDUCE_PIXELS = 1_000_000  # the strip path of very large images, at a size a test can afford
-def kb(field):
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith(field)).split()[1])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak resident size (VmHWM) starts again from the present one
-before = kb("VmRSS")
-x = im.load_image(sys.argv[1], 512)
-print(kb("VmHWM") - before, *x.shape)
-"""
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="measures the peak resident size through /proc (Linux)")
 def test_a_large_16_bit_png_is_resized_within_a_small_multiple_of_its_decoded_size(tmp_path):
     """Decoded, a 4000x4000 16-bit PNG takes 32 MB; converting it whole to float64 RGB took
@@ -157,10 +140,10 @@ def test_a_large_16_bit_png_is_resized_within_a_small_multiple_of_its_decoded_si
     side = 4000
     ramp = (np.arange(side, dtype=np.uint32) * 65535 // (side - 1)).astype(np.uint16)
     Image.fromarray(np.broadcast_to(ramp, (side, side)).copy()).save(tmp_path / "deep.png", compress_level=1)
-    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(tmp_path / "deep.png")], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    peak_kb, *shape = map(int, proc.stdout.split())
+    from lit.bench import load_image_peak
+
+    # reduce_pixels: the strip path of very large images, at a size a test can afford
+    peak_kb, _, shape = load_image_peak(tmp_path / "deep.png", 512, reduce_pixels=1_000_000, timeout=300)
     decoded_kb = side * side * 2 // 1024
     assert shape == [3, 512, 512]
     assert peak_kb < 3 * decoded_kb, f"peak {peak_kb // 1024} MB for {decoded_kb // 1024} MB decoded"
