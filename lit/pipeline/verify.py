@@ -178,6 +178,45 @@ def _first_max(x: Tensor, dim: int) -> Tensor:
     return x.argmax(dim=dim)
 
 
+#: Similarities computed at once by :func:`match_many` (a chunk of candidates): the products of
+#: 2048 local tokens with 2048 are matched one candidate at a time, in cache, rather than in
+#: one tensor of gigabytes.
+_CHUNK_ELEMENTS = 1 << 22
+#: (pairs x hypotheses x matches) tested at once by :func:`ransac`.
+_RANSAC_CHUNK = 1 << 20
+
+
+def _mutual_nearest(q: Tensor, cand: Tensor, cmask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Nearest candidate row of each query row, its similarity, and whether the query row is
+    that row's nearest in turn (ties: the lowest index, as ``argmax``), for unit ``q``
+    :math:`(K_q, d)` and padded ``cand`` :math:`(B, K_c, d)` (``cmask``: real rows).
+
+    The column maxima come from ``amax`` (several times faster than a column ``argmax`` on a
+    CPU); only the columns that some query row reaches are searched for their first maximum.
+    """
+    b, kc = cand.shape[:2]
+    step = max(1, _CHUNK_ELEMENTS // max(1, len(q) * kc))
+    nn_q, s, recip = [], [], []
+    buf = torch.empty(min(step, b), len(q), kc, device=q.device)  # reused: no fresh pages for every chunk
+    for lo in range(0, b, step):
+        sim = torch.matmul(q, cand[lo: lo + step].transpose(1, 2), out=buf[: min(step, b - lo)])  # (b', Kq, Kc)
+        pad = ~cmask[lo: lo + step]
+        if pad.any():
+            sim.masked_fill_(pad[:, None, :], -math.inf)
+        sq, nq = sim.max(dim=2)  # the first of tied maxima, as argmax
+        top = sim.amax(dim=1)  # (b', Kc): best similarity of each candidate row
+        rec = (sq >= torch.gather(top, 1, nq)) & torch.gather(~pad, 1, nq)  # a maximum of its (real) column,
+        # maybe tied with a lower row
+        bi, qi = rec.nonzero(as_tuple=True)
+        if len(bi):
+            first = sim[bi, :, nq[bi, qi]].argmax(dim=1)  # each reached column's first maximum
+            rec[bi, qi] = first == qi
+        nn_q.append(nq)
+        s.append(sq)
+        recip.append(rec)
+    return torch.cat(nn_q), torch.cat(s), torch.cat(recip)
+
+
 @functools.lru_cache(maxsize=8)
 def _colex_subsets(k: int, count: int) -> Tensor:
     """The first ``count`` ``k``-subsets of ``0, 1, 2, ...`` in colexicographic order: for
@@ -267,6 +306,9 @@ def ransac(
     if scale_tolerance is not None and not scale_tolerance >= 1:
         raise UsageError(f"scale_tolerance is a factor >= 1 (or None), got {scale_tolerance}")
     device, b, m = src.device, src.shape[0], src.shape[1]
+    if b > 1 and b * hypotheses * m > _RANSAC_CHUNK:
+        return _ransac_in_chunks(src, dst, valid, scale_ratio, model=model, threshold=threshold,
+                                 hypotheses=hypotheses, seed=seed, scale_tolerance=scale_tolerance, refine=refine)
     dtype = torch.float64 if src.dtype == torch.float64 else torch.float32
     src, dst = src.to(dtype), dst.to(device=device, dtype=dtype)
     valid = torch.ones(b, m, dtype=torch.bool, device=device) if valid is None else valid.to(device).bool()
@@ -310,6 +352,33 @@ def ransac(
     return Verification(inl, best_t, inl.sum(-1).long())
 
 
+def _ransac_in_chunks(src: Tensor, dst: Tensor, valid: Tensor | None, scale_ratio: Tensor | None, **kw
+                      ) -> Verification:
+    """:func:`ransac` over chunks of pairs (they are independent): pairs with about as many
+    matches together, each chunk cut after its last valid match, so that the (pairs x
+    hypotheses x matches) tests stay in cache and a pair with few matches is not tested
+    against the padding of the one with most."""
+    b, m = src.shape[:2]
+    if valid is None:
+        valid = torch.ones(b, m, dtype=torch.bool, device=src.device)
+    valid = valid.to(src.device).bool()
+    last = (valid * torch.arange(1, m + 1, device=src.device)).amax(1)  # columns each pair needs
+    order = torch.sort(last, descending=True, stable=True).indices.tolist()
+    inliers = torch.zeros(b, m, dtype=torch.bool, device=src.device)
+    transform = src.new_zeros(b, 2, 3, dtype=torch.float64 if src.dtype == torch.float64 else torch.float32)
+    count = torch.zeros(b, dtype=torch.int64, device=src.device)
+    lo = 0
+    while lo < b:
+        width = max(int(last[order[lo]]), 1)
+        hi = min(b, lo + max(1, _RANSAC_CHUNK // (kw["hypotheses"] * width)))
+        rows = torch.tensor(order[lo:hi], device=src.device)
+        v = ransac(src[rows, :width], dst[rows, :width], valid[rows, :width],
+                   scale_ratio=None if scale_ratio is None else scale_ratio[rows, :width], **kw)
+        inliers[rows, :width], transform[rows], count[rows] = v.inliers, v.transform, v.num_inliers
+        lo = hi
+    return Verification(inliers, transform, count)
+
+
 def match_many(query: LocalFeatures, candidates: list[LocalFeatures], rule: MatchRule, *,
                query_background: Tensor | None = None,
                candidate_background: Callable[[int, Tensor], Tensor] | None = None) -> PaddedMatches:
@@ -344,14 +413,8 @@ def match_many(query: LocalFeatures, candidates: list[LocalFeatures], rule: Matc
     empty = torch.zeros(b, 0, dtype=torch.int64, device=device)
     if b == 0 or kmax == 0 or len(q) == 0:
         return PaddedMatches(empty, empty, empty.float(), empty.bool())
-    sim = torch.einsum("kd,bnd->bkn", q, cand)  # (B, Kq, Kc)
+    nn_q, s, recip = _mutual_nearest(q, cand, cmask)
     neg = torch.tensor(-math.inf, device=device)
-    sim_m = torch.where(cmask[:, None, :], sim, neg)
-    nn_q = _first_max(sim_m, 2)  # (B, Kq): best candidate feature of each query feature
-    nn_c = _first_max(sim_m, 1)  # (B, Kc): best query feature of each candidate feature
-    rows = torch.arange(len(q), device=device)
-    recip = torch.gather(nn_c, 1, nn_q) == rows[None]
-    s = torch.gather(sim, 2, nn_q[..., None])[..., 0]
     keep = recip
     if rule.threshold is not None:
         keep = keep & (s >= rule.threshold)
