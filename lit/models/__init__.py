@@ -21,12 +21,21 @@ from .config import (
 from .lit_init import init_lit_from_tokens, principal_directions, spherical_kmeans
 from .lit_module import LIT
 from .model import SuperFeatureModel, attention_centroids, strength
+from .tokens import (
+    TOKEN_DIM,
+    TOKEN_NUM,
+    TOKEN_SCALES,
+    TokenExtractor,
+    fit_token_projection,
+    token_extractor,
+)
 from .whitening import pca_whitening
 
 __all__ = [
+    "TOKEN_DIM", "TOKEN_NUM", "TOKEN_SCALES",
     "LIT", "BackboneConfig", "CheckpointError", "LITConfig", "MatchConfig", "ModelConfig", "RuntimeConfig",
-    "SuperFeatureModel", "attention_centroids", "lit_effl0_config", "config_from_fire_params", "convert_fire_state_dict",
-    "init_lit_from_tokens", "model_from_checkpoint", "pca_whitening", "principal_directions", "read_checkpoint",
+    "SuperFeatureModel", "TokenExtractor", "attention_centroids", "lit_effl0_config", "config_from_fire_params", "convert_fire_state_dict",
+    "fit_token_projection", "init_lit_from_tokens", "model_from_checkpoint", "pca_whitening", "principal_directions", "read_checkpoint",
     "save_checkpoint", "save_fire_checkpoint",
-    "spherical_kmeans", "strength", "to_fire_state_dict",
+    "spherical_kmeans", "strength", "to_fire_state_dict", "token_extractor",
 ]
