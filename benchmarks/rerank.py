@@ -42,10 +42,15 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="lit-effl0", help="lit-effl0, fire (weights must be in the cache) or a checkpoint")
     p.add_argument("--configs", default="0,20,50,100,100+1,100+2", help="rerank N [+ expand K], comma-separated")
     p.add_argument("--seeds", type=int, default=4, help="k-means seeds")
+    p.add_argument("--geometry", default="superfeatures", choices=("superfeatures", "tokens"),
+                   help="what is verified: the super-features' attention centroids, or the backbone's local tokens "
+                        "(lit.models.TokenExtractor; no expansion)")
+    p.add_argument("--token-cache", default=None, help="token cache file (torch.save), made when missing")
     p.add_argument("--floor", default=None, help="lowest cosine of a tentative match, 'model' or 'none' (default: the policy's)")
     p.add_argument("--margin", default=None, help="background margin of tentative matches, 'model' or 'none' (default: none)")
     p.add_argument("--min-support", type=int, default=None, help="distinct query templates among the inliers that verify")
     p.add_argument("--hypotheses", type=int, default=None, help="RANSAC hypotheses per candidate")
+    p.add_argument("--query-num", default=None, help="strongest query features matched, or 'all' (default: the policy's)")
     p.add_argument("--threshold", type=float, default=None, help="inlier distance, fraction of the image size")
     p.add_argument("--transform", default=None, help="similarity or affine")
     p.add_argument("--scale-tolerance", default=None, help="factor, or 'none'")
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
         scene_images,
     )
     from lit.index_file import IndexInfo
+    from lit.matching import MatchRule
     from lit.pipeline import Reranker, RerankSettings, codebook_size, search
     from lit.types import LocalFeatures
 
@@ -95,6 +101,21 @@ def main(argv=None) -> int:
         print(f"extracted {len(paths)} photos in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         if cache:
             torch.save({"paths": paths, "feats": [tuple(f) for f in feats]}, cache)
+    tokens = None
+    if args.geometry == "tokens":
+        from lit.models import token_extractor
+
+        if args.token_cache and os.path.exists(args.token_cache):
+            blob = torch.load(args.token_cache, weights_only=False)
+            assert blob["paths"] == paths, "the token cache holds other photos"
+            tokens = [LocalFeatures(*f) for f in blob["feats"]]
+        else:
+            t = time.perf_counter()
+            extractor = token_extractor(model)
+            tokens = [extractor.extract(p_) for p_ in paths]
+            print(f"tokens of {len(paths)} photos in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            if args.token_cache:
+                torch.save({"paths": paths, "feats": [tuple(f) for f in tokens]}, args.token_cache)
     ev_idx = np.flatnonzero(ev)
     names = [os.path.relpath(paths[i], root) for i in ev_idx]
     db = [feats[i] for i in ev_idx]
@@ -104,7 +125,9 @@ def main(argv=None) -> int:
     positives = [{n for n, l in zip(names, labels[ev_idx], strict=True) if l == labels[i] and n != names[k]}
                  for k, i in enumerate(ev_idx)]
 
-    settings = RerankSettings(image_size=model.cfg.runtime.image_size)
+    size = model.cfg.runtime.image_size
+    settings = RerankSettings.tokens() if tokens else RerankSettings(image_size=size)
+    checked = [tokens[i] for i in ev_idx] if tokens else db  # what the reranker verifies
     over = {}
     for key in ("floor", "margin"):
         value = getattr(args, key)
@@ -114,6 +137,8 @@ def main(argv=None) -> int:
         over["min_support"] = args.min_support
     if args.hypotheses is not None:
         over["hypotheses"] = args.hypotheses
+    if args.query_num is not None:
+        over["query_num"] = None if args.query_num == "all" else int(args.query_num)
     if args.threshold is not None:
         over["threshold"] = args.threshold
     if args.transform is not None:
@@ -121,21 +146,23 @@ def main(argv=None) -> int:
     if args.scale_tolerance is not None:
         over["scale_tolerance"] = None if args.scale_tolerance == "none" else float(args.scale_tolerance)
     settings = replace(settings, **over)
-    rule = model.match_rule()
+    rule = MatchRule(None) if tokens else model.match_rule()
     info = IndexInfo(names=tuple(names))
     train = torch.cat([f.descriptors.cpu() for f in cb_feats]).numpy()
     desc = torch.cat([f.descriptors.cpu() for f in db]).numpy()
     ids = np.concatenate([np.full(len(f), i) for i, f in enumerate(db)])
     configs = parse_configs(args.configs)
+    if tokens is not None:
+        configs = [c for c in configs if not c[1]]  # expansion needs super-features
     runs: dict[str, list[dict]] = {}
     for seed in range(args.seeds):
         index = ASMK.train(train, size=codebook_size(len(train)), seed=seed, iterations=15)
         index.add(desc, ids)
         for n, k in configs:
-            reranker = Reranker(db, rule, settings, device=args.device)
+            reranker = Reranker(checked, rule, settings, device=args.device)
             t = time.perf_counter()
             res = search(index, info, db, names, topk=None, exclude_self=True, rerank=n, expand=k,
-                         reranker=reranker if (n or k) else None)
+                         reranker=reranker if (n or k) else None, verify_queries=checked if tokens else None)
             sec = (time.perf_counter() - t) / len(names)
             m = ranking_metrics([np.array([h.name in pos for h in r.hits]) for r, pos in zip(res, positives, strict=True)],
                                 [len(pos) for pos in positives], ks=(5,))
@@ -153,13 +180,13 @@ def main(argv=None) -> int:
     # and a warm one (those kept from earlier queries)
     n_t = args.timing_candidates
     cand_ids = [i % len(db) for i in range(n_t)]
-    fresh = [LocalFeatures(*(t.clone() if t is not None else None for t in db[i])) for i in cand_ids]
+    fresh = [LocalFeatures(*(t.clone() if t is not None else None for t in checked[i])) for i in cand_ids]
     reranker = Reranker(fresh, rule, settings, device=args.device)
     t, c = time.perf_counter(), time.process_time()
-    reranker.rerank(db[0], list(range(n_t)), [0.0] * n_t, n_t)
+    reranker.rerank(checked[0], list(range(n_t)), [0.0] * n_t, n_t)
     cold, cold_cpu = time.perf_counter() - t, time.process_time() - c
     t, c = time.perf_counter(), time.process_time()
-    reranker.rerank(db[1 % len(db)], list(range(n_t)), [0.0] * n_t, n_t)
+    reranker.rerank(checked[1 % len(db)], list(range(n_t)), [0.0] * n_t, n_t)
     warm, warm_cpu = time.perf_counter() - t, time.process_time() - c
     f0 = reranker.database(0)
     per_image = sum(x.element_size() * x.numel() for x in f0 if x is not None)
@@ -168,7 +195,7 @@ def main(argv=None) -> int:
     if not args.per_query:
         for r in table.values():
             del r["ap"]
-    out = {"root": root, "scenes": args.scenes, "model": args.model, "images": len(names), "codebook": cb_what,
+    out = {"root": root, "scenes": args.scenes, "model": args.model, "geometry": args.geometry, "images": len(names), "codebook": cb_what,
            "seeds": args.seeds, "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
            "device": args.device, "threads": torch.get_num_threads(), "results": table,
            "timing": {"candidates": n_t, "cold_s": cold, "warm_s": warm, "cold_cpu_s": cold_cpu, "warm_cpu_s": warm_cpu,

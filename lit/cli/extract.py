@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--amp", action="store_true", help="fast path: bf16 autocast (features differ slightly from float32)")
     p.add_argument("--text-model", default=None, help="also store the global image embeddings of this text model's image tower, "
                    "for `lit search --text` (default: lit-text-effl0; 'none': skip)")
+    p.add_argument("--tokens", action="store_true",
+                   help="also write the model's local tokens beside OUT (db.h5 -> db.tokens.h5, resumable too): "
+                        "`lit search --rerank N` then verifies them instead of super-features (README Re-ranking)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_arguments(p)
 
@@ -63,6 +66,16 @@ def run(args) -> int:
         embedder=embedder, ignored=found.ignored,
     )
     print(report(summary).splitlines()[0])
+    if args.tokens:  # the same images, the same root: the token file's names are the feature file's
+        from ..models import token_extractor, tokens_beside
+
+        tokens = extract_to_file(
+            token_extractor(model), paths, tokens_beside(out), root=args.root, default_root=root,
+            num_workers=args.workers, progress=not args.quiet, half=args.half, batch_size=args.batch_size,
+            amp=torch.bfloat16 if args.amp else None, retry_failed=not args.no_retry,
+            max_pixels=(args.max_pixels or None) if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+        )
+        print(f"tokens: {report(tokens).splitlines()[0]} -> {display_name(tokens_beside(out))}")
     bad = len(summary.failed or {}) + summary.skipped_failed
     if bad:
         print(f"lit extract: {bad} of {summary.total} images could not be extracted (named above, recorded in "

@@ -20,13 +20,16 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
+from .._image import load_image
 from ..errors import UsageError
 from ..types import LocalFeatures
 from .whitening import pca_whitening
 
-__all__ = ["TOKEN_DIM", "TOKEN_NUM", "TOKEN_SCALES", "TokenExtractor", "fit_token_projection", "token_extractor"]
+__all__ = ["TOKEN_DIM", "TOKEN_IMAGE_SIZE", "TOKEN_NUM", "TOKEN_SCALES", "TokenExtractor", "fit_token_projection",
+           "token_extractor", "tokens_beside"]
 
 #: Image scales of the tokens (the resized image's size times each).
 TOKEN_SCALES = (1.414, 1.0, 0.707)
@@ -34,6 +37,17 @@ TOKEN_SCALES = (1.414, 1.0, 0.707)
 TOKEN_NUM = 2048
 #: Dimension of the stored tokens (PCA of the normalised cells).
 TOKEN_DIM = 64
+#: Longer side (pixels) of the images the tokens come from: finer than lit-effl0's 512 for
+#: super-features (the multi-view photos' own size: 600-640).
+TOKEN_IMAGE_SIZE = 640
+
+
+def tokens_beside(features: str | os.PathLike) -> str:
+    """Where the token file of a feature file goes: beside it, ``.tokens`` before its suffix
+    (``db.h5`` -> ``db.tokens.h5``), as ``lit extract --tokens`` writes it and ``lit search
+    --rerank`` looks for it."""
+    root, ext = os.path.splitext(os.fspath(features))
+    return f"{root}.tokens{ext or '.h5'}"
 
 
 def _cells(model, images: Tensor, scales: Sequence[float]) -> tuple[Tensor, Tensor, Tensor]:
@@ -74,10 +88,11 @@ class TokenExtractor(nn.Module):
         weight, bias: the projection ``weight @ unit(cell) + bias`` (:func:`fit_token_projection`).
         scales: image scales (default :data:`TOKEN_SCALES`).
         tokens_num: tokens kept per image (default :data:`TOKEN_NUM`).
+        image_size: longer side images are downscaled to (default :data:`TOKEN_IMAGE_SIZE`).
     """
 
     def __init__(self, model, weight: Tensor, bias: Tensor, scales: Sequence[float] = TOKEN_SCALES,
-                 tokens_num: int = TOKEN_NUM) -> None:
+                 tokens_num: int = TOKEN_NUM, image_size: int = TOKEN_IMAGE_SIZE) -> None:
         super().__init__()
         channels = model.backbone.out_channels
         if weight.dim() != 2 or weight.shape[1] != channels or bias.shape != (weight.shape[0],):
@@ -90,7 +105,8 @@ class TokenExtractor(nn.Module):
         self.register_buffer("projection_bias", bias.detach().float().clone())
         self._model = (model,)  # not a submodule: the state dict holds the backbone once
         self.cfg = replace(model.cfg, reduction_dim=weight.shape[0],
-                           runtime=replace(model.cfg.runtime, scales=tuple(scales), features_num=int(tokens_num)))
+                           runtime=replace(model.cfg.runtime, scales=tuple(scales), features_num=int(tokens_num),
+                                           image_size=int(image_size)))
         source = getattr(model, "source", None)
         self.source = f"{source} tokens" if source else None
         self.to(model.device)
@@ -135,20 +151,28 @@ class TokenExtractor(nn.Module):
         return out
 
     def extract(self, image, scales: Sequence[float] | None = None, features_num: int | None = None):
-        """Tokens of one image (tensor, PIL image or path, as :meth:`SuperFeatureModel.extract`)."""
-        batch, single = self._model[0]._as_batch(image)
+        """Tokens of one image (tensor, PIL image or path, as :meth:`SuperFeatureModel.extract`;
+        a path or PIL image is downscaled to the extractor's image size)."""
+        batch, single = _as_batch(self._model[0], image, self.cfg.runtime.image_size)
         feats = self.extract_batch(batch, scales=scales, features_num=features_num)
         return feats[0] if single else feats
 
 
+def _as_batch(model, image, image_size: int) -> tuple[Tensor, bool]:
+    """``model._as_batch`` with paths and PIL images downscaled to ``image_size``."""
+    if isinstance(image, (Image.Image, str, os.PathLike)):
+        return load_image(image, image_size).unsqueeze(0).to(model.device, torch.float32), True
+    return model._as_batch(image)
+
+
 def fit_token_projection(model, images: Iterable, dim: int = TOKEN_DIM, scales: Sequence[float] = TOKEN_SCALES,
-                         tokens_num: int = TOKEN_NUM) -> tuple[Tensor, Tensor]:
+                         tokens_num: int = TOKEN_NUM, image_size: int = TOKEN_IMAGE_SIZE) -> tuple[Tensor, Tensor]:
     """PCA (no whitening) of the strongest normalised cells of ``images`` (tensors, PIL
     images or paths): the projection of a :class:`TokenExtractor`, ``(weight (dim, C), bias (dim,))``."""
     rows = []
     with torch.inference_mode():
         for image in images:
-            batch, _ = model._as_batch(image)
+            batch, _ = _as_batch(model, image, image_size)
             cells, _, _ = _cells(model, batch, model.usable_scales(batch.shape[-2], batch.shape[-1], scales))
             _, order = _strongest(cells, tokens_num)
             rows.append(F.normalize(cells[0, order[0]], dim=1).cpu())

@@ -50,8 +50,8 @@ from .verify import MODELS, match_many, ransac
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_RERANK", "MIN_SUPPORT", "SCALE_TOLERANCE", "VERIFY_FLOOR", "VERIFY_THRESHOLD", "PairCheck",
-    "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verification_rule", "verify_matches",
+    "DEFAULT_RERANK", "MIN_SUPPORT", "SCALE_TOLERANCE", "TOKEN_MIN_SUPPORT", "TOKEN_QUERY_NUM", "TOKEN_THRESHOLD", "VERIFY_FLOOR",
+    "VERIFY_THRESHOLD", "PairCheck", "RerankSettings", "Reranker", "expand_query", "reranker_for", "search_reranker", "verification_rule", "verify_matches",
 ]
 
 #: Short-list length re-ranked by default (``lit search --rerank``).
@@ -64,6 +64,14 @@ VERIFY_THRESHOLD = 40 / 512
 SCALE_TOLERANCE = 1.5
 #: Support (distinct query templates among the inliers) that makes a candidate verified.
 MIN_SUPPORT = 7
+#: Tokens of a query matched with each candidate's (its strongest; a candidate's are all used,
+#: so that a match is still the mutual nearest neighbour among them): half the cost.
+TOKEN_QUERY_NUM = 1024
+#: Inlier distance of token verification, as a fraction of the image size (1.5 cells of a
+#: stride-16 map: 24 px at the tokens' 640 px).
+TOKEN_THRESHOLD = 24 / 640
+#: Inliers that make a candidate verified by tokens.
+TOKEN_MIN_SUPPORT = 8
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,8 @@ class RerankSettings:
         scale_tolerance: see :func:`lit.pipeline.verify.ransac` (``None``: no scale test).
         hypotheses: RANSAC hypotheses per candidate.
         seed: RANSAC seed.
+        query_num: match only the first (strongest) ``query_num`` features of a query
+            (``None``: all).
     """
 
     model: str = "similarity"
@@ -94,13 +104,31 @@ class RerankSettings:
     scale_tolerance: float | None = SCALE_TOLERANCE
     hypotheses: int = 128
     seed: int = 0
+    query_num: int | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise UsageError(f"verification model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.query_num is not None and (isinstance(self.query_num, bool) or not isinstance(self.query_num, int)
+                                           or self.query_num < 1):
+            raise UsageError(f"query_num must be a positive int or None, got {self.query_num!r}")
         if not self.threshold > 0 or self.image_size < 1 or self.min_support < 1 or self.hypotheses < 1:
             raise UsageError("threshold, image_size, min_support and hypotheses must be positive, got "
                              f"{self.threshold}, {self.image_size}, {self.min_support}, {self.hypotheses}")
+
+    @classmethod
+    def tokens(cls, **changes) -> RerankSettings:
+        """The settings of verification by local tokens (:mod:`lit.models.tokens`): tentative
+        matches are mutual nearest neighbours with a cosine of at least :data:`VERIFY_FLOOR`
+        (as for super-features), inliers within
+        :data:`TOKEN_THRESHOLD`, :data:`TOKEN_MIN_SUPPORT` of them verify (each token is its
+        own template, so the support is the inlier count), the query's
+        :data:`TOKEN_QUERY_NUM` strongest tokens against all of a candidate's."""
+        from ..models.tokens import TOKEN_IMAGE_SIZE
+
+        return replace(cls(threshold=TOKEN_THRESHOLD, image_size=TOKEN_IMAGE_SIZE, min_support=TOKEN_MIN_SUPPORT,
+                           query_num=TOKEN_QUERY_NUM),
+                       **changes)
 
 
 class PairCheck(NamedTuple):
@@ -214,6 +242,8 @@ class Reranker:
 
     def verify(self, query: LocalFeatures, ids: Sequence[int]) -> list[PairCheck]:
         """Matches and their geometric verification between ``query`` and database images ``ids``."""
+        if self.settings.query_num is not None:
+            query = LocalFeatures(*(t[: self.settings.query_num] if t is not None else None for t in query))
         q, _ = self._features(query)
         qbg = background_similarity(q.descriptors, self.rule.background) if self.rule.background is not None else None
         return self._verify(q, qbg, ids)
@@ -293,33 +323,49 @@ def expand_query(query: LocalFeatures, neighbours: Sequence[LocalFeatures], chec
 
 
 def reranker_for(info: IndexInfo, model_or_rule, settings: RerankSettings | None = None, *,
-                 features: str | os.PathLike | None = None, device: str | torch.device | None = None) -> Reranker:
+                 features: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                 tokens: str | os.PathLike | None = None) -> Reranker:
     """A :class:`Reranker` over an index's database: the super-features are read from the
     feature file the index records (``features`` replaces it), the match rule is the model's
     (``model.match_rule()``, or a :class:`MatchRule` given), the image size that of the
     extraction (the feature file's settings).
 
+    With ``tokens`` (a token file of the database, ``lit extract --tokens``), the reranker
+    verifies local tokens instead (:mod:`lit.models.tokens`): every mutual nearest neighbour,
+    under :meth:`RerankSettings.tokens` unless ``settings`` are given; the queries' tokens go
+    to :func:`lit.pipeline.search` as ``verify_queries``. ``model_or_rule`` must then be the
+    model (its token extractor made the file).
+
     Raises:
         NotFoundError: the index records no feature file, or it is gone.
         IndexFileError: the feature file holds other images than the index.
+        FingerprintError: the file comes from another model.
     """
-    path = os.fspath(features) if features is not None else info.features
-    if not path:
-        raise NotFoundError("the index records no feature file: give the database feature file for re-ranking")
+    if tokens is not None:
+        if isinstance(model_or_rule, MatchRule):
+            raise UsageError("verification by tokens needs the model whose token extractor made the token file")
+        from ..models.tokens import token_extractor
+
+        path, what, maker, rule = os.fspath(tokens), "token file", token_extractor(model_or_rule), MatchRule(None)
+        settings = settings or RerankSettings.tokens()
+    else:
+        path, what, maker = os.fspath(features) if features is not None else info.features, "feature file", model_or_rule
+        if not path:
+            raise NotFoundError("the index records no feature file: give the database feature file for re-ranking")
+        rule = model_or_rule if isinstance(model_or_rule, MatchRule) else model_or_rule.match_rule()
     if not os.path.exists(path):
-        raise NotFoundError(f"{display_name(path)}: the index's feature file is gone (re-ranking reads the "
-                            "database super-features from it): give its new place")
-    rule = model_or_rule if isinstance(model_or_rule, MatchRule) else model_or_rule.match_rule()
+        gone = "the index's feature file is gone (re-ranking reads the database super-features from it): give its new place"
+        raise NotFoundError(f"{display_name(path)}: {gone if tokens is None else 'no such token file'}")
     store = open_features(path)
     try:
-        if not isinstance(model_or_rule, MatchRule) and not _same_model(model_or_rule, store):
-            raise FingerprintError(f"{display_name(path)}: the database features come from another model than the one "
-                                   "whose match rule would verify them: use the index's model")
+        if not isinstance(maker, MatchRule) and not _same_model(maker, store):
+            raise FingerprintError(f"{display_name(path)}: the database {what} comes from another model than the one "
+                                   "that would verify it: use the index's model")
         names = list(store.names)
         row = {n: i for i, n in enumerate(names)}
         missing = [n for n in info.names if n not in row]
         if missing:
-            raise IndexFileError(f"{display_name(path)}: {len(missing)} indexed images are not in this feature file, "
+            raise IndexFileError(f"{display_name(path)}: {len(missing)} indexed images are not in this {what}, "
                                  f"e.g. {missing[0]}")
         rows = [row[n] for n in info.names]
         size = int(store.settings.get("image_size") or RerankSettings.image_size)
@@ -346,7 +392,8 @@ def _same_model(model, store) -> bool:
 
 def search_reranker(info: IndexInfo, model, rerank: int | None = None, expand: int = 0, *,
                     settings: RerankSettings | None = None, features: str | os.PathLike | None = None,
-                    device: str | torch.device | None = None) -> tuple[Reranker | None, int]:
+                    device: str | torch.device | None = None, tokens: str | os.PathLike | None = None
+                    ) -> tuple[Reranker | None, int]:
     """The reranker of a search and its short list: ``lit search``'s policy.
 
     ``rerank=None`` asks for the default (:data:`DEFAULT_RERANK`) where it can be had: when the
@@ -366,7 +413,7 @@ def search_reranker(info: IndexInfo, model, rerank: int | None = None, expand: i
     if not n:
         return None, 0
     try:
-        return reranker_for(info, model, settings, features=features, device=device), n
+        return reranker_for(info, model, settings, features=features, device=device, tokens=tokens), n
     except (NotFoundError, FingerprintError, IndexFileError) as err:
         if explicit or expand:
             raise

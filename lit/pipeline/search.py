@@ -227,6 +227,7 @@ def search(
     expand: int = 0,
     reranker=None,
     keep_unscored: bool = False,
+    verify_queries: Sequence[LocalFeatures] | None = None,
 ) -> list[QueryResult]:
     """Rank the database for each query.
 
@@ -248,6 +249,9 @@ def search(
         keep_unscored: also list database images with score 0 (they share no visual word
             with the query: their order is only the database order). By default a list
             stops at the last positive score.
+        verify_queries: what the reranker verifies of each query when it is not the query's
+            super-features: its local tokens (:class:`lit.models.TokenExtractor`), for a
+            reranker over the database's tokens. Query expansion needs super-features.
 
     Returns:
         One :class:`QueryResult` per query, hits best first, ranks from 1.
@@ -261,6 +265,13 @@ def search(
             raise UsageError(f"{name} must be an int >= 0, got {value!r}")
     if (rerank or expand) and reranker is None:
         raise UsageError("re-ranking and query expansion need a reranker (lit.pipeline.reranker_for)")
+    if verify_queries is not None:
+        if len(verify_queries) != len(queries):
+            raise UsageError(f"{len(verify_queries)} verification features for {len(queries)} queries")
+        if expand:
+            raise UsageError("query expansion adds verified super-features to the query: it needs verification by "
+                             "super-features, not tokens")
+    checked = queries if verify_queries is None else verify_queries
     if not queries:
         return []
     n_db = index.n_images
@@ -276,7 +287,7 @@ def search(
         ids, scores = [ids[k] for k in keep], [scores[k] for k in keep]
         support: list[int | None] = [None] * len(ids)
         if rerank and ids:
-            ids, scores, support, checks = reranker.rerank(queries[qi], ids, scores, rerank)
+            ids, scores, support, checks = reranker.rerank(checked[qi], ids, scores, rerank)
             if expand:
                 good = [k for k in range(len(checks)) if reranker.is_verified(support[k])][:expand]
                 if good:

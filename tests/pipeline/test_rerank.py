@@ -157,3 +157,64 @@ def test_search_refuses_reranking_without_a_reranker():
         search(index, info, feats, ["a", "b", "c", "d"], rerank=3)
     with pytest.raises(ValueError, match="rerank"):
         search(index, info, feats, ["a", "b", "c", "d"], rerank=-1)
+
+
+# ---------------------------------------------------------------- verification by local tokens
+@pytest.fixture(scope="module")
+def effl0_tokens(effl0):
+    from lit.models import token_extractor
+
+    return token_extractor(effl0)
+
+
+@pytest.mark.parametrize("model,shear", [("similarity", 0.0), ("affine", 0.15)])
+def test_token_verification_finds_the_transformation_of_a_warped_photo(effl0_tokens, model, shear):
+    from lit._image import load_image
+
+    img = load_image(f"{PHOTOS}/sacre_coeur/sacre_coeur1.jpg", 512)
+    warped, true = _warp(img, 12, 0.8, shear)
+    ta, tb = effl0_tokens.extract(img), effl0_tokens.extract(warped)
+    settings = RerankSettings.tokens(model=model)
+    check = Reranker([tb], MatchRule(None), settings).verify(ta, [0])[0]
+    src, dst = ta.positions[check.query_idx], tb.positions[check.cand_idx]
+    true_match = (src @ true[:, :2].T + true[:, 2] - dst).norm(dim=1) <= settings.threshold * 512
+    assert true_match.sum() >= 100
+    assert (check.inliers & true_match).sum() >= 0.9 * true_match.sum()
+    assert check.support == check.num_inliers >= settings.min_support  # each token its own template
+    # cell centres are 16 px apart: the transformation is found within 4 % of the image size at
+    # the corners (the super-features' centroids: 10 %)
+    h, w = img.shape[1:]
+    corners = torch.tensor([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]])
+    err = (corners @ check.transform[:, :2].T + check.transform[:, 2] - (corners @ true[:, :2].T + true[:, 2])).norm(dim=1)
+    assert err.max() <= 0.04 * max(h, w)
+
+
+def test_token_verification_rejects_unrelated_photos(effl0_tokens):
+    street = effl0_tokens.extract(f"{PHOTOS}/street/DSC_0410.JPG")
+    unrelated = ("warsaw/01.jpg", "zanky/01.jpg", "terrace/terrace0.jpg", "sacre_coeur/sacre_coeur1.jpg",
+                 "charlottenburg/01.jpg")
+    others = [effl0_tokens.extract(f"{PHOTOS}/{p}") for p in unrelated]
+    pair = effl0_tokens.extract(f"{PHOTOS}/street/DSC_0411.JPG")
+    checks = Reranker(others + [pair], MatchRule(None), RerankSettings.tokens()).verify(street, list(range(6)))
+    # measured: 6, 0, 4, 2, 4 inliers against 347 for the street's other photo
+    assert all(c.support < RerankSettings.tokens().min_support for c in checks[:5])
+    assert checks[5].support >= 30 * RerankSettings.tokens().min_support
+
+
+def test_search_verifies_the_tokens_of_the_queries_it_is_given():
+    feats = _scene()
+    index, info = _index(feats)
+    names = list(info.names)
+    r = Reranker(feats, MatchRule(0.8), RerankSettings(threshold=0.05, image_size=512))
+    # verification features that are the super-features themselves: the same result
+    same = search(index, info, feats, names, topk=None, rerank=6, reranker=r, exclude_self=True, verify_queries=feats)
+    assert same == search(index, info, feats, names, topk=None, rerank=6, reranker=r, exclude_self=True)
+    # the verification features of query 0 swapped for those of image 5: image 5 itself is verified first
+    swapped = [feats[5]] + feats[1:]
+    res = search(index, info, feats, names, topk=None, rerank=len(feats), reranker=r, exclude_self=True,
+                 verify_queries=swapped)
+    assert res[0].hits[0].name == "img05" and res[0].hits[0].support >= MIN_SUPPORT
+    with pytest.raises(ValueError, match="expansion"):
+        search(index, info, feats, names, rerank=6, expand=1, reranker=r, verify_queries=feats)
+    with pytest.raises(ValueError, match="verification features"):
+        search(index, info, feats, names, rerank=6, reranker=r, verify_queries=feats[:2])
