@@ -345,6 +345,27 @@ class Checker:
         rel = abs(out[self.device]["loss"] - out["cpu"]["loss"]) / max(abs(out["cpu"]["loss"]), 1e-12)
         return rel <= 2e-2 and np.isfinite(out[self.device]["loss"]), {"runs": out, "loss_relative_difference": rel}
 
+    def rerank_tokens(self):
+        """Local tokens and their verification on the device against the CPU: the same tokens (to
+        float32 error) and the same inliers per candidate (re-ranking by tokens)."""
+        from lit.matching import MatchRule
+        from lit.models import token_extractor
+        from lit.pipeline import Reranker, RerankSettings
+
+        cpu, dev = self.models()
+        tc, td = token_extractor(cpu), token_extractor(dev)
+        warped = torch.flip(self.images, dims=[3])  # candidates: the images and their mirrors
+        ref = [tc.extract(img) for img in torch.cat([self.images, warped])]
+        got = [td.extract(img.to(self.device)) for img in torch.cat([self.images, warped])]
+        err = max(float((r.descriptors - g.descriptors.cpu()).abs().max()) for r, g in zip(ref, got) if len(r) == len(g))
+        same_rows = all(len(r) == len(g) and torch.equal(r.positions, g.positions.cpu()) for r, g in zip(ref, got))
+        settings = RerankSettings.tokens(image_size=self.images.shape[-1])
+        on_cpu = Reranker(ref, MatchRule(None), settings).verify(ref[0], list(range(len(ref))))
+        on_dev = Reranker(ref, MatchRule(None), settings, device=self.device).verify(ref[0], list(range(len(ref))))
+        a, b = [c.num_inliers for c in on_cpu], [c.num_inliers for c in on_dev]
+        return same_rows and err <= 1e-3 and a == b, {"max_token_error": err, "same_cells": same_rows,
+                                                       "inliers_cpu": a, "inliers_device": b}
+
     def knn_exact(self):
         from lit.metric import knn
 
@@ -612,6 +633,7 @@ def main(argv=None) -> int:
             ("extract_fp32", c.extract_fp32), ("extract_bf16_agreement", c.extract_bf16_agreement), ("compile", c.compile),
             *[(f"asmk_{'binary' if b else 'real'}_idf{int(i)}", lambda b=b, i=i: c.asmk(b, i)) for b in (True, False) for i in (False, True)],
             ("trainer_bf16_resume", c.trainer_bf16_resume), ("metric_trainer", c.metric_trainer), ("knn_exact", c.knn_exact),
+            ("rerank_tokens", c.rerank_tokens),
             ("ddp", c.ddp),
             *[(f"cli_{s}", lambda s=s: c.cli(s)) for s in ("extract", "index", "search", "match", "plot_attention")],
             ("revisited_tiny", c.revisited_tiny),

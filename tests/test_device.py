@@ -550,7 +550,7 @@ def test_device_check_quick_passes_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     checks = report["checks"]
     for name in ("extract_fp32", "extract_bf16_agreement", "asmk_binary_idf0", "asmk_real_idf1", "trainer_bf16_resume",
-                 "metric_trainer", "knn_exact", "cli_extract", "cli_index", "cli_search", "cli_match",
+                 "metric_trainer", "knn_exact", "rerank_tokens", "cli_extract", "cli_index", "cli_search", "cli_match",
                  "cli_plot_attention", "revisited_tiny", "ddp"):
         assert name in checks, name
     assert all(c["status"] in ("pass", "not run") for c in checks.values()), {k: c for k, c in checks.items() if c["status"] == "fail"}
