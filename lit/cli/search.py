@@ -138,14 +138,14 @@ def run(args) -> int:
             model, args.queries, info, list_file=args.list, root=args.query_root,
             scales=parse_scales(args.scales), features_num=args.features_num, image_size=args.image_size,
             force=args.force, model_name=f"--model {args.model or DEFAULT_MODEL}", against=args.index)
-    reranker, rerank, db_tokens = None, 0, None
-    implicit = args.rerank is None  # the default: verification by tokens where they were extracted
-    if implicit:
-        db_tokens = _db_tokens(args, info)
-        if not db_tokens or (args.query_features and not os.path.isfile(args.query_tokens or _beside(args.query_features))):
-            args.rerank = 0
+    reranker, rerank, db_tokens = None, 0, _db_tokens(args, info)
+    if args.rerank is None:  # the default: verification by tokens where they were extracted, for every query
+        from ..models import tokens_beside
+
+        queries_have_tokens = not args.query_features or os.path.isfile(args.query_tokens
+                                                                        or tokens_beside(args.query_features))
+        args.rerank = None if db_tokens and queries_have_tokens else 0
     if args.rerank != 0 or args.expand:
-        db_tokens = _db_tokens(args, info)
         try:
             model = model or load_model(args)
             reranker, rerank = pipeline.search_reranker(info, model, args.rerank, args.expand,
@@ -166,12 +166,6 @@ def run(args) -> int:
     if not is_main_process():  # torchrun: rank 0 writes the merged results
         return 0
     return _write_results(args, results, info.image_root, queries.root)
-
-
-def _beside(path: str) -> str:
-    from ..models import tokens_beside
-
-    return tokens_beside(path)
 
 
 def _db_tokens(args, info) -> str | None:
