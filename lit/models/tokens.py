@@ -98,28 +98,22 @@ class TokenExtractor(nn.Module):
         if weight.dim() != 2 or weight.shape[1] != channels or bias.shape != (weight.shape[0],):
             raise UsageError(f"a token projection of this model maps its {channels} channels: weight (D, {channels}) "
                              f"and bias (D,), got {tuple(weight.shape)} and {tuple(bias.shape)}")
-        self.backbone = model.backbone
-        self.register_buffer("mean", model.mean.clone())
-        self.register_buffer("std", model.std.clone())
-        self.register_buffer("projection_weight", weight.detach().float().clone())
-        self.register_buffer("projection_bias", bias.detach().float().clone())
-        self._model = (model,)  # not a submodule: the state dict holds the backbone once
+        self.backbone = model.backbone  # the model's own: its weights in the state dict (the fingerprint)
+        self.register_buffer("projection_weight", weight.detach().float().clone().to(model.device))
+        self.register_buffer("projection_bias", bias.detach().float().clone().to(model.device))
+        self._model = (model,)  # not a submodule: normalisation and image sizes are the model's
         self.cfg = replace(model.cfg, reduction_dim=weight.shape[0],
                            runtime=replace(model.cfg.runtime, scales=tuple(scales), features_num=int(tokens_num),
                                            image_size=int(image_size)))
         source = getattr(model, "source", None)
         self.source = f"{source} tokens" if source else None
-        self.to(model.device)
 
     @property
     def device(self) -> torch.device:
-        return self.mean.device
+        return self._model[0].device
 
     def min_image_size(self, scales: Sequence[float] | None = None) -> int:
         return self._model[0].min_image_size(self.cfg.runtime.scales if scales is None else scales)
-
-    def normalize(self, images: Tensor) -> Tensor:
-        return (images - self.mean) / self.std
 
     def project(self, cells: Tensor) -> Tensor:
         """Unit-length projected tokens of raw cells ``(..., C) -> (..., D)``."""
@@ -136,7 +130,7 @@ class TokenExtractor(nn.Module):
                                      self.cfg.runtime.scales if scales is None else scales)
         k = self.cfg.runtime.features_num if features_num is None else int(features_num)
         with torch.autocast(device_type=images.device.type, dtype=amp, enabled=amp is not None):
-            cells, positions, scale_of = _cells(self, images.float(), scales)
+            cells, positions, scale_of = _cells(model, images.float(), scales)
         norms, order = _strongest(cells.float(), k)
         out = []
         for i in range(len(images)):

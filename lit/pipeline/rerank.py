@@ -331,8 +331,8 @@ def reranker_for(info: IndexInfo, model_or_rule, settings: RerankSettings | None
     extraction (the feature file's settings).
 
     With ``tokens`` (a token file of the database, ``lit extract --tokens``), the reranker
-    verifies local tokens instead (:mod:`lit.models.tokens`): every mutual nearest neighbour,
-    under :meth:`RerankSettings.tokens` unless ``settings`` are given; the queries' tokens go
+    verifies local tokens instead (:mod:`lit.models.tokens`), under
+    :meth:`RerankSettings.tokens` unless ``settings`` are given; the queries' tokens go
     to :func:`lit.pipeline.search` as ``verify_queries``. ``model_or_rule`` must then be the
     model (its token extractor made the file).
 
